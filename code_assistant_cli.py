@@ -1,0 +1,103 @@
+"""The one command line: `code-assistant <job>`. Each job lives in its package; this only parses
+arguments, calls it, and turns known errors into a one-line message and a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_data(args, extra):
+    from training.data import CollectOptions, build_dataset, default_sources
+
+    sources = [Path(s) for s in args.src] if args.src else default_sources()
+    options = CollectOptions(skip_tests=not args.keep_tests, val_fraction=args.val_fraction)
+    meta = build_dataset(sources, Path(args.out), args.vocab_size, options, args.tokenizer)
+    print(json.dumps({"out": args.out, **{k: {kk: v[kk] for kk in ("files", "bytes", "tokens")}
+                                          for k, v in meta["splits"].items()}, "skipped": meta["skipped"]}))
+
+
+def cmd_train(args, extra):
+    from training.config import load_config, parse_overrides
+    from training.train import train
+
+    overrides = parse_overrides(extra)
+    if args.devices is not None:
+        overrides.setdefault("trainer", {})["devices"] = args.devices
+    if args.max_steps is not None:
+        overrides.setdefault("trainer", {})["max_steps"] = args.max_steps
+    config = load_config(args.config, overrides)
+    summary = train(config, Path(args.data), Path(args.out), resume=args.resume)
+    if summary:
+        print(json.dumps(summary))
+
+
+def cmd_eval(args, extra):
+    from training.evaluate import evaluate
+
+    if bool(args.data) == bool(args.src):
+        raise SystemExit("code-assistant eval: give exactly one of --data DATA_DIR or --src DIR")
+    result = evaluate(Path(args.model), Path(args.data) if args.data else None,
+                      [Path(s) for s in args.src] if args.src else None, max_windows=args.max_windows)
+    print(json.dumps(result))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="code-assistant", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="collect Python sources, train the tokenizer, write train/val .bin")
+    p.add_argument("--src", action="append", help="source folder (repeatable; default: this Python's stdlib)")
+    p.add_argument("--out", required=True, help="output data directory")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--tokenizer", choices=["code-bpe", "gpt2"], default="code-bpe",
+                   help="train our code BPE, or use tiktoken's gpt2 (must be in tiktoken's cache)")
+    p.add_argument("--keep-tests", action="store_true", help="keep test folders and test_*.py files")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train a model (Lightning); extra --section.key value overrides the YAML")
+    p.add_argument("--config", default=None, help="YAML config (trainer/model/optim/data sections)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/run/checkpoints/last.ckpt")
+    p.add_argument("--devices", type=int)
+    p.add_argument("--max-steps", type=int)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="val loss and bits per byte of a model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data")
+    p.add_argument("--src", action="append")
+    p.add_argument("--max-windows", type=int, default=None)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    from engine.model_dir import ModelDirError
+    from engine.tokenizer import TokenizerError
+    from training.config import ConfigError
+    from training.data import DataError
+
+    return (ModelDirError, TokenizerError, ConfigError, DataError, FileNotFoundError, ValueError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args.func(args, extra)
+    except KeyboardInterrupt:
+        return 130
+    except known_errors() as e:
+        print(f"code-assistant {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

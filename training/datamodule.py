@@ -1,0 +1,70 @@
+"""The LightningDataModule: memory-mapped token splits, fixed-size windows, FIM on the fly."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from engine.tokenizer import Tokenizer, load_tokenizer
+
+from .config import DataConfig
+from .data import DataError, load_split, read_meta
+from .fim import apply_fim
+
+
+class TokenWindows(Dataset):
+    """Non-overlapping windows of block_size + 1 tokens (inputs and shifted targets)."""
+
+    def __init__(self, tokens: np.ndarray, block_size: int, tokenizer: Tokenizer | None = None,
+                 fim_rate: float = 0.0, spm_rate: float = 0.5):
+        if len(tokens) < block_size + 1:
+            raise DataError(f"split has {len(tokens)} tokens, fewer than one window of {block_size + 1}")
+        self.tokens, self.block_size, self.tokenizer = tokens, block_size, tokenizer
+        self.fim_rate, self.spm_rate = fim_rate, spm_rate
+
+    def __len__(self) -> int:
+        return (len(self.tokens) - 1) // self.block_size
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        n = self.block_size + 1
+        start = i * self.block_size
+        window = np.asarray(self.tokens[start:start + n], dtype=np.int64)
+        if self.fim_rate > 0:
+            rng = np.random.default_rng(int(torch.randint(0, 2**31, ()).item()))
+            ids = apply_fim(window, self.tokenizer, rng, self.fim_rate, self.spm_rate)
+            if len(ids) < n:  # top up with the tokens that follow the window
+                more = np.asarray(self.tokens[start + n:start + n + (n - len(ids))], dtype=np.int64)
+                ids.extend(more.tolist())
+                ids.extend([self.tokenizer.eot_id] * (n - len(ids)))
+            window = np.asarray(ids[:n], dtype=np.int64)
+        return torch.from_numpy(window)
+
+
+class CodeDataModule(L.LightningDataModule):
+    def __init__(self, data_dir: str | Path, block_size: int, config: DataConfig):
+        super().__init__()
+        self.data_dir, self.block_size, self.config = Path(data_dir), block_size, config
+        self.meta = read_meta(self.data_dir)
+        info = self.meta["tokenizer"]
+        self.tokenizer = load_tokenizer(self.data_dir / info["file"], pat_str=info["pat_str"], name=info["name"])
+
+    def setup(self, stage: str | None = None) -> None:
+        c = self.config
+        self.train_set = TokenWindows(load_split(self.data_dir, "train"), self.block_size, self.tokenizer,
+                                      c.fim_rate, c.spm_rate)
+        self.val_set = TokenWindows(load_split(self.data_dir, "val"), self.block_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.config.batch_size, shuffle=True, drop_last=True,
+                          num_workers=self.config.num_workers, persistent_workers=self.config.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.config.batch_size, shuffle=False,
+                          num_workers=self.config.num_workers)
+
+    def tokens_per_byte(self, split: str = "val") -> float:
+        s = self.meta["splits"][split]
+        return s["tokens"] / max(1, s["bytes"])

@@ -1,0 +1,58 @@
+"""The LightningModule: the GPT from `engine`, next-token loss, AdamW with warmup + cosine."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from engine.model import GPT, GPTConfig
+
+from .config import OptimConfig
+
+
+def lr_factor(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay to min_lr_ratio at max_steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class CodeLM(L.LightningModule):
+    def __init__(self, model_config: GPTConfig, optim: OptimConfig, max_steps: int, tokens_per_byte: float):
+        super().__init__()
+        self.save_hyperparameters({"model": model_config.to_dict(), "optim": vars(optim),
+                                   "max_steps": max_steps, "tokens_per_byte": tokens_per_byte})
+        self.model = GPT(model_config)
+        self.optim, self.max_steps, self.tokens_per_byte = optim, max_steps, tokens_per_byte
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        x, y = batch[:, :-1], batch[:, 1:]
+        logits = self.model(x)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+
+    def training_step(self, batch, batch_idx):
+        loss = self.loss(batch)
+        self.log("train_loss", loss, prog_bar=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"])
+        self.log("tokens_seen", float(self.global_step * batch.numel() * self.trainer.world_size),
+                 reduce_fx="max")
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss = self.loss(batch)
+        self.log("val_loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val_bpb", loss / math.log(2) * self.tokens_per_byte, prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        o = self.optim
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}],
+                                      lr=o.learning_rate, betas=(o.beta1, o.beta2))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, o.warmup_steps, self.max_steps, o.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
