@@ -43,6 +43,15 @@ def cmd_eval(args, extra):
     print(json.dumps(result))
 
 
+# Jobs that own their arguments: `code-assistant JOB ...` hands the rest of argv to MODULE.main(argv).
+DELEGATED = {
+    "quantize": ("engine.quantize", "write an int8 copy of a model directory"),
+    "serve": ("http_api.cli", "run the HTTP API (OpenAI-compatible) on uvicorn"),
+    "lsp": ("lsp_server.cli", "run the language server on stdio (or --tcp)"),
+    "bench": ("benchmarks.cli", "benchmarks: `bench engine`, `bench http`"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="code-assistant", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--src", action="append")
     p.add_argument("--max-windows", type=int, default=None)
     p.set_defaults(func=cmd_eval)
+
+    for name, (_, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
@@ -85,6 +97,11 @@ def known_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "train":

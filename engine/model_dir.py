@@ -128,3 +128,11 @@ def load_model_dir(model_dir: str | Path) -> tuple[GPT, Tokenizer, dict]:
     if tokenizer.n_vocab > model.config.vocab_size:
         raise ModelDirError(f"{model_dir}: tokenizer has {tokenizer.n_vocab} tokens, model only {model.config.vocab_size}")
     return model.eval(), tokenizer, config
+
+
+def default_model_dir() -> Path:
+    """The shipped model: $CODE_ASSISTANT_MODEL, else models/default beside the packages."""
+    import os
+
+    env = os.environ.get("CODE_ASSISTANT_MODEL")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "models" / "default"

@@ -1,0 +1,28 @@
+# `make serve`: set up and serve the shipped default model. `make test`: set up and run every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup serve lsp test system-deps
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+serve: setup
+	$(BIN)/code-assistant serve
+
+lsp: setup
+	$(BIN)/code-assistant lsp
+
+# Debian tools the tests drive for real: promtool (prometheus), neovim, nginx.
+system-deps:
+	bash scripts/install-system-deps.sh
+
+test: setup system-deps
+	bash scripts/run-tests.sh

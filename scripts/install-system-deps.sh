@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install the Debian tools the tests use for real, when they are missing (needs root and apt).
+set -euo pipefail
+need=()
+command -v promtool >/dev/null || need+=(prometheus)
+command -v nvim >/dev/null || need+=(neovim)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+  echo "missing system tools: ${need[*]} (install them with your package manager)" >&2
+  exit 1
+fi
+echo "installing ${need[*]} (Debian packages)"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
