@@ -1,0 +1,80 @@
+"""`code-assistant serve`: the HTTP API on uvicorn.
+
+SIGTERM (what Kubernetes sends) marks the server not ready, stops accepting connections, lets
+in-flight requests finish for up to --drain-timeout seconds, closes the engine and exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from .settings import ServerSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="code-assistant serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, help="model directory (default: $CODE_ASSISTANT_MODEL or models/default)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1; 0.0.0.0 to listen on every interface)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps")
+    p.add_argument("--quantize", choices=["int8", "none"])
+    p.add_argument("--max-batch", type=int, help="sequences decoded together (KV-cache slots)")
+    p.add_argument("--max-queue", type=int, help="waiting requests beyond which the server answers 429")
+    p.add_argument("--api-keys-file", type=Path, help="one API key a line (also: CODE_ASSISTANT_API_KEYS=k1,k2)")
+    p.add_argument("--rate-limit", type=int, help="requests per minute per API key (0 = unlimited)")
+    p.add_argument("--redis-url", help="share the temperature-0 response cache through Redis")
+    p.add_argument("--no-response-cache", action="store_true", help="turn the response cache off")
+    p.add_argument("--drain-timeout", type=float, help="seconds in-flight requests get after SIGTERM (default 30)")
+    p.add_argument("--debug-log-code", action="store_true", help="log prompts and completions (private code!)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    flags = {"model_dir": args.model, "host": args.host, "port": args.port, "device": args.device,
+             "quantize": None if args.quantize == "none" else args.quantize, "max_batch": args.max_batch,
+             "max_queue": args.max_queue, "api_keys_file": args.api_keys_file, "rate_limit": args.rate_limit,
+             "redis_url": args.redis_url, "drain_timeout_s": args.drain_timeout, "log_level": args.log_level}
+    if args.no_response_cache:
+        flags["response_cache_size"] = 0
+    if args.debug_log_code:
+        flags["debug_log_code"] = True
+    return ServerSettings(**{k: v for k, v in flags.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    import uvicorn
+
+    from engine import ModelDirError
+    from engine.model_dir import default_model_dir, read_config
+
+    from .app import create_app
+    from .logging_setup import configure_logging
+
+    settings = settings_from_args(args)
+    try:
+        read_config(settings.model_dir or default_model_dir())  # fail now, not in the background loader
+        app = create_app(settings)
+    except (ModelDirError, ValueError) as e:
+        print(f"code-assistant serve: error: {e}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    state = app.state.server
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:
+            state.draining = True  # /ready answers 503 from now on
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=settings.drain_timeout_s, lifespan="on")
+    server = DrainingServer(config)
+    # uvicorn re-raises the signal it caught once it has shut down gracefully; with the default
+    # SIGTERM action that would end the process with 143. A drained shutdown is a success: exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    server.run()
+    return 0 if server.started else 1

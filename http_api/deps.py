@@ -1,0 +1,75 @@
+"""FastAPI dependencies: the server state, the caller (API key), the rate limit, the loaded model."""
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from .errors import APIError
+from .generation import CompletionService
+from .rate_limit import retry_after_header
+from .state import ServerState
+
+LOG_FIELDS = "code_assistant.log"  # scope key: a dict the request log line is built from
+
+
+def log_fields(request: Request) -> dict:
+    return request.scope.setdefault(LOG_FIELDS, {})
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+StateDep = Annotated[ServerState, Depends(get_state)]
+
+
+def get_caller(request: Request, state: StateDep,
+               authorization: Annotated[str | None, Header()] = None) -> str:
+    """The key id of an authenticated caller; without keys configured, an id for the client address."""
+    key = state.keyring.authenticate(authorization)
+    if key is None:
+        host = request.client.host if request.client else "unknown"
+        key = "anon-" + hashlib.sha256(host.encode()).hexdigest()[:8]
+    log_fields(request)["key_id"] = key
+    return key
+
+
+CallerDep = Annotated[str, Depends(get_caller)]
+
+
+def get_limited_caller(state: StateDep, caller: CallerDep) -> str:
+    wait_s = state.limiter.acquire(caller)
+    if wait_s > 0:
+        raise APIError(429, f"rate limit of {state.limiter.per_minute} requests per minute exceeded",
+                       "rate_limit_error", code="rate_limit_exceeded", headers=retry_after_header(wait_s))
+    return caller
+
+
+LimitedCallerDep = Annotated[str, Depends(get_limited_caller)]
+
+
+def get_service(state: StateDep) -> CompletionService:
+    if state.service is None:
+        message = f"model failed to load: {state.load_error}" if state.load_error else "the model is still loading"
+        raise APIError(503, message, "server_error", code="model_not_loaded", headers={"Retry-After": "5"})
+    return state.service
+
+
+ServiceDep = Annotated[CompletionService, Depends(get_service)]
+
+
+def check_model(requested: str | None, service: CompletionService) -> None:
+    if requested is not None and requested != service.model:
+        raise APIError(404, f"the model {requested!r} does not exist; this server serves {service.model!r}",
+                       "invalid_request_error", param="model", code="model_not_found")
+
+
+def note_completion(request: Request, state: ServerState, completion_id: str, prompt: str, suffix: str | None,
+                    stream: bool) -> None:
+    """Sizes for the request log; the code itself only under --debug-log-code."""
+    fields = log_fields(request)
+    fields.update(completion_id=completion_id, stream=stream, prompt_chars=len(prompt), suffix_chars=len(suffix or ""))
+    if state.settings.debug_log_code:
+        fields.update(prompt=prompt, suffix=suffix)

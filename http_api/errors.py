@@ -1,0 +1,88 @@
+"""One error family for the API, rendered in OpenAI's shape: {"error": {message, type, param, code}}.
+
+Every failure a client can cause ends here as a 4xx; anything else is a logged 500 in the same shape.
+"""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine import EngineBusy, SamplingError
+
+log = logging.getLogger("code_assistant.http")
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error_body(error.message, error.type, error.param, error.code), status_code=error.status,
+                        headers=error.headers)
+
+
+def busy_error(exc: EngineBusy) -> APIError:
+    return APIError(429, f"the server is busy ({exc}); retry shortly", "server_busy", code="engine_busy",
+                    headers={"Retry-After": "1"})
+
+
+def sampling_error(exc: SamplingError) -> APIError:
+    return APIError(400, str(exc), code="invalid_sampling_params")
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    message = first.get("msg", "invalid request")
+    if first.get("type") == "json_invalid":
+        return f"request body is not valid JSON: {first.get('ctx', {}).get('error', message)}", None
+    if first.get("type") == "missing":
+        return f"missing required parameter {param!r}", param
+    if first.get("type") == "extra_forbidden":
+        return f"unrecognized request argument {param!r}", param
+    return (f"invalid value for {param!r}: {message}" if param else message), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return error_response(APIError(400, message, param=param, code="invalid_request"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        message = str(exc.detail)
+        if isinstance(exc.__cause__, UnicodeError):
+            message = "request body is not valid UTF-8 JSON"
+        return error_response(APIError(exc.status_code, message, kind, headers=dict(exc.headers or {})))
+
+    @app.exception_handler(EngineBusy)
+    async def on_busy(request: Request, exc: EngineBusy) -> JSONResponse:
+        return error_response(busy_error(exc))
+
+    @app.exception_handler(SamplingError)
+    async def on_sampling_error(request: Request, exc: SamplingError) -> JSONResponse:
+        return error_response(sampling_error(exc))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(APIError(500, "internal server error", "server_error"))

@@ -1,0 +1,112 @@
+"""The one completion path: /v1/completions, /complete (stream or not) all end in `open_completion`,
+which calls `Engine.stream`. Front ends differ only in how they shape input and output.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from engine import Engine, SamplingParams
+
+from .metrics import Metrics
+from .response_cache import ResponseCache, cache_key
+
+
+@dataclass
+class ContextFile:
+    path: str
+    text: str
+
+
+@dataclass
+class CompletionJob:
+    prompt: str
+    suffix: str | None
+    params: SamplingParams
+    extra_context: list[ContextFile] = field(default_factory=list)
+
+
+@dataclass
+class CompletionRecord:
+    """What one completion did: filled in as it streams, read by the response and the request log."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    time_to_first_token_s: float | None = None
+    cached: bool = False
+    text: str = ""
+
+
+def context_for_engine(extra_context: list[ContextFile]) -> dict:
+    """TODO(extra_context): the engine keyword arguments carrying `extra_context` (files the editor sends
+    beside the prompt). The engine's complete/stream take no such argument yet, so this returns no
+    arguments and the context is only validated and stored on the job; a later change wires it here."""
+    return {}
+
+
+class CompletionService:
+    def __init__(self, engine: Engine, cache: ResponseCache | None, metrics: Metrics, model: str, version: str):
+        self.engine, self.cache, self.metrics = engine, cache, metrics
+        self.model, self.version = model, version
+
+    def _cache_key(self, job: CompletionJob) -> str | None:
+        if self.cache is None or job.params.temperature != 0.0:
+            return None
+        p = job.params
+        return cache_key(self.model, self.version, {
+            "prompt": job.prompt, "suffix": job.suffix, "max_tokens": p.max_tokens, "top_k": p.top_k,
+            "top_p": p.top_p, "stop": p.stop, "extra_context": [[c.path, c.text] for c in job.extra_context]})
+
+    async def open_completion(self, job: CompletionJob) -> tuple[AsyncIterator[str], CompletionRecord]:
+        """Start a completion and wait for its first text, so that a full queue (EngineBusy) or bad
+        parameters surface before any response bytes are sent. Returns the text pieces and a record."""
+        record = CompletionRecord()
+        key = self._cache_key(job)
+        if key is not None and (hit := await self.cache.get(key)) is not None:
+            record.prompt_tokens, record.completion_tokens = hit["prompt_tokens"], hit["completion_tokens"]
+            record.finish_reason, record.cached, record.text = hit["finish_reason"], True, hit["text"]
+            record.time_to_first_token_s = 0.0
+            return _replay(hit["text"]), record
+        record.prompt_tokens = len(self.engine.build_prompt(job.prompt, job.suffix, job.params.max_tokens))
+        started = time.perf_counter()
+        chunks = self.engine.stream(job.prompt, job.suffix, job.params, **context_for_engine(job.extra_context))
+        try:
+            first = await chunks.__anext__()
+        except BaseException:
+            await chunks.aclose()
+            raise
+        record.time_to_first_token_s = time.perf_counter() - started
+        self.metrics.ttft.labels(self.model).observe(record.time_to_first_token_s)
+        return self._follow(first, chunks, record, key), record
+
+    async def _follow(self, first, chunks, record: CompletionRecord, key: str | None) -> AsyncIterator[str]:
+        try:
+            chunk = first
+            while True:
+                record.completion_tokens = chunk.tokens
+                record.text += chunk.text
+                if chunk.text:
+                    yield chunk.text
+                if chunk.finish_reason:
+                    record.finish_reason = chunk.finish_reason
+                    break
+                chunk = await chunks.__anext__()
+        finally:
+            await chunks.aclose()  # a client gone mid-stream cancels the engine request here
+            self.metrics.tokens.labels(self.model).inc(record.completion_tokens)
+        if key is not None and record.finish_reason in ("stop", "length"):
+            await self.cache.put(key, {"text": record.text, "prompt_tokens": record.prompt_tokens,
+                                       "completion_tokens": record.completion_tokens,
+                                       "finish_reason": record.finish_reason})
+
+    async def complete(self, job: CompletionJob) -> CompletionRecord:
+        pieces, record = await self.open_completion(job)
+        async for _ in pieces:
+            pass
+        return record
+
+
+async def _replay(text: str) -> AsyncIterator[str]:
+    if text:
+        yield text

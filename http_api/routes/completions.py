@@ -1,0 +1,94 @@
+"""POST /v1/completions in OpenAI's shape, streaming (SSE) or not."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from ..deps import LimitedCallerDep, ServiceDep, StateDep, check_model, log_fields, note_completion
+from ..errors import APIError
+from ..generation import CompletionRecord, CompletionService
+from ..jobs import make_job
+from ..schemas import CompletionRequest
+
+router = APIRouter()
+
+
+def completion_id() -> str:
+    return "cmpl-" + uuid.uuid4().hex
+
+
+def usage(record: CompletionRecord) -> dict:
+    return {"prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
+            "total_tokens": record.prompt_tokens + record.completion_tokens}
+
+
+def completion_object(id: str, created: int, service: CompletionService, text: str, finish_reason: str | None,
+                      record: CompletionRecord | None) -> dict:
+    body = {"id": id, "object": "text_completion", "created": created, "model": service.model,
+            "system_fingerprint": service.version,
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}]}
+    if record is not None:
+        body["usage"] = usage(record)
+    return body
+
+
+def _check_supported(body: CompletionRequest) -> str:
+    if body.n != 1:
+        raise APIError(400, f"n={body.n} is not supported; only n=1", param="n", code="unsupported_value")
+    if body.best_of not in (None, 1):
+        raise APIError(400, "best_of other than 1 is not supported", param="best_of", code="unsupported_value")
+    if body.echo:
+        raise APIError(400, "echo is not supported", param="echo", code="unsupported_value")
+    if body.logprobs is not None:
+        raise APIError(400, "logprobs are not supported", param="logprobs", code="unsupported_value")
+    if body.presence_penalty or body.frequency_penalty:
+        raise APIError(400, "presence and frequency penalties are not supported", param="presence_penalty",
+                       code="unsupported_value")
+    if isinstance(body.prompt, list):
+        if len(body.prompt) != 1:
+            raise APIError(400, "a batch of prompts is not supported; send one prompt", param="prompt",
+                           code="unsupported_value")
+        return body.prompt[0]
+    return body.prompt
+
+
+@router.post("/v1/completions")
+async def create_completion(body: CompletionRequest, request: Request, state: StateDep, caller: LimitedCallerDep,
+                            service: ServiceDep):
+    check_model(body.model, service)
+    prompt = _check_supported(body)
+    job = make_job(state.settings, prompt, body.suffix, max_tokens=body.max_tokens, temperature=body.temperature,
+                   top_p=body.top_p, stop=body.stop, seed=body.seed, extra_context=body.extra_context)
+    id, created = completion_id(), int(time.time())
+    note_completion(request, state, id, prompt, body.suffix, body.stream)
+    pieces, record = await service.open_completion(job)
+    log_fields(request)["record"] = record
+    if not body.stream:
+        async for _ in pieces:
+            pass
+        return completion_object(id, created, service, record.text, record.finish_reason, record)
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for text in pieces:
+                yield _sse(completion_object(id, created, service, text, None, None))
+            yield _sse(completion_object(id, created, service, "", record.finish_reason, record))
+            if body.stream_options and body.stream_options.include_usage:
+                final = completion_object(id, created, service, "", None, record)
+                final["choices"] = []
+                yield _sse(final)
+            yield "data: [DONE]\n\n"
+        finally:
+            await pieces.aclose()
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"

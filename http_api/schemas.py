@@ -1,0 +1,101 @@
+"""Request bodies. Strict types: a string where a number belongs is a 400, not a silent coercion."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def _must_be_utf8(value: str) -> str:
+    # JSON escapes can smuggle lone surrogates (\ud800) that no tokenizer can encode.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from e
+    return value
+
+
+class ContextFileIn(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    path: str = Field(max_length=1024)
+    text: str
+
+    _utf8 = field_validator("path", "text")(_must_be_utf8)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    include_usage: bool = False
+
+
+class CompletionRequest(BaseModel):
+    """POST /v1/completions, OpenAI's legacy completions API (the parameters a code model can honour)."""
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    model: str | None = None
+    prompt: str | list[str]
+    suffix: str | None = None
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    seed: int | None = None
+    n: int = 1
+    user: str | None = Field(None, max_length=256)
+    # Accepted so standard clients work, but only their neutral values are supported.
+    echo: bool = False
+    best_of: int | None = None
+    logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    extra_context: list[ContextFileIn] | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str | list[str]) -> str | list[str]:
+        for item in [value] if isinstance(value, str) else value:
+            _must_be_utf8(item)
+        return value
+
+    _utf8 = field_validator("suffix")(lambda v: v if v is None else _must_be_utf8(v))
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: str | list[str] | None) -> list[str]:
+        stops = [] if value is None else [value] if isinstance(value, str) else value
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(not s or len(s) > 256 for s in stops):
+            raise ValueError("stop sequences must be 1 to 256 characters")
+        return [_must_be_utf8(s) for s in stops]
+
+
+class SimpleCompleteRequest(BaseModel):
+    """POST /complete: the simple shape for scripts and editors."""
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    code: str
+    suffix: str | None = None
+    max_tokens: int = 50
+    temperature: float = 0.8
+    top_k: int | None = 200
+    top_p: float = 1.0
+    stop: list[str] = Field(default_factory=list, max_length=4)
+    seed: int | None = None
+    model: str | None = None
+    extra_context: list[ContextFileIn] | None = None
+
+    _utf8 = field_validator("code", "suffix")(lambda v: v if v is None else _must_be_utf8(v))
+
+
+class EventRequest(BaseModel):
+    """POST /v1/events: an editor reports what happened to a completion it was given."""
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128)
+    event: Literal["shown", "accepted", "dismissed"]
+    # Label values: kept short and plain so a client cannot blow up the metrics' cardinality.
+    language: str = Field("unknown", pattern=r"^[A-Za-z0-9_+#.\-]{1,32}$")
+    model: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:@/\-]{1,128}$")

@@ -1,0 +1,40 @@
+"""ServerSettings: every knob of the HTTP server in one place (flags override environment variables)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CODE_ASSISTANT_", extra="ignore", protected_namespaces=())
+
+    model_dir: Path | None = Field(None, description="model directory; None = the engine's default model")
+    host: str = "127.0.0.1"        # loopback unless told otherwise: users' code is private
+    port: int = 8000
+    device: str = "cpu"
+    quantize: str | None = None    # None | "int8"
+    max_batch: int = 32
+    max_queue: int = 256
+
+    api_keys_file: Path | None = None
+    api_keys: str = ""             # CODE_ASSISTANT_API_KEYS: comma-separated
+    rate_limit: int = 0            # requests per minute per key; 0 = unlimited
+
+    redis_url: str | None = None   # shared response cache across replicas; in-memory otherwise
+    response_cache_size: int = 1024
+    response_cache_ttl_s: int = 3600
+
+    debug_log_code: bool = False   # log prompts and completions (never on by default)
+    log_level: str = "info"
+
+    # Limits that keep one request from hogging the server; over them is a 4xx, never a 500.
+    max_body_bytes: int = 1 << 20
+    max_prompt_chars: int = 64_000
+    max_tokens_limit: int = 2048
+    max_extra_context_items: int = 8
+    max_extra_context_bytes: int = 64 * 1024
+
+    drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
+    model_version: str | None = None  # overrides the version derived from the model directory
