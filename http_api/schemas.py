@@ -50,6 +50,7 @@ class CompletionRequest(BaseModel):
     logprobs: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
     extra_context: list[ContextFileIn] | None = None
 
     @field_validator("prompt")

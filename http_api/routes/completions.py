@@ -49,6 +49,8 @@ def _check_supported(body: CompletionRequest) -> str:
     if body.presence_penalty or body.frequency_penalty:
         raise APIError(400, "presence and frequency penalties are not supported", param="presence_penalty",
                        code="unsupported_value")
+    if body.logit_bias:
+        raise APIError(400, "logit_bias is not supported", param="logit_bias", code="unsupported_value")
     if isinstance(body.prompt, list):
         if len(body.prompt) != 1:
             raise APIError(400, "a batch of prompts is not supported; send one prompt", param="prompt",

@@ -1,0 +1,114 @@
+"""Real servers for the end-to-end tests: `code-assistant serve` as a subprocess on a free loopback port."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from engine.model import GPT, GPTConfig
+from engine.model_dir import read_config, save_model_dir
+
+API_KEYS = ["key-rate-limited", "key-busy", "key-spare"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_command() -> list[str]:
+    script = Path(sys.executable).parent / "code-assistant"
+    if script.exists():
+        return [str(script), "serve"]
+    return [sys.executable, "-c", "import sys, code_assistant_cli; sys.exit(code_assistant_cli.main())", "serve"]
+
+
+class ServerProcess:
+    """One `code-assistant serve` process; `url` once it answers /ready."""
+
+    def __init__(self, model_dir: Path, log_path: Path, *args: str, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(serve_command() + ["--model", str(model_dir), "--port", str(self.port), *args],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        self._wait_ready(timeout=60)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def metric(self, name: str) -> float:
+        """Sum of every sample of `name` in /metrics (all label sets)."""
+        text = httpx.get(self.url + "/metrics", timeout=5).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def long_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """tiny_model_dir's tokenizer with a 1024-token context, so a generation can run long enough to cancel."""
+    tiny = read_config(tiny_model_dir)
+    info = {k: v for k, v in tiny["tokenizer"].items() if k != "file"}
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**tiny["model"], "block_size": 1024}))
+    out = tmp_path_factory.mktemp("long-model")
+    return save_model_dir(out, model, tiny_model_dir / "tokenizer.tiktoken", info, {"note": "random weights"})
+
+
+@pytest.fixture(scope="session")
+def server(long_model_dir, tmp_path_factory):
+    """The open server (no keys, no rate limit) most tests share."""
+    proc = ServerProcess(long_model_dir, tmp_path_factory.mktemp("server") / "server.log")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def guarded_server(tiny_model_dir, tmp_path_factory):
+    """API keys, 5 requests/min per key, one batch slot and a one-request queue (to see 429 busy)."""
+    tmp = tmp_path_factory.mktemp("guarded")
+    keys = tmp / "keys.txt"
+    keys.write_text("# team keys\n" + "\n".join(API_KEYS[:2]) + "\n\n")
+    proc = ServerProcess(tiny_model_dir, tmp / "server.log", "--api-keys-file", str(keys), "--rate-limit", "5",
+                         "--max-batch", "1", "--max-queue", "1", env={"CODE_ASSISTANT_API_KEYS": API_KEYS[2]})
+    yield proc
+    proc.stop()

@@ -1,0 +1,105 @@
+"""The official `openai` client against a real server, streaming and not."""
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="not-needed", max_retries=0, timeout=30)
+
+
+def served_model(server) -> str:
+    return httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
+
+
+def test_models_lists_the_served_model(client, server):
+    models = client.models.list().data
+    assert [m.id for m in models] == [served_model(server)]
+
+
+def test_non_streaming_completion(client, server):
+    result = client.completions.create(model=served_model(server), prompt="def add(a, b):\n", max_tokens=12,
+                                       temperature=0)
+    assert result.id.startswith("cmpl-")
+    assert result.object == "text_completion"
+    assert result.model == served_model(server)
+    assert result.system_fingerprint  # the model version
+    choice = result.choices[0]
+    assert isinstance(choice.text, str) and choice.finish_reason in ("stop", "length")
+    assert result.usage.completion_tokens <= 12
+    assert result.usage.prompt_tokens > 0
+    assert result.usage.total_tokens == result.usage.prompt_tokens + result.usage.completion_tokens
+
+
+def test_fim_suffix_and_stop_are_accepted(client, server):
+    result = client.completions.create(model=served_model(server), prompt="def f(x):\n    return ",
+                                       suffix="\n\nprint(f(2))\n", max_tokens=8, temperature=0.7, top_p=0.9,
+                                       seed=3, stop=["\n\n"], user="alice")
+    assert result.choices[0].finish_reason in ("stop", "length")
+
+
+def test_streaming_completion_matches_non_streaming(client, server):
+    model = served_model(server)
+    prompt = "import os\nimport "
+    whole = client.completions.create(model=model, prompt=prompt, max_tokens=20, temperature=0)
+    chunks = list(client.completions.create(model=model, prompt=prompt, max_tokens=20, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == whole.choices[0].text
+    assert len({c.id for c in chunks}) == 1 and all(c.model == model for c in chunks)
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_sampled_streaming_with_seed_is_reproducible(client, server):
+    model = served_model(server)
+
+    def run() -> str:
+        stream = client.completions.create(model=model, prompt="class ", max_tokens=15, temperature=0.9, seed=7,
+                                           stream=True)
+        return "".join(c.choices[0].text for c in stream if c.choices)
+
+    assert run() == run()
+
+
+def test_unknown_model_is_404_for_the_client(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
+    assert e.value.body["code"] == "model_not_found"
+
+
+def test_n_other_than_one_is_a_bad_request(client, server):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=served_model(server), prompt="x", max_tokens=2, n=2)
+    assert e.value.body["param"] == "n"
+
+
+def test_responses_name_model_and_version(server):
+    r = httpx.post(server.url + "/complete", json={"code": "def main():\n", "max_tokens": 5})
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) >= {"completion", "tokens", "latency_ms", "id", "model", "model_version"}
+    assert body["model"] == r.headers["x-model"] and body["model_version"] == r.headers["x-model-version"]
+    assert 1 <= body["tokens"] <= 5 or body["finish_reason"] == "stop"
+    for path in ("/health", "/ready", "/v1/models"):
+        assert httpx.get(server.url + path).headers["x-model-version"] == body["model_version"]
+
+
+def test_complete_accepts_bounded_extra_context(server):
+    r = httpx.post(server.url + "/complete", json={"code": "x = ", "max_tokens": 3,
+                                                   "extra_context": [{"path": "util.py", "text": "def g(): pass\n"}]})
+    assert r.status_code == 200, r.text
+
+
+def test_temperature_zero_answers_come_from_the_cache(server):
+    body = {"prompt": "# cache me\ndef ", "max_tokens": 10, "temperature": 0}
+    first = httpx.post(server.url + "/v1/completions", json=body).json()
+    before = server.metric("tokens_generated_total")
+    second = httpx.post(server.url + "/v1/completions", json=body).json()
+    assert second["choices"][0]["text"] == first["choices"][0]["text"]
+    assert second["id"] != first["id"]
+    assert server.metric("tokens_generated_total") == before  # the engine did not run again
