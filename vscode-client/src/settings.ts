@@ -16,15 +16,16 @@ export interface ExtensionSettings {
 }
 
 /** What the server reads from `initializationOptions` and `workspace/didChangeConfiguration`
- * (the names are the server's contract). */
+ * (the names are the server's contract). `remoteUrl` and `apiKey` are left out rather than sent as
+ * null, so that a `--remote URL` given in serverArgs is not overridden. */
 export interface ServerSettings {
   enable: boolean;
   maxTokens: number;
   temperature: number;
   multiline: boolean;
   debounceMs: number;
-  remoteUrl: string | null;
-  apiKey: string | null;
+  remoteUrl?: string;
+  apiKey?: string;
 }
 
 // The server's defaults, repeated so that a setting the user never touched still says what it means.
@@ -92,15 +93,18 @@ export function readSettings(get: SettingReader): ExtensionSettings {
 /** The server's settings. The API key comes from VS Code's secret storage and is sent only to a
  * remote server: a local server has no use for it. */
 export function toServerSettings(settings: ExtensionSettings, apiKey: string | undefined): ServerSettings {
-  return {
+  const server: ServerSettings = {
     enable: settings.enable,
     maxTokens: settings.maxTokens,
     temperature: settings.temperature,
     multiline: settings.multiline,
     debounceMs: settings.debounceMs,
-    remoteUrl: settings.remoteUrl,
-    apiKey: settings.remoteUrl !== null && apiKey ? apiKey : null,
   };
+  if (settings.remoteUrl !== null) {
+    server.remoteUrl = settings.remoteUrl;
+    if (apiKey) server.apiKey = apiKey;
+  }
+  return server;
 }
 
 /** The `workspace/didChangeConfiguration` params the server expects. */

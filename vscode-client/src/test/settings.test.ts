@@ -58,16 +58,19 @@ describe("toServerSettings", () => {
   it("maps to the names the server reads", () => {
     const settings = readSettings(reader({ maxTokens: 64, multiline: true }));
     assert.deepEqual(toServerSettings(settings, undefined), {
-      enable: true, maxTokens: 64, temperature: 0, multiline: true, debounceMs: 75, remoteUrl: null, apiKey: null,
+      enable: true, maxTokens: 64, temperature: 0, multiline: true, debounceMs: 75,
     });
   });
 
   it("sends the API key only to a remote server", () => {
     const local = readSettings(reader({}));
-    assert.equal(toServerSettings(local, "secret").apiKey, null);
+    assert.equal(toServerSettings(local, "secret").apiKey, undefined);
     const remote = readSettings(reader({ remoteUrl: "http://team:8000" }));
-    assert.equal(toServerSettings(remote, "secret").apiKey, "secret");
-    assert.equal(toServerSettings(remote, "").apiKey, null);
+    assert.deepEqual(toServerSettings(remote, "secret"), {
+      enable: true, maxTokens: 48, temperature: 0, multiline: false, debounceMs: 75,
+      remoteUrl: "http://team:8000", apiKey: "secret",
+    });
+    assert.equal(toServerSettings(remote, "").apiKey, undefined);
   });
 
   it("wraps settings under codeAssistant for didChangeConfiguration", () => {
