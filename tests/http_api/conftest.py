@@ -102,6 +102,25 @@ def server(long_model_dir, tmp_path_factory):
     proc.stop()
 
 
+@pytest.fixture(scope="session")
+def api_keys() -> list[str]:
+    return list(API_KEYS)
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """A factory for a server of the test's own (one it may SIGTERM); stopped at teardown."""
+    started: list[ServerProcess] = []
+
+    def start(model_dir: Path, *args: str) -> ServerProcess:
+        started.append(ServerProcess(model_dir, tmp_path / f"server{len(started)}.log", *args))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
 @pytest.fixture(scope="module")
 def guarded_server(tiny_model_dir, tmp_path_factory):
     """API keys, 5 requests/min per key, one batch slot and a one-request queue (to see 429 busy)."""
