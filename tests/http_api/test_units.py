@@ -1,0 +1,127 @@
+"""Pure pieces on their own: rate limiter, keys, job limits, caches; readiness through the ASGI app."""
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+
+from engine import Engine, EngineConfig
+from http_api.app import create_app
+from http_api.auth import KeyRing, key_id, load_api_keys
+from http_api.errors import APIError
+from http_api.jobs import make_job
+from http_api.rate_limit import RateLimiter
+from http_api.response_cache import MemoryCache, RedisCache, cache_key
+from http_api.schemas import ContextFileIn
+from http_api.settings import ServerSettings
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_limiter_refills_continuously():
+    clock = FakeClock()
+    limiter = RateLimiter(60, clock=clock)  # one a second
+    assert [limiter.acquire("a") for _ in range(60)] == [0.0] * 60
+    wait = limiter.acquire("a")
+    assert 0.9 < wait <= 1.0
+    assert limiter.acquire("b") == 0.0  # buckets are per key
+    clock.now += 1.0
+    assert limiter.acquire("a") == 0.0
+    assert RateLimiter(0).acquire("a") == 0.0
+
+
+def test_keys_from_file_and_list(tmp_path):
+    f = tmp_path / "keys"
+    f.write_text("# comment\nalpha\n\n  beta  \n")
+    assert load_api_keys(f, "gamma, ,delta") == {"alpha", "beta", "gamma", "delta"}
+    ring = KeyRing(frozenset({"alpha"}))
+    assert ring.authenticate("Bearer alpha") == key_id("alpha") and "alpha" not in key_id("alpha")
+    for header in (None, "Bearer", "Bearer beta", "Token alpha"):
+        with pytest.raises(APIError) as e:
+            ring.authenticate(header)
+        assert e.value.status == 401
+    assert KeyRing(frozenset()).authenticate(None) is None
+    with pytest.raises(ValueError):
+        load_api_keys(tmp_path / "missing", "")
+
+
+def test_make_job_enforces_limits():
+    settings = ServerSettings(max_prompt_chars=10, max_tokens_limit=100, max_extra_context_items=2,
+                              max_extra_context_bytes=30)  # paths count too
+    job = make_job(settings, "abc", "def", max_tokens=5, temperature=0.0, stop=["\n"])
+    assert job.params.max_tokens == 5 and job.suffix == "def"
+    bad = [dict(max_tokens=0, temperature=0.0), dict(max_tokens=101, temperature=0.0),
+           dict(max_tokens=5, temperature=2.5), dict(max_tokens=5, temperature=0.0, top_p=0.0)]
+    for kwargs in bad:
+        with pytest.raises(APIError) as e:
+            make_job(settings, "abc", None, **kwargs)
+        assert e.value.status == 400
+    with pytest.raises(APIError) as e:
+        make_job(settings, "a" * 8, "b" * 3, max_tokens=5, temperature=0.0)
+    assert e.value.status == 413
+    files = [ContextFileIn(path="a.py", text="x" * 10)] * 2
+    assert len(make_job(settings, "a", None, max_tokens=5, temperature=0.0, extra_context=files).extra_context) == 2
+    with pytest.raises(APIError) as e:
+        make_job(settings, "a", None, max_tokens=5, temperature=0.0, extra_context=files * 2)
+    assert e.value.status == 400
+    with pytest.raises(APIError) as e:
+        make_job(settings, "a", None, max_tokens=5, temperature=0.0,
+                 extra_context=[ContextFileIn(path="a.py", text="x" * 40)])
+    assert e.value.status == 413
+
+
+async def test_memory_cache_evicts_least_recently_used():
+    cache = MemoryCache(max_entries=2)
+    await cache.put("a", {"v": 1})
+    await cache.put("b", {"v": 2})
+    assert await cache.get("a") == {"v": 1}
+    await cache.put("c", {"v": 3})
+    assert await cache.get("b") is None and await cache.get("a") == {"v": 1}
+    assert cache_key("m", "v1", {"prompt": "x"}) != cache_key("m", "v2", {"prompt": "x"})
+
+
+async def test_unreachable_redis_is_a_cache_miss_not_an_error():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cache = RedisCache(f"redis://127.0.0.1:{port}/0")
+    await cache.put("k", {"v": 1})
+    assert await cache.get("k") is None
+    await cache.close()
+
+
+@pytest.fixture(scope="module")
+def saturated_engine(tiny_model_dir):
+    # A zero-length queue counts as full from the start.
+    engine = Engine.load(tiny_model_dir, config=EngineConfig(max_batch=1, max_queue=0))
+    yield engine
+    engine.close()
+
+
+async def test_ready_is_503_when_the_queue_is_saturated(saturated_engine):
+    app = create_app(ServerSettings(), engine=saturated_engine)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            assert (await client.get("/health")).json()["model_loaded"] is True
+            r = await client.get("/ready")
+            assert r.status_code == 503 and "queue saturated" in r.json()["reasons"]
+            busy = await client.post("/complete", json={"code": "x", "max_tokens": 2})
+            assert busy.status_code == 429 and busy.headers["retry-after"]
+            assert busy.json()["error"]["code"] == "engine_busy"
+
+
+async def test_a_model_that_fails_to_load_is_not_ready_and_not_healthy(tmp_path):
+    app = create_app(ServerSettings(model_dir=tmp_path / "no-such-model"))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            assert (await client.get("/ready")).status_code == 503
+            assert (await client.get("/health")).json()["status"] == "unhealthy"
+            r = await client.post("/complete", json={"code": "x"})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_loaded"
