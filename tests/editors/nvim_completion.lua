@@ -1,0 +1,92 @@
+-- Run by test_neovim.py: `nvim --headless --clean -c "luafile THIS"`. Loads the repository's
+-- editors/neovim/code_assistant.lua, opens a Python file, lets the built-in LSP client start the
+-- real server, then completes twice: a textDocument/completion request through the client, and the
+-- user's path (insert mode, <C-x><C-o>, the omnifunc the setup installs, <C-y> to accept).
+-- Everything it saw goes to $CA_TEST_OUT as JSON; it always quits.
+
+local out_path = assert(os.getenv('CA_TEST_OUT'), 'CA_TEST_OUT not set')
+local result = { nvim = tostring(vim.version().major) .. '.' .. vim.version().minor .. '.' .. vim.version().patch }
+
+local function finish(err)
+  if err then result.error = tostring(err) end
+  local file = assert(io.open(out_path, 'w'))
+  file:write(vim.fn.json_encode(result))
+  file:close()
+  vim.cmd('qa!')
+end
+
+-- The whole test may take at most this long; a hang writes what was seen so far.
+local watchdog = vim.loop.new_timer()
+watchdog:start(tonumber(os.getenv('CA_TEST_TIMEOUT_MS') or '90000'), 0, vim.schedule_wrap(function()
+  finish('timed out')
+end))
+
+local function setup_and_request()
+  package.path = os.getenv('CA_LUA_DIR') .. '/?.lua;' .. package.path
+  local code_assistant = require('code_assistant')
+  local attached = false
+  code_assistant.setup({
+    cmd = vim.fn.json_decode(os.getenv('CA_SERVER_CMD')),
+    settings = { debounceMs = 0, maxTokens = 16 },
+    on_attach = function() attached = true end,
+  })
+  vim.cmd('edit ' .. vim.fn.fnameescape(os.getenv('CA_TEST_FILE')))
+  if vim.bo.filetype ~= 'python' then vim.bo.filetype = 'python' end
+  if not vim.wait(60000, function() return attached end, 20) then error('the server never attached') end
+  result.omnifunc = vim.bo.omnifunc
+
+  -- After `json.` on the line that says `        json.` (1-based row; byte column).
+  local row = vim.fn.search('^        json\\.$', 'n')
+  assert(row > 0, 'test file lacks the json. line')
+  vim.api.nvim_win_set_cursor(0, { row, 0 })
+  local params = vim.lsp.util.make_position_params()
+  -- At the end of the line, where insert mode's cursor will be (normal mode cannot go there).
+  params.position = { line = row - 1, character = #'        json.' }
+  params.context = { triggerKind = 1 }
+  local responses = vim.lsp.buf_request_sync(0, 'textDocument/completion', params, 60000) or {}
+  result.request = {}
+  local items = 0
+  for _, response in pairs(responses) do
+    table.insert(result.request, { error = response.error or response.err, result = response.result })
+    if response.result and response.result.items then items = items + #response.result.items end
+  end
+  return row, items
+end
+
+local ok, row, items = pcall(setup_and_request)
+if not ok then
+  finish(row)
+  return
+end
+if items == 0 then
+  finish() -- the menu would stay empty too: report the request's answer now
+  return
+end
+
+-- The user's path, with the menu settings docs/editors.md suggests (the menu shows even for one
+-- item, and nothing is inserted before <C-y>). complete() fills the menu asynchronously once the server answers, so poll.
+vim.o.completeopt = 'menuone,noinsert'
+vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes('A<C-x><C-o>', true, false, true), 'n', false)
+local poll = vim.loop.new_timer()
+local accepting = false
+poll:start(50, 50, vim.schedule_wrap(function()
+  if accepting then
+    if vim.fn.mode() ~= 'i' or vim.fn.complete_info({ 'mode' }).mode == '' then
+      poll:stop()
+      result.line_after_accept = vim.api.nvim_buf_get_lines(0, row - 1, row, true)[1]
+      vim.cmd('stopinsert')
+      finish()
+    end
+    return
+  end
+  local info = vim.fn.complete_info({ 'items', 'mode', 'selected' })
+  if info.items and #info.items > 0 then
+    result.menu = info.items
+    result.menu_selected = info.selected
+    result.line_in_menu = vim.api.nvim_get_current_line()
+    accepting = true
+    -- 'completeopt' decides whether the first item is already selected; select it if not.
+    local keys = info.selected >= 0 and '<C-y>' or '<C-n><C-y>'
+    vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes(keys, true, false, true), 'n', false)
+  end
+end))
