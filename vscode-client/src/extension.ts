@@ -11,7 +11,6 @@ import {
   RevealOutputChannelOn,
   type ServerOptions,
   State,
-  TransportKind,
 } from "vscode-languageclient/node";
 
 import { buildServerLaunch } from "./serverLaunch";
@@ -44,20 +43,25 @@ class CodeAssistant implements vscode.Disposable {
     this.settings = currentSettings();
   }
 
+  /** Whether the server is (being) started; it starts on the first document of a chosen language. */
+  started = false;
+
+  wants(document: vscode.TextDocument): boolean {
+    return (document.uri.scheme === "file" || document.uri.scheme === "untitled")
+      && this.settings.languages.includes(document.languageId);
+  }
+
   private async apiKey(): Promise<string | undefined> {
     return this.context.secrets.get(API_KEY_SECRET);
   }
 
   async start(): Promise<void> {
+    if (this.started) return;
+    this.started = true;
     const workspaceFolder = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
     const launch = buildServerLaunch(this.settings, workspaceFolder);
     this.log.info(`starting ${launch.command} ${launch.args.join(" ")}`);
-    const serverOptions: ServerOptions = {
-      command: launch.command,
-      args: launch.args,
-      transport: TransportKind.stdio,
-      options: launch.cwd !== undefined ? { cwd: launch.cwd } : {},
-    };
+    const serverOptions: ServerOptions = launch;
     const initialSettings = toServerSettings(this.settings, await this.apiKey());
     const clientOptions: LanguageClientOptions = {
       documentSelector: documentSelector(this.settings),
@@ -107,6 +111,8 @@ class CodeAssistant implements vscode.Disposable {
   async stop(): Promise<void> {
     const client = this.client;
     this.client = undefined;
+    this.started = false;
+    this.statusItem.hide();
     this.acceptFallback?.dispose();
     this.acceptFallback = undefined;
     if (client === undefined) return;
@@ -128,6 +134,10 @@ class CodeAssistant implements vscode.Disposable {
   async onSettingsChanged(): Promise<void> {
     const before = this.settings;
     this.settings = currentSettings();
+    if (!this.started) {
+      if (vscode.workspace.textDocuments.some((document) => this.wants(document))) await this.start();
+      return;
+    }
     if (needsRestart(before, this.settings)) {
       await this.restart();
       return;
@@ -154,6 +164,7 @@ class CodeAssistant implements vscode.Disposable {
   }
 
   private render(): void {
+    if (!this.started) return;
     const view = statusView({
       server: this.serverState,
       enabled: this.settings.enable,
@@ -207,8 +218,12 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.workspace.onDidChangeConfiguration((event) => {
       if (event.affectsConfiguration(CONFIG_SECTION)) void instance.onSettingsChanged();
     }),
+    vscode.workspace.onDidOpenTextDocument((document) => {
+      if (!instance.started && instance.wants(document)) void instance.start();
+    }),
   );
-  await instance.start();
+  // Activation is cheap; the server (and its model) starts with the first document that needs it.
+  if (vscode.workspace.textDocuments.some((document) => instance.wants(document))) await instance.start();
 }
 
 export async function deactivate(): Promise<void> {

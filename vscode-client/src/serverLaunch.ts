@@ -2,12 +2,17 @@
 // end-to-end test starts the real server with the same command line.
 import * as path from "node:path";
 
+import type { Executable } from "vscode-languageclient/node";
+
 import type { ExtensionSettings } from "./settings";
 
-export interface ServerLaunch {
-  command: string;
+/** vscode-languageclient's `Executable`, always without `transport`: with `TransportKind.stdio` the
+ * client appends `--stdio` to the arguments, which `code-assistant lsp` does not take (stdio is its
+ * default). A type-only import: this module still runs without VS Code. */
+export interface ServerLaunch extends Executable {
   args: string[];
-  cwd: string | undefined;
+  options: { cwd?: string };
+  transport?: undefined;
 }
 
 const WORKSPACE_FOLDER = /\$\{workspaceFolder\}/g;
@@ -42,5 +47,9 @@ export function buildServerLaunch(settings: ExtensionSettings, workspaceFolder?:
     args.push("--model", workspaceFolder !== undefined ? path.resolve(workspaceFolder, model) : model);
   }
   args.push(...settings.serverArgs.map((arg) => expand(arg, workspaceFolder)));
-  return { command: resolveExecutable(settings.serverPath, workspaceFolder), args, cwd: workspaceFolder };
+  return {
+    command: resolveExecutable(settings.serverPath, workspaceFolder),
+    args,
+    options: workspaceFolder !== undefined ? { cwd: workspaceFolder } : {},
+  };
 }

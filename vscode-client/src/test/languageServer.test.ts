@@ -90,6 +90,7 @@ describe("code-assistant lsp driven by the VS Code protocol client", { skip: mis
 
   before(async () => {
     const launch = buildServerLaunch({ ...settings, model: testModelDir() });
+    // The extension's command line, run as vscode-languageclient runs an Executable without transport.
     server = spawn(launch.command, launch.args, { cwd: REPO_ROOT, stdio: "pipe" });
     server.stderr.on("data", (chunk: Buffer) => { stderr += chunk.toString(); });
     exited = new Promise((resolve) => server.on("exit", (code) => { resolve(code); }));

@@ -10,13 +10,18 @@ const root = path.resolve("/home/me/project");
 
 describe("buildServerLaunch", () => {
   it("runs `code-assistant lsp` from PATH by default", () => {
-    assert.deepEqual(buildServerLaunch(settings({})), { command: "code-assistant", args: ["lsp"], cwd: undefined });
+    assert.deepEqual(buildServerLaunch(settings({})), { command: "code-assistant", args: ["lsp"], options: {} });
   });
 
   it("passes the model directory, relative to the workspace", () => {
     const launch = buildServerLaunch(settings({ model: "models/default" }), root);
     assert.deepEqual(launch.args, ["lsp", "--model", path.join(root, "models/default")]);
-    assert.equal(launch.cwd, root);
+    assert.deepEqual(launch.options, { cwd: root });
+  });
+
+  it("sets no transport, so that the client adds no --stdio the server would reject", () => {
+    assert.equal(buildServerLaunch(settings({}), root).transport, undefined);
+    assert.ok(!buildServerLaunch(settings({}), root).args.includes("--stdio"));
   });
 
   it("uses the remote server instead of a model and keeps the API key off the command line", () => {
