@@ -1,15 +1,18 @@
 """The Engine: one scheduler thread steps every running sequence together (continuous batching).
 
-Requests join between steps (prefill), leave when finished or cancelled, and a request whose
-prompt starts with tokens a free slot already holds reuses them (prefix reuse). The hot path is a
-ladder: `_prefill` -> `_decode_step` -> `_emit`.
+Requests wait in a bounded queue, join between steps (`_prefill`), and leave when finished or
+cancelled. A request whose prompt starts with tokens some slot already holds reuses their keys and
+values (prefix reuse): in place when that slot is free, by copy when it is busy. The hot path reads
+as a ladder: `_prefill` -> `_decode_step` -> `_choose_tokens` -> `_accept` -> `_emit`.
 """
 from __future__ import annotations
 
 import asyncio
-import queue
+import codecs
+import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -18,20 +21,26 @@ import torch
 
 from .kv_cache import KVCache
 from .model import GPT
-from .model_dir import default_model_dir, load_model_dir
-from .sampling import SamplingParams, sample_token
+from .model_dir import default_model_dir, load_model_dir, read_config
+from .sampling import SamplingParams, choose_tokens
 from .tokenizer import Tokenizer
+
+log = logging.getLogger("engine")
 
 
 class EngineBusy(RuntimeError):
     """The request queue is full; front ends answer 429/busy."""
 
 
+class EngineError(RuntimeError):
+    """The engine failed on a request (closed, or an internal error in the scheduler)."""
+
+
 @dataclass
 class Chunk:
     text: str                      # new text since the previous chunk
     tokens: int                    # tokens generated so far
-    finish_reason: str | None = None
+    finish_reason: str | None = None   # at the end: "stop" | "length" | "cancelled" ("error": see EngineError)
 
 
 @dataclass
@@ -48,7 +57,13 @@ class Completion:
 class EngineConfig:
     max_batch: int = 32            # KV-cache slots = sequences decoded together
     max_queue: int = 256           # waiting requests beyond which submit raises EngineBusy
-    kv_int8: bool = False
+    kv_int8: bool = False          # int8 keys/values with a scale per (token, head): ~3.6x less cache memory
+    prefix_reuse: bool = True
+
+
+# Maps (request, one row of next-token logits) -> logits row; called for every step of that request
+# before the token is chosen (a per-sequence model mixed into decoding plugs in here).
+LogitsProcessor = Callable[["Request", torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -57,35 +72,59 @@ class Request:
     params: SamplingParams
     on_chunk: Callable[[Chunk], None]
     generator: torch.Generator | None = None
+    logits_processor: LogitsProcessor | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     slot: int = -1
-    position: int = 0              # where the next token goes
+    position: int = 0              # tokens in the slot, the last (just sampled) one not yet forwarded
     output_ids: list[int] = field(default_factory=list)
-    pending: bytes = b""           # decoded bytes not yet a complete UTF-8 character
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
     text: str = ""
     emitted: int = 0               # characters of `text` already sent
     submitted: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     reused_tokens: int = 0
+    error: str | None = None
 
     def cancel(self) -> None:
+        """Finish the request with "cancelled"; its slot is freed before the next decode step."""
         self.cancelled.set()
 
 
 class Engine:
+    """Continuous-batching inference over one model.
+
+    `stats` (a fresh dict on each read) holds what the HTTP metrics export:
+      queue_depth            requests waiting for a slot (gauge)
+      running_batch_size     sequences in the current decode batch (gauge)
+      kv_cache_usage_ratio   slots held by running sequences / slots (gauge, 0..1; a running sequence
+                             owns its whole preallocated slot)
+      prefix_cache_lookups   admitted requests that looked for a cached prefix (counter)
+      prefix_cache_hits      of those, how many reused at least one cached token (counter)
+      prefix_tokens_reused   prompt tokens not recomputed thanks to reuse (counter)
+      tokens_generated       tokens emitted over all requests (counter)
+      requests               requests admitted (counter)
+      kv_bytes_per_token     KV-cache bytes one cached token takes (constant)
+    """
+
     def __init__(self, model: GPT, tokenizer: Tokenizer, device: str = "cpu",
                  config: EngineConfig | None = None, model_name: str = "code-assistant"):
         self.model, self.tokenizer, self.device = model.eval(), tokenizer, torch.device(device)
         self.config = config or EngineConfig()
+        if self.config.max_batch < 1 or self.config.max_queue < 0:
+            raise ValueError("EngineConfig needs max_batch >= 1 and max_queue >= 0")
         self.model_name = model_name
         c = model.config
-        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         self.cache = KVCache(c.n_layer, self.config.max_batch, c.n_head, c.n_embd // c.n_head, c.block_size,
                              dtype=dtype, device=self.device, int8=self.config.kv_int8)
-        self.slot_tokens: list[list[int]] = [[] for _ in range(self.config.max_batch)]  # what each slot holds
+        self.slot_tokens: list[list[int]] = [[] for _ in range(self.config.max_batch)]  # tokens whose KV is valid
+        self.slot_used_at = [0.0] * self.config.max_batch
         self.running: dict[int, Request] = {}
-        self.waiting: queue.Queue[Request] = queue.Queue()
-        self.stats = {"requests": 0, "prefix_hits": 0, "prefix_tokens_reused": 0, "tokens_generated": 0}
+        self._waiting: deque[Request] = deque()
+        self._lock = threading.Lock()
+        self._counters = {"requests": 0, "prefix_cache_lookups": 0, "prefix_cache_hits": 0,
+                          "prefix_tokens_reused": 0, "tokens_generated": 0}
         self._wake = threading.Event()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
@@ -93,22 +132,32 @@ class Engine:
 
     # ---- loading ----------------------------------------------------------------------------
     @classmethod
-    def load(cls, model_dir: str | Path | None = None, device: str = "cpu", quantize: str | None = None,
+    def load(cls, model_dir: str | Path | None = None, device: str = "cpu", quantize: str | None = "int8",
              config: EngineConfig | None = None) -> "Engine":
-        model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
-        model, tokenizer, meta = load_model_dir(model_dir)
+        """Load a model directory (fp32 or int8). quantize="int8" runs int8 weights, None/"none" fp32."""
         if quantize not in (None, "none", "int8"):
-            raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
-        if quantize == "int8" and device == "cpu":
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        model = model.to(device)
+            raise ValueError(f"quantize must be 'int8', 'none' or None, got {quantize!r}")
+        model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        dtype = torch.float32
+        if torch.device(device).type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if quantize == "int8":
+            from .model_dir import load_tokenizer_from_dir
+            from .quantize import load_int8_model
+
+            meta = read_config(model_dir)
+            model, tokenizer = load_int8_model(model_dir, device, dtype), load_tokenizer_from_dir(model_dir, meta)
+        else:
+            model, tokenizer, meta = load_model_dir(model_dir)
+            model = model.to(device=device, dtype=dtype)
         name = meta.get("name") or model_dir.name
         return cls(model, tokenizer, device, config, model_name=name)
 
     # ---- public API -------------------------------------------------------------------------
     def build_prompt(self, prompt: str, suffix: str | None, max_tokens: int) -> list[int]:
         """Token ids for a plain or FIM prompt, trimmed from the far ends to leave room to generate."""
-        budget = max(1, self.model.config.block_size - min(max_tokens, self.model.config.block_size // 2))
+        block = self.model.config.block_size
+        budget = max(4, block - min(max_tokens, block // 2))
         if suffix is None:
             ids = self.tokenizer.encode(prompt)
             return ids[-budget:] if ids else [self.tokenizer.eot_id]
@@ -121,20 +170,27 @@ class Engine:
                 + [t.fim_middle_id])
 
     def submit(self, prompt: str, suffix: str | None, params: SamplingParams,
-               on_chunk: Callable[[Chunk], None]) -> Request:
-        if self.waiting.qsize() >= self.config.max_queue:
-            raise EngineBusy(f"queue full ({self.config.max_queue} waiting)")
+               on_chunk: Callable[[Chunk], None], logits_processor: LogitsProcessor | None = None) -> Request:
+        """Queue a request; `on_chunk` is called from the scheduler thread. Raises EngineBusy when full."""
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        if self._stop:
+            raise EngineError("the engine is closed")
         ids = self.build_prompt(prompt, suffix, params.max_tokens)
         generator = None
-        if params.temperature > 0:
+        if not params.greedy:
             generator = torch.Generator(device="cpu")
-            generator.manual_seed(params.seed if params.seed is not None else int(time.time_ns() % 2**63))
-        request = Request(ids, params, on_chunk, generator)
-        self.waiting.put(request)
+            generator.manual_seed(params.seed if params.seed is not None else time.time_ns() % 2**63)
+        request = Request(ids, params, on_chunk, generator, logits_processor)
+        with self._lock:
+            if len(self._waiting) >= self.config.max_queue:
+                raise EngineBusy(f"queue full ({self.config.max_queue} waiting)")
+            self._waiting.append(request)
         self._wake.set()
         return request
 
-    def complete(self, prompt: str, suffix: str | None = None, params: SamplingParams | None = None) -> Completion:
+    def complete(self, prompt: str, suffix: str | None = None, params: SamplingParams | None = None,
+                 logits_processor: LogitsProcessor | None = None) -> Completion:
         params = params or SamplingParams()
         done = threading.Event()
         parts: list[Chunk] = []
@@ -144,33 +200,49 @@ class Engine:
             if chunk.finish_reason:
                 done.set()
 
-        request = self.submit(prompt, suffix, params, on_chunk)
+        request = self.submit(prompt, suffix, params, on_chunk, logits_processor)
         done.wait()
+        if request.error:
+            raise EngineError(request.error)
         return self._completion(request, parts)
 
-    async def stream(self, prompt: str, suffix: str | None = None,
-                     params: SamplingParams | None = None) -> AsyncIterator[Chunk]:
+    async def stream(self, prompt: str, suffix: str | None = None, params: SamplingParams | None = None,
+                     logits_processor: LogitsProcessor | None = None) -> AsyncIterator[Chunk]:
         params = params or SamplingParams()
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[Chunk] = asyncio.Queue()
-        request = self.submit(prompt, suffix, params, lambda c: loop.call_soon_threadsafe(chunks.put_nowait, c))
+        request = self.submit(prompt, suffix, params, lambda c: loop.call_soon_threadsafe(chunks.put_nowait, c),
+                              logits_processor)
         try:
             while True:
                 chunk = await chunks.get()
+                if request.error:
+                    raise EngineError(request.error)
                 yield chunk
                 if chunk.finish_reason:
                     return
         finally:
-            request.cancel()  # client gone or done: frees the slot at the next step
+            request.cancel()  # client gone (or done): frees the slot at the next step
             self._wake.set()
 
     def queue_depth(self) -> int:
-        return self.waiting.qsize()
+        return len(self._waiting)
+
+    @property
+    def stats(self) -> dict:
+        running = len(self.running)
+        return {"queue_depth": len(self._waiting), "running_batch_size": running,
+                "kv_cache_usage_ratio": running / self.config.max_batch,
+                "kv_bytes_per_token": self.cache.bytes_per_token(), **self._counters}
 
     def close(self) -> None:
         self._stop = True
         self._wake.set()
         self._thread.join(timeout=5)
+        with self._lock:
+            left, self._waiting = list(self._waiting), deque()
+        for request in left + list(self.running.values()):
+            self._fail(request, "the engine was closed")
 
     # ---- scheduler --------------------------------------------------------------------------
     def _completion(self, request: Request, parts: list[Chunk]) -> Completion:
@@ -181,87 +253,120 @@ class Engine:
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
         while not self._stop:
-            if not self.running and self.waiting.empty():
+            if not self.running and not self._waiting:
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
                 continue
-            self._admit()
-            self._drop_cancelled()
-            if self.running:
-                self._decode_step()
+            try:
+                self._drop_cancelled()
+                self._admit()
+                if self.running:
+                    self._decode_step()
+            except Exception as e:  # a bug must not hang every client: fail the batch, keep serving
+                log.exception("engine step failed")
+                for request in list(self.running.values()):
+                    self._fail(request, f"internal error: {type(e).__name__}: {e}")
 
-    def _free_slots(self) -> list[int]:
-        return [s for s in range(self.config.max_batch) if s not in self.running]
+    def _drop_cancelled(self) -> None:
+        for request in [r for r in self.running.values() if r.cancelled.is_set()]:
+            self._finish(request, "cancelled")
+        if any(r.cancelled.is_set() for r in self._waiting):
+            with self._lock:
+                gone = [r for r in self._waiting if r.cancelled.is_set()]
+                self._waiting = deque(r for r in self._waiting if not r.cancelled.is_set())
+            for request in gone:
+                self._finish(request, "cancelled")
 
     def _admit(self) -> None:
-        free = self._free_slots()
-        while free and not self.waiting.empty():
-            request = self.waiting.get_nowait()
-            if request.cancelled.is_set():
-                self._finish(request, "cancelled")
-                continue
-            slot, reused = self._best_slot(request.prompt_ids, free)
-            free.remove(slot)
+        while self._waiting and len(self.running) < self.config.max_batch:
+            with self._lock:
+                request = self._waiting.popleft()
+            slot, reused = self._place(request.prompt_ids)
             self._prefill(request, slot, reused)
 
-    def _best_slot(self, ids: list[int], free: list[int]) -> tuple[int, int]:
-        """The free slot holding the longest prefix of `ids` (at least one token is always recomputed)."""
-        best, best_len = free[0], 0
-        for slot in free:
-            held = self.slot_tokens[slot]
-            n = 0
-            limit = min(len(held), len(ids) - 1)
-            while n < limit and held[n] == ids[n]:
-                n += 1
+    def _place(self, ids: list[int]) -> tuple[int, int]:
+        """A free slot for `ids` and how many leading tokens of it that slot now holds.
+
+        The longest cached prefix wins, searched over free slots (reused in place) and busy ones
+        (copied over). At least one prompt token is always recomputed, for its logits. Without a
+        match, an empty slot, else the least recently used one, keeps other cached prefixes alive.
+        """
+        free = [s for s in range(self.config.max_batch) if s not in self.running]
+        fallback = min(free, key=lambda s: (bool(self.slot_tokens[s]), self.slot_used_at[s], s))
+        if not self.config.prefix_reuse:
+            self.slot_tokens[fallback] = []
+            return fallback, 0
+        self._counters["prefix_cache_lookups"] += 1
+        best, best_len = fallback, 0
+        for slot in range(self.config.max_batch):
+            busy = self.running.get(slot)
+            valid = busy.position - 1 if busy else len(self.slot_tokens[slot])
+            n = _common_prefix(self.slot_tokens[slot], ids, min(valid, len(ids) - 1))
             if n > best_len:
                 best, best_len = slot, n
+        if best in self.running:  # a busy slot holds it: copy its keys and values into a free slot
+            self.cache.copy_prefix(best, fallback, best_len)
+            self.slot_tokens[fallback] = self.slot_tokens[best][:best_len]
+            best = fallback
+        if best_len:
+            self._counters["prefix_cache_hits"] += 1
+            self._counters["prefix_tokens_reused"] += best_len
         return best, best_len
 
     def _prefill(self, request: Request, slot: int, reused: int) -> None:
         request.slot, request.reused_tokens = slot, reused
-        if reused:
-            self.stats["prefix_hits"] += 1
-            self.stats["prefix_tokens_reused"] += reused
-        self.stats["requests"] += 1
-        new = request.prompt_ids[reused:]
-        idx = torch.tensor([new], device=self.device)
-        positions = torch.arange(reused, len(request.prompt_ids), device=self.device).unsqueeze(0)
-        slots = torch.tensor([slot], device=self.device)
-        logits = self.model(idx, positions, self.cache.view(slots, positions), last_only=True)[0, -1]
-        self.slot_tokens[slot] = list(request.prompt_ids)
-        request.position = len(request.prompt_ids)
-        self.running[slot] = request
-        self._accept(request, sample_token(logits, request.params, request.generator))
+        self._counters["requests"] += 1
+        ids = request.prompt_ids
+        self.running[slot] = request  # from here a failure in the forward fails this request too
+        self.slot_tokens[slot] = self.slot_tokens[slot][:reused]
+        request.position = reused + 1
+        idx = torch.tensor([ids[reused:]], device=self.device)
+        positions = torch.arange(reused, len(ids), device=self.device).unsqueeze(0)
+        logits = self.model(idx, positions, self.cache.view([slot], positions), last_only=True)[:, -1]
+        self.slot_tokens[slot] = list(ids)
+        self.slot_used_at[slot] = time.monotonic()
+        request.position = len(ids)
+        self._accept(request, self._choose_tokens([request], logits)[0])
 
     def _decode_step(self) -> None:
-        requests = list(self.running.values())
+        """One forward over the last token of every running sequence, ordered by slot so that a
+        full batch reads the cache as one slice."""
+        slots = sorted(self.running)
+        requests = [self.running[s] for s in slots]
         idx = torch.tensor([[r.output_ids[-1]] for r in requests], device=self.device)
         positions = torch.tensor([[r.position - 1] for r in requests], device=self.device)
-        slots = torch.tensor([r.slot for r in requests], device=self.device)
         logits = self.model(idx, positions, self.cache.view(slots, positions))[:, -1]
+        for request, token in zip(requests, self._choose_tokens(requests, logits)):
+            self._accept(request, token)
+
+    def _choose_tokens(self, requests: list[Request], logits: torch.Tensor) -> list[int]:
         for row, request in enumerate(requests):
-            self._accept(request, sample_token(logits[row], request.params, request.generator))
+            if request.logits_processor is not None:
+                logits[row] = request.logits_processor(request, logits[row])
+        return choose_tokens(logits, [r.params for r in requests], [r.generator for r in requests])
 
     def _accept(self, request: Request, token: int) -> None:
-        """Record a sampled token (its KV is written by the next forward) and emit text."""
+        """Record a sampled token (its KV is written by the next forward), then stop or emit."""
         if request.first_token_at is None:
             request.first_token_at = time.perf_counter()
-        if token == self.tokenizer.eot_id or token in self.tokenizer.special_ids:
+        if token in self.tokenizer.special_ids:
             return self._finish(request, "stop")
         request.output_ids.append(token)
         self.slot_tokens[request.slot].append(token)
         request.position += 1
-        self.stats["tokens_generated"] += 1
-        request.pending += self.tokenizer.decode_bytes([token])
-        text, request.pending = _split_utf8(request.pending)
-        request.text += text
-        for stop in request.params.stop:
+        self._counters["tokens_generated"] += 1
+        request.text += request.decoder.decode(self.tokenizer.decode_bytes([token]))
+        params = request.params
+        for stop in params.stop:
             cut = request.text.find(stop, max(0, request.emitted - len(stop)))
             if cut != -1:
                 request.text = request.text[:cut]
                 return self._finish(request, "stop")
-        if len(request.output_ids) >= request.params.max_tokens or request.position >= self.model.config.block_size:
+        if len(request.output_ids) >= params.max_tokens or request.position >= self.model.config.block_size:
             return self._finish(request, "length")
+        self._emit(request)
+
+    def _emit(self, request: Request) -> None:
         # Hold back a tail that could be the start of a stop string.
         hold = max((len(s) - 1 for s in request.params.stop), default=0)
         safe = len(request.text) - hold
@@ -269,29 +374,30 @@ class Engine:
             request.on_chunk(Chunk(request.text[request.emitted:safe], len(request.output_ids)))
             request.emitted = safe
 
-    def _finish(self, request: Request, reason: str) -> None:
-        if request.slot >= 0:
-            self.running.pop(request.slot, None)
+    def _release(self, request: Request) -> None:
+        if request.slot >= 0 and self.running.get(request.slot) is request:
+            del self.running[request.slot]
             # The slot's KV is valid for every token but the last sampled one (never forwarded).
             held = self.slot_tokens[request.slot]
             self.slot_tokens[request.slot] = held[:max(0, request.position - 1)]
-        if reason != "cancelled" and request.pending:
-            request.text += request.pending.decode("utf-8", errors="replace")
-            request.pending = b""
+            self.slot_used_at[request.slot] = time.monotonic()
+
+    def _finish(self, request: Request, reason: str) -> None:
+        # Bytes of a character the last token left incomplete are dropped, never shown half.
+        self._release(request)
         request.on_chunk(Chunk(request.text[request.emitted:], len(request.output_ids), reason))
         request.emitted = len(request.text)
 
-    def _drop_cancelled(self) -> None:
-        for request in [r for r in self.running.values() if r.cancelled.is_set()]:
-            self._finish(request, "cancelled")
+    def _fail(self, request: Request, message: str) -> None:
+        self._release(request)
+        request.error = message
+        request.on_chunk(Chunk("", len(request.output_ids), "error"))
 
 
-def _split_utf8(data: bytes) -> tuple[str, bytes]:
-    """Decode the longest complete UTF-8 prefix; keep an incomplete trailing character for later."""
-    for cut in range(len(data), max(-1, len(data) - 4), -1):
-        try:
-            return data[:cut].decode("utf-8"), data[cut:]
-        except UnicodeDecodeError as e:
-            if e.reason == "invalid start byte" or e.start < cut - 3:
-                break
-    return data.decode("utf-8", errors="replace"), b""
+def _common_prefix(held: list[int], ids: list[int], limit: int) -> int:
+    n, limit = 0, min(len(held), limit)
+    if limit == 0 or held[0] != ids[0]:
+        return 0
+    while n < limit and held[n] == ids[n]:
+        n += 1
+    return n

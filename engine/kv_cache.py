@@ -2,7 +2,8 @@
 
 Buffers are (n_layer, n_slots, n_head, max_len, head_dim) and are written in place. A forward pass
 works on a `SlotView`: the batch rows' slot ids and positions, which implements the model's
-`update(layer, k, v, positions)`.
+`update(layer, k, v, positions)`. When the batch's slots are consecutive (the scheduler keeps them
+so where it can), keys and values are read as a slice of the buffer, with no gather copy.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class KVCache:
         store = torch.int8 if int8 else dtype
         self.k = torch.zeros(shape, dtype=store, device=device)
         self.v = torch.zeros(shape, dtype=store, device=device)
+        self.k_scale = self.v_scale = None
         if int8:  # one scale per (token, head): absmax over head_dim / 127
             self.k_scale = torch.zeros(shape[:-1] + (1,), dtype=dtype, device=device)
             self.v_scale = torch.zeros(shape[:-1] + (1,), dtype=dtype, device=device)
@@ -30,34 +32,41 @@ class KVCache:
             per_head += self.k_scale.element_size()
         return 2 * n_layer * n_head * per_head
 
-    def view(self, slots: torch.Tensor, positions: torch.Tensor) -> "SlotView":
+    def total_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._buffers())
+
+    def _buffers(self) -> list[torch.Tensor]:
+        return [self.k, self.v] + ([self.k_scale, self.v_scale] if self.int8 else [])
+
+    def view(self, slots: list[int], positions: torch.Tensor) -> "SlotView":
         return SlotView(self, slots, positions)
 
     def copy_prefix(self, src_slot: int, dst_slot: int, length: int) -> None:
         """Copy the first `length` cached positions of one slot into another (prefix reuse)."""
         if src_slot == dst_slot or length <= 0:
             return
-        buffers = [self.k, self.v] + ([self.k_scale, self.v_scale] if self.int8 else [])
-        for buf in buffers:
+        for buf in self._buffers():
             buf[:, dst_slot, :, :length] = buf[:, src_slot, :, :length]
 
 
 class SlotView:
     """The cache as seen by one forward pass: row b of the batch lives in slot `slots[b]`."""
 
-    def __init__(self, cache: KVCache, slots: torch.Tensor, positions: torch.Tensor):
-        if positions.max().item() >= cache.max_len:
-            raise ValueError(f"position {positions.max().item()} is past the cache length {cache.max_len}")
-        self.cache, self.slots, self.positions = cache, slots, positions
-        self.kv_len = int(positions.max().item()) + 1
+    def __init__(self, cache: KVCache, slots: list[int], positions: torch.Tensor):
+        self.kv_len = int(positions.max()) + 1
+        if self.kv_len > cache.max_len:
+            raise ValueError(f"position {self.kv_len - 1} is past the cache length {cache.max_len}")
+        self.cache, self.positions = cache, positions
+        self.slot_index = torch.tensor(slots, device=positions.device)
+        first = slots[0]
+        # Consecutive slots are read as a slice (a view); others need a gather copy per layer.
+        self.slot_range = slice(first, first + len(slots)) if slots == list(range(first, first + len(slots))) else None
         key_pos = torch.arange(self.kv_len, device=positions.device)
         # (B, 1, T, S): a query attends to keys at positions up to its own; later cache rows are stale.
-        self.mask = (key_pos[None, None, None, :] <= positions[:, None, :, None])
-        # Batch 1 reads the slot as a view, with no gather copy.
-        self.single = int(slots[0]) if slots.numel() == 1 else None
+        self.mask = key_pos[None, None, None, :] <= positions[:, None, :, None]
 
     def _store(self, buf, scale_buf, layer, x):
-        rows, pos = self.slots[:, None], self.positions
+        rows, pos = self.slot_index[:, None], self.positions
         x = x.transpose(1, 2)  # (B, T, H, D): advanced indices on dims 0 and 2 put them first
         if scale_buf is None:
             buf[layer][rows, :, pos] = x.to(buf.dtype)
@@ -67,18 +76,14 @@ class SlotView:
         scale_buf[layer][rows, :, pos] = scale.to(scale_buf.dtype)
 
     def _load(self, buf, scale_buf, layer):
-        if self.single is not None:
-            x = buf[layer, self.single:self.single + 1, :, :self.kv_len]
-            s = None if scale_buf is None else scale_buf[layer, self.single:self.single + 1, :, :self.kv_len]
-        else:
-            x = buf[layer][self.slots, :, :self.kv_len]
-            s = None if scale_buf is None else scale_buf[layer][self.slots, :, :self.kv_len]
-        return x if s is None else x.to(s.dtype) * s
+        rows = self.slot_range if self.slot_range is not None else self.slot_index
+        x = buf[layer, rows, :, :self.kv_len]
+        if scale_buf is None:
+            return x
+        return x.to(scale_buf.dtype) * scale_buf[layer, rows, :, :self.kv_len]
 
     def update(self, layer, k, v, positions):
         c = self.cache
-        self._store(c.k, c.k_scale if c.int8 else None, layer, k)
-        self._store(c.v, c.v_scale if c.int8 else None, layer, v)
-        k_all = self._load(c.k, c.k_scale if c.int8 else None, layer)
-        v_all = self._load(c.v, c.v_scale if c.int8 else None, layer)
-        return k_all, v_all, self.mask
+        self._store(c.k, c.k_scale, layer, k)
+        self._store(c.v, c.v_scale, layer, v)
+        return self._load(c.k, c.k_scale, layer), self._load(c.v, c.v_scale, layer), self.mask

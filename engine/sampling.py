@@ -1,44 +1,68 @@
-"""Sampling parameters and the per-row token choice."""
+"""Sampling parameters (validated on construction) and the token choice for a batch of rows."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+
 
 class SamplingError(ValueError):
-    pass
+    """Invalid sampling parameters; the message names the field and the allowed range."""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
 class SamplingParams:
     max_tokens: int = 50
-    temperature: float = 0.0
+    temperature: float = 0.0       # 0: greedy (deterministic)
     top_k: int | None = None
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
-    seed: int | None = None
+    seed: int | None = None        # with temperature > 0: the same seed gives the same tokens
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
+        if self.stop is None:
+            self.stop = []
+        elif isinstance(self.stop, str):
             self.stop = [self.stop]
-        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 1:
+        elif isinstance(self.stop, (list, tuple)):
+            self.stop = list(self.stop)
+        else:
+            raise SamplingError(f"stop must be a string or a list of strings, got {type(self.stop).__name__}")
+        if not _is_int(self.max_tokens) or self.max_tokens < 1:
             raise SamplingError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
-        if not 0.0 <= float(self.temperature) <= 5.0:
-            raise SamplingError(f"temperature must be in [0, 5], got {self.temperature!r}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+        if not _is_number(self.temperature) or not 0.0 <= self.temperature <= 5.0:
+            raise SamplingError(f"temperature must be a number in [0, 5], got {self.temperature!r}")
+        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
             raise SamplingError(f"top_k must be a positive integer or None, got {self.top_k!r}")
-        if not 0.0 < float(self.top_p) <= 1.0:
-            raise SamplingError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise SamplingError("stop must be a list of non-empty strings")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise SamplingError(f"seed must be an integer, got {self.seed!r}")
+        if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
+            raise SamplingError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise SamplingError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
+        if any(not isinstance(s, str) or not s or len(s) > MAX_STOP_CHARS for s in self.stop):
+            raise SamplingError(f"stop must be non-empty strings of at most {MAX_STOP_CHARS} characters")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
+            raise SamplingError(f"seed must be a non-negative integer below 2**63, got {self.seed!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
 
 
 def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
     """Choose the next token from one row of logits (vocab,)."""
-    if params.temperature == 0.0:
+    if params.greedy:
         return int(torch.argmax(logits))
     logits = logits.float() / params.temperature
     if params.top_k is not None and params.top_k < logits.numel():
@@ -47,7 +71,13 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
     probs = torch.softmax(logits, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, 0) - sorted_probs < params.top_p
-        sorted_probs = sorted_probs * keep
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        keep = torch.cumsum(sorted_probs, 0) - sorted_probs < params.top_p  # always keeps the top token
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs * keep)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def choose_tokens(logits: torch.Tensor, params: list[SamplingParams],
+                  generators: list[torch.Generator | None]) -> list[int]:
+    """One token per row of (B, vocab) logits: one argmax call for all greedy rows, then the sampled rows."""
+    greedy = torch.argmax(logits, dim=-1).tolist()
+    return [greedy[i] if p.greedy else sample_token(logits[i], p, generators[i]) for i, p in enumerate(params)]
