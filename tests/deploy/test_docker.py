@@ -71,8 +71,9 @@ def test_dockerignore_keeps_environments_data_and_history_out():
     assert {".venv", ".git", "data", "runs"} <= ignored
 
 
-def test_cuda_image_installs_the_cuda_torch_build():
+def test_cuda_image_installs_the_cuda_torch_build_and_serves_on_the_gpu():
     build = " ".join(arg for op, arg in instructions(DOCKERFILES[1]) if op in ("ARG", "RUN"))
     assert "download.pytorch.org/whl/cu" in build
+    assert any(op == "ENV" and "CODE_ASSISTANT_DEVICE=cuda" in arg for op, arg in final_stage(DOCKERFILES[1]))
     cpu_build = " ".join(arg for op, arg in instructions(DOCKERFILES[0]) if op == "RUN")
     assert "download.pytorch.org/whl/cpu" in cpu_build

@@ -31,7 +31,6 @@ def test_killing_a_replica_fails_no_request_beyond_those_in_flight(tiny_model_di
     assert report["killed_at_s"] is not None, "the load ended before the kill"
     assert report["failed"] <= report["in_flight_at_kill"], report["failures"]
     assert report["ok_after_kill"] > 0
-    assert report["served_by_killed_after_kill"] == 0
     assert report["survivor_exit_codes"] == {"stable-2": 0, "canary": 0}
     assert report["exit_code"] == 0
 
