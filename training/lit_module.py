@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import lightning as L
 import torch
@@ -12,21 +13,33 @@ from engine.model import GPT, GPTConfig
 from .config import OptimConfig
 
 
-def lr_factor(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
-    """Linear warmup to 1, then cosine decay to min_lr_ratio at max_steps."""
+def lr_factor(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float,
+              time_progress: float = 0.0) -> float:
+    """Linear warmup to 1, then cosine decay to min_lr_ratio at max_steps, or at the time budget's
+    end if that comes first (`time_progress` = elapsed / max_time), so a time-boxed run still anneals."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    progress = min(1.0, max(time_progress, (step - warmup_steps) / max(1, max_steps - warmup_steps)))
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class CodeLM(L.LightningModule):
-    def __init__(self, model_config: GPTConfig, optim: OptimConfig, max_steps: int, tokens_per_byte: float):
+    def __init__(self, model_config: GPTConfig, optim: OptimConfig, max_steps: int, tokens_per_byte: float,
+                 max_seconds: float | None = None):
         super().__init__()
         self.save_hyperparameters({"model": model_config.to_dict(), "optim": vars(optim),
                                    "max_steps": max_steps, "tokens_per_byte": tokens_per_byte})
         self.model = GPT(model_config)
         self.optim, self.max_steps, self.tokens_per_byte = optim, max_steps, tokens_per_byte
+        self.max_seconds, self.fit_started = max_seconds, None
+
+    def on_train_start(self) -> None:
+        self.fit_started = time.monotonic()
+
+    def time_progress(self) -> float:
+        if not self.max_seconds or self.fit_started is None:
+            return 0.0
+        return (time.monotonic() - self.fit_started) / self.max_seconds
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         x, y = batch[:, :-1], batch[:, 1:]
@@ -54,5 +67,5 @@ class CodeLM(L.LightningModule):
                                        {"params": no_decay, "weight_decay": 0.0}],
                                       lr=o.learning_rate, betas=(o.beta1, o.beta2))
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, o.warmup_steps, self.max_steps, o.min_lr_ratio))
+            optimizer, lambda step: lr_factor(step, o.warmup_steps, self.max_steps, o.min_lr_ratio, self.time_progress()))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

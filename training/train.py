@@ -100,7 +100,8 @@ def train(config: TrainConfig, data_dir: Path, out_dir: Path, resume: bool = Fal
     dm = CodeDataModule(data_dir, config.model.block_size, config.data)
     n_vocab = dm.tokenizer.n_vocab
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=n_vocab))
-    module = CodeLM(config.model, config.optim, config.trainer.max_steps, dm.tokens_per_byte("val"))
+    max_seconds = config.trainer.max_time_minutes * 60 if config.trainer.max_time_minutes else None
+    module = CodeLM(config.model, config.optim, config.trainer.max_steps, dm.tokens_per_byte("val"), max_seconds)
     if config.trainer.compile:
         module.model = torch.compile(module.model)
     run_dir = out_dir / "run"
@@ -128,9 +129,9 @@ def train(config: TrainConfig, data_dir: Path, out_dir: Path, resume: bool = Fal
     started = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if resume and ckpt.exists() else None)
     wall = time.time() - started
+    trainer.validate(module, datamodule=dm, verbose=False)  # collective: every rank takes part
     if not trainer.is_global_zero:
         return {}
-    trainer.validate(module, datamodule=dm, verbose=False)
     if export.best == float("inf") or float(trainer.callback_metrics["val_loss"]) <= export.best:
         export.export(trainer, module, "final")
     metrics_csv = run_dir / "logs" / "metrics.csv"

@@ -1,0 +1,78 @@
+"""The GPT's KV-cache path is an exact replacement for the full forward pass."""
+import pytest
+import torch
+
+from engine.kv_cache import KVCache
+from engine.model import GPT, GPTConfig
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=97, block_size=48, n_layer=2, n_head=4, n_embd=32)).eval()
+
+
+def cached_logits(model, idx, prefill, cache, slot):
+    c = model.config
+    slots = torch.tensor([slot])
+    pos = torch.arange(prefill)[None]
+    out = [model(idx[:, :prefill], pos, cache.view(slots, pos))]
+    for t in range(prefill, idx.size(1)):
+        pos = torch.tensor([[t]])
+        out.append(model(idx[:, t:t + 1], pos, cache.view(slots, pos)))
+    return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("prefill", [1, 7, 30])
+def test_cached_decoding_matches_full_forward(model, prefill):
+    idx = torch.randint(0, 97, (1, 40))
+    cache = KVCache(2, 3, 4, 8, 48)
+    full = model(idx)
+    assert torch.allclose(cached_logits(model, idx, prefill, cache, slot=1), full, atol=1e-5)
+
+
+@torch.no_grad()
+def test_int8_cache_stays_close(model):
+    idx = torch.randint(0, 97, (1, 40))
+    full = model(idx)
+    cached = cached_logits(model, idx, 5, KVCache(2, 1, 4, 8, 48, int8=True), slot=0)
+    assert (cached - full).abs().max() < 0.05
+    assert (cached.argmax(-1) == full.argmax(-1)).float().mean() > 0.9
+
+
+@torch.no_grad()
+def test_batched_rows_at_different_positions(model):
+    """Two sequences of different lengths decode in one batch, each from its own slot."""
+    a, b = torch.randint(0, 97, (1, 12)), torch.randint(0, 97, (1, 5))
+    cache = KVCache(2, 2, 4, 8, 48)
+    for slot, seq in ((0, a), (1, b)):
+        pos = torch.arange(seq.size(1))[None]
+        model(seq, pos, cache.view(torch.tensor([slot]), pos))
+    nxt = torch.tensor([[3], [4]])
+    pos = torch.tensor([[12], [5]])
+    batched = model(nxt, pos, cache.view(torch.tensor([0, 1]), pos))[:, -1]
+    full_a = model(torch.cat([a, nxt[:1]], 1))[0, -1]
+    full_b = model(torch.cat([b, nxt[1:]], 1))[0, -1]
+    assert torch.allclose(batched[0], full_a, atol=1e-5)
+    assert torch.allclose(batched[1], full_b, atol=1e-5)
+
+
+def test_too_long_sequence_is_a_clear_error(model):
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 49, dtype=torch.long))
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="divisible"):
+        GPTConfig(n_embd=30, n_head=4)
+
+
+def test_engine_never_imports_training_or_servers():
+    import subprocess
+    import sys
+    code = ("import sys, engine, engine.engine, engine.model_dir; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('training', 'lightning', 'fastapi', 'http_api', 'lsp_server', 'pygls')]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
