@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import DEPLOY, REPO, require_tool
+from deploy_harness import DEPLOY, REPO, require_tool
 
 DOCKERFILES = [DEPLOY / "docker" / "Dockerfile", DEPLOY / "docker" / "Dockerfile.cuda"]
 

@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import DEPLOY
+from deploy_harness import DEPLOY
 from http_api.settings import ServerSettings
 from kustomize_subset import render
 

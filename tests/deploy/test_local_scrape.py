@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from conftest import DEPLOY, require_tool, run_script
+from deploy_harness import DEPLOY, require_tool, run_script
 
 
 def test_prometheus_scrapes_the_server_and_evaluates_the_rules(tiny_model_dir, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import DEPLOY, local_stack
+from deploy_harness import DEPLOY, local_stack
 from promql_names import metric_names
 
 # The metric contract between http_api and deploy/ (the dashboard and rules were built on these).

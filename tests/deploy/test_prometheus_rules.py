@@ -5,7 +5,7 @@ import subprocess
 
 import yaml
 
-from conftest import DEPLOY, require_tool
+from deploy_harness import DEPLOY, require_tool
 
 PROMETHEUS = DEPLOY / "prometheus"
 

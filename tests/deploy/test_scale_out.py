@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import require_tool, run_script
+from deploy_harness import require_tool, run_script
 
 
 @pytest.fixture
