@@ -155,19 +155,23 @@ class Engine:
 
     # ---- public API -------------------------------------------------------------------------
     def build_prompt(self, prompt: str, suffix: str | None, max_tokens: int) -> list[int]:
-        """Token ids for a plain or FIM prompt, trimmed from the far ends to leave room to generate."""
+        """Token ids for a plain or FIM prompt, trimmed from the far ends to leave room to generate.
+
+        A long prefix is cut at a multiple of `block_size // 8` tokens, not at exactly the budget:
+        the next keystroke then keeps the same first tokens, so prefix reuse still applies.
+        """
         block = self.model.config.block_size
         budget = max(4, block - min(max_tokens, block // 2))
+        stride = max(1, block // 8)
+        t = self.tokenizer
         if suffix is None:
-            ids = self.tokenizer.encode(prompt)
-            return ids[-budget:] if ids else [self.tokenizer.eot_id]
-        pre, suf = self.tokenizer.encode(prompt), self.tokenizer.encode(suffix)
+            ids = t.encode(prompt)
+            return ids[_aligned_start(len(ids), budget, stride):] if ids else [t.eot_id]
+        pre, suf = t.encode(prompt), t.encode(suffix)
         room = budget - 3
         keep_suf = min(len(suf), room // 4 if len(pre) > room - room // 4 else room - len(pre))
-        keep_pre = min(len(pre), room - keep_suf)
-        t = self.tokenizer
-        return ([t.fim_prefix_id] + pre[len(pre) - keep_pre:] + [t.fim_suffix_id] + suf[:keep_suf]
-                + [t.fim_middle_id])
+        start = _aligned_start(len(pre), room - keep_suf, stride)
+        return [t.fim_prefix_id] + pre[start:] + [t.fim_suffix_id] + suf[:keep_suf] + [t.fim_middle_id]
 
     def submit(self, prompt: str, suffix: str | None, params: SamplingParams,
                on_chunk: Callable[[Chunk], None], logits_processor: LogitsProcessor | None = None) -> Request:
@@ -392,6 +396,12 @@ class Engine:
         self._release(request)
         request.error = message
         request.on_chunk(Chunk("", len(request.output_ids), "error"))
+
+
+def _aligned_start(n: int, budget: int, stride: int) -> int:
+    """First index of the kept tail of n tokens: at most `budget` kept, cut on a multiple of `stride`."""
+    over = n - budget
+    return 0 if over <= 0 else -(-over // stride) * stride
 
 
 def _common_prefix(held: list[int], ids: list[int], limit: int) -> int:

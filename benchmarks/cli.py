@@ -1,0 +1,24 @@
+"""`code-assistant bench engine|http [...]`: hand the rest of the arguments to that benchmark's main."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "engine": ("benchmarks.engine_bench", "the engine against Hugging Face transformers on the same weights"),
+    "http": ("benchmarks.http_bench", "the HTTP server under concurrent load"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in BENCHMARKS:
+        names = "\n".join(f"  {name:8s} {help_}" for name, (_, help_) in BENCHMARKS.items())
+        print(f"usage: code-assistant bench {{{','.join(BENCHMARKS)}}} [options]\n{names}", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(BENCHMARKS[argv[0]][0])  # lazily: each pulls in its own dependencies
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
