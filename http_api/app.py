@@ -44,8 +44,9 @@ def model_version(model_dir: Path | None) -> str:
 
 
 def load_engine(settings: ServerSettings) -> Engine:
-    return Engine.load(settings.model_dir, device=settings.device, quantize=settings.quantize,
-                       config=EngineConfig(max_batch=settings.max_batch, max_queue=settings.max_queue))
+    quantize = {} if settings.quantize is None else {"quantize": settings.quantize}
+    return Engine.load(settings.model_dir, device=settings.device,
+                       config=EngineConfig(max_batch=settings.max_batch, max_queue=settings.max_queue), **quantize)
 
 
 def create_app(settings: ServerSettings | None = None, engine: Engine | None = None) -> FastAPI:

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import EngineBusy, SamplingError
+from engine.engine import EngineError
 
 log = logging.getLogger("code_assistant.http")
 
@@ -77,6 +78,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineBusy)
     async def on_busy(request: Request, exc: EngineBusy) -> JSONResponse:
         return error_response(busy_error(exc))
+
+    @app.exception_handler(EngineError)
+    async def on_engine_error(request: Request, exc: EngineError) -> JSONResponse:
+        log.error("engine error", extra={"fields": {"event": "engine_error", "error": str(exc)}})
+        return error_response(APIError(503, f"the engine could not finish the request: {exc}", "server_error",
+                                       code="engine_error", headers={"Retry-After": "1"}))
 
     @app.exception_handler(SamplingError)
     async def on_sampling_error(request: Request, exc: SamplingError) -> JSONResponse:

@@ -18,23 +18,14 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 def engine_load(engine: Engine) -> dict[str, float]:
-    """Queue depth, running batch and KV-cache use of an engine, from its public stats when it has them."""
+    """Queue depth, running batch, KV-cache use and prefix-cache counters from the engine's public stats."""
     stats = engine.stats
-    slots = getattr(getattr(engine, "config", None), "max_batch", 0) or 1
-    running = stats.get("running")
-    if running is None:
-        running = len(getattr(engine, "running", {}))
-    usage = stats.get("kv_cache_usage")
-    if usage is None:
-        # Slots are the cache's unit of allocation: a running sequence holds one whole slot.
-        usage = running / slots
     return {
-        "queue_depth": float(engine.queue_depth()),
-        "running": float(running),
-        "kv_cache_usage": float(min(1.0, max(0.0, usage))),
-        "prefix_hits": float(stats.get("prefix_hits", 0)),
-        # Every admitted request looks for a reusable prefix once.
-        "prefix_lookups": float(stats.get("prefix_lookups", stats.get("requests", 0))),
+        "queue_depth": float(stats.get("queue_depth", engine.queue_depth())),
+        "running": float(stats.get("running_batch_size", 0)),
+        "kv_cache_usage": float(min(1.0, max(0.0, stats.get("kv_cache_usage_ratio", 0.0)))),
+        "prefix_hits": float(stats.get("prefix_cache_hits", 0)),
+        "prefix_lookups": float(stats.get("prefix_cache_lookups", 0)),
     }
 
 
