@@ -15,10 +15,12 @@ from deploy_harness import DEPLOY
 from http_api.settings import ServerSettings
 from kustomize_subset import render
 
+import prometheus_rule  # noqa: E402, I001  (deploy/scripts, put on sys.path by deploy_harness)
+
 # The oldest minor still in upstream support when this was written; autoscaling/v2 and policy/v1 are GA there.
 K8S_VERSION = "1.32.0"
 OVERLAYS = ["cpu", "cuda", "canary"]
-CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 
 def rendered(overlay: str) -> list[dict]:
@@ -48,7 +50,7 @@ def test_every_built_in_object_passes_strict_schema_validation(overlay):
     docs = rendered(overlay)
     kinds = {d["kind"] for d in docs}
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "Secret",
-            "NetworkPolicy", "ServiceMonitor"} <= kinds
+            "NetworkPolicy", "ServiceMonitor", "PrometheusRule"} <= kinds
     for doc in docs:
         if (doc["apiVersion"], doc["kind"]) in CRDS:
             continue
@@ -188,3 +190,16 @@ def test_canary_runs_a_second_model_beside_stable_split_by_replicas():
     assert not selects(canary["spec"]["selector"]["matchLabels"], stable["spec"]["template"]["metadata"]["labels"])
     assert one(docs, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["name"] == stable["metadata"]["name"]
     assert {d["metadata"]["namespace"] for d in docs} == {"code-assistant"}
+
+
+def test_prometheus_rule_is_the_rules_file_for_the_operator():
+    """The operator loads rules from a PrometheusRule; it must say exactly what rules.yml says."""
+    path = DEPLOY / "k8s" / "base" / "prometheusrule.yaml"
+    assert path.read_text() == prometheus_rule.render(), \
+        "stale: python deploy/scripts/prometheus_rule.py > deploy/k8s/base/prometheusrule.yaml"
+    rule = one(rendered("cpu"), "PrometheusRule")
+    assert set(rule["spec"]) == {"groups"}
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())
+    assert rule["spec"]["groups"] == rules["groups"]
+    monitor = one(rendered("cpu"), "ServiceMonitor")
+    assert rule["metadata"]["labels"]["release"] == monitor["metadata"]["labels"]["release"]
