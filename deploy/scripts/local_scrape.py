@@ -67,7 +67,7 @@ def rehearse(model_dir: Path, workdir: Path, completions: int = 6, timeout: floa
     prometheus = None
     try:
         t0 = time.monotonic()
-        prometheus = start_prometheus([f"127.0.0.1:{server.extra['port']}"], workdir / "prometheus")
+        prometheus = start_prometheus([f"127.0.0.1:{server.port}"], workdir / "prometheus")
         up = poll("a successful scrape", lambda: prometheus_query(prometheus.url, 'up{job="code-assistant"}'),
                   lambda r: r and r[0]["value"][1] == "1", timeout)
         report["first_scrape_s"] = round(time.monotonic() - t0, 2)

@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +61,11 @@ def http_json(url: str, body: dict | None = None, timeout: float = 10.0) -> tupl
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read() or b"{}")
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+        body = e.read()
+        try:
+            return e.code, json.loads(body or b"{}")
+        except ValueError:  # an error page from a proxy, not the API
+            return e.code, {"body": body.decode(errors="replace")[:500]}
 
 
 @dataclass
@@ -70,8 +74,11 @@ class Process:
     name: str
     popen: subprocess.Popen
     log_path: Path
-    url: str = ""
-    extra: dict = field(default_factory=dict)
+    port: int = 0               # its loopback port, once it listens
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -130,7 +137,7 @@ def start_servers(replicas: list[tuple[str, Path]], workdir: Path, extra_args: t
                        "--port", str(port), *extra_args]
             # One torch thread each: several replicas share a small machine in the rehearsals.
             process = spawn(name, command, workdir / name, env={"OMP_NUM_THREADS": "1"})
-            process.url, process.extra["port"] = f"http://127.0.0.1:{port}", port
+            process.port = port
             started.append(process)
         for process in started:
             wait_until(process, lambda p=process: http_get(p.url + "/ready")[0] == 200, ready_timeout,
@@ -200,7 +207,7 @@ def start_nginx(upstreams: list[tuple[int, int]], workdir: Path) -> Process:
     config.write_text(nginx_config(upstreams, port, workdir))
     process = spawn("nginx", [nginx, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(config)],
                     workdir)
-    process.url, process.extra["port"] = f"http://127.0.0.1:{port}", port
+    process.port = port
     wait_until(process, lambda: http_get(process.url + "/health")[0] == 200, 15, "200 from /health through nginx")
     return process
 
@@ -234,7 +241,7 @@ def start_prometheus(targets: list[str], workdir: Path, interval: str = "1s") ->
     port = free_port()
     process = spawn("prometheus", [prometheus, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
                                    f"--storage.tsdb.path={workdir / 'data'}"], workdir)
-    process.url, process.extra["port"] = f"http://127.0.0.1:{port}", port
+    process.port = port
     wait_until(process, lambda: http_get(process.url + "/-/ready")[0] == 200, 30, "200 from /-/ready")
     return process
 

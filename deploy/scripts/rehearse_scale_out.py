@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -120,7 +119,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def summarise(outcomes: list[Outcome], kill_info: dict, replicas: dict[str, Process], killed: str,
               weights: dict[str, int]) -> dict:
-    by_port = {f"127.0.0.1:{p.extra['port']}": name for name, p in replicas.items()}
+    by_port = {f"127.0.0.1:{p.port}": name for name, p in replicas.items()}
     kill_at = kill_info.get("at_s", float("inf"))
     ok = [o for o in outcomes if o.ok]
     failed = [o for o in outcomes if not o.ok]
@@ -181,7 +180,7 @@ def rehearse(model_dir: Path, workdir: Path, replicas: int = 2, canary_model: Pa
     nginx = None
     try:
         startup_s = time.monotonic() - t0
-        nginx = start_nginx([(processes[n].extra["port"], weights[n]) for n, _ in names], workdir / "nginx")
+        nginx = start_nginx([(processes[n].port, weights[n]) for n, _ in names], workdir / "nginx")
         killed = "stable-1"
         outcomes, kill_info = asyncio.run(drive(nginx.url, load, kill_after_s,
                                                 lambda: processes[killed].popen.send_signal(kill_signal)))
