@@ -19,6 +19,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     proc, url = (None, args.url.rstrip("/")) if args.url else start_server(args.model, args.server_arg,
-                                                                         out / "http_bench_server.log")
+                                                                         Path(tempfile.mkdtemp()) / "server.log")
     try:
         info = httpx.get(url + "/health", timeout=10).json()
         model = httpx.get(url + "/v1/models", headers=headers, timeout=10).json()["data"][0]["id"]

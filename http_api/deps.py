@@ -60,8 +60,12 @@ def get_service(state: StateDep) -> CompletionService:
 ServiceDep = Annotated[CompletionService, Depends(get_service)]
 
 
+# A client that does not know the served model's name may ask for the product's name instead.
+MODEL_ALIAS = "code-assistant"
+
+
 def check_model(requested: str | None, service: CompletionService) -> None:
-    if requested is not None and requested != service.model:
+    if requested not in (None, MODEL_ALIAS, service.model):
         raise APIError(404, f"the model {requested!r} does not exist; this server serves {service.model!r}",
                        "invalid_request_error", param="model", code="model_not_found")
 

@@ -3,6 +3,7 @@ which calls `Engine.stream`. Front ends differ only in how they shape input and 
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -53,10 +54,11 @@ class CompletionService:
     def _cache_key(self, job: CompletionJob) -> str | None:
         if self.cache is None or job.params.temperature != 0.0:
             return None
-        p = job.params
+        # Every sampling field but the seed (greedy decoding ignores it) decides the answer.
+        params = {k: v for k, v in dataclasses.asdict(job.params).items() if k != "seed"}
         return cache_key(self.model, self.version, {
-            "prompt": job.prompt, "suffix": job.suffix, "max_tokens": p.max_tokens, "top_k": p.top_k,
-            "top_p": p.top_p, "stop": p.stop, "extra_context": [[c.path, c.text] for c in job.extra_context]})
+            "prompt": job.prompt, "suffix": job.suffix, "params": params,
+            "extra_context": [[c.path, c.text] for c in job.extra_context]})
 
     async def open_completion(self, job: CompletionJob) -> tuple[AsyncIterator[str], CompletionRecord]:
         """Start a completion and wait for its first text, so that a full queue (EngineBusy) or bad

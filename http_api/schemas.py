@@ -51,6 +51,7 @@ class CompletionRequest(BaseModel):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
+    cache_weight: float | None = None  # the language server's cacheWeight setting (see jobs.py)
     extra_context: list[ContextFileIn] | None = None
 
     @field_validator("prompt")
@@ -86,6 +87,7 @@ class SimpleCompleteRequest(BaseModel):
     stop: list[str] = Field(default_factory=list, max_length=4)
     seed: int | None = None
     model: str | None = None
+    cache_weight: float | None = None
     extra_context: list[ContextFileIn] | None = None
 
     _utf8 = field_validator("code", "suffix")(lambda v: v if v is None else _must_be_utf8(v))

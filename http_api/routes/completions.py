@@ -65,7 +65,8 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
     check_model(body.model, service)
     prompt = _check_supported(body)
     job = make_job(state.settings, prompt, body.suffix, max_tokens=body.max_tokens, temperature=body.temperature,
-                   top_p=body.top_p, stop=body.stop, seed=body.seed, extra_context=body.extra_context)
+                   top_p=body.top_p, stop=body.stop, seed=body.seed, cache_weight=body.cache_weight,
+                   extra_context=body.extra_context)
     id, created = completion_id(), int(time.time())
     note_completion(request, state, id, prompt, body.suffix, body.stream)
     pieces, record = await service.open_completion(job)

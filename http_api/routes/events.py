@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from ..deps import CallerDep, StateDep, log_fields
+from ..deps import MODEL_ALIAS, CallerDep, StateDep, log_fields
 from ..schemas import EventRequest
 
 router = APIRouter()
@@ -11,7 +11,7 @@ router = APIRouter()
 
 @router.post("/v1/events")
 async def record_event(body: EventRequest, request: Request, state: StateDep, caller: CallerDep) -> dict:
-    model = body.model or state.model
+    model = state.model if body.model in (None, MODEL_ALIAS) else body.model
     state.metrics.events.labels(body.event, body.language.lower(), model).inc()
     log_fields(request).update(completion_id=body.id, event=body.event, language=body.language.lower())
     return {"status": "recorded", "id": body.id, "event": body.event}

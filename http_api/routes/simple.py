@@ -20,6 +20,7 @@ async def complete(body: SimpleCompleteRequest, request: Request, state: StateDe
     started = time.perf_counter()
     job = make_job(state.settings, body.code, body.suffix, max_tokens=body.max_tokens, temperature=body.temperature,
                    top_p=body.top_p, top_k=body.top_k, stop=body.stop, seed=body.seed,
+                   cache_weight=body.cache_weight,
                    extra_context=body.extra_context, prompt_param="code")
     id = completion_id()
     note_completion(request, state, id, body.code, body.suffix, False)

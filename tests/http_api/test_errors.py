@@ -30,6 +30,7 @@ CASES = [
     ("non-utf8-bytes", "/v1/completions", b'{"prompt": "\xff\xfe\xfa"}', 400, None),
     ("latin1-code", "/complete", '{"code": "caf\u00e9"}'.encode("latin-1"), 400, None),
     ("prompt-too-large", "/v1/completions", b'{"prompt": "' + LONG.encode() + b'"}', 413, "prompt"),
+    ("cache-weight-out-of-range", "/v1/completions", b'{"prompt": "x", "cache_weight": 2.0}', 400, "cache_weight"),
     ("unknown-model", "/v1/completions", b'{"prompt": "x", "model": "gpt-4"}', 404, "model"),
     ("too-many-context-files", "/complete",
      b'{"code": "x", "extra_context": [' + b",".join([b'{"path": "a.py", "text": "y"}'] * 9) + b"]}", 400,

@@ -103,3 +103,16 @@ def test_temperature_zero_answers_come_from_the_cache(server):
     assert second["choices"][0]["text"] == first["choices"][0]["text"]
     assert second["id"] != first["id"]
     assert server.metric("tokens_generated_total") == before  # the engine did not run again
+
+
+def test_product_name_is_an_alias_for_the_served_model(server):
+    """The language server's remote mode asks for "code-assistant" and may send its cacheWeight."""
+    r = httpx.post(server.url + "/v1/completions", json={"model": "code-assistant", "prompt": "x = ", "max_tokens": 3,
+                                                         "temperature": 0, "cache_weight": 0.3, "stop": ["\n"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == served_model(server)
+    before = server.metric(f'completion_events_total{{event="accepted",language="go",model="{served_model(server)}"}}')
+    httpx.post(server.url + "/v1/events", json={"id": r.json()["id"], "event": "accepted", "language": "go",
+                                                "model": "code-assistant"}).raise_for_status()
+    after = server.metric(f'completion_events_total{{event="accepted",language="go",model="{served_model(server)}"}}')
+    assert after == before + 1
