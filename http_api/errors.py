@@ -73,7 +73,8 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(exc.detail)
         if isinstance(exc.__cause__, UnicodeError):
             message = "request body is not valid UTF-8 JSON"
-        return error_response(APIError(exc.status_code, message, kind, headers=dict(exc.headers or {})))
+        code = {413: "request_too_large", 405: "method_not_allowed"}.get(exc.status_code)
+        return error_response(APIError(exc.status_code, message, kind, code=code, headers=dict(exc.headers or {})))
 
     @app.exception_handler(EngineBusy)
     async def on_busy(request: Request, exc: EngineBusy) -> JSONResponse:

@@ -63,6 +63,18 @@ def test_body_over_the_byte_limit_is_413(server):
     assert "error" in r.json()
 
 
+def test_chunked_body_over_the_byte_limit_is_413(server):
+    def body():  # no Content-Length: the server has to count
+        yield b'{"prompt": "'
+        for _ in range(25):
+            yield b"x" * 50_000
+        yield b'"}'
+
+    r = httpx.post(server.url + "/v1/completions", content=body(), headers={"content-type": "application/json"},
+                   timeout=10)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
 def test_unknown_route_is_404_in_openai_shape(server):
     r = httpx.get(server.url + "/v1/nothing-here")
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
