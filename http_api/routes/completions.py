@@ -9,6 +9,7 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from ..client_disconnect import cancel_on_disconnect
 from ..deps import LimitedCallerDep, ServiceDep, StateDep, check_model, log_fields, note_completion
 from ..errors import APIError
 from ..generation import CompletionRecord, CompletionService
@@ -69,12 +70,12 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
                    extra_context=body.extra_context)
     id, created = completion_id(), int(time.time())
     note_completion(request, state, id, prompt, body.suffix, body.stream)
+    if not body.stream:
+        record = await cancel_on_disconnect(request, service.complete(job))
+        log_fields(request)["record"] = record
+        return completion_object(id, created, service, record.text, record.finish_reason, record)
     pieces, record = await service.open_completion(job)
     log_fields(request)["record"] = record
-    if not body.stream:
-        async for _ in pieces:
-            pass
-        return completion_object(id, created, service, record.text, record.finish_reason, record)
 
     async def events() -> AsyncIterator[str]:
         try:

@@ -5,6 +5,7 @@ import time
 
 from fastapi import APIRouter, Request
 
+from ..client_disconnect import cancel_on_disconnect
 from ..deps import LimitedCallerDep, ServiceDep, StateDep, check_model, log_fields, note_completion
 from ..jobs import make_job
 from ..schemas import SimpleCompleteRequest
@@ -24,7 +25,7 @@ async def complete(body: SimpleCompleteRequest, request: Request, state: StateDe
                    extra_context=body.extra_context, prompt_param="code")
     id = completion_id()
     note_completion(request, state, id, body.code, body.suffix, False)
-    record = await service.complete(job)
+    record = await cancel_on_disconnect(request, service.complete(job))
     log_fields(request)["record"] = record
     return {"id": id, "completion": record.text, "tokens": record.completion_tokens,
             "finish_reason": record.finish_reason, "latency_ms": round((time.perf_counter() - started) * 1000, 2),

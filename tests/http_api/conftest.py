@@ -62,13 +62,16 @@ class ServerProcess:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def metric(self, name: str) -> float:
-        """Sum of every sample of `name` in /metrics (all label sets)."""
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` in /metrics whose labels include `labels`."""
         text = httpx.get(self.url + "/metrics", timeout=5).text
+        wanted = [f'{k}="{v}"' for k, v in labels.items()]
         total = 0.0
         for line in text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                total += float(line.rsplit(" ", 1)[1])
+            series, _, value = line.rpartition(" ")
+            metric_name, _, label_text = series.partition("{")
+            if metric_name == name and all(w in label_text.rstrip("}").split(",") for w in wanted):
+                total += float(value)
         return total
 
     def stop(self) -> int:

@@ -6,6 +6,7 @@ import json
 import time
 
 import httpx
+import pytest
 
 
 async def test_one_hundred_simultaneous_requests_all_succeed(server):
@@ -57,3 +58,19 @@ def test_disconnect_mid_stream_cancels_the_generation(server):
                                                                "temperature": 0}, timeout=60)
     assert control.status_code == 200
     assert control.json()["usage"]["completion_tokens"] > 0.9 * max_tokens
+
+
+def test_hanging_up_on_a_non_streamed_request_cancels_it(server):
+    assert wait_until(lambda: server.metric("active_requests") == 0)
+    tokens_before = server.metric("tokens_generated_total")
+    closed_before = server.metric("code_completion_requests_total", status="499")
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(server.url + "/complete", json={"code": "class ", "max_tokens": 1000, "temperature": 0},
+                   timeout=httpx.Timeout(10, read=0.2))
+    assert wait_until(lambda: server.metric("active_requests") == 0
+                      and server.metric("engine_running_batch_size") == 0), "the request still holds its slot"
+    assert server.metric("tokens_generated_total") - tokens_before < 500
+    assert server.metric("code_completion_requests_total", status="499") == closed_before + 1
+    control = httpx.post(server.url + "/complete", json={"code": "class ", "max_tokens": 1000, "temperature": 0},
+                         timeout=60)
+    assert control.json()["tokens"] > 900  # left alone, the same request runs to the end

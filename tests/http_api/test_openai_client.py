@@ -111,8 +111,8 @@ def test_product_name_is_an_alias_for_the_served_model(server):
                                                          "temperature": 0, "cache_weight": 0.3, "stop": ["\n"]})
     assert r.status_code == 200, r.text
     assert r.json()["model"] == served_model(server)
-    before = server.metric(f'completion_events_total{{event="accepted",language="go",model="{served_model(server)}"}}')
+    before = server.metric("completion_events_total", event="accepted", language="go", model=served_model(server))
     httpx.post(server.url + "/v1/events", json={"id": r.json()["id"], "event": "accepted", "language": "go",
                                                 "model": "code-assistant"}).raise_for_status()
-    after = server.metric(f'completion_events_total{{event="accepted",language="go",model="{served_model(server)}"}}')
+    after = server.metric("completion_events_total", event="accepted", language="go", model=served_model(server))
     assert after == before + 1

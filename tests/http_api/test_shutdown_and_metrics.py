@@ -64,11 +64,11 @@ def test_metrics_pass_promtool_and_carry_the_contract_names(server):
 
 def test_events_are_counted_per_language_and_model(server):
     model = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
-    before = server.metric(f'completion_events_total{{event="shown",language="rust",model="{model}"}}')
+    before = server.metric("completion_events_total", event="shown", language="rust", model=model)
     for _ in range(3):
         r = httpx.post(server.url + "/v1/events", json={"id": "cmpl-abc", "event": "shown", "language": "rust"})
         assert r.status_code == 200
-    after = server.metric(f'completion_events_total{{event="shown",language="rust",model="{model}"}}')
+    after = server.metric("completion_events_total", event="shown", language="rust", model=model)
     assert after - before == 3
 
 
