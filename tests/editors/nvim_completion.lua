@@ -1,7 +1,8 @@
 -- Run by test_neovim.py: `nvim --headless --clean -c "luafile THIS"`. Loads the repository's
 -- editors/neovim/code_assistant.lua, opens a Python file, lets the built-in LSP client start the
 -- real server, then completes twice: a textDocument/completion request through the client, and the
--- user's path (insert mode, <C-x><C-o>, the omnifunc the setup installs, <C-y> to accept).
+-- user's path (insert mode, <C-x><C-o>, the menu, <C-y> to accept), the server's counts, and
+-- :CodeAssistantToggle.
 -- Everything it saw goes to $CA_TEST_OUT as JSON; it always quits.
 
 local out_path = assert(os.getenv('CA_TEST_OUT'), 'CA_TEST_OUT not set')
@@ -21,9 +22,12 @@ watchdog:start(tonumber(os.getenv('CA_TEST_TIMEOUT_MS') or '90000'), 0, vim.sche
   finish('timed out')
 end))
 
+local code_assistant_module
+
 local function setup_and_request()
   package.path = os.getenv('CA_LUA_DIR') .. '/?.lua;' .. package.path
   local code_assistant = require('code_assistant')
+  code_assistant_module = code_assistant
   local attached = false
   code_assistant.setup({
     cmd = vim.fn.json_decode(os.getenv('CA_SERVER_CMD')),
@@ -66,12 +70,13 @@ if items == 0 then
 end
 
 -- The user's path, with the menu settings docs/editors.md suggests (the menu shows even for one
--- item, and nothing is inserted before <C-y>). complete() fills the menu asynchronously once the server answers, so poll.
+-- item, and nothing is inserted before <C-y>). The omnifunc fills the menu asynchronously once the
+-- server answers, so a timer polls for it.
 vim.o.completeopt = 'menuone,noinsert'
 vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes('A<C-x><C-o>', true, false, true), 'n', false)
 local poll = vim.loop.new_timer()
 local accepting = false
-poll:start(50, 50, vim.schedule_wrap(function()
+local function step()
   if accepting then
     if vim.fn.mode() ~= 'i' or vim.fn.complete_info({ 'mode' }).mode == '' then
       poll:stop()
@@ -81,6 +86,25 @@ poll:start(50, 50, vim.schedule_wrap(function()
       local stats = vim.lsp.buf_request_sync(0, 'workspace/executeCommand',
         { command = 'codeAssistant.stats', arguments = {} }, 10000) or {}
       for _, response in pairs(stats) do result.stats = response.result end
+      -- :CodeAssistantToggle turns completions off in the running server, and on again; asked at
+      -- the same place as the first request (the accepted text undone), where there was an item.
+      vim.cmd('normal! u')
+      result.line_after_undo = vim.api.nvim_buf_get_lines(0, row - 1, row, true)[1]
+      local function ask()
+        local params = vim.lsp.util.make_position_params(0, 'utf-16')
+        params.position = { line = row - 1, character = #result.line_after_undo }
+        params.context = { triggerKind = 1 }
+        local answers = {}
+        for _, response in pairs(vim.lsp.buf_request_sync(0, 'textDocument/completion', params, 30000) or {}) do
+          table.insert(answers, response.result)
+        end
+        return answers
+      end
+      vim.cmd('CodeAssistantToggle')
+      result.after_toggle_off = ask()
+      result.enabled_after_toggle = code_assistant_module.config.settings.codeAssistant.enable
+      vim.cmd('CodeAssistantToggle')
+      result.after_toggle_on = ask()
       finish()
     end
     return
@@ -94,5 +118,12 @@ poll:start(50, 50, vim.schedule_wrap(function()
     -- 'completeopt' decides whether the first item is already selected; select it if not.
     local keys = info.selected >= 0 and '<C-y>' or '<C-n><C-y>'
     vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes(keys, true, false, true), 'n', false)
+  end
+end
+poll:start(50, 50, vim.schedule_wrap(function()
+  local step_ok, err = pcall(step)
+  if not step_ok then
+    poll:stop()
+    finish(err)
   end
 end))

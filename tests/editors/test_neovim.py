@@ -120,3 +120,10 @@ def test_server_counts_what_was_shown_and_accepted(session):
     # Neovim runs an item's command on accept from 0.11 (vim.lsp.completion); 0.7's omnifunc does not.
     expected_accepts = 1 if version_of(session) >= (0, 11) else 0
     assert stats["accepted"].get("python", 0) == expected_accepts
+
+
+def test_toggle_command_turns_completions_off_and_on_in_the_server(session):
+    assert session["line_after_undo"] == LINE
+    assert session["enabled_after_toggle"] is False
+    assert [answer["items"] for answer in session["after_toggle_off"]] == [[]]
+    assert len(session["after_toggle_on"]) == 1 and session["after_toggle_on"][0]["items"]
