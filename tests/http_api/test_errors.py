@@ -19,6 +19,7 @@ CASES = [
     ("temperature-negative", "/v1/completions", b'{"prompt": "x", "temperature": -0.5}', 400, "temperature"),
     ("temperature-huge", "/complete", b'{"code": "x", "temperature": 7}', 400, "temperature"),
     ("temperature-nan", "/v1/completions", b'{"prompt": "x", "temperature": NaN}', 400, "temperature"),
+    ("seed-negative", "/v1/completions", b'{"prompt": "x", "seed": -1}', 400, None),
     ("top-p-zero", "/v1/completions", b'{"prompt": "x", "top_p": 0}', 400, "top_p"),
     ("top-k-zero", "/complete", b'{"code": "x", "top_k": 0}', 400, "top_k"),
     ("stream-not-bool", "/v1/completions", b'{"prompt": "x", "stream": "yes"}', 400, "stream"),

@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from engine import Engine, EngineConfig
+from http_api import cli
 from http_api.app import create_app
 from http_api.auth import KeyRing, key_id, load_api_keys
 from http_api.errors import APIError
@@ -125,3 +126,19 @@ async def test_a_model_that_fails_to_load_is_not_ready_and_not_healthy(tmp_path)
             assert (await client.get("/health")).json()["status"] == "unhealthy"
             r = await client.post("/complete", json={"code": "x"})
             assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_loaded"
+
+
+def test_serve_refuses_a_bad_model_dir_or_keys_file_at_once(tiny_model_dir, tmp_path, capsys):
+    assert cli.main(["--model", str(tmp_path / "missing"), "--port", "1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["--model", str(tiny_model_dir), "--api-keys-file", str(tmp_path / "nope"), "--port", "1"]) == 2
+    assert "API keys file" in capsys.readouterr().err
+
+
+def test_flags_override_the_environment(monkeypatch):
+    monkeypatch.setenv("CODE_ASSISTANT_PORT", "9001")
+    monkeypatch.setenv("CODE_ASSISTANT_RATE_LIMIT", "7")
+    monkeypatch.setenv("CODE_ASSISTANT_API_KEYS", "k1,k2")
+    settings = cli.settings_from_args(cli.build_parser().parse_args(["--port", "9002"]))
+    assert (settings.port, settings.rate_limit, settings.host) == (9002, 7, "127.0.0.1")
+    assert load_api_keys(settings.api_keys_file, settings.api_keys) == {"k1", "k2"}
