@@ -21,7 +21,7 @@ class ResponseCache(Protocol):
 
 
 def cache_key(model: str, version: str, request: dict) -> str:
-    blob = json.dumps({"model": model, "version": version, **request}, sort_keys=True, ensure_ascii=False)
+    blob = json.dumps({"model": model, "version": version, **request}, sort_keys=True, ensure_ascii=False, default=str)
     return "code-assistant:completion:" + hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
