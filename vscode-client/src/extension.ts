@@ -90,7 +90,8 @@ class CodeAssistant implements vscode.Disposable {
       this.ensureAcceptCommand(client);
     } catch (error) {
       this.lastError = error instanceof Error ? error.message : String(error);
-      this.log.error(`the language server did not start: ${this.lastError}`);
+      this.log.error(`the language server did not start: ${this.lastError}. Check that '${launch.command}' runs ` +
+        "(setting codeAssistant.serverPath) and that the model directory exists (codeAssistant.model).");
       this.setServerState("error");
     }
   }
