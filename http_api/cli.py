@@ -45,10 +45,24 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(**{k: v for k, v in flags.items() if v is not None})
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+def build_server(app, settings: ServerSettings):
+    """uvicorn's Server, plus: the first shutdown signal marks the app not ready before the drain."""
     import uvicorn
 
+    state = app.state.server
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:
+            state.draining = True  # /ready answers 503 from now on
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=settings.drain_timeout_s, lifespan="on")
+    return DrainingServer(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from engine import ModelDirError
     from engine.model_dir import default_model_dir, read_config
 
@@ -63,16 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"code-assistant serve: error: {e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    state = app.state.server
-
-    class DrainingServer(uvicorn.Server):
-        def handle_exit(self, sig: int, frame) -> None:
-            state.draining = True  # /ready answers 503 from now on
-            super().handle_exit(sig, frame)
-
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=settings.drain_timeout_s, lifespan="on")
-    server = DrainingServer(config)
+    server = build_server(app, settings)
     # uvicorn re-raises the signal it caught once it has shut down gracefully; with the default
     # SIGTERM action that would end the process with 143. A drained shutdown is a success: exit 0.
     signal.signal(signal.SIGTERM, lambda *_: None)

@@ -1,6 +1,7 @@
 """Pure pieces on their own: rate limiter, keys, job limits, caches; readiness through the ASGI app."""
 from __future__ import annotations
 
+import signal
 import socket
 
 import httpx
@@ -116,6 +117,17 @@ async def test_ready_is_503_when_the_queue_is_saturated(saturated_engine):
             busy = await client.post("/complete", json={"code": "x", "max_tokens": 2})
             assert busy.status_code == 429 and busy.headers["retry-after"]
             assert busy.json()["error"]["code"] == "engine_busy"
+
+
+async def test_ready_is_503_once_a_shutdown_signal_arrives(saturated_engine):
+    app = create_app(ServerSettings(), engine=saturated_engine)
+    server = cli.build_server(app, ServerSettings())
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            server.handle_exit(signal.SIGTERM, None)
+            r = await client.get("/ready")
+            assert r.status_code == 503 and "shutting down" in r.json()["reasons"]
+            assert server.should_exit
 
 
 async def test_a_model_that_fails_to_load_is_not_ready_and_not_healthy(tmp_path):
