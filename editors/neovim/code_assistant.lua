@@ -1,6 +1,6 @@
 -- code-assistant completions in Neovim through its built-in LSP client.
 --
--- Copy this file into your config's lua/ folder (or add editors/neovim to 'runtimepath' style
+-- Copy or symlink this file into your config's lua/ folder (or put editors/neovim/?.lua on
 -- package.path) and call:
 --
 --   require('code_assistant').setup({
