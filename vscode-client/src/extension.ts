@@ -155,8 +155,11 @@ class CodeAssistant implements vscode.Disposable {
 
   async toggle(): Promise<void> {
     const config = vscode.workspace.getConfiguration(CONFIG_SECTION);
+    // Where the effective value comes from: a user-level change would not override a workspace's.
+    const target = config.inspect<boolean>("enable")?.workspaceValue !== undefined
+      ? vscode.ConfigurationTarget.Workspace : vscode.ConfigurationTarget.Global;
     // The onDidChangeConfiguration listener sends the new value to the server.
-    await config.update("enable", !this.settings.enable, vscode.ConfigurationTarget.Global);
+    await config.update("enable", !this.settings.enable, target);
   }
 
   private setServerState(state: ServerState): void {
@@ -191,7 +194,7 @@ function currentSettings(): ExtensionSettings {
 
 let assistant: CodeAssistant | undefined;
 
-export async function activate(context: vscode.ExtensionContext): Promise<void> {
+export function activate(context: vscode.ExtensionContext): void {
   const log = vscode.window.createOutputChannel("Code Assistant", { log: true });
   const statusItem = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
   statusItem.command = "codeAssistant.toggle";
@@ -223,8 +226,9 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       if (!instance.started && instance.wants(document)) void instance.start();
     }),
   );
-  // Activation is cheap; the server (and its model) starts with the first document that needs it.
-  if (vscode.workspace.textDocuments.some((document) => instance.wants(document))) await instance.start();
+  // Activation is cheap; the server (and its model) starts with the first document that needs it,
+  // without holding up activation while the model loads.
+  if (vscode.workspace.textDocuments.some((document) => instance.wants(document))) void instance.start();
 }
 
 export async function deactivate(): Promise<void> {

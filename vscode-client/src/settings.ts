@@ -25,7 +25,8 @@ export interface ServerSettings {
   multiline: boolean;
   debounceMs: number;
   remoteUrl?: string;
-  apiKey?: string;
+  /** Sent whenever `remoteUrl` is: null after the key is cleared, so the server forgets the old one. */
+  apiKey?: string | null;
 }
 
 // The server's defaults, repeated so that a setting the user never touched still says what it means.
@@ -90,8 +91,8 @@ export function readSettings(get: SettingReader): ExtensionSettings {
   };
 }
 
-/** The server's settings. The API key comes from VS Code's secret storage and is sent only to a
- * remote server: a local server has no use for it. */
+/** The server's settings. The API key comes from VS Code's secret storage and is sent only with a
+ * remote URL: a local server has no use for it. */
 export function toServerSettings(settings: ExtensionSettings, apiKey: string | undefined): ServerSettings {
   const server: ServerSettings = {
     enable: settings.enable,
@@ -102,7 +103,7 @@ export function toServerSettings(settings: ExtensionSettings, apiKey: string | u
   };
   if (settings.remoteUrl !== null) {
     server.remoteUrl = settings.remoteUrl;
-    if (apiKey) server.apiKey = apiKey;
+    server.apiKey = apiKey ? apiKey : null;
   }
   return server;
 }

@@ -31,7 +31,9 @@ export function statusView(input: StatusInput): StatusView {
     case "starting":
       return {
         text: `$(sync~spin) ${NAME}`,
-        tooltip: `${NAME}: starting the language server (${where(input.remoteUrl)})…`,
+        tooltip: input.remoteUrl === null
+          ? `${NAME}: starting the language server and loading the model…`
+          : `${NAME}: starting the language server (${where(input.remoteUrl)})…`,
         severity: "normal",
       };
     case "error":

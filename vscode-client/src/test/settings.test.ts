@@ -70,7 +70,8 @@ describe("toServerSettings", () => {
       enable: true, maxTokens: 48, temperature: 0, multiline: false, debounceMs: 75,
       remoteUrl: "http://team:8000", apiKey: "secret",
     });
-    assert.equal(toServerSettings(remote, "").apiKey, undefined);
+    assert.equal(toServerSettings(remote, "").apiKey, null, "a cleared key must reach the server as null");
+    assert.equal(toServerSettings(remote, undefined).apiKey, null);
   });
 
   it("wraps settings under codeAssistant for didChangeConfiguration", () => {

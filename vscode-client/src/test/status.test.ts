@@ -7,7 +7,9 @@ describe("statusView", () => {
   it("spins while the server starts", () => {
     const view = statusView({ server: "starting", enabled: true, remoteUrl: null });
     assert.match(view.text, /sync~spin/);
+    assert.match(view.tooltip, /loading the model/);
     assert.equal(view.severity, "normal");
+    assert.match(statusView({ server: "starting", enabled: true, remoteUrl: "http://team" }).tooltip, /http:\/\/team/);
   });
 
   it("shows ready and where completions come from", () => {
