@@ -126,11 +126,12 @@ def start_server(tmp_path):
 
 @pytest.fixture(scope="module")
 def guarded_server(tiny_model_dir, tmp_path_factory):
-    """API keys, 5 requests/min per key, one batch slot and a one-request queue (to see 429 busy)."""
+    """API keys, 5 requests/min per key, one batch slot and a one-request queue (to see 429 busy);
+    no response cache, so identical requests all reach the engine."""
     tmp = tmp_path_factory.mktemp("guarded")
     keys = tmp / "keys.txt"
     keys.write_text("# team keys\n" + "\n".join(API_KEYS[:2]) + "\n\n")
     proc = ServerProcess(tiny_model_dir, tmp / "server.log", "--api-keys-file", str(keys), "--rate-limit", "5",
-                         "--max-batch", "1", "--max-queue", "1", env={"CODE_ASSISTANT_API_KEYS": API_KEYS[2]})
+                         "--max-batch", "1", "--max-queue", "1", "--no-response-cache", env={"CODE_ASSISTANT_API_KEYS": API_KEYS[2]})
     yield proc
     proc.stop()

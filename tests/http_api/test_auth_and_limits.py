@@ -49,10 +49,11 @@ def test_per_key_rate_limit_answers_429_with_retry_after(guarded_server, api_key
 
 async def test_full_queue_answers_429_quickly(guarded_server, api_keys):
     # One batch slot and a one-request queue: of five simultaneous long requests, some must be turned away.
+    # Greedy, so each runs its full 120 tokens (sampling may end one early and free the slot).
     async with httpx.AsyncClient(base_url=guarded_server.url, timeout=60, headers=bearer(api_keys[1])) as client:
         async def one() -> tuple[httpx.Response, float]:
             started = time.perf_counter()
-            r = await client.post("/complete", json={"code": "def ", "max_tokens": 120, "temperature": 0.8})
+            r = await client.post("/complete", json={"code": "def ", "max_tokens": 120, "temperature": 0})
             return r, time.perf_counter() - started
 
         results = await asyncio.gather(*(one() for _ in range(5)))
