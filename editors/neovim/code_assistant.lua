@@ -18,14 +18,14 @@ local M = {}
 
 M.name = 'code_assistant'
 
--- The server's settings (names and defaults are the language server's contract).
+-- The server's settings (names and defaults are the language server's contract). remoteUrl and
+-- apiKey are set only with remote_url: a null would override a `--remote URL` written into cmd.
 M.default_settings = {
   enable = true,
   maxTokens = 48,
   temperature = 0.0,
   multiline = false,
   debounceMs = 75,
-  remoteUrl = vim.NIL,
 }
 
 M.defaults = {

@@ -28,6 +28,9 @@ local function setup_and_request()
   package.path = os.getenv('CA_LUA_DIR') .. '/?.lua;' .. package.path
   local code_assistant = require('code_assistant')
   code_assistant_module = code_assistant
+  -- The team-server configuration (only built, not started: the HTTP side has its own tests).
+  local remote = code_assistant.client_config({ remote_url = 'http://team.example:8000', api_key_env = 'CA_TEST_KEY' })
+  result.remote = { cmd = remote.cmd, init_options = remote.init_options, settings = remote.settings }
   local attached = false
   code_assistant.setup({
     cmd = vim.fn.json_decode(os.getenv('CA_SERVER_CMD')),
@@ -38,6 +41,7 @@ local function setup_and_request()
   if vim.bo.filetype ~= 'python' then vim.bo.filetype = 'python' end
   if not vim.wait(60000, function() return attached end, 20) then error('the server never attached') end
   result.omnifunc = vim.bo.omnifunc
+  result.local_settings = code_assistant.config.init_options
   result.started_with = code_assistant.started_with
   result.ui = vim.b.code_assistant_ui
 

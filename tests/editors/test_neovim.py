@@ -73,7 +73,8 @@ def session(request, tiny_model_dir, tmp_path_factory) -> dict:
     env = {**os.environ, "CA_TEST_OUT": str(out), "CA_LUA_DIR": str(REPO / "editors" / "neovim"),
            "CA_SERVER_CMD": json.dumps(server_command(tiny_model_dir)), "CA_TEST_FILE": str(source),
            "CA_TEST_TIMEOUT_MS": "90000", "XDG_STATE_HOME": str(work / "state"),
-           "XDG_CACHE_HOME": str(work / "cache"), "XDG_CONFIG_HOME": str(work / "config")}
+           "XDG_CACHE_HOME": str(work / "cache"), "XDG_CONFIG_HOME": str(work / "config"),
+           "CA_TEST_KEY": "key-from-the-environment"}
     proc = subprocess.run([request.param, "--headless", "--clean", "-c", f"luafile {DRIVER}"], cwd=work, env=env,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     assert out.exists(), f"nvim wrote no result (exit {proc.returncode}): {proc.stderr[-2000:]}"
@@ -127,3 +128,17 @@ def test_toggle_command_turns_completions_off_and_on_in_the_server(session):
     assert session["enabled_after_toggle"] is False
     assert [answer["items"] for answer in session["after_toggle_off"]] == [[]]
     assert len(session["after_toggle_on"]) == 1 and session["after_toggle_on"][0]["items"]
+
+
+def test_local_config_sends_the_settings_and_no_remote(session):
+    assert session["local_settings"] == {"enable": True, "maxTokens": 16, "temperature": 0, "multiline": False,
+                                         "debounceMs": 0}
+
+
+def test_team_server_config_passes_the_url_and_takes_the_key_from_the_environment(session):
+    remote = session["remote"]
+    assert remote["cmd"][-2:] == ["--remote", "http://team.example:8000"]
+    assert "key-from-the-environment" not in remote["cmd"]
+    for settings in (remote["init_options"], remote["settings"]["codeAssistant"]):
+        assert settings["remoteUrl"] == "http://team.example:8000"
+        assert settings["apiKey"] == "key-from-the-environment"
