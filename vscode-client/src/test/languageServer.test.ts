@@ -11,6 +11,8 @@ import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 
 import {
+  type CancellationToken,
+  CancellationTokenSource,
   createProtocolConnection,
   DidChangeConfigurationNotification,
   DidOpenTextDocumentNotification,
@@ -23,7 +25,9 @@ import {
   type InlineCompletionList,
   InlineCompletionRequest,
   InlineCompletionTriggerKind,
+  LSPErrorCodes,
   type ProtocolConnection,
+  ResponseError,
   ShutdownRequest,
   StreamMessageReader,
   StreamMessageWriter,
@@ -132,13 +136,19 @@ class LanguageServerSession {
     return result;
   }
 
-  async inlineCompletion(position: { line: number; character: number }): Promise<InlineCompletionItem[]> {
-    const result: InlineCompletionList | InlineCompletionItem[] | null = await this.connection.sendRequest(
-      InlineCompletionRequest.type, {
-        textDocument: { uri: DOCUMENT_URI },
-        position,
-        context: { triggerKind: InlineCompletionTriggerKind.Invoked, selectedCompletionInfo: undefined },
-      });
+  async inlineCompletion(
+    position: { line: number; character: number },
+    trigger: InlineCompletionTriggerKind = InlineCompletionTriggerKind.Invoked,
+    token?: CancellationToken,
+  ): Promise<InlineCompletionItem[]> {
+    const params = {
+      textDocument: { uri: DOCUMENT_URI },
+      position,
+      context: { triggerKind: trigger, selectedCompletionInfo: undefined },
+    };
+    const result: InlineCompletionList | InlineCompletionItem[] | null = token === undefined
+      ? await this.connection.sendRequest(InlineCompletionRequest.type, params)
+      : await this.connection.sendRequest(InlineCompletionRequest.type, params, token);
     if (result === null) return [];
     return Array.isArray(result) ? result : result.items;
   }
@@ -210,6 +220,21 @@ describe("code-assistant lsp driven by the VS Code protocol client", { skip: mis
     const stats = await session.executeCommand({ command: "codeAssistant.stats" }) as Stats;
     assert.equal(stats.accepted.python, 1);
     assert.ok((stats.shown.python ?? 0) >= 1);
+  });
+
+  it("answers a request that VS Code cancels (the user typed on) as cancelled, and keeps serving", async () => {
+    // A debounce long enough that the cancel arrives while the server waits.
+    await session.changeSettings(toServerSettings({ ...settings, debounceMs: 2000 }, undefined));
+    const source = new CancellationTokenSource();
+    const started = Date.now();
+    const cancelled = session.inlineCompletion(POSITIONS[0] ?? { line: 0, character: 0 },
+      InlineCompletionTriggerKind.Automatic, source.token);
+    setTimeout(() => { source.cancel(); }, 100);
+    await assert.rejects(cancelled, (error: unknown) =>
+      error instanceof ResponseError && error.code === LSPErrorCodes.RequestCancelled);
+    assert.ok(Date.now() - started < 1500, "the cancelled request waited out its debounce");
+    await session.changeSettings(toServerSettings(settings, undefined));
+    assert.ok((await session.inlineCompletion(POSITIONS[0] ?? { line: 0, character: 0 })).length > 0);
   });
 
   it("stops completing when the extension turns completions off", async () => {
