@@ -8,6 +8,7 @@ as a ladder: `_prefill` -> `_decode_step` -> `_choose_tokens` -> `_accept` -> `_
 from __future__ import annotations
 
 import asyncio
+import atexit
 import codecs
 import logging
 import threading
@@ -17,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
+import regex  # tiktoken's own dependency, for its split pattern
 import torch
 
+from .cache_model import DEFAULT_WEIGHT, CacheModel
 from .kv_cache import KVCache
 from .model import GPT
 from .model_dir import default_model_dir, load_model_dir, read_config
@@ -59,6 +62,13 @@ class EngineConfig:
     max_queue: int = 256           # waiting requests beyond which submit raises EngineBusy
     kv_int8: bool = False          # int8 keys/values with a scale per (token, head): ~3.6x less cache memory
     prefix_reuse: bool = True
+    # Token healing: the prompt's last token is dropped and the first generated tokens must spell it
+    # again. A prompt that ends inside what training text tokenizes as one token (indentation
+    # before a keyword, half a name) otherwise asks the model for a boundary it never saw.
+    token_healing: bool = True
+    # Weight of the per-request n-gram cache model mixed into decoding (engine/cache_model.py) when
+    # SamplingParams.cache_weight is None; 0 turns it off.
+    cache_weight: float = DEFAULT_WEIGHT
 
 
 # Maps (request, one row of next-token logits) -> logits row; called for every step of that request
@@ -85,6 +95,14 @@ class Request:
     first_token_at: float | None = None
     reused_tokens: int = 0
     error: str | None = None
+    heal: bytes = b""              # bytes the next tokens must still spell (token healing)
+    skip_bytes: int = 0            # leading output bytes the user already has (the healed token)
+    healing_tokens: int = 0        # generated tokens that only re-spelled the healed text
+
+    @property
+    def generated(self) -> int:
+        """Tokens that produced new text: what max_tokens limits and usage reports."""
+        return len(self.output_ids) - self.healing_tokens
 
     def cancel(self) -> None:
         """Finish the request with "cancelled"; its slot is freed before the next decode step."""
@@ -125,10 +143,15 @@ class Engine:
         self._lock = threading.Lock()
         self._counters = {"requests": 0, "prefix_cache_lookups": 0, "prefix_cache_hits": 0,
                           "prefix_tokens_reused": 0, "tokens_generated": 0}
+        self._token_bytes = [tokenizer.decode_bytes([i]) if i not in tokenizer.special_ids else b""
+                             for i in range(tokenizer.n_vocab)]
+        self._heal_masks: dict[bytes, torch.Tensor] = {}
+        self._split_pattern = regex.compile(tokenizer.encoding._pat_str)
         self._wake = threading.Event()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
         self._thread.start()
+        atexit.register(self.close)  # stop the scheduler before the interpreter tears torch down
 
     # ---- loading ----------------------------------------------------------------------------
     @classmethod
@@ -173,19 +196,53 @@ class Engine:
         start = _aligned_start(len(pre), room - keep_suf, stride)
         return [t.fim_prefix_id] + pre[start:] + [t.fim_suffix_id] + suf[:keep_suf] + [t.fim_middle_id]
 
+    def _heal_prompt(self, prompt: str) -> tuple[str, bytes]:
+        """Split off the prompt's last pre-tokenizer chunk (token healing): BPE never merges across
+        chunks, so the model re-generates the whole chunk as training text would have it (a
+        half-typed name, or indentation that training text glues to the next word)."""
+        if not self.config.token_healing or not prompt:
+            return prompt, b""
+        chunks = self._split_pattern.findall(prompt[-64:])
+        if not chunks or len(chunks[-1]) >= min(len(prompt), 64):
+            return prompt, b""
+        last = chunks[-1]
+        return prompt[:-len(last)], last.encode("utf-8")
+
+    def cache_model(self, prefix: str, suffix: str | None, extra_context: list | None,
+                    weight: float | None) -> CacheModel | None:
+        """The per-request n-gram cache over the whole prefix, suffix and extra snippets (not only
+        the part of them that fits the network's context)."""
+        weight = self.config.cache_weight if weight is None else weight
+        if weight <= 0:
+            return None
+        t = self.tokenizer
+        history = t.encode(prefix)
+        contexts = [history] + ([t.encode(suffix)] if suffix else [])
+        for item in extra_context or []:
+            contexts.append(t.encode(item["text"] if isinstance(item, dict) else str(item)))
+        return CacheModel(contexts, history, weight)
+
     def submit(self, prompt: str, suffix: str | None, params: SamplingParams,
-               on_chunk: Callable[[Chunk], None], logits_processor: LogitsProcessor | None = None) -> Request:
-        """Queue a request; `on_chunk` is called from the scheduler thread. Raises EngineBusy when full."""
+               on_chunk: Callable[[Chunk], None], logits_processor: LogitsProcessor | None = None,
+               extra_context: list | None = None) -> Request:
+        """Queue a request; `on_chunk` is called from the scheduler thread. Raises EngineBusy when full.
+
+        `extra_context` (strings or {"path", "text"} dicts, e.g. neighbouring files) feeds the cache
+        model; the network's prompt is the caller's business (front ends put snippets into it).
+        """
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
         if self._stop:
             raise EngineError("the engine is closed")
-        ids = self.build_prompt(prompt, suffix, params.max_tokens)
+        kept, heal = self._heal_prompt(prompt)
+        ids = self.build_prompt(kept, suffix, params.max_tokens)
         generator = None
         if not params.greedy:
             generator = torch.Generator(device="cpu")
             generator.manual_seed(params.seed if params.seed is not None else time.time_ns() % 2**63)
-        request = Request(ids, params, on_chunk, generator, logits_processor)
+        if logits_processor is None:
+            logits_processor = self.cache_model(kept, suffix, extra_context, params.cache_weight)
+        request = Request(ids, params, on_chunk, generator, logits_processor, heal=heal, skip_bytes=len(heal))
         with self._lock:
             if len(self._waiting) >= self.config.max_queue:
                 raise EngineBusy(f"queue full ({self.config.max_queue} waiting)")
@@ -194,7 +251,7 @@ class Engine:
         return request
 
     def complete(self, prompt: str, suffix: str | None = None, params: SamplingParams | None = None,
-                 logits_processor: LogitsProcessor | None = None) -> Completion:
+                 logits_processor: LogitsProcessor | None = None, extra_context: list | None = None) -> Completion:
         params = params or SamplingParams()
         done = threading.Event()
         parts: list[Chunk] = []
@@ -204,19 +261,20 @@ class Engine:
             if chunk.finish_reason:
                 done.set()
 
-        request = self.submit(prompt, suffix, params, on_chunk, logits_processor)
+        request = self.submit(prompt, suffix, params, on_chunk, logits_processor, extra_context)
         done.wait()
         if request.error:
             raise EngineError(request.error)
         return self._completion(request, parts)
 
     async def stream(self, prompt: str, suffix: str | None = None, params: SamplingParams | None = None,
-                     logits_processor: LogitsProcessor | None = None) -> AsyncIterator[Chunk]:
+                     logits_processor: LogitsProcessor | None = None,
+                     extra_context: list | None = None) -> AsyncIterator[Chunk]:
         params = params or SamplingParams()
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[Chunk] = asyncio.Queue()
         request = self.submit(prompt, suffix, params, lambda c: loop.call_soon_threadsafe(chunks.put_nowait, c),
-                              logits_processor)
+                              logits_processor, extra_context)
         try:
             while True:
                 chunk = await chunks.get()
@@ -251,7 +309,7 @@ class Engine:
     # ---- scheduler --------------------------------------------------------------------------
     def _completion(self, request: Request, parts: list[Chunk]) -> Completion:
         ttft = (request.first_token_at - request.submitted) if request.first_token_at else 0.0
-        return Completion("".join(p.text for p in parts), len(request.output_ids), parts[-1].finish_reason,
+        return Completion("".join(p.text for p in parts), request.generated, parts[-1].finish_reason,
                           len(request.prompt_ids), ttft, request.reused_tokens)
 
     def _loop(self) -> None:
@@ -343,10 +401,24 @@ class Engine:
         for request, token in zip(requests, self._choose_tokens(requests, logits)):
             self._accept(request, token)
 
+    def _heal_mask(self, heal: bytes) -> torch.Tensor:
+        """True for tokens that spell the start of `heal` or begin with all of it."""
+        mask = self._heal_masks.get(heal)
+        if mask is None:
+            mask = torch.tensor([bool(b) and (b.startswith(heal) or heal.startswith(b)) for b in self._token_bytes]
+                                + [False] * (self.model.config.vocab_size - len(self._token_bytes)),
+                                device=self.device)
+            if len(self._heal_masks) > 4096:
+                self._heal_masks.clear()
+            self._heal_masks[heal] = mask
+        return mask
+
     def _choose_tokens(self, requests: list[Request], logits: torch.Tensor) -> list[int]:
         for row, request in enumerate(requests):
             if request.logits_processor is not None:
                 logits[row] = request.logits_processor(request, logits[row])
+            if request.heal:
+                logits[row] = logits[row].masked_fill(~self._heal_mask(request.heal), float("-inf"))
         return choose_tokens(logits, [r.params for r in requests], [r.generator for r in requests])
 
     def _accept(self, request: Request, token: int) -> None:
@@ -359,14 +431,21 @@ class Engine:
         self.slot_tokens[request.slot].append(token)
         request.position += 1
         self._counters["tokens_generated"] += 1
-        request.text += request.decoder.decode(self.tokenizer.decode_bytes([token]))
+        data = self._token_bytes[token]
+        if request.heal:
+            request.heal = request.heal[len(data):] if request.heal.startswith(data) else b""
+        if request.skip_bytes:
+            skipped = min(request.skip_bytes, len(data))
+            data, request.skip_bytes = data[skipped:], request.skip_bytes - skipped
+            request.healing_tokens += not data
+        request.text += request.decoder.decode(data)
         params = request.params
         for stop in params.stop:
             cut = request.text.find(stop, max(0, request.emitted - len(stop)))
             if cut != -1:
                 request.text = request.text[:cut]
                 return self._finish(request, "stop")
-        if len(request.output_ids) >= params.max_tokens or request.position >= self.model.config.block_size:
+        if request.generated >= params.max_tokens or request.position >= self.model.config.block_size:
             return self._finish(request, "length")
         self._emit(request)
 
@@ -375,7 +454,7 @@ class Engine:
         hold = max((len(s) - 1 for s in request.params.stop), default=0)
         safe = len(request.text) - hold
         if safe > request.emitted:
-            request.on_chunk(Chunk(request.text[request.emitted:safe], len(request.output_ids)))
+            request.on_chunk(Chunk(request.text[request.emitted:safe], request.generated))
             request.emitted = safe
 
     def _release(self, request: Request) -> None:
@@ -389,13 +468,13 @@ class Engine:
     def _finish(self, request: Request, reason: str) -> None:
         # Bytes of a character the last token left incomplete are dropped, never shown half.
         self._release(request)
-        request.on_chunk(Chunk(request.text[request.emitted:], len(request.output_ids), reason))
+        request.on_chunk(Chunk(request.text[request.emitted:], request.generated, reason))
         request.emitted = len(request.text)
 
     def _fail(self, request: Request, message: str) -> None:
         self._release(request)
         request.error = message
-        request.on_chunk(Chunk("", len(request.output_ids), "error"))
+        request.on_chunk(Chunk("", request.generated, "error"))
 
 
 def _aligned_start(n: int, budget: int, stride: int) -> int:

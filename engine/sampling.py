@@ -30,6 +30,7 @@ class SamplingParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None        # with temperature > 0: the same seed gives the same tokens
+    cache_weight: float | None = None  # the context cache model's weight: None = default, 0 = off
 
     def __post_init__(self) -> None:
         if self.stop is None:
@@ -54,6 +55,9 @@ class SamplingParams:
             raise SamplingError(f"stop must be non-empty strings of at most {MAX_STOP_CHARS} characters")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
             raise SamplingError(f"seed must be a non-negative integer below 2**63, got {self.seed!r}")
+
+        if self.cache_weight is not None and (not _is_number(self.cache_weight) or not 0.0 <= self.cache_weight <= 1.0):
+            raise SamplingError(f"cache_weight must be a number in [0, 1] or None, got {self.cache_weight!r}")
 
     @property
     def greedy(self) -> bool:
