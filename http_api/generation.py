@@ -40,10 +40,9 @@ class CompletionRecord:
 
 
 def context_for_engine(extra_context: list[ContextFile]) -> dict:
-    """TODO(extra_context): the engine keyword arguments carrying `extra_context` (files the editor sends
-    beside the prompt). The engine's complete/stream take no such argument yet, so this returns no
-    arguments and the context is only validated and stored on the job; a later change wires it here."""
-    return {}
+    """Engine keyword arguments for the files the editor sends beside the prompt: they feed the
+    engine's cache model (the prompt itself is the client's business)."""
+    return {"extra_context": [{"path": f.path, "text": f.text} for f in extra_context]} if extra_context else {}
 
 
 class CompletionService:

@@ -1,8 +1,6 @@
 """Turn a validated request body into a CompletionJob, enforcing the server's size limits."""
 from __future__ import annotations
 
-import dataclasses
-
 from engine import SamplingError, SamplingParams
 
 from .errors import APIError, sampling_error
@@ -11,9 +9,6 @@ from .schemas import ContextFileIn
 from .settings import ServerSettings
 
 MAX_TEMPERATURE = 2.0  # OpenAI's range; the engine would take more, but nothing useful lies above it
-# `cache_weight` (the language server's cacheWeight) reaches the engine once SamplingParams has the
-# field; until then it is validated and dropped, as the language server does in its local mode.
-ENGINE_TAKES_CACHE_WEIGHT = "cache_weight" in {f.name for f in dataclasses.fields(SamplingParams)}
 
 
 def make_job(settings: ServerSettings, prompt: str, suffix: str | None, *, max_tokens: int, temperature: float,
@@ -33,14 +28,13 @@ def make_job(settings: ServerSettings, prompt: str, suffix: str | None, *, max_t
     if cache_weight is not None and not 0.0 <= cache_weight <= 1.0:
         raise APIError(400, f"cache_weight must be between 0 and 1, got {cache_weight}", param="cache_weight",
                        code="invalid_value")
-    extra = {"cache_weight": cache_weight} if cache_weight is not None and ENGINE_TAKES_CACHE_WEIGHT else {}
     size = len(prompt) + len(suffix or "")
     if size > settings.max_prompt_chars:
         raise APIError(413, f"{prompt_param} and suffix are {size} characters; the limit is "
                             f"{settings.max_prompt_chars}", param=prompt_param, code="prompt_too_large")
     try:
         params = SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_k=top_k,
-                                top_p=float(top_p), stop=list(stop or []), seed=seed, **extra)
+                                top_p=float(top_p), stop=list(stop or []), seed=seed, cache_weight=cache_weight)
     except SamplingError as e:
         raise sampling_error(e) from e
     return CompletionJob(prompt, suffix, params, check_extra_context(settings, extra_context))

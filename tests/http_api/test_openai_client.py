@@ -95,6 +95,16 @@ def test_complete_accepts_bounded_extra_context(server):
     assert r.status_code == 200, r.text
 
 
+def test_extra_context_teaches_names_from_other_files(server):
+    """A name defined only in a neighbouring file is completed through the engine's cache model."""
+    helpers = "def very_specific_name_42(items, scale):\n    return [x * scale for x in items]\n"
+    body = {"code": "import helpers\n\nvalue = helpers.very_specific", "max_tokens": 6, "temperature": 0}
+    plain = httpx.post(server.url + "/complete", json=body).json()["completion"]
+    with_context = httpx.post(server.url + "/complete", json={
+        **body, "extra_context": [{"path": "helpers.py", "text": helpers}]}).json()["completion"]
+    assert with_context.startswith("_name_42(") and not plain.startswith("_name_42(")
+
+
 def test_temperature_zero_answers_come_from_the_cache(server):
     body = {"prompt": "# cache me\ndef ", "max_tokens": 10, "temperature": 0}
     first = httpx.post(server.url + "/v1/completions", json=body).json()
