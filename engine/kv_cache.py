@@ -38,7 +38,7 @@ class KVCache:
     def _buffers(self) -> list[torch.Tensor]:
         return [self.k, self.v] + ([self.k_scale, self.v_scale] if self.int8 else [])
 
-    def view(self, slots: list[int], positions: torch.Tensor) -> "SlotView":
+    def view(self, slots: list[int] | torch.Tensor, positions: torch.Tensor) -> "SlotView":
         return SlotView(self, slots, positions)
 
     def copy_prefix(self, src_slot: int, dst_slot: int, length: int) -> None:
@@ -52,7 +52,9 @@ class KVCache:
 class SlotView:
     """The cache as seen by one forward pass: row b of the batch lives in slot `slots[b]`."""
 
-    def __init__(self, cache: KVCache, slots: list[int], positions: torch.Tensor):
+    def __init__(self, cache: KVCache, slots: list[int] | torch.Tensor, positions: torch.Tensor):
+        if isinstance(slots, torch.Tensor):
+            slots = slots.tolist()
         self.kv_len = int(positions.max()) + 1
         if self.kv_len > cache.max_len:
             raise ValueError(f"position {self.kv_len - 1} is past the cache length {cache.max_len}")
