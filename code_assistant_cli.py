@@ -40,6 +40,12 @@ def cmd_eval(args, extra):
         raise SystemExit("code-assistant eval: give exactly one of --data DATA_DIR or --src DIR")
     result = evaluate(Path(args.model), Path(args.data) if args.data else None,
                       [Path(s) for s in args.src] if args.src else None, max_windows=args.max_windows)
+    if args.line_completion:
+        from training.line_completion import line_completion_report
+
+        folders = [Path(f) for f in args.line_completion]
+        result["line_completion"] = line_completion_report(Path(args.model), folders, args.lines_per_file,
+                                                           args.quantize, args.variant)
     print(json.dumps(result))
 
 
@@ -80,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data")
     p.add_argument("--src", action="append")
     p.add_argument("--max-windows", type=int, default=None)
+    p.add_argument("--line-completion", action="append", metavar="PROJECT_DIR",
+                   help="also score line completion on a held-out project folder (repeatable); "
+                        "the project's other files serve as neighbours")
+    p.add_argument("--lines-per-file", type=int, default=10)
+    p.add_argument("--quantize", choices=["int8", "none"], default="int8", help="engine weights for line completion")
+    p.add_argument("--variant", action="append", help="only these line-completion variants")
     p.set_defaults(func=cmd_eval)
 
     for name, (_, help_text) in DELEGATED.items():

@@ -21,7 +21,7 @@ from typing import AsyncIterator, Callable
 import regex  # tiktoken's own dependency, for its split pattern
 import torch
 
-from .cache_model import DEFAULT_WEIGHT, CacheModel
+from .cache_model import DEFAULT_WEIGHT, CacheModel, NgramCache
 from .kv_cache import KVCache
 from .model import GPT
 from .model_dir import default_model_dir, load_model_dir, read_config
@@ -146,6 +146,7 @@ class Engine:
         self._token_bytes = [tokenizer.decode_bytes([i]) if i not in tokenizer.special_ids else b""
                              for i in range(tokenizer.n_vocab)]
         self._heal_masks: dict[bytes, torch.Tensor] = {}
+        self._snippet_caches: dict[str, NgramCache] = {}
         self._split_pattern = regex.compile(tokenizer.encoding._pat_str)
         self._wake = threading.Event()
         self._stop = False
@@ -218,9 +219,23 @@ class Engine:
         t = self.tokenizer
         history = t.encode(prefix)
         contexts = [history] + ([t.encode(suffix)] if suffix else [])
-        for item in extra_context or []:
-            contexts.append(t.encode(item["text"] if isinstance(item, dict) else str(item)))
-        return CacheModel(contexts, history, weight)
+        shared = [self._snippet_cache(item["text"] if isinstance(item, dict) else str(item))
+                  for item in extra_context or []]
+        return CacheModel(contexts, history, weight, shared=shared)
+
+    def _snippet_cache(self, text: str) -> NgramCache:
+        """A read-only cache of one snippet, kept for the next request: editors send the same
+        neighbouring files keystroke after keystroke."""
+        with self._lock:
+            cache = self._snippet_caches.pop(text, None)
+        if cache is None:
+            cache = NgramCache()
+            cache.add_sequence(self.tokenizer.encode(text))
+        with self._lock:
+            self._snippet_caches[text] = cache  # re-inserted last: least recently used goes first
+            while len(self._snippet_caches) > 64:
+                self._snippet_caches.pop(next(iter(self._snippet_caches)))
+        return cache
 
     def submit(self, prompt: str, suffix: str | None, params: SamplingParams,
                on_chunk: Callable[[Chunk], None], logits_processor: LogitsProcessor | None = None,

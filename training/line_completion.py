@@ -87,3 +87,92 @@ def run_line_completion(engine: Engine, tasks: list[LineTask], fim: bool = False
 def read_python_files(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): p.read_text(encoding="utf-8")
             for p in sorted(Path(folder).rglob("*.py"))}
+
+
+def cache_only_completion(tokenizer, task: LineTask, fim: bool, neighbours: dict[str, str] | None,
+                          max_tokens: int = 48) -> str:
+    """The cache alone, no network: greedy over the n-gram cache's longest-context predictions."""
+    from engine.cache_model import NgramCache
+
+    cache = NgramCache()
+    # Like the engine's token healing: the indentation the prefix ends with is re-generated, since
+    # the file's own text glues it to the next word.
+    history = tokenizer.encode(task.prefix.rstrip(" \t"))
+    cache.add_sequence(history)
+    if fim:
+        cache.add_sequence(tokenizer.encode(task.suffix))
+    for path, text in (neighbours or {}).items():
+        if path != task.path:
+            cache.add_sequence(tokenizer.encode(text))
+    out: list[int] = []
+    for _ in range(max_tokens):
+        _, counts = cache.predict(history + out)
+        if not counts:
+            break
+        out.append(max(counts, key=lambda t: (counts[t], -t)))
+        text = tokenizer.decode(out).lstrip(" \t")
+        if "\n" in text.lstrip("\n"):
+            break
+    return tokenizer.decode(out).lstrip(" \t\n")
+
+
+def score_cache_only(tokenizer, tasks: list[LineTask], fim: bool = False,
+                     neighbours: dict[str, str] | None = None) -> dict:
+    exact, similarity = [], []
+    for task in tasks:
+        # The prefix ends at the line's indentation, which the cache (like the network) sees as one chunk.
+        prediction = cache_only_completion(tokenizer, task, fim, neighbours).split("\n")[0].rstrip()
+        exact.append(prediction == task.target)
+        similarity.append(edit_similarity(prediction, task.target))
+    n = max(1, len(tasks))
+    return {"lines": len(tasks), "exact_match": round(sum(exact) / n, 4),
+            "edit_similarity": round(sum(similarity) / n, 4)}
+
+
+def line_completion_report(model_dir: Path, folders: list[Path], per_file: int, quantize: str | None,
+                           variants: list[str] | None = None) -> dict:
+    """Every variant the model card reports, on each held-out project (its other files = neighbours)."""
+    from engine import EngineConfig
+
+    engine = Engine.load(model_dir, quantize=quantize, config=EngineConfig(max_batch=4))
+    report: dict[str, dict] = {}
+    try:
+        tasks_by_project = {}
+        for folder in folders:
+            files = read_python_files(folder)
+            tasks_by_project[folder.name] = (sample_tasks(files, per_file), files)
+        runs = {
+            "network": dict(fim=False, cache_weight=0.0),
+            "network_fim": dict(fim=True, cache_weight=0.0),
+            "network+cache": dict(fim=False, cache_weight=None),
+            "network+cache_fim": dict(fim=True, cache_weight=None),
+            "network+cache_fim+neighbours": dict(fim=True, cache_weight=None, neighbours=True),
+        }
+        for name, options in runs.items():
+            if variants and name not in variants:
+                continue
+            results = []
+            for tasks, files in tasks_by_project.values():
+                results.append(run_line_completion(engine, tasks, fim=options["fim"],
+                                                   cache_weight=options["cache_weight"],
+                                                   neighbours=files if options.get("neighbours") else None,
+                                                   desc=name))
+            report[name] = _pool(results)
+        if not variants or "cache_only_fim+neighbours" in variants:
+            for name, fim, use_neighbours in (("cache_only", False, False), ("cache_only_fim+neighbours", True, True)):
+                results = [score_cache_only(engine.tokenizer, tasks, fim, files if use_neighbours else None)
+                           for tasks, files in tasks_by_project.values()]
+                report[name] = _pool(results)
+    finally:
+        engine.close()
+    return report
+
+
+def _pool(results: list[dict]) -> dict:
+    """Line-weighted averages over projects."""
+    total = sum(r["lines"] for r in results) or 1
+    pooled = {"lines": total}
+    for key in ("exact_match", "edit_similarity", "latency_ms_mean"):
+        if all(key in r and r[key] is not None for r in results):
+            pooled[key] = round(sum(r[key] * r["lines"] for r in results) / total, 4 if key != "latency_ms_mean" else 1)
+    return pooled
