@@ -213,7 +213,8 @@ def run(model_dir: Path, quick: bool, max_batch: int) -> dict:
     rss0 = rss_mb()
     fp32_model, tokenizer, _ = load_model_dir(model_dir)
     c = fp32_model.config
-    config = EngineConfig(max_batch=max_batch)
+    # The network alone, decoding as the baseline does; the context cache model is measured apart.
+    config = EngineConfig(max_batch=max_batch, token_healing=False, cache_weight=0.0)
     engines = {"fp32": Engine.load(model_dir, quantize=None, config=config)}
     rss_fp32 = rss_mb()
     engines["int8"] = Engine.load(model_dir, quantize="int8", config=config)
@@ -242,6 +243,13 @@ def run(model_dir: Path, quick: bool, max_batch: int) -> dict:
     b1 = {name: batch1(e, b1_prompts, gen_tokens * 2) for name, e in engines.items()}
     if hf is not None:
         b1["hf_baseline"] = hf_batch1(hf, encode, b1_prompts, gen_tokens * 2)
+    with_cache = Engine.load(model_dir, quantize="int8", config=EngineConfig(max_batch=max_batch))
+    cached = batch1(with_cache, b1_prompts, gen_tokens * 2)
+    with_cache.close()
+    report["cache_model_batch1"] = {
+        "what": "int8 engine with the defaults on (context cache model, token healing) vs the network alone",
+        "tokens_per_s": cached["tokens_per_s"],
+        "time_per_token_overhead": round(b1["int8"]["tokens_per_s"] / cached["tokens_per_s"] - 1, 3)}
     bandwidth = copy_bandwidth_gbs(64 if quick else 256)
     floors = {}
     for name, e in engines.items():

@@ -63,19 +63,34 @@ class SlotView:
         first = slots[0]
         # Consecutive slots are read as a slice (a view); others need a gather copy per layer.
         self.slot_range = slice(first, first + len(slots)) if slots == list(range(first, first + len(slots))) else None
-        key_pos = torch.arange(self.kv_len, device=positions.device)
-        # (B, 1, T, S): a query attends to keys at positions up to its own; later cache rows are stale.
-        self.mask = key_pos[None, None, None, :] <= positions[:, None, :, None]
+        self.single = slots[0] if len(slots) == 1 else None
+        self.first = int(positions[0, 0]) if self.single is not None else -1
+        B, T = positions.shape
+        if T == 1 and (B == 1 or bool((positions == self.kv_len - 1).all())):
+            self.mask = None  # every row's query is the last cached position: nothing to hide
+        else:
+            key_pos = torch.arange(self.kv_len, device=positions.device)
+            # (B, 1, T, S): a query attends to keys at positions up to its own; later cache rows are
+            # stale. Additive and built once per forward (a boolean mask is converted in every layer).
+            allowed = key_pos[None, None, None, :] <= positions[:, None, :, None]
+            self.mask = torch.zeros(allowed.shape, dtype=cache.dtype, device=positions.device).masked_fill_(
+                ~allowed, float("-inf"))
 
     def _store(self, buf, scale_buf, layer, x):
-        rows, pos = self.slot_index[:, None], self.positions
-        x = x.transpose(1, 2)  # (B, T, H, D): advanced indices on dims 0 and 2 put them first
-        if scale_buf is None:
-            buf[layer][rows, :, pos] = x.to(buf.dtype)
+        if scale_buf is not None:
+            scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / 127.0
+            self._write(scale_buf, layer, scale)
+            x = torch.round(x / scale)
+        self._write(buf, layer, x)
+
+    def _write(self, buf, layer, x):
+        """x (B, H, T, D) into the rows' slots at their positions."""
+        if self.single is not None and self.positions.shape[1] == int(self.positions[0, -1]) - self.first + 1:
+            # One sequence, consecutive positions (every prefill, batch-1 decode): a slice copy.
+            buf[layer, self.single, :, self.first:self.first + x.shape[2]] = x[0]
             return
-        scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / 127.0
-        buf[layer][rows, :, pos] = torch.round(x / scale).to(torch.int8)
-        scale_buf[layer][rows, :, pos] = scale.to(scale_buf.dtype)
+        # (B, T, H, D): advanced indices on dims 0 and 2 put them first
+        buf[layer][self.slot_index[:, None], :, self.positions] = x.transpose(1, 2).to(buf.dtype)
 
     def _load(self, buf, scale_buf, layer):
         rows = self.slot_range if self.slot_range is not None else self.slot_index
