@@ -23,10 +23,12 @@ import {
   readSettings,
   toServerSettings,
 } from "./settings";
+import { formatStats, isServerStats } from "./stats";
 import { nextServerState, type ServerState, statusView } from "./status";
 
 const API_KEY_SECRET = "codeAssistant.apiKey";
 const ACCEPT_COMMAND = "codeAssistant.accept";
+const STATS_COMMAND = "codeAssistant.stats";
 
 class CodeAssistant implements vscode.Disposable {
   private client: LanguageClient | undefined;
@@ -153,6 +155,18 @@ class CodeAssistant implements vscode.Disposable {
     await this.client.sendNotification(DidChangeConfigurationNotification.type, configurationParams(settings));
   }
 
+  /** Shown and accepted suggestions per language since the server started. */
+  async showStats(): Promise<void> {
+    if (!this.client?.isRunning()) {
+      void vscode.window.showWarningMessage("Code Assistant: the language server is not running.");
+      return;
+    }
+    const stats: unknown = await this.client.sendRequest(ExecuteCommandRequest.type, { command: STATS_COMMAND });
+    const line = isServerStats(stats) ? formatStats(stats) : `unexpected answer: ${JSON.stringify(stats)}`;
+    this.log.info(`stats: ${line}`);
+    void vscode.window.showInformationMessage(`Code Assistant: ${line}`);
+  }
+
   async toggle(): Promise<void> {
     const config = vscode.workspace.getConfiguration(CONFIG_SECTION);
     // Where the effective value comes from: a user-level change would not override a workspace's.
@@ -207,6 +221,7 @@ export function activate(context: vscode.ExtensionContext): void {
     vscode.commands.registerCommand("codeAssistant.toggle", () => instance.toggle()),
     vscode.commands.registerCommand("codeAssistant.restart", () => instance.restart()),
     vscode.commands.registerCommand("codeAssistant.showLog", () => { log.show(); }),
+    vscode.commands.registerCommand("codeAssistant.showStats", () => instance.showStats()),
     vscode.commands.registerCommand("codeAssistant.setApiKey", async () => {
       const key = await vscode.window.showInputBox({
         prompt: "API key for the team code-assistant server (kept in VS Code's secret storage)",

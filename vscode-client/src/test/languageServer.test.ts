@@ -41,6 +41,7 @@ import {
   type ServerSettings,
   toServerSettings,
 } from "../settings";
+import { formatStats, isServerStats } from "../stats";
 
 const REPO_ROOT = path.resolve(__dirname, "..", "..", "..");
 const SERVER_BIN = process.env.CODE_ASSISTANT_BIN ?? path.join(REPO_ROOT, ".venv", "bin", "code-assistant");
@@ -169,8 +170,6 @@ class LanguageServerSession {
   }
 }
 
-type Stats = { shown: Partial<Record<string, number>>; accepted: Partial<Record<string, number>> };
-
 function itemText(item: InlineCompletionItem): string {
   return typeof item.insertText === "string" ? item.insertText : item.insertText.value;
 }
@@ -217,9 +216,12 @@ describe("code-assistant lsp driven by the VS Code protocol client", { skip: mis
   it("counts an accepted item when the client runs the item's command", async () => {
     assert.ok(accepted?.command, "no item to accept");
     await session.executeCommand(accepted.command);
-    const stats = await session.executeCommand({ command: "codeAssistant.stats" }) as Stats;
+    const stats = await session.executeCommand({ command: "codeAssistant.stats" });
+    assert.ok(isServerStats(stats), `unexpected stats ${JSON.stringify(stats)}`);
     assert.equal(stats.accepted.python, 1);
     assert.ok((stats.shown.python ?? 0) >= 1);
+    // What 'Code Assistant: Show Accepted Suggestions' would say.
+    assert.match(formatStats(stats), /^python: \d+ shown, 1 accepted \(\d+%\)$/);
   });
 
   it("answers a request that VS Code cancels (the user typed on) as cancelled, and keeps serving", async () => {
