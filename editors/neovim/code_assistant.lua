@@ -143,6 +143,23 @@ function M.setup(opts)
   end
   vim.api.nvim_create_user_command('CodeAssistantToggle', function() M.toggle() end,
     { desc = 'Turn code-assistant completions on or off' })
+  vim.api.nvim_create_user_command('CodeAssistantStats', function() M.show_stats() end,
+    { desc = 'Shown and accepted code-assistant suggestions per language' })
+end
+
+--- "python: 12 shown, 4 accepted (33%)" from the server's codeAssistant.stats answer.
+function M.format_stats(stats)
+  local rows = {}
+  for language, shown in pairs(stats.shown or {}) do
+    local accepted = (stats.accepted or {})[language] or 0
+    local rate = shown > 0 and string.format(' (%d%%)', math.floor(100 * accepted / shown + 0.5)) or ''
+    table.insert(rows, { shown = shown, text = string.format('%s: %d shown, %d accepted%s', language, shown, accepted, rate) })
+  end
+  if #rows == 0 then return 'no suggestions shown yet' end
+  table.sort(rows, function(a, b) return a.shown > b.shown or (a.shown == b.shown and a.text < b.text) end)
+  local texts = {}
+  for _, row in ipairs(rows) do table.insert(texts, row.text) end
+  return table.concat(texts, '; ')
 end
 
 local function clients()
@@ -152,6 +169,21 @@ local function clients()
     if client.name == M.name then table.insert(found, client) end
   end
   return found
+end
+
+function M.show_stats()
+  for _, client in ipairs(clients()) do
+    local params = { command = 'codeAssistant.stats', arguments = {} }
+    local function show(err, result)
+      if err then
+        vim.notify('code-assistant stats: ' .. tostring(err.message or err), vim.log.levels.WARN)
+      else
+        vim.notify('code-assistant: ' .. M.format_stats(result or {}))
+      end
+    end
+    if has('0.11') then client:request('workspace/executeCommand', params, show)
+    else client.request('workspace/executeCommand', params, show) end
+  end
 end
 
 --- Turns completions off or on in the running server (workspace/didChangeConfiguration).

@@ -90,6 +90,8 @@ local function step()
       local stats = vim.lsp.buf_request_sync(0, 'workspace/executeCommand',
         { command = 'codeAssistant.stats', arguments = {} }, 10000) or {}
       for _, response in pairs(stats) do result.stats = response.result end
+      result.stats_line = code_assistant_module.format_stats(result.stats or {})
+      vim.cmd('CodeAssistantStats')
       -- :CodeAssistantToggle turns completions off in the running server, and on again; asked at
       -- the same place as the first request (the accepted text undone), where there was an item.
       vim.cmd('normal! u')

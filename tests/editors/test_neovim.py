@@ -121,6 +121,9 @@ def test_server_counts_what_was_shown_and_accepted(session):
     # Neovim runs an item's command on accept from 0.11 (vim.lsp.completion); 0.7's omnifunc does not.
     expected_accepts = 1 if version_of(session) >= (0, 11) else 0
     assert stats["accepted"].get("python", 0) == expected_accepts
+    shown = stats["shown"]["python"]
+    rate = round(100 * expected_accepts / shown)
+    assert session["stats_line"] == f"python: {shown} shown, {expected_accepts} accepted ({rate}%)"
 
 
 def test_toggle_command_turns_completions_off_and_on_in_the_server(session):
