@@ -64,6 +64,7 @@ function testModelDir(): string {
     + "from tests.conftest import make_model_dir; make_model_dir(Path(sys.argv[1]))";
   execFileSync(PYTHON, ["-c", script, dir], { cwd: REPO_ROOT, stdio: ["ignore", "ignore", "inherit"] });
   madeModelDir = dir;
+  process.on("exit", () => { fs.rmSync(dir, { recursive: true, force: true }); });
   return dir;
 }
 
@@ -282,9 +283,10 @@ describe("code-assistant lsp in --remote mode against a team server", { skip: mi
   let teamUrl: string;
   let session: LanguageServerSession;
   let settings: ExtensionSettings;
+  let work: string;
 
   before(async () => {
-    const work = fs.mkdtempSync(path.join(os.tmpdir(), "ca-vscode-team-"));
+    work = fs.mkdtempSync(path.join(os.tmpdir(), "ca-vscode-team-"));
     const keysFile = path.join(work, "keys");
     fs.writeFileSync(keysFile, `${API_KEY}\n`);
     const port = await freePort();
@@ -304,6 +306,7 @@ describe("code-assistant lsp in --remote mode against a team server", { skip: mi
     await session.close();
     team.kill("SIGTERM");
     await new Promise((resolve) => { if (team.exitCode !== null) resolve(null); else team.on("exit", resolve); });
+    fs.rmSync(work, { recursive: true, force: true });
   });
 
   it("gets nothing from the team server without the API key, and keeps running", async () => {
