@@ -1,0 +1,111 @@
+"""From the model's raw text to the edit the editor shows: a pipeline of plain functions on strings.
+
+`postprocess` applies them in order; each one is usable (and tested) on its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BLOCK_OPENERS = (":", "{", "(", "[")
+CLOSERS = ("}", ")", "]")
+
+
+@dataclass(frozen=True)
+class Edit:
+    text: str
+    replaces_line_suffix: bool = False   # True: `text` replaces the rest of the cursor's line (it contains it)
+
+
+def postprocess(raw: str, line_prefix: str, line_suffix: str, following: str, multiline: bool) -> Edit | None:
+    """`following` is the document after the cursor's line. None when nothing useful is left."""
+    text = cut_at_block_end(raw, line_prefix) if multiline else first_line(raw)
+    text = trim_trailing_whitespace(text)
+    text = drop_doubled_space(text, line_prefix)
+    text = cut_repeated_lines(text, following)
+    if not text.strip() or repeats_what_follows(text, line_suffix + "\n" + following):
+        return None
+    edit = fit_line_suffix(text, line_suffix)
+    return edit if edit.text.strip() else None
+
+
+def first_line(text: str) -> str:
+    return text.split("\n", 1)[0]
+
+
+def indent_of(line: str) -> int:
+    return len(line) - len(line.lstrip(" \t"))
+
+
+def block_end(text: str, line_prefix: str) -> int | None:
+    """Index in `text` where the block the cursor is in ends (a later line dedents), or None."""
+    base = indent_of(line_prefix) if line_prefix.strip() else len(line_prefix)
+    lines = text.split("\n")
+    opens = (line_prefix + lines[0]).rstrip().endswith(BLOCK_OPENERS)
+    offset = len(lines[0]) + 1
+    for line in lines[1:]:
+        if line.strip():  # a line's indentation is known once its first visible character is
+            indent = indent_of(line)
+            if opens and indent <= base:
+                # A closing bracket at the opener's indentation belongs to the block; stop after it.
+                closes = indent == base and line.lstrip().startswith(CLOSERS)
+                return offset + len(line) if closes else offset
+            if not opens and indent < base:
+                return offset
+        offset += len(line) + 1
+    return None
+
+
+def cut_at_block_end(text: str, line_prefix: str) -> str:
+    end = block_end(text, line_prefix)
+    return text if end is None else text[:end]
+
+
+def trim_trailing_whitespace(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.split("\n")).rstrip()
+
+
+def drop_doubled_space(text: str, line_prefix: str) -> str:
+    """The cursor already follows a space (`x = |`): a completion starting with one would double it."""
+    if line_prefix.strip() and line_prefix.endswith((" ", "\t")) and text.startswith(" "):
+        return text[1:]
+    return text
+
+
+def cut_repeated_lines(text: str, following: str) -> str:
+    """Stop where the completion starts writing the next existing line again."""
+    next_line = next((line.strip() for line in following.split("\n") if line.strip()), "")
+    if len(next_line) < 3:
+        return text
+    lines = text.split("\n")
+    for i in range(1, len(lines)):
+        if lines[i].strip() == next_line:
+            return trim_trailing_whitespace("\n".join(lines[:i]))
+    return text
+
+
+def repeats_what_follows(text: str, after_cursor: str) -> bool:
+    """The completion only types what is already there (whitespace aside)."""
+    words = text.split()
+    following = after_cursor[:len(text) * 4 + 200].split()
+    return bool(words) and " ".join(following).startswith(" ".join(words))
+
+
+def fit_line_suffix(text: str, line_suffix: str) -> Edit:
+    """Never duplicate the rest of the line: an edit that already contains it replaces it, one that
+    ends with it drops it, and a multi-line edit that ignores it shrinks to its first line."""
+    rest = line_suffix.strip()
+    if not rest:
+        return Edit(text)
+    head = first_line(text)
+    stripped = head.rstrip()
+    if "\n" not in text and stripped.endswith(rest):
+        inserted = stripped[:-len(rest)]
+        return Edit(inserted.rstrip() if line_suffix[:1].isspace() else inserted)
+    if _is_subsequence(rest, head):
+        return Edit(text, replaces_line_suffix=True)
+    return Edit(head)
+
+
+def _is_subsequence(needle: str, haystack: str) -> bool:
+    chars = iter(haystack)
+    return all(c in chars for c in needle)

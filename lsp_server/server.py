@@ -1,0 +1,270 @@
+"""The pygls language server: one LSP feature per handler; the completion path lives in completer.py."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import Counter, OrderedDict
+from typing import Any, Callable
+from urllib.parse import unquote
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams, JsonRpcServerNotInitialized
+from pygls.lsp.server import LanguageServer
+from pygls.uris import to_fs_path
+
+from .completer import Backend, LocalBackend, Suggestion, complete
+from .documents import MAX_DOCUMENT_CHARS, MAX_LINE_CHARS, BadPosition, Cursor, clean_text, looks_binary, split_at
+from .settings import Settings
+
+log = logging.getLogger("lsp_server")
+
+ACCEPT_COMMAND = "codeAssistant.accept"
+STATS_COMMAND = "codeAssistant.stats"
+RECENT_DOCUMENTS = 8          # closed documents kept as neighbour-snippet sources
+NEIGHBOUR_SCAN_CHARS = 200_000  # of each neighbouring document, so a huge one cannot stall a keystroke
+
+
+class CodeAssistantServer(LanguageServer):
+    def __init__(self, settings: Settings, load_engine: Callable[[], Any] | None = None, engine=None):
+        super().__init__("code-assistant", "0.1.0", text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.settings = settings
+        self.ready = False
+        self.shown: Counter[str] = Counter()
+        self.accepted: Counter[str] = Counter()
+        self.pending: dict[str, asyncio.Task] = {}      # uri -> the generation a newer request supersedes
+        self.recent: OrderedDict[str, str] = OrderedDict()  # closed uri -> its last text
+        self.last_text: dict[str, str] = {}                 # open uri -> its text (kept for didClose)
+        self.engine = engine
+        self._load_engine = load_engine
+        self._local: LocalBackend | None = LocalBackend(engine) if engine is not None else None
+        self._remote = None
+        self._remote_key: tuple | None = None
+
+    async def backend(self) -> Backend:
+        s = self.settings
+        if s.remote_url:
+            key = (s.remote_url, s.api_key, s.timeout_ms)
+            if self._remote is None or self._remote_key != key:
+                from .remote import RemoteBackend
+
+                if self._remote is not None:
+                    await self._remote.close()
+                self._remote, self._remote_key = RemoteBackend(s.remote_url, s.api_key, s.timeout_ms / 1000), key
+            return self._remote
+        if self._local is None:
+            if self._load_engine is None:
+                raise JsonRpcInvalidParams("no local model and no remoteUrl configured")
+            self.engine = await asyncio.to_thread(self._load_engine)
+            self._local = LocalBackend(self.engine)
+        return self._local
+
+    def document_text(self, uri: str) -> tuple[str, str] | None:
+        """(text, languageId) of an open document, or None when unknown, binary or too large."""
+        if not self.ready:
+            raise JsonRpcServerNotInitialized("the server has not been initialized")
+        document = self.workspace.text_documents.get(unquote(uri))
+        if document is None:
+            return None
+        source = document.source
+        if len(source) > MAX_DOCUMENT_CHARS or looks_binary(source):
+            return None
+        return clean_text(source), document.language_id or "plaintext"
+
+    def neighbours(self, uri: str) -> list[tuple[str, str]]:
+        current = unquote(uri)
+        open_docs = [(u, d.source) for u, d in self.workspace.text_documents.items() if u != current]
+        closed = [(u, text) for u, text in reversed(self.recent.items()) if u != current]
+        return [(self.display_path(u), clean_text(text[:NEIGHBOUR_SCAN_CHARS]))
+                for u, text in open_docs + closed if not looks_binary(text)]
+
+    def display_path(self, uri: str) -> str:
+        path = to_fs_path(uri) or uri
+        root = self.workspace.root_path
+        if root and path.startswith(root.rstrip(os.sep) + os.sep):
+            return os.path.relpath(path, root)
+        return os.path.basename(path) or path
+
+    async def suggest(self, uri: str, position: types.Position, invoked: bool,
+                      method: str) -> tuple[Cursor, Suggestion, str] | None:
+        """The completion for a request; a newer request for the same document supersedes this one."""
+        start = time.perf_counter()
+        found = self.document_text(uri)
+        if found is None:
+            _log_request(method, "unknown-or-unsupported-document", start)
+            return None
+        source, language = found
+        try:
+            cursor = split_at(source, position.line, position.character, self.position_encoding())
+        except BadPosition as error:
+            raise JsonRpcInvalidParams(str(error)) from None
+        if len(cursor.line_prefix) + len(cursor.line_suffix) > MAX_LINE_CHARS:
+            _log_request(method, "line-too-long", start)
+            return None
+        previous = self.pending.get(uri)
+        if previous is not None:
+            previous.cancel()
+        settings = self.settings
+        backend = await self.backend()
+        neighbours = self.neighbours(uri) if settings.neighbours else []
+        task = asyncio.create_task(complete(cursor, settings, backend, invoked, language, neighbours))
+        self.pending[uri] = task
+        try:
+            suggestion = await task
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                _log_request(method, "cancelled", start)
+                raise
+            _log_request(method, "superseded", start)
+            return None
+        finally:
+            if self.pending.get(uri) is task:
+                del self.pending[uri]
+        if suggestion is None:
+            _log_request(method, "empty", start)
+            return None
+        self.shown[language] += 1
+        if suggestion.id:
+            _spawn(backend.send_event(suggestion.id, "shown", language))
+        _log_request(method, "shown", start, suggestion.id, language, len(suggestion.edit.text))
+        return cursor, suggestion, language
+
+    def position_encoding(self) -> str:
+        encoding = self.workspace.position_encoding
+        return str(getattr(encoding, "value", encoding) or "utf-16")
+
+
+def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any] | None = None) -> CodeAssistantServer:
+    server = CodeAssistantServer(settings, load_engine, engine)
+
+    @server.feature(types.INITIALIZE)
+    def on_initialize(ls: CodeAssistantServer, params: types.InitializeParams) -> None:
+        ls.settings = ls.settings.updated(params.initialization_options)
+        ls.ready = True
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def on_configuration(ls: CodeAssistantServer, params: types.DidChangeConfigurationParams) -> None:
+        ls.settings = ls.settings.updated(params.settings)
+        log.info(json.dumps({"event": "settings", "enable": ls.settings.enable, "multiline": ls.settings.multiline,
+                             "remote": bool(ls.settings.remote_url)}))
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def on_close(ls: CodeAssistantServer, params: types.DidCloseTextDocumentParams) -> None:
+        uri = unquote(params.text_document.uri)
+        task = ls.pending.pop(params.text_document.uri, None)
+        if task is not None:
+            task.cancel()
+        text = ls.last_text.pop(uri, None)
+        if text is not None:
+            ls.recent[uri] = text
+            ls.recent.move_to_end(uri)
+            while len(ls.recent) > RECENT_DOCUMENTS:
+                ls.recent.popitem(last=False)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def on_open(ls: CodeAssistantServer, params: types.DidOpenTextDocumentParams) -> None:
+        _remember(ls, params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def on_change(ls: CodeAssistantServer, params: types.DidChangeTextDocumentParams) -> None:
+        _remember(ls, params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(ls: CodeAssistantServer,
+                                params: types.InlineCompletionParams) -> types.InlineCompletionList:
+        invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        found = await ls.suggest(params.text_document.uri, params.position, invoked, "inline")
+        if found is None:
+            return types.InlineCompletionList(items=[])
+        cursor, suggestion, language = found
+        end = cursor.line_end if suggestion.edit.replaces_line_suffix else cursor.character
+        edit_range = types.Range(types.Position(cursor.line, cursor.character), types.Position(cursor.line, end))
+        return types.InlineCompletionList(items=[types.InlineCompletionItem(
+            insert_text=suggestion.edit.text, range=edit_range, command=accept_command(suggestion.id, language))])
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "(", " "]))
+    async def completion(ls: CodeAssistantServer, params: types.CompletionParams) -> types.CompletionList:
+        # Popup clients: explicit requests get no debounce; a popup shows one line unless multiline is set.
+        invoked = params.context is None or params.context.trigger_kind == types.CompletionTriggerKind.Invoked
+        found = await ls.suggest(params.text_document.uri, params.position, invoked, "completion")
+        if found is None:
+            return types.CompletionList(is_incomplete=True, items=[])
+        cursor, suggestion, language = found
+        return types.CompletionList(is_incomplete=True, items=[completion_item(cursor, suggestion, language)])
+
+    @server.command(ACCEPT_COMMAND)
+    async def accept(ls: CodeAssistantServer, *arguments: Any) -> dict:
+        info = arguments[0] if arguments and isinstance(arguments[0], dict) else {}
+        language = str(info.get("language") or "plaintext")
+        ls.accepted[language] += 1
+        completion_id = str(info.get("id") or "")
+        if completion_id and ls.settings.remote_url:
+            await (await ls.backend()).send_event(completion_id, "accepted", language)
+        log.info(json.dumps({"event": "accepted", "id": completion_id, "language": language}))
+        return {"accepted": ls.accepted[language]}
+
+    @server.command(STATS_COMMAND)
+    def stats(ls: CodeAssistantServer, *arguments: Any) -> dict:
+        engine = {}
+        if ls.engine is not None:
+            engine = {"running": len(ls.engine.running), "queue": ls.engine.queue_depth(), **ls.engine.stats}
+        return {"shown": dict(ls.shown), "accepted": dict(ls.accepted), "pending": len(ls.pending),
+                "engine": engine}
+
+    @server.feature(types.SHUTDOWN)
+    def on_shutdown(ls: CodeAssistantServer, *args: Any) -> None:
+        for task in list(ls.pending.values()):
+            task.cancel()
+
+    return server
+
+
+def accept_command(completion_id: str, language: str) -> types.Command:
+    return types.Command(title="Accept", command=ACCEPT_COMMAND, arguments=[{"id": completion_id, "language": language}])
+
+
+def completion_item(cursor: Cursor, suggestion: Suggestion, language: str) -> types.CompletionItem:
+    """Popup clients filter and replace by the word before the cursor, so the item starts with it."""
+    word = _word_before(cursor.line_prefix)
+    text = word + suggestion.edit.text
+    start = cursor.character - len(word)  # word characters are ASCII: one unit each in every encoding
+    end = cursor.line_end if suggestion.edit.replaces_line_suffix else cursor.character
+    edit_range = types.Range(types.Position(cursor.line, start), types.Position(cursor.line, end))
+    label = text.split("\n", 1)[0].strip() or text.strip()
+    return types.CompletionItem(
+        label=label[:80], kind=types.CompletionItemKind.Text, detail="code-assistant",
+        filter_text=text.split("\n", 1)[0], insert_text=text, text_edit=types.TextEdit(edit_range, text),
+        insert_text_format=types.InsertTextFormat.PlainText, sort_text="0",
+        command=accept_command(suggestion.id, language))
+
+
+def _word_before(line_prefix: str) -> str:
+    i = len(line_prefix)
+    while i > 0 and (line_prefix[i - 1].isascii() and (line_prefix[i - 1].isalnum() or line_prefix[i - 1] == "_")):
+        i -= 1
+    return line_prefix[i:]
+
+
+def _remember(ls: CodeAssistantServer, uri: str) -> None:
+    document = ls.workspace.text_documents.get(unquote(uri))
+    if document is not None:
+        ls.last_text[unquote(uri)] = document.source
+
+
+_background: set[asyncio.Task] = set()
+
+
+def _spawn(coroutine) -> None:
+    """Fire-and-forget (event reporting must not delay the editor); keep a reference until done."""
+    task = asyncio.ensure_future(coroutine)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+def _log_request(method: str, outcome: str, start: float, completion_id: str = "", language: str = "",
+                 chars: int = 0) -> None:
+    # One line per request, never the user's code.
+    log.info(json.dumps({"event": "completion", "method": method, "outcome": outcome, "id": completion_id,
+                         "language": language, "chars": chars, "ms": round((time.perf_counter() - start) * 1000, 1)}))

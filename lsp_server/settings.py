@@ -1,0 +1,81 @@
+"""Language-server settings: one dataclass, parsed from initializationOptions and didChangeConfiguration."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    enable: bool = True
+    max_tokens: int = 48
+    temperature: float = 0.0
+    multiline: bool = False
+    debounce_ms: int = 75                 # automatic triggers only; invoked ones never wait
+    remote_url: str | None = None
+    api_key: str | None = None
+    neighbours: bool = True
+    neighbour_budget_tokens: int = 256
+    neighbour_files: int = 4
+    cache_weight: float | None = None     # None: the engine's default
+    context_tokens: int | None = None     # prompt budget; None: the model's block size minus max_tokens
+    suffix_fraction: float = 0.25         # share of the prompt budget the text after the cursor may take
+    timeout_ms: int = 5000                # remote requests: a slow server gives an empty result, not a hang
+
+    def updated(self, raw: Any) -> "Settings":
+        """A copy with the recognised keys of `raw` applied; wrong types are logged and ignored."""
+        if not isinstance(raw, dict):
+            return self
+        if isinstance(raw.get("codeAssistant"), dict):
+            raw = raw["codeAssistant"]
+        changes: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            key = _camel(field.name)
+            if key not in raw:
+                continue
+            value = _coerce(field.name, raw[key])
+            if value is _INVALID:
+                log.warning("ignoring setting %s=%r: wrong type or out of range", key, raw[key])
+            else:
+                changes[field.name] = value
+        return dataclasses.replace(self, **changes)
+
+
+_INVALID = object()
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "max_tokens": (1, 1024), "temperature": (0.0, 5.0), "debounce_ms": (0, 5000),
+    "neighbour_budget_tokens": (0, 4096), "neighbour_files": (0, 32), "cache_weight": (0.0, 1.0),
+    "context_tokens": (16, 1 << 16), "suffix_fraction": (0.0, 0.9), "timeout_ms": (50, 120_000),
+}
+_BOOLS = {"enable", "multiline", "neighbours"}
+_INTS = {"max_tokens", "debounce_ms", "timeout_ms", "neighbour_budget_tokens", "neighbour_files", "context_tokens"}
+_OPTIONAL = {"remote_url", "api_key", "cache_weight", "context_tokens"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if value is None:
+        return None if name in _OPTIONAL else _INVALID
+    if name in _BOOLS:
+        return value if isinstance(value, bool) else _INVALID
+    if name in ("remote_url", "api_key"):
+        return (value or None) if isinstance(value, str) else _INVALID
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _INVALID
+    if name in _INTS:
+        if float(value) != int(value):
+            return _INVALID
+        value = int(value)
+    else:
+        value = float(value)
+    low, high = _RANGES[name]
+    return value if low <= value <= high else _INVALID
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
