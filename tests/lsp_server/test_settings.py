@@ -1,0 +1,23 @@
+from lsp_server.settings import Settings
+
+
+def test_defaults_match_the_contract():
+    s = Settings()
+    assert (s.enable, s.max_tokens, s.temperature, s.multiline, s.debounce_ms) == (True, 48, 0.0, False, 75)
+    assert (s.remote_url, s.api_key, s.neighbours, s.neighbour_budget_tokens, s.neighbour_files, s.cache_weight) == (
+        None, None, True, 256, 4, None)
+
+
+def test_nested_and_flat_camel_case_settings():
+    nested = Settings().updated({"codeAssistant": {"maxTokens": 16, "multiline": True, "remoteUrl": "http://h:1"}})
+    assert (nested.max_tokens, nested.multiline, nested.remote_url) == (16, True, "http://h:1")
+    flat = Settings().updated({"debounceMs": 0, "neighbourFiles": 2, "cacheWeight": 0.3})
+    assert (flat.debounce_ms, flat.neighbour_files, flat.cache_weight) == (0, 2, 0.3)
+
+
+def test_wrong_types_and_ranges_are_ignored_and_the_rest_applied():
+    s = Settings().updated({"maxTokens": "lots", "temperature": 99, "enable": "yes", "debounceMs": 10,
+                            "neighbours": None, "unknown": 1})
+    assert (s.max_tokens, s.temperature, s.enable, s.debounce_ms, s.neighbours) == (48, 0.0, True, 10, True)
+    assert Settings().updated(None) == Settings() and Settings().updated([1, 2]) == Settings()
+    assert Settings(remote_url="http://x").updated({"remoteUrl": None}).remote_url is None
