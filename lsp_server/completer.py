@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass
@@ -98,6 +97,11 @@ async def complete(cursor: Cursor, settings: Settings, backend: Backend, invoked
     return Suggestion(generated.id, edit, multiline) if edit else None
 
 
+def extra_context(prompt: Prompt) -> list[dict]:
+    """Neighbour snippets for the engine's cache model (the prompt already holds them as comments)."""
+    return [{"path": s.path, "text": s.text} for s in prompt.snippets]
+
+
 class LocalBackend:
     """The engine in this process. `engine.stream` runs the model on the engine's own thread, so the
     server's event loop stays free; closing the stream (done or cancelled) frees the engine slot."""
@@ -117,22 +121,21 @@ class LocalBackend:
         return int((block - min(max_tokens, block // 2) - 3) * self.MARGIN)
 
     async def generate(self, prompt: Prompt, params: GenerationParams, done: Callable[[str], bool]) -> Generated:
-        from engine import EngineBusy, SamplingParams
+        from engine import EngineBusy, EngineError, SamplingParams
 
-        extra = {}
-        if params.cache_weight is not None and "cache_weight" in {f.name for f in dataclasses.fields(SamplingParams)}:
-            extra["cache_weight"] = params.cache_weight
-        sampling = SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature, **extra)
+        sampling = SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature,
+                                  cache_weight=params.cache_weight)
         completion_id = f"lsp-{uuid.uuid4().hex[:16]}"
         text = ""
+        chunks = self.engine.stream(prompt.prefix, prompt.suffix, sampling, extra_context=extra_context(prompt))
         try:
-            async with contextlib.aclosing(self.engine.stream(prompt.prefix, prompt.suffix, sampling)) as chunks:
+            async with contextlib.aclosing(chunks):
                 async for chunk in chunks:
                     text += chunk.text
                     if done(text):
                         break
-        except EngineBusy as error:
-            log.warning("engine busy: %s", error)
+        except (EngineBusy, EngineError) as error:
+            log.warning("engine: %s", error)
             return Generated(completion_id, "")
         return Generated(completion_id, text)
 

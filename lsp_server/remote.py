@@ -11,7 +11,7 @@ from typing import Callable
 
 import httpx
 
-from .completer import Generated, GenerationParams
+from .completer import Generated, GenerationParams, extra_context
 from .context import Prompt, estimate_tokens
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ DEFAULT_PROMPT_TOKENS = 1024
 class RemoteBackend:
     def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 5.0, model: str | None = None):
         self.url = url.rstrip("/")
-        self.model = model or "code-assistant"
+        self.model = model  # None: the server's own model
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout_s)
 
@@ -34,8 +34,12 @@ class RemoteBackend:
         return DEFAULT_PROMPT_TOKENS - max_tokens
 
     async def generate(self, prompt: Prompt, params: GenerationParams, done: Callable[[str], bool]) -> Generated:
-        body = {"model": self.model, "prompt": prompt.prefix, "suffix": prompt.suffix,
-                "max_tokens": params.max_tokens, "temperature": params.temperature}
+        body = {"prompt": prompt.prefix, "suffix": prompt.suffix, "max_tokens": params.max_tokens,
+                "temperature": float(params.temperature)}
+        if self.model:
+            body["model"] = self.model
+        if prompt.snippets:
+            body["extra_context"] = extra_context(prompt)
         if not params.multiline:
             body["stop"] = ["\n"]
         if params.cache_weight is not None:
@@ -50,7 +54,9 @@ class RemoteBackend:
             return Generated("", "")
 
     async def send_event(self, completion_id: str, event: str, language: str) -> None:
-        body = {"id": completion_id, "event": event, "language": language, "model": self.model}
+        body = {"id": completion_id, "event": event, "language": language}
+        if self.model:
+            body["model"] = self.model
         try:
             (await self.client.post("/v1/events", json=body)).raise_for_status()
         except httpx.HTTPError as error:

@@ -1,0 +1,115 @@
+"""--remote: the language server asks a real `code-assistant serve`; a down or slow one gives nothing fast."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+from lsprotocol import types
+
+from .test_server import CLI, SOURCE, URI, finish, initialize, inline_params, open_document, start
+
+pytestmark = pytest.mark.timeout(120)
+KEY = "lsp-test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def http_server(tiny_model_dir, tmp_path_factory):
+    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
+    keys.write_text(KEY + "\n")
+    port = free_port()
+    process = subprocess.Popen([CLI, "serve", "--model", str(tiny_model_dir), "--port", str(port),
+                                "--api-keys-file", str(keys), "--no-response-cache"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, "serve exited"
+            time.sleep(0.3)
+        else:
+            pytest.fail("serve did not become ready")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def event_count(url: str, event: str) -> float:
+    metrics = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("completion_events_total{") and f'event="{event}"' in line
+               and 'language="python"' in line)
+
+
+async def test_remote_mode_completes_through_the_http_server_and_reports_events(http_server, tiny_model_dir):
+    client = await start(tiny_model_dir, "--remote", http_server, "--api-key", KEY)
+    await initialize(client)
+    open_document(client, SOURCE)
+    shown_before = event_count(http_server, "shown")
+    item = None
+    for number, line in enumerate(SOURCE.split("\n")[:60]):  # the random model is often silent
+        if line.strip():
+            result = await client.text_document_inline_completion_async(inline_params(number, len(line)))
+            if result.items:
+                item = result.items[0]
+                break
+    assert item is not None and item.insert_text.strip()
+    await client.workspace_execute_command_async(types.ExecuteCommandParams(
+        command="codeAssistant.accept", arguments=item.command.arguments))
+    await asyncio.sleep(0.3)  # "shown" is reported in the background
+    assert event_count(http_server, "shown") >= shown_before + 1
+    assert event_count(http_server, "accepted") >= 1
+    assert await finish(client) == 0
+
+
+async def test_a_wrong_key_gives_an_empty_result_and_a_working_server(http_server, tiny_model_dir):
+    client = await start(tiny_model_dir, "--remote", http_server, "--api-key", "wrong")
+    await initialize(client)
+    open_document(client, SOURCE)
+    assert (await client.text_document_inline_completion_async(inline_params(0, 10))).items == ()
+    assert await finish(client) == 0
+
+
+async def test_a_down_remote_gives_an_empty_result_quickly(tiny_model_dir):
+    client = await start(tiny_model_dir, "--remote", f"http://127.0.0.1:{free_port()}")
+    await initialize(client)
+    open_document(client, SOURCE)
+    started = time.perf_counter()
+    assert (await client.text_document_inline_completion_async(inline_params(5, 10))).items == ()
+    assert time.perf_counter() - started < 2
+    assert await finish(client) == 0
+
+
+async def test_a_slow_remote_gives_an_empty_result_within_the_timeout(tiny_model_dir):
+    async def never_answer(reader, writer):
+        await asyncio.sleep(30)
+        writer.close()
+
+    silent = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    client = await start(tiny_model_dir, "--remote", f"http://127.0.0.1:{port}")
+    await initialize(client, {"debounceMs": 0, "timeoutMs": 500})
+    open_document(client, SOURCE)
+    started = time.perf_counter()
+    assert (await client.text_document_inline_completion_async(inline_params(5, 10))).items == ()
+    assert time.perf_counter() - started < 2
+    assert await finish(client) == 0
+    silent.close()
