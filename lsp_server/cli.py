@@ -15,7 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead of stdio")
     parser.add_argument("--remote", metavar="URL", help="generate on a `code-assistant serve` at URL")
     parser.add_argument("--api-key", default=None, help="bearer key for --remote")
-    parser.add_argument("--quantize", choices=["int8", "none"], default="none", help="local engine weights")
+    parser.add_argument("--quantize", choices=["int8", "none"], help="local engine weights (default: the engine's)")
+    parser.add_argument("--no-prefix-reuse", action="store_true",
+                        help="recompute every prompt from scratch (for benchmarks: what prefix reuse saves)")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -31,9 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     engine = None
 
     def load_engine():
-        from engine import Engine
+        from engine import Engine, EngineConfig
 
-        return Engine.load(args.model, quantize=None if args.quantize == "none" else args.quantize)
+        options = {} if args.quantize is None else {"quantize": args.quantize}
+        return Engine.load(args.model, config=EngineConfig(prefix_reuse=not args.no_prefix_reuse), **options)
 
     if not args.remote:
         from engine import ModelDirError

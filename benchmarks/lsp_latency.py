@@ -1,0 +1,137 @@
+"""Request -> response time of the language server for keystroke continuations, with and without
+prefix reuse in the engine.
+
+Drives the real `code-assistant lsp` over stdio with pygls's client: open a real Python file, then
+type a new line into it one character at a time (incremental didChange), asking for an inline
+completion after every keystroke, as an editor does. The debounce is set to 0 so the figures are
+the server's own work; an editor's automatic trigger adds `debounceMs` (75 ms by default).
+
+    python -m benchmarks.lsp_latency [--model DIR] [--keystrokes 80] [--out bench-results]
+
+Without --model it builds the default-size random model (6 layers x 256, vocab 8192, block 256):
+latency depends on the model's size, not on what it learned.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+from lsprotocol import types
+from pygls.lsp.client import LanguageClient
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+DOCUMENT = STDLIB / "json" / "encoder.py"
+URI = "file:///bench/encoder.py"
+TYPED_LINE = "        chunks = self.iterencode(o, _one_shot=True)  # keystroke by keystroke"
+CURSOR_BEFORE = "        if not isinstance(chunks, (list, tuple)):"  # a line inside JSONEncoder.encode
+
+
+def make_random_model(out: Path) -> Path:
+    """The default model's shape with random weights (tokenizer trained on two stdlib packages)."""
+    import torch
+
+    from engine.model import GPT, GPTConfig
+    from engine.model_dir import save_model_dir
+    from training.data import CollectOptions, collect
+    from training.tokenizer import save_tokenizer, train_bpe
+
+    if (out / "config.json").exists():
+        return out
+    corpus = collect([STDLIB / "json", STDLIB / "email"], CollectOptions(val_fraction=0.0))
+    ranks = train_bpe((f.text for f in corpus.train), 8192, show_progress=False)
+    out.mkdir(parents=True, exist_ok=True)
+    info = save_tokenizer(ranks, out / "tokenizer.src")
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=8192, block_size=256, n_layer=6, n_head=4, n_embd=256)
+    save_model_dir(out, GPT(config), out / "tokenizer.src", info, {"note": "random weights, for benchmarks"})
+    (out / "tokenizer.src").unlink()
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def run_session(model: Path, keystrokes: int, prefix_reuse: bool, max_tokens: int, warmup: int = 5) -> dict:
+    server = [str(Path(sys.executable).parent / "code-assistant"), "lsp", "--model", str(model),
+              "--log-level", "WARNING"] + ([] if prefix_reuse else ["--no-prefix-reuse"])
+    client = LanguageClient("lsp-latency-bench", "0")
+    await client.start_io(*server)
+    await client.initialize_async(types.InitializeParams(
+        capabilities=types.ClientCapabilities(), initialization_options={"debounceMs": 0, "neighbours": False, "maxTokens": max_tokens}))
+    client.initialized(types.InitializedParams())
+    text = DOCUMENT.read_text()
+    line = text.split("\n").index(CURSOR_BEFORE)
+    text_lines = text.split("\n")
+    text_lines.insert(line, "")
+    client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
+        uri=URI, language_id="python", version=1, text="\n".join(text_lines))))
+    times, version = [], 1
+    typed = (TYPED_LINE * (1 + (keystrokes + warmup) // len(TYPED_LINE)))[:keystrokes + warmup]
+    for column, char in enumerate(typed):
+        version += 1
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=version),
+            content_changes=[types.TextDocumentContentChangePartial(
+                range=types.Range(types.Position(line, column), types.Position(line, column)), text=char)]))
+        start = time.perf_counter()
+        await client.text_document_inline_completion_async(types.InlineCompletionParams(
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+            text_document=types.TextDocumentIdentifier(uri=URI), position=types.Position(line, column + 1)))
+        if column >= warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    stats = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="codeAssistant.stats"))
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+    engine = stats.get("engine", {})
+    return {"prefix_reuse": prefix_reuse, "max_tokens": max_tokens, "requests": len(times), "p50_ms": round(percentile(times, 0.5), 1),
+            "p95_ms": round(percentile(times, 0.95), 1), "mean_ms": round(statistics.mean(times), 1),
+            "prefix_tokens_reused": engine.get("prefix_tokens_reused"), "times_ms": [round(t, 2) for t in times]}
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.boxplot([r["times_ms"] for r in results], whis=(5, 95), showfliers=False)
+    ax.set_xticks([1, 2], ["prefix reuse" if r["prefix_reuse"] else "no reuse" for r in results])
+    ax.set_ylabel("request -> response (ms)")
+    ax.set_title(f"LSP keystroke continuation, {os.cpu_count()} cores")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lsp_latency", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="model directory (default: a random default-size model)")
+    parser.add_argument("--keystrokes", type=int, default=80)
+    parser.add_argument("--max-tokens", type=int, default=48, help="the maxTokens setting (48 by default)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = args.model or make_random_model(args.out / "lsp-bench-model")
+    results = [asyncio.run(run_session(model, args.keystrokes, reuse, args.max_tokens)) for reuse in (True, False)]
+    summary = {"model": str(model), "cores": os.cpu_count(), "keystrokes": args.keystrokes,
+               "max_tokens": args.max_tokens, "results": results}
+    (args.out / "lsp_latency.json").write_text(json.dumps(summary, indent=1))
+    plot(results, args.out / "lsp_latency.png")
+    for r in results:
+        print(f"maxTokens={r['max_tokens']} prefix_reuse={r['prefix_reuse']}: p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms "
+              f"(mean {r['mean_ms']} ms, {r['requests']} requests, {r['prefix_tokens_reused']} tokens reused)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
