@@ -469,7 +469,7 @@ class Engine:
         hold = max((len(s) - 1 for s in request.params.stop), default=0)
         safe = len(request.text) - hold
         if safe > request.emitted:
-            request.on_chunk(Chunk(request.text[request.emitted:safe], request.generated))
+            self._send(request, Chunk(request.text[request.emitted:safe], request.generated))
             request.emitted = safe
 
     def _release(self, request: Request) -> None:
@@ -483,13 +483,22 @@ class Engine:
     def _finish(self, request: Request, reason: str) -> None:
         # Bytes of a character the last token left incomplete are dropped, never shown half.
         self._release(request)
-        request.on_chunk(Chunk(request.text[request.emitted:], request.generated, reason))
+        self._send(request, Chunk(request.text[request.emitted:], request.generated, reason))
         request.emitted = len(request.text)
 
     def _fail(self, request: Request, message: str) -> None:
         self._release(request)
         request.error = message
-        request.on_chunk(Chunk("", request.generated, "error"))
+        self._send(request, Chunk("", request.generated, "error"))
+
+    def _send(self, request: Request, chunk: Chunk) -> None:
+        """Hand a chunk to the caller; a callback that fails (its event loop already closed, say)
+        cancels only its own request, never the batch or the scheduler."""
+        try:
+            request.on_chunk(chunk)
+        except Exception:
+            log.warning("dropping a request whose chunk callback failed", exc_info=True)
+            request.cancel()
 
 
 def _aligned_start(n: int, budget: int, stride: int) -> int:

@@ -77,6 +77,8 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
         sorted_probs, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_probs, 0) - sorted_probs < params.top_p  # always keeps the top token
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs * keep)
+    if generator is not None and probs.device != generator.device:
+        probs = probs.to(generator.device)  # per-request generators live on the CPU
     return int(torch.multinomial(probs, 1, generator=generator))
 
 

@@ -246,3 +246,13 @@ def test_closed_engine_refuses_and_unknown_quantize_raises(tiny_model_dir, make_
         engine.complete("x")
     with pytest.raises(ValueError):
         Engine.load(tiny_model_dir, quantize="int4")
+
+
+def test_a_failing_callback_cancels_only_its_request(fp32_engine):
+    def broken(chunk):
+        raise RuntimeError("event loop is closed")
+
+    request = fp32_engine.submit("def f():\n", None, SamplingParams(max_tokens=30), broken)
+    done = fp32_engine.complete("x = ", params=SamplingParams(max_tokens=5))
+    assert done.finish_reason in ("stop", "length")
+    assert request.cancelled.is_set() and fp32_engine.complete("y", params=SamplingParams(max_tokens=3)).tokens <= 3
