@@ -17,6 +17,7 @@ same stored integers.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -28,6 +29,8 @@ import torch.nn.functional as F
 from .model import GPT
 from .model_dir import (SCALE_SUFFIX, TOKENIZER_FILE, ModelDirError, build_model, dequantize, load_tensors,
                         read_config, save_model_dir)
+
+log = logging.getLogger("engine.quantize")
 
 QUANTIZATION = {
     "method": "int8-per-channel",
@@ -109,7 +112,10 @@ def swap_in_int8(model: GPT, int8_tensors: dict[str, torch.Tensor], device: str 
     def linear(module: nn.Linear, weight_name: str) -> nn.Module:
         q, scale = int8_tensors[weight_name], int8_tensors[weight_name + SCALE_SUFFIX]
         if cpu:
-            return fbgemm_linear(q, scale, module.bias)
+            try:
+                return fbgemm_linear(q, scale, module.bias)
+            except (RuntimeError, AttributeError):  # no FBGEMM/x86 backend here (ARM), or a torch without it
+                log.warning("FBGEMM int8 linear unavailable; using weight-only int8", exc_info=True)
         return WeightOnlyInt8Linear(q, scale, module.bias).to(device)
 
     for name, module in list(model.named_modules()):
