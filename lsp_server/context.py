@@ -127,10 +127,11 @@ def identifiers(text: str) -> set[str]:
 
 
 def snippet_query(prefix: str) -> set[str]:
-    """Identifiers of the complete lines before the cursor: the line being typed is left out so the
-    choice, and with it the prompt's first tokens, stays the same while the user types it."""
-    before = prefix[:prefix.rfind("\n") + 1]
-    return identifiers("".join(before.splitlines(keepends=True)[-QUERY_LINES:]))
+    """Identifiers of the lines before the cursor, without the word being typed: the choice of
+    snippets, and with it the prompt's first tokens, stays the same while a word is typed."""
+    lines = prefix.splitlines(keepends=True)[-QUERY_LINES:]
+    text = "".join(lines)
+    return identifiers(text[:len(text) - len(re.search(r"[A-Za-z0-9_]*$", text).group())])
 
 
 def select_neighbours(query: set[str], documents: Iterable[tuple[str, str]], count: TokenCounter,
@@ -142,11 +143,13 @@ def select_neighbours(query: set[str], documents: Iterable[tuple[str, str]], cou
     best: list[Snippet] = []
     for path, text in documents:
         lines = text.splitlines(keepends=True)
+        # A file the code names (`import helpers`, `helpers.f`) is a neighbour whatever its windows say.
+        named = 0.5 if _module_name(path) in query else 0.0
         top: Snippet | None = None
         for start in range(0, max(1, len(lines) - window_lines // 2), max(1, window_lines // 2)):
             window = "".join(lines[start:start + window_lines])
             words = identifiers(window)
-            score = len(query & words) / len(query | words) if words else 0.0
+            score = named + (len(query & words) / len(query | words) if words else 0.0)
             if score > 0 and (top is None or score > top.score):
                 top = Snippet(path, window, score)
         if top is not None:
@@ -159,6 +162,11 @@ def select_neighbours(query: set[str], documents: Iterable[tuple[str, str]], cou
             chosen.append(Snippet(snippet.path, text, snippet.score))
             used += count(text)
     return chosen
+
+
+def _module_name(path: str) -> str:
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    return name.split(".", 1)[0]
 
 
 def render_snippets(snippets: Iterable[Snippet], comment: str = "#") -> str:

@@ -86,5 +86,12 @@ def test_snippets_go_first_as_comments_and_the_budget_still_holds(count):
     assert render_snippets([snippet], "//").startswith("// Compare")
 
 
-def test_the_query_ignores_the_line_being_typed():
-    assert snippet_query("alpha = beta\ngamma_del") == {"alpha", "beta"}
+def test_the_query_ignores_the_word_being_typed():
+    assert snippet_query("alpha = beta\ngamma = delta.eps") == {"alpha", "beta", "gamma", "delta"}
+
+
+def test_a_file_the_code_names_is_a_neighbour(count):
+    helpers = "def very_specific_name_42(items, scale):\n    return [x * scale for x in items]\n"
+    query = snippet_query("import helpers\n\nvalue = helpers.very_spec")
+    chosen = select_neighbours(query, [("pkg/helpers.py", helpers), ("other.py", "class Colour:\n    RED = 1\n")], count, 64, 4)
+    assert [s.path for s in chosen] == ["pkg/helpers.py"]

@@ -252,14 +252,41 @@ async def test_bad_input_gives_errors_or_nothing_and_the_server_keeps_running(ti
     assert await finish(client) == 0
 
 
-async def test_snippets_from_other_open_documents_go_into_the_prompt(client, oracle_engine):
-    helper = "def very_specific_name_42(payload, retries):\n    return send(payload, retries)\n"
-    open_document(client, helper, uri="file:///work/project/helpers.py")
-    main = "from helpers import *\n\ndef run(payload):\n    retries = 3\n    payload = prepare(payload)\n    return "
-    neighbours = [("helpers.py", helper)]
-    cursor = split_at(main, 5, 11)
-    suggestion = await complete(cursor, Settings(debounce_ms=0), LocalBackend(oracle_engine), True, "python",
-                                neighbours)
+async def test_a_name_defined_only_in_another_open_document_gets_completed(client):
+    """Neighbour snippets reach the prompt and the engine's cache model (issue 11)."""
+    helpers = "def very_specific_name_42(items, scale):\n    return [x * scale for x in items]\n"
+    main = "import helpers\n\nvalue = helpers.very_specific"
+    open_document(client, helpers, uri="file:///work/project/helpers.py")
     open_document(client, main, uri="file:///work/project/main.py")
-    result = await client.text_document_inline_completion_async(inline_params(5, 11, uri="file:///work/project/main.py"))
-    assert [i.insert_text for i in result.items] == ([suggestion.edit.text] if suggestion else [])
+    request = inline_params(2, len("value = helpers.very_specific"), uri="file:///work/project/main.py")
+    [item] = (await client.text_document_inline_completion_async(request)).items
+    assert item.insert_text.startswith("_name_42(")
+
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"neighbours": False}))
+    result = await client.text_document_inline_completion_async(request)
+    assert not any(i.insert_text.startswith("_name_42(") for i in result.items)
+
+
+async def test_malformed_json_rpc_is_skipped_and_the_server_keeps_running(tiny_model_dir):
+    process = await asyncio.create_subprocess_exec(CLI, "lsp", "--model", str(tiny_model_dir),
+                                                   stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                                   stderr=asyncio.subprocess.DEVNULL)
+
+    def frame(body: bytes) -> bytes:
+        return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    initialize_request = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                                     "params": {"capabilities": {}, "processId": None}}).encode()
+    process.stdin.write(frame(b"{not json") + frame(b'{"id": 7}') + frame(b"[1, 2]") + frame(initialize_request))
+    await process.stdin.drain()
+    try:
+        while True:  # skip notifications (window/showMessage about the bad frames) up to the response
+            header = await asyncio.wait_for(process.stdout.readuntil(b"\r\n\r\n"), 30)
+            length = int(header.split(b"Content-Length:")[1].split(b"\r\n")[0])
+            message = json.loads(await process.stdout.readexactly(length))
+            if message.get("id") == 1:
+                break
+        assert "inlineCompletionProvider" in message["result"]["capabilities"]
+    finally:
+        process.kill()
+        await process.wait()
