@@ -504,7 +504,9 @@ class Engine:
 def _aligned_start(n: int, budget: int, stride: int) -> int:
     """First index of the kept tail of n tokens: at most `budget` kept, cut on a multiple of `stride`."""
     over = n - budget
-    return 0 if over <= 0 else -(-over // stride) * stride
+    if over <= 0:
+        return 0
+    return -(-over // stride) * stride if budget > stride else over
 
 
 def _common_prefix(held: list[int], ids: list[int], limit: int) -> int:
