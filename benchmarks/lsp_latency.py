@@ -4,7 +4,8 @@ prefix reuse in the engine.
 Drives the real `code-assistant lsp` over stdio with pygls's client: open a real Python file, then
 type a new line into it one character at a time (incremental didChange), asking for an inline
 completion after every keystroke, as an editor does. The debounce is set to 0 so the figures are
-the server's own work; an editor's automatic trigger adds `debounceMs` (75 ms by default).
+the server's own work; an editor's automatic trigger adds `debounceMs` (75 ms by default). Two
+servers, with and without prefix reuse, take turns on the same keystrokes.
 
     python -m benchmarks.lsp_latency [--model DIR] [--keystrokes 80] [--out bench-results]
 
@@ -60,42 +61,69 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def run_session(model: Path, keystrokes: int, prefix_reuse: bool, max_tokens: int, warmup: int = 5) -> dict:
-    server = [str(Path(sys.executable).parent / "code-assistant"), "lsp", "--model", str(model),
-              "--log-level", "WARNING"] + ([] if prefix_reuse else ["--no-prefix-reuse"])
-    client = LanguageClient("lsp-latency-bench", "0")
-    await client.start_io(*server)
-    await client.initialize_async(types.InitializeParams(
-        capabilities=types.ClientCapabilities(), initialization_options={"debounceMs": 0, "neighbours": False, "maxTokens": max_tokens}))
-    client.initialized(types.InitializedParams())
-    text = DOCUMENT.read_text()
-    line = text.split("\n").index(CURSOR_BEFORE)
-    text_lines = text.split("\n")
-    text_lines.insert(line, "")
-    client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
-        uri=URI, language_id="python", version=1, text="\n".join(text_lines))))
-    times, version = [], 1
-    typed = (TYPED_LINE * (1 + (keystrokes + warmup) // len(TYPED_LINE)))[:keystrokes + warmup]
-    for column, char in enumerate(typed):
-        version += 1
-        client.text_document_did_change(types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=version),
+class Session:
+    """One `code-assistant lsp` process with the benchmark document open."""
+
+    def __init__(self, model: Path, prefix_reuse: bool, max_tokens: int):
+        self.model, self.prefix_reuse, self.max_tokens = model, prefix_reuse, max_tokens
+        self.client = LanguageClient("lsp-latency-bench", "0")
+        self.version = 1
+        self.times: list[float] = []
+
+    async def start(self, text: str) -> None:
+        server = [str(Path(sys.executable).parent / "code-assistant"), "lsp", "--model", str(self.model),
+                  "--log-level", "WARNING"] + ([] if self.prefix_reuse else ["--no-prefix-reuse"])
+        await self.client.start_io(*server)
+        await self.client.initialize_async(types.InitializeParams(
+            capabilities=types.ClientCapabilities(),
+            initialization_options={"debounceMs": 0, "neighbours": False, "maxTokens": self.max_tokens}))
+        self.client.initialized(types.InitializedParams())
+        self.client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
+            uri=URI, language_id="python", version=1, text=text)))
+
+    async def keystroke(self, line: int, column: int, char: str) -> float:
+        """Type `char` at (line, column), then time the inline completion request after it."""
+        self.version += 1
+        self.client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=self.version),
             content_changes=[types.TextDocumentContentChangePartial(
                 range=types.Range(types.Position(line, column), types.Position(line, column)), text=char)]))
         start = time.perf_counter()
-        await client.text_document_inline_completion_async(types.InlineCompletionParams(
+        await self.client.text_document_inline_completion_async(types.InlineCompletionParams(
             context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
             text_document=types.TextDocumentIdentifier(uri=URI), position=types.Position(line, column + 1)))
-        if column >= warmup:
-            times.append((time.perf_counter() - start) * 1000)
-    stats = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="codeAssistant.stats"))
-    await client.shutdown_async(None)
-    client.exit(None)
-    await client.stop()
-    engine = stats.get("engine", {})
-    return {"prefix_reuse": prefix_reuse, "max_tokens": max_tokens, "requests": len(times), "p50_ms": round(percentile(times, 0.5), 1),
-            "p95_ms": round(percentile(times, 0.95), 1), "mean_ms": round(statistics.mean(times), 1),
-            "prefix_tokens_reused": engine.get("prefix_tokens_reused"), "times_ms": [round(t, 2) for t in times]}
+        return (time.perf_counter() - start) * 1000
+
+    async def finish(self) -> dict:
+        stats = await self.client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command="codeAssistant.stats"))
+        await self.client.shutdown_async(None)
+        self.client.exit(None)
+        await self.client.stop()
+        times = self.times
+        return {"prefix_reuse": self.prefix_reuse, "max_tokens": self.max_tokens, "requests": len(times),
+                "p50_ms": round(percentile(times, 0.5), 1), "p95_ms": round(percentile(times, 0.95), 1),
+                "mean_ms": round(statistics.mean(times), 1),
+                "prefix_tokens_reused": stats.get("engine", {}).get("prefix_tokens_reused"),
+                "times_ms": [round(t, 2) for t in times]}
+
+
+async def run(model: Path, keystrokes: int, max_tokens: int, warmup: int = 5) -> list[dict]:
+    """Both servers run side by side and take turns, keystroke by keystroke: on a shared machine
+    both then see the same background load, which would otherwise decide the comparison."""
+    text_lines = DOCUMENT.read_text().split("\n")
+    line = text_lines.index(CURSOR_BEFORE)
+    text_lines.insert(line, "")
+    sessions = [Session(model, True, max_tokens), Session(model, False, max_tokens)]
+    for session in sessions:
+        await session.start("\n".join(text_lines))
+    typed = (TYPED_LINE * (1 + (keystrokes + warmup) // len(TYPED_LINE)))[:keystrokes + warmup]
+    for column, char in enumerate(typed):
+        for session in sessions if column % 2 else sessions[::-1]:
+            elapsed = await session.keystroke(line, column, char)
+            if column >= warmup:
+                session.times.append(elapsed)
+    return [await session.finish() for session in sessions]
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -122,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     model = args.model or make_random_model(args.out / "lsp-bench-model")
-    results = [asyncio.run(run_session(model, args.keystrokes, reuse, args.max_tokens)) for reuse in (True, False)]
+    results = asyncio.run(run(model, args.keystrokes, args.max_tokens))
     summary = {"model": str(model), "cores": os.cpu_count(), "keystrokes": args.keystrokes,
                "max_tokens": args.max_tokens, "results": results}
     (args.out / "lsp_latency.json").write_text(json.dumps(summary, indent=1))
