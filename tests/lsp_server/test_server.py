@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 import time
 from pathlib import Path
@@ -262,9 +263,37 @@ async def test_a_name_defined_only_in_another_open_document_gets_completed(clien
     [item] = (await client.text_document_inline_completion_async(request)).items
     assert item.insert_text.startswith("_name_42(")
 
+    # Closed, it is still a recently edited file.
+    client.text_document_did_close(types.DidCloseTextDocumentParams(
+        types.TextDocumentIdentifier(uri="file:///work/project/helpers.py")))
+    [item] = (await client.text_document_inline_completion_async(request)).items
+    assert item.insert_text.startswith("_name_42(")
+
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"neighbours": False}))
     result = await client.text_document_inline_completion_async(request)
     assert not any(i.insert_text.startswith("_name_42(") for i in result.items)
+
+
+async def test_tcp_mode_serves_the_same_protocol(tiny_model_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = await asyncio.create_subprocess_exec(CLI, "lsp", "--model", str(tiny_model_dir), "--tcp", str(port),
+                                                   stderr=asyncio.subprocess.DEVNULL)
+    client = LanguageClient()
+    try:
+        for _ in range(100):
+            try:
+                await client.start_tcp("127.0.0.1", port)
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        result = await asyncio.wait_for(client.initialize_session(types.InitializeParams(
+            capabilities=capabilities())), 30)
+        assert result.capabilities.inline_completion_provider
+    finally:
+        process.kill()
+        await process.wait()
 
 
 async def test_malformed_json_rpc_is_skipped_and_the_server_keeps_running(tiny_model_dir):
