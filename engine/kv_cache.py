@@ -23,6 +23,10 @@ class KVCache:
         if int8:  # one scale per (token, head): absmax over head_dim / 127
             self.k_scale = torch.zeros(shape[:-1] + (1,), dtype=dtype, device=device)
             self.v_scale = torch.zeros(shape[:-1] + (1,), dtype=dtype, device=device)
+            # One layer's keys and values dequantized for attention, reused by every layer and step:
+            # a fresh tensor per layer cost page faults that tripled a 100-row decode step.
+            self.k_dequant = torch.zeros(shape[1:], dtype=dtype, device=device)
+            self.v_dequant = torch.zeros(shape[1:], dtype=dtype, device=device)
 
     def bytes_per_token(self) -> int:
         """Cache bytes one token of one sequence occupies, over all layers, keys and values."""
@@ -92,15 +96,18 @@ class SlotView:
         # (B, T, H, D): advanced indices on dims 0 and 2 put them first
         buf[layer][self.slot_index[:, None], :, self.positions] = x.transpose(1, 2).to(buf.dtype)
 
-    def _load(self, buf, scale_buf, layer):
+    def _load(self, buf, scale_buf, dequant, layer):
         rows = self.slot_range if self.slot_range is not None else self.slot_index
         x = buf[layer, rows, :, :self.kv_len]
         if scale_buf is None:
             return x
-        return x.to(scale_buf.dtype) * scale_buf[layer, rows, :, :self.kv_len]
+        out = dequant[:x.shape[0], :, :self.kv_len]
+        return out.copy_(x).mul_(scale_buf[layer, rows, :, :self.kv_len])
 
     def update(self, layer, k, v, positions):
         c = self.cache
         self._store(c.k, c.k_scale, layer, k)
         self._store(c.v, c.v_scale, layer, v)
-        return self._load(c.k, c.k_scale, layer), self._load(c.v, c.v_scale, layer), self.mask
+        k_all = self._load(c.k, c.k_scale, c.k_dequant if c.int8 else None, layer)
+        v_all = self._load(c.v, c.v_scale, c.v_dequant if c.int8 else None, layer)
+        return k_all, v_all, self.mask
