@@ -201,7 +201,7 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
         ls.accepted[language] += 1
         completion_id = str(info.get("id") or "")
         if completion_id and ls.settings.remote_url:
-            await (await ls.backend()).send_event(completion_id, "accepted", language)
+            _spawn((await ls.backend()).send_event(completion_id, "accepted", language))  # never delay the editor
         log.info(json.dumps({"event": "accepted", "id": completion_id, "language": language}))
         return {"accepted": ls.accepted[language]}
 
