@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 import torch
@@ -65,8 +66,9 @@ def test_batched_equals_one_at_a_time(make_engine):
         for i, p in enumerate(PROMPTS)]
     for t in threads:
         t.start()
-    while engine.queue_depth() < len(PROMPTS) - 1:
-        threading.Event().wait(0.005)
+    deadline = time.monotonic() + 20
+    while engine.queue_depth() < len(PROMPTS) - 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
     gate.set()
     for t in threads:
         t.join(30)
