@@ -98,8 +98,14 @@ async def complete(cursor: Cursor, settings: Settings, backend: Backend, invoked
 
 
 def extra_context(prompt: Prompt) -> list[dict]:
-    """Neighbour snippets for the engine's cache model (the prompt already holds them as comments)."""
-    return [{"path": s.path, "text": s.text} for s in prompt.snippets]
+    """What the engine's cache model gets besides the prompt: neighbour snippets (the prompt holds
+    them too, as comments) and the parts of this file the prompt budget left out."""
+    items = [{"path": s.path, "text": s.text} for s in prompt.snippets]
+    if prompt.far_before:
+        items.append({"path": "(this file, before the prompt)", "text": prompt.far_before})
+    if prompt.far_after:
+        items.append({"path": "(this file, after the cursor's line)", "text": prompt.far_after})
+    return items
 
 
 class LocalBackend:

@@ -17,6 +17,9 @@ TokenCounter = Callable[[str], int]
 PREFIX_STRIDE_LINES = 8
 QUERY_LINES = 30             # lines before the cursor whose identifiers select neighbour snippets
 WINDOW_LINES = 20            # size of a candidate snippet in a neighbouring file
+# Of the rest of the file, what the cache model gets on each side: with neighbour snippets it stays
+# under the HTTP API's 64 KB extra_context limit in remote mode (4 bytes a character at worst).
+FAR_CONTEXT_CHARS = 6_000
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")
 
 LINE_COMMENTS = {
@@ -45,6 +48,11 @@ class Prompt:
     prefix: str                      # what goes before the cursor, snippet header included
     suffix: str
     snippets: tuple[Snippet, ...] = ()
+    # The rest of the file, for the engine's cache model only (the network never sees it): the part
+    # of the prefix the budget dropped, and the lines after the cursor's line. Both stay the same
+    # while the user types on a line, so the engine's memo of their n-grams keeps hitting.
+    far_before: str = ""
+    far_after: str = ""
 
 
 def build_prompt(prefix: str, suffix: str, count: TokenCounter, budget: int, suffix_fraction: float = 0.25,
@@ -58,7 +66,11 @@ def build_prompt(prefix: str, suffix: str, count: TokenCounter, budget: int, suf
     kept_prefix = keep_last_lines(prefix, count, budget - count(kept_suffix))
     if len(kept_suffix) < len(suffix):  # prefix left room: give it to the suffix
         kept_suffix = keep_first_lines(suffix, count, budget - count(kept_prefix))
-    return Prompt(header + kept_prefix, kept_suffix, snippets)
+    dropped = len(prefix) - len(kept_prefix)
+    far_before = prefix[max(0, dropped - FAR_CONTEXT_CHARS):dropped]
+    line_end = suffix.find("\n")
+    far_after = "" if line_end == -1 else suffix[line_end + 1:line_end + 1 + FAR_CONTEXT_CHARS]
+    return Prompt(header + kept_prefix, kept_suffix, snippets, far_before, far_after)
 
 
 def keep_last_lines(text: str, count: TokenCounter, budget: int, stride: int = PREFIX_STRIDE_LINES) -> str:

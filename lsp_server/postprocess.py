@@ -18,7 +18,8 @@ class Edit:
 
 def postprocess(raw: str, line_prefix: str, line_suffix: str, following: str, multiline: bool) -> Edit | None:
     """`following` is the document after the cursor's line. None when nothing useful is left."""
-    text = cut_at_block_end(raw, line_prefix) if multiline else first_line(raw)
+    text = cut_at_control_character(raw)
+    text = cut_at_block_end(text, line_prefix) if multiline else first_line(text)
     text = trim_trailing_whitespace(text)
     text = drop_doubled_space(text, line_prefix)
     text = cut_repeated_lines(text, following)
@@ -26,6 +27,15 @@ def postprocess(raw: str, line_prefix: str, line_suffix: str, following: str, mu
         return None
     edit = fit_line_suffix(text, line_suffix)
     return edit if edit.text.strip() else None
+
+
+def cut_at_control_character(text: str) -> str:
+    """Source code has no control characters but tab and newline (and carriage return): from the
+    first other one on, the model is writing garbage."""
+    for i, char in enumerate(text):
+        if (char < " " and char not in "\t\n\r") or char in "\x7f\ufffd":
+            return text[:i]
+    return text
 
 
 def first_line(text: str) -> str:

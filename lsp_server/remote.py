@@ -38,8 +38,9 @@ class RemoteBackend:
                 "temperature": float(params.temperature)}
         if self.model:
             body["model"] = self.model
-        if prompt.snippets:
-            body["extra_context"] = extra_context(prompt)
+        context = extra_context(prompt)
+        if context:
+            body["extra_context"] = context
         if not params.multiline:
             body["stop"] = ["\n"]
         if params.cache_weight is not None:

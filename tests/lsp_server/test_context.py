@@ -95,3 +95,13 @@ def test_a_file_the_code_names_is_a_neighbour(count):
     query = snippet_query("import helpers\n\nvalue = helpers.very_spec")
     chosen = select_neighbours(query, [("pkg/helpers.py", helpers), ("other.py", "class Colour:\n    RED = 1\n")], count, 64, 4)
     assert [s.path for s in chosen] == ["pkg/helpers.py"]
+
+
+def test_the_rest_of_the_file_goes_to_the_cache_model_not_the_prompt(count):
+    cut = SOURCE.index("        if self.check_circular:")
+    prefix, suffix = SOURCE[:cut] + "        result = comp", "ute(x)\n" + SOURCE[cut:]
+    prompt = build_prompt(prefix, suffix, count, budget=200)
+    assert prefix.endswith(prompt.far_before + prompt.prefix) and 0 < len(prompt.far_before) <= 6_000
+    assert prompt.far_after == SOURCE[cut:cut + 6_000]  # from the line after the cursor's, whatever the budget
+    typed = build_prompt(prefix + "ed", suffix, count, budget=200)
+    assert typed.far_before == prompt.far_before and typed.far_after == prompt.far_after

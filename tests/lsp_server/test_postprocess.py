@@ -66,3 +66,9 @@ def test_multiline_stops_before_regenerating_the_next_existing_line():
 
 def test_no_doubled_space_after_the_cursor_space():
     assert postprocess(" compute(x)", "    y = ", "", "", multiline=False) == Edit("compute(x)")
+
+
+def test_control_characters_end_the_completion():
+    assert postprocess("items)\x04\x04\x04", "    f(", "", "", multiline=False) == Edit("items)")
+    assert postprocess("\x00abc", "x = ", "", "", multiline=False) is None
+    assert postprocess("a\tb\r\n    c", "if x:", "", "", multiline=True) == Edit("a\tb\n    c")

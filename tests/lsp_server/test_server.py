@@ -274,6 +274,18 @@ async def test_a_name_defined_only_in_another_open_document_gets_completed(clien
     assert not any(i.insert_text.startswith("_name_42(") for i in result.items)
 
 
+async def test_a_name_defined_beyond_the_prompt_budget_gets_completed(client):
+    """The rest of the file reaches the engine's cache model: a definition 120 lines up, far outside
+    the tiny model's 128-token window, is still completed."""
+    filler = "".join(f"def helper_{i}(a, b):\n    return a + b * {i}\n\n" for i in range(40))
+    text = "def very_specific_name_42(items, scale):\n    return [x * scale for x in items]\n\n" + filler
+    text += "value = very_specific"
+    open_document(client, text)
+    request = inline_params(text.count("\n"), len("value = very_specific"))
+    [item] = (await client.text_document_inline_completion_async(request)).items
+    assert item.insert_text.startswith("_name_42(")
+
+
 async def test_tcp_mode_serves_the_same_protocol(tiny_model_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
