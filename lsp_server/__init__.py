@@ -1,0 +1,1 @@
+"""The language server (pygls): inline completion and completion from the engine or a remote `code-assistant serve`."""
