@@ -8,6 +8,7 @@ as a ladder: `_prefill` -> `_decode_step` -> `_choose_tokens` -> `_accept` -> `_
 from __future__ import annotations
 
 import asyncio
+import bisect
 import atexit
 import codecs
 import logging
@@ -146,6 +147,11 @@ class Engine:
         self._token_bytes = [tokenizer.decode_bytes([i]) if i not in tokenizer.special_ids else b""
                              for i in range(tokenizer.n_vocab)]
         self._heal_masks: dict[bytes, torch.Tensor] = {}
+        # For token healing: token bytes sorted (a prefix search is a bisect) and looked up by value.
+        order = sorted((b, i) for i, b in enumerate(self._token_bytes) if b)
+        self._sorted_bytes = [b for b, _ in order]
+        self._sorted_ids = torch.tensor([i for _, i in order], dtype=torch.long)
+        self._id_of_bytes = {b: i for i, b in enumerate(self._token_bytes) if b}
         self._snippet_caches: dict[str, NgramCache] = {}
         self._split_pattern = regex.compile(tokenizer.encoding._pat_str)
         self._wake = threading.Event()
@@ -218,7 +224,7 @@ class Engine:
             return None
         t = self.tokenizer
         history = t.encode(prefix)
-        contexts = [history] + ([t.encode(suffix)] if suffix else [])
+        contexts = ([t.encode(suffix)] if suffix else []) + [history]  # the prefix last: outputs extend it
         shared = [self._snippet_cache(item["text"] if isinstance(item, dict) else str(item))
                   for item in extra_context or []]
         return CacheModel(contexts, history, weight, shared=shared)
@@ -417,12 +423,20 @@ class Engine:
             self._accept(request, token)
 
     def _heal_mask(self, heal: bytes) -> torch.Tensor:
-        """True for tokens that spell the start of `heal` or begin with all of it."""
+        """True for tokens that begin with all of `heal` (a contiguous run of the sorted token
+        bytes) or spell a start of it (looked up one prefix at a time)."""
         mask = self._heal_masks.get(heal)
         if mask is None:
-            mask = torch.tensor([bool(b) and (b.startswith(heal) or heal.startswith(b)) for b in self._token_bytes]
-                                + [False] * (self.model.config.vocab_size - len(self._token_bytes)),
-                                device=self.device)
+            lo = bisect.bisect_left(self._sorted_bytes, heal)
+            hi = (bisect.bisect_left(self._sorted_bytes, _next_prefix(heal), lo) if heal.rstrip(b"\xff")
+                  else len(self._sorted_bytes))
+            mask = torch.zeros(self.model.config.vocab_size, dtype=torch.bool)
+            mask[self._sorted_ids[lo:hi]] = True
+            for n in range(1, len(heal)):
+                token = self._id_of_bytes.get(heal[:n])
+                if token is not None:
+                    mask[token] = True
+            mask = mask.to(self.device)
             if len(self._heal_masks) > 4096:
                 self._heal_masks.clear()
             self._heal_masks[heal] = mask
@@ -499,6 +513,12 @@ class Engine:
         except Exception:
             log.warning("dropping a request whose chunk callback failed", exc_info=True)
             request.cancel()
+
+
+def _next_prefix(prefix: bytes) -> bytes:
+    """The smallest byte string above every string that starts with `prefix` (not all 0xff)."""
+    stripped = prefix.rstrip(b"\xff")
+    return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
 def _aligned_start(n: int, budget: int, stride: int) -> int:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from engine import Engine, SamplingParams
@@ -98,18 +99,20 @@ def cache_only_completion(tokenizer, task: LineTask, fim: bool, neighbours: dict
     # Like the engine's token healing: the indentation the prefix ends with is re-generated, since
     # the file's own text glues it to the next word.
     history = tokenizer.encode(task.prefix.rstrip(" \t"))
-    cache.add_sequence(history)
-    if fim:
-        cache.add_sequence(tokenizer.encode(task.suffix))
     for path, text in (neighbours or {}).items():
         if path != task.path:
             cache.add_sequence(tokenizer.encode(text))
+    if fim:
+        cache.add_sequence(tokenizer.encode(task.suffix))
+    cache.add_sequence(history)
     out: list[int] = []
     for _ in range(max_tokens):
-        _, counts = cache.predict(history + out)
-        if not counts:
+        _, following = cache.predict(history + out)
+        if following is None:
             break
-        out.append(max(counts, key=lambda t: (counts[t], -t)))
+        ids, counts = np.unique(following, return_counts=True)
+        out.append(int(ids[np.argmax(counts)]))  # the most frequent; ties go to the lowest id
+        cache.append(out[-1])
         text = tokenizer.decode(out).lstrip(" \t")
         if "\n" in text.lstrip("\n"):
             break

@@ -11,13 +11,17 @@ DEFINES = ("def very_specific_name_42(items, scale):\n    return [x * scale for 
 
 
 def test_ngram_cache_predicts_a_seen_continuation():
-    cache = NgramCache(max_order=4)
+    cache = NgramCache()
     cache.add_sequence([1, 2, 3, 4, 1, 2, 3, 5, 9, 1, 2, 3])
-    order, counts = cache.predict([7, 1, 2, 3])
-    assert order == 3 and counts == {4: 1, 5: 1}
-    order, counts = cache.predict([3, 5])
-    assert order == 2 and counts == {9: 1}
+    order, nxt = cache.predict([7, 1, 2, 3])
+    assert order == 3 and sorted(nxt.tolist()) == [4, 5]       # "1 2 3" was followed by 4 and by 5
+    order, nxt = cache.predict([1, 2, 3, 4, 1, 2, 3, 5])
+    assert order == 8 and nxt.tolist() == [9]
     assert cache.predict([42]) == (0, None)
+    cache.append(4)                                         # the last sequence grows
+    assert cache.predict([2, 3, 4])[1].tolist() == [1]
+    cache.add_sequence([5, 8])                              # contexts never span two sequences
+    assert sorted(cache.predict([3, 5])[1].tolist()) == [9]
 
 
 def test_cache_model_mixes_towards_the_cached_token():
@@ -26,12 +30,21 @@ def test_cache_model_mixes_towards_the_cached_token():
     class Req:
         output_ids: list = []
 
-    logits = torch.zeros(16)
-    mixed = model(Req(), logits)
+    mixed = model(Req(), torch.zeros(16))
     assert int(mixed.argmax()) == 7
-    assert torch.allclose(torch.softmax(mixed, -1).sum(), torch.tensor(1.0))
     Req.output_ids = [7]          # the generated token joins the history and the cache
-    assert int(model(Req(), logits).argmax()) == 5
+    assert int(model(Req(), torch.zeros(16)).argmax()) == 5
+
+
+def test_mixture_is_a_distribution_with_the_cache_share():
+    model = CacheModel([[1, 2, 3, 1, 2, 3, 1, 2]], history=[1, 2], weight=0.8)
+    logits = torch.randn(10)
+    order, ids, counts = model.predict()
+    lam = model.mixture_weight(order, counts)
+    mixed = torch.softmax(model(type("R", (), {"output_ids": []})(), logits.clone()), -1)
+    expected = (1 - lam) * torch.softmax(logits, -1)
+    expected[3] += lam
+    assert torch.allclose(mixed, expected, atol=1e-6)
 
 
 def test_cache_completes_a_name_defined_earlier_in_the_file(tiny_model_dir):
