@@ -114,15 +114,15 @@ def test_prefix_is_copied_from_a_busy_slot(make_engine):
         return logits
 
     engine2 = make_engine(max_batch=2)
-    busy_chunks = []
+    busy_chunks, results = [], []
     busy = engine2.submit(PROMPTS[1], None, SamplingParams(max_tokens=30), busy_chunks.append, hold)
     assert started.wait(10)
-    waiter = threading.Thread(target=lambda: busy_chunks.append(generate_ids(engine2, PROMPTS[1] + "x", params)))
+    waiter = threading.Thread(target=lambda: results.append(generate_ids(engine2, PROMPTS[1] + "x", params)))
     waiter.start()
     # The second request can only be admitted once the first step is released; it then copies the prefix.
     release.set()
     waiter.join(30)
-    ids, _ = busy_chunks[-1]
+    ids, _ = results[-1]
     assert ids == expected
     assert engine2.stats["prefix_cache_hits"] >= 1
     busy.cancel()

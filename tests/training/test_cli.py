@@ -61,7 +61,8 @@ def test_two_process_cpu_ddp(data_dir, tmp_path):
     """Lightning's ddp strategy launches a second real process; gloo all-reduces the gradients."""
     out = tmp_path / "ddp"
     proc = run("train", "--config", TINY, "--data", data_dir, "--out", out, "--devices", 2, "--max-steps", 30,
-               "--trainer.val_check_interval", 10, "--model.n_layer", 1, "--data.batch_size", 8)
+               "--trainer.val_check_interval", 10, "--trainer.log_every_n_steps", 5, "--model.n_layer", 1,
+               "--data.batch_size", 8)
     summary = last_json(proc.stdout)
     assert summary["world_size"] == 2 and summary["steps"] == 30
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr
