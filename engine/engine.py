@@ -204,15 +204,24 @@ class Engine:
         return [t.fim_prefix_id] + pre[start:] + [t.fim_suffix_id] + suf[:keep_suf] + [t.fim_middle_id]
 
     def _heal_prompt(self, prompt: str) -> tuple[str, bytes]:
-        """Split off the prompt's last pre-tokenizer chunk (token healing): BPE never merges across
-        chunks, so the model re-generates the whole chunk as training text would have it (a
-        half-typed name, or indentation that training text glues to the next word)."""
+        """Split off the end of the prompt that training text would have tokenized together with
+        what comes next (token healing): returns (kept text, bytes to re-generate).
+
+        BPE never merges across pre-tokenizer chunks, so only the last chunk can be cut short. A
+        chunk ending in a newline is complete. A run of spaces is complete but for its last space,
+        which training text glues to the next word ("       " + " return"). Anything else (half a
+        name, a number, punctuation) is re-generated whole.
+        """
         if not self.config.token_healing or not prompt:
             return prompt, b""
         chunks = self._split_pattern.findall(prompt[-64:])
         if not chunks or len(chunks[-1]) >= min(len(prompt), 64):
             return prompt, b""
         last = chunks[-1]
+        if last.endswith(("\n", "\r")):
+            return prompt, b""
+        if last.isspace():
+            last = last[-1]
         return prompt[:-len(last)], last.encode("utf-8")
 
     def cache_model(self, prefix: str, suffix: str | None, extra_context: list | None,
@@ -431,7 +440,15 @@ class Engine:
             hi = (bisect.bisect_left(self._sorted_bytes, _next_prefix(heal), lo) if heal.rstrip(b"\xff")
                   else len(self._sorted_bytes))
             mask = torch.zeros(self.model.config.vocab_size, dtype=torch.bool)
-            mask[self._sorted_ids[lo:hi]] = True
+            if heal.isspace():
+                # The user typed exactly this whitespace (indentation, blank lines): a token may
+                # finish it but not add more, or the completion would start with extra indentation.
+                n = len(heal)
+                keep = [i for b, i in zip(self._sorted_bytes[lo:hi], self._sorted_ids[lo:hi].tolist())
+                        if len(b) == n or not b[n:n + 1].isspace()]
+                mask[keep] = True
+            else:
+                mask[self._sorted_ids[lo:hi]] = True
             for n in range(1, len(heal)):
                 token = self._id_of_bytes.get(heal[:n])
                 if token is not None:
