@@ -159,10 +159,20 @@ class CacheModel:
         # p = (1 - lam) * p_net + lam * p_cache. Softmax ignores a shared shift, so every logit
         # stays as it is (that is (1 - lam) * p_net up to the shift) and only the tokens the cache
         # knows get the exact mixture: no full-vocabulary pass beyond one logsumexp.
+        p_cache = counts / counts.sum()
+        shift = float(np.log1p(-lam))
+        if logits.device.type == "cpu" and logits.dtype == torch.float32:
+            # numpy on the scheduler thread: torch's small ops there pay for waking its OpenMP
+            # workers (measured 188 us a step in the engine vs 47 us alone; numpy: see the card).
+            row = logits.numpy()
+            top = row.max()
+            lse = top + np.log(np.exp(row - top).sum())
+            row[ids] = np.log((1.0 - lam) * np.exp(row[ids] - lse) + lam * p_cache) + lse - shift
+            return logits
         logits = logits.float()
         lse = torch.logsumexp(logits, dim=-1)
         index = torch.from_numpy(ids).to(logits.device)
         p_net = torch.exp(logits[index] - lse)
-        p_cache = torch.from_numpy(counts / counts.sum()).to(device=logits.device, dtype=logits.dtype)
-        logits[index] = torch.log((1.0 - lam) * p_net + lam * p_cache) + lse - float(np.log1p(-lam))
+        mix = torch.from_numpy(p_cache).to(device=logits.device, dtype=logits.dtype)
+        logits[index] = torch.log((1.0 - lam) * p_net + lam * mix) + lse - shift
         return logits
