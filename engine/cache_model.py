@@ -104,9 +104,9 @@ def context_hash(ids: list[int], k: int) -> int:
 class CacheModel:
     """The engine's per-request logits processor: mixes the n-gram cache into the network's output.
 
-    `contexts` are token sequences this request's own cache learns from (the suffix, then the
-    prefix, which generated tokens extend); `shared` are read-only caches of extra snippets
-    (neighbouring files), built once and reused across requests.
+    `contexts` are token sequences this request's own cache learns from (prefix, suffix);
+    `shared` are read-only caches of extra snippets (neighbouring files), built once and reused
+    across requests; `history` is what precedes the cursor, which generated tokens extend.
     """
 
     def __init__(self, contexts: list[list[int]], history: list[int], weight: float = DEFAULT_WEIGHT,

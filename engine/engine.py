@@ -233,7 +233,7 @@ class Engine:
             return None
         t = self.tokenizer
         history = t.encode(prefix)
-        contexts = ([t.encode(suffix)] if suffix else []) + [history]  # the prefix last: outputs extend it
+        contexts = [history] + ([t.encode(suffix)] if suffix else [])
         shared = [self._snippet_cache(item["text"] if isinstance(item, dict) else str(item))
                   for item in extra_context or []]
         return CacheModel(contexts, history, weight, shared=shared)
