@@ -66,13 +66,3 @@ def test_too_long_sequence_is_a_clear_error(model):
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(n_embd=30, n_head=4)
-
-
-def test_engine_never_imports_training_or_servers():
-    import subprocess
-    import sys
-    code = ("import sys, engine, engine.engine, engine.model_dir; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in "
-            "('training', 'lightning', 'fastapi', 'http_api', 'lsp_server', 'pygls')]; print(bad)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
