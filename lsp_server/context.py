@@ -53,6 +53,7 @@ class Prompt:
     # while the user types on a line, so the engine's memo of their n-grams keeps hitting.
     far_before: str = ""
     far_after: str = ""
+    body_start: int = 0              # where the file's own text starts in `prefix` (after the snippets)
 
 
 def build_prompt(prefix: str, suffix: str, count: TokenCounter, budget: int, suffix_fraction: float = 0.25,
@@ -70,7 +71,7 @@ def build_prompt(prefix: str, suffix: str, count: TokenCounter, budget: int, suf
     far_before = prefix[max(0, dropped - FAR_CONTEXT_CHARS):dropped]
     line_end = suffix.find("\n")
     far_after = "" if line_end == -1 else suffix[line_end + 1:line_end + 1 + FAR_CONTEXT_CHARS]
-    return Prompt(header + kept_prefix, kept_suffix, snippets, far_before, far_after)
+    return Prompt(header + kept_prefix, kept_suffix, snippets, far_before, far_after, len(header))
 
 
 def keep_last_lines(text: str, count: TokenCounter, budget: int, stride: int = PREFIX_STRIDE_LINES) -> str:
