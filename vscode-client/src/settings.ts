@@ -104,7 +104,7 @@ export function readSettings(get: SettingReader): ExtensionSettings {
     maxTokens: asInteger(get("maxTokens"), d.maxTokens, 1, 512),
     temperature: asNumber(get("temperature"), d.temperature, 0, 2),
     multiline: asBoolean(get("multiline"), d.multiline),
-    debounceMs: typeof get("debounceMs") === "number" ? asInteger(get("debounceMs"), 0, 0, 2000) : null,
+    debounceMs: Number.isFinite(get("debounceMs")) ? asInteger(get("debounceMs"), 0, 0, 2000) : null,
     remoteUrl: asOptionalString(get("remoteUrl")),
     backend: BACKENDS.find((name) => name === get("backend")) ?? d.backend,
     remoteModel: asOptionalString(get("remoteModel")),
