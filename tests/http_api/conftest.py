@@ -135,3 +135,34 @@ def guarded_server(tiny_model_dir, tmp_path_factory):
                          "--max-batch", "1", "--max-queue", "1", "--no-response-cache", env={"CODE_ASSISTANT_API_KEYS": API_KEYS[2]})
     yield proc
     proc.stop()
+
+
+class InProcessServer:
+    """uvicorn serving `create_app(settings, engine)` from a thread of the test process: for tests
+    that hand the server an engine of their own (one with a fault injected, say)."""
+
+    def __init__(self, engine, settings=None):
+        import threading
+
+        import uvicorn
+
+        from http_api.app import create_app
+        from http_api.settings import ServerSettings
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        settings = settings or ServerSettings(port=self.port, response_cache_size=0)
+        self.app = create_app(settings, engine=engine)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None,
+                                                    access_log=False, lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("in-process server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
