@@ -16,7 +16,9 @@ import torch
 from engine.model import GPT, GPTConfig
 from engine.model_dir import read_config, save_model_dir
 
-API_KEYS = ["key-rate-limited", "key-busy", "key-spare"]
+# Each test spends the budget of keys of its own (every route that costs work counts against it).
+API_KEYS = ["key-rate-limited", "key-busy", "key-file-check", "key-spare", "key-env-check"]
+FILE_KEYS, ENV_KEYS = API_KEYS[:3], API_KEYS[3:]
 
 
 def free_port() -> int:
@@ -130,9 +132,9 @@ def guarded_server(tiny_model_dir, tmp_path_factory):
     no response cache, so identical requests all reach the engine."""
     tmp = tmp_path_factory.mktemp("guarded")
     keys = tmp / "keys.txt"
-    keys.write_text("# team keys\n" + "\n".join(API_KEYS[:2]) + "\n\n")
+    keys.write_text("# team keys\n" + "\n".join(FILE_KEYS) + "\n\n")
     proc = ServerProcess(tiny_model_dir, tmp / "server.log", "--api-keys-file", str(keys), "--rate-limit", "5",
-                         "--max-batch", "1", "--max-queue", "1", "--no-response-cache", env={"CODE_ASSISTANT_API_KEYS": API_KEYS[2]})
+                         "--max-batch", "1", "--max-queue", "1", "--no-response-cache", env={"CODE_ASSISTANT_API_KEYS": ",".join(ENV_KEYS)})
     yield proc
     proc.stop()
 
