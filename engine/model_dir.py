@@ -37,8 +37,13 @@ def read_config(model_dir: str | Path) -> dict:
         config = json.loads((model_dir / CONFIG_FILE).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ModelDirError(f"{model_dir / CONFIG_FILE} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise ModelDirError(f"{model_dir / CONFIG_FILE} must hold a JSON object, not {type(config).__name__}")
     if config.get("format") != FORMAT:
         raise ModelDirError(f"{model_dir / CONFIG_FILE}: unknown format {config.get('format')!r}, expected {FORMAT!r}")
+    for section in ("model", "tokenizer"):
+        if not isinstance(config.get(section), dict):
+            raise ModelDirError(f"{model_dir / CONFIG_FILE}: '{section}' must be a JSON object")
     return config
 
 

@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         write_int8_model_dir(args.model, args.out)
     except ModelDirError as e:
-        print(f"code-assistant quantize: {e}", file=sys.stderr)
-        return 1
+        print(f"code-assistant quantize: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -36,8 +36,8 @@ def test_quantize_cli_subprocess(tiny_model_dir, tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert (out / WEIGHTS_FILE).is_file() and (out / "tokenizer.tiktoken").is_file()
-    assert main(["--model", str(out), "--out", str(tmp_path / "again")]) == 1  # already int8: a clear error
-    assert main(["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 1
+    assert main(["--model", str(out), "--out", str(tmp_path / "again")]) == 2  # already int8: a clear error
+    assert main(["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
 
 
 def test_int8_dir_loads_everywhere(int8_dir, tiny_model_dir):
