@@ -12,7 +12,7 @@ from typing import Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from engine.model import GPTConfig
+from engine.model import ModelConfig
 
 
 class ConfigError(ValueError):
@@ -57,7 +57,7 @@ class TrainerConfig:
 class TrainConfig:
     seed_everything: int = 1337
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    model: GPTConfig = field(default_factory=GPTConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
@@ -65,7 +65,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"trainer": TrainerConfig, "model": GPTConfig, "optim": OptimConfig, "data": DataConfig}
+SECTIONS = {"trainer": TrainerConfig, "model": ModelConfig, "optim": OptimConfig, "data": DataConfig}
 
 
 # Ranges checked here, so a value out of them is one clear error rather than a traceback from
@@ -101,7 +101,7 @@ def _checked(value, hint, name: str):
                     continue
                 if math.isfinite(number):
                     return number
-        if kind is str and isinstance(value, str):
+        if kind in (str, dict) and isinstance(value, kind):
             return value
     wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
     raise ConfigError(f"{name} must be {wanted}, got {value!r}")
@@ -122,7 +122,7 @@ def _build(cls, values, where: str):
         if isinstance(checked[name], (int, float)) and not low <= checked[name] <= high:
             raise ConfigError(f"{where}.{name} must be in [{low}, {high}], got {value!r}")
     try:
-        return cls(**checked)
+        return cls.for_arch(checked) if cls is ModelConfig else cls(**checked)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad value in {where}: {e}") from e
 
