@@ -26,7 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .model import Transformer
-from .model_dir import SCALE_SUFFIX, ModelDir, ModelDirError, build_model, load_state, read_model_dir, save_int8_dir
+from .model_dir import (SCALE_SUFFIX, ModelDir, ModelDirError, build_model, load_state, load_tokenizer_from_dir,
+                        read_model_dir, save_int8_dir)
 
 log = logging.getLogger("engine.quantize")
 
@@ -143,6 +144,7 @@ def write_int8_model_dir(src: str | Path, out: str | Path) -> Path:
     model_dir = read_model_dir(src)
     if model_dir.int8:
         raise ModelDirError(f"{src} is already int8")
+    load_tokenizer_from_dir(model_dir)  # copied as it is: check now that the copy will load
     state = load_state(model_dir, transform=_quantize_as_read)
     return save_int8_dir(out, model_dir, state, QUANTIZATION)
 

@@ -55,15 +55,15 @@ def broken_model_dirs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
 
     (variant("config-list") / "config.json").write_text("[]")
     config = json.loads((tiny_model_dir / "config.json").read_text())
-    (variant("model-5") / "config.json").write_text(json.dumps({**config, "model": 5}))
-    (variant("tokenizer-list") / "config.json").write_text(json.dumps({**config, "tokenizer": []}))
+    (variant("layers-word") / "config.json").write_text(json.dumps({**config, "n_layer": "five"}))
+    (variant("tokenizer-list") / "tokenizer.json").write_text("[]")
     weights = (tiny_model_dir / "model.safetensors").read_bytes()
     (variant("truncated-weights") / "model.safetensors").write_bytes(weights[:len(weights) // 2])
     dirs["missing"] = root / "missing"
     return dirs
 
 
-BROKEN = ["config-list", "model-5", "tokenizer-list", "truncated-weights", "missing"]
+BROKEN = ["config-list", "layers-word", "tokenizer-list", "truncated-weights", "missing"]
 
 
 def model_commands(model: Path, tmp: Path) -> dict[str, list]:
@@ -86,7 +86,7 @@ def test_a_broken_model_dir_is_one_line_and_exit_2(broken_model_dirs, tmp_path, 
 
 # As real processes: the server and the benchmark that starts one must stop by themselves.
 @pytest.mark.parametrize("command, broken", [("serve", "truncated-weights"), ("lsp", "config-list"),
-                                             ("bench-http", "truncated-weights"), ("quantize", "model-5")])
+                                             ("bench-http", "truncated-weights"), ("quantize", "layers-word")])
 def test_a_broken_model_dir_stops_the_real_process(broken_model_dirs, tmp_path, command, broken):
     model = broken_model_dirs[broken]
     assert_one_line_exit_2(run(*model_commands(model, tmp_path)[command], timeout=90), str(model))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine import Engine, EngineConfig, EngineError, SamplingParams
-from engine.model import GPT
+from engine.model import Transformer
 from engine.model_dir import load_model_dir
 
 from .conftest import PLAIN, force_tokens
@@ -15,7 +15,7 @@ from .conftest import PLAIN, force_tokens
 PROMPTS = ["def add(a, b):\n", "import json\n\nclass Decoder:\n", "for i in range(10):\n"]
 
 
-class PoisonedGPT(GPT):
+class PoisonedModel(Transformer):
     """The real model, but a forward over `poison` raises (what a kernel bug or a bad row looks like)."""
     poison = -1
 
@@ -28,7 +28,7 @@ class PoisonedGPT(GPT):
 @pytest.fixture
 def poisoned_engine(tiny_model_dir):
     model, tokenizer, _ = load_model_dir(tiny_model_dir)
-    poisoned = PoisonedGPT(model.config)
+    poisoned = PoisonedModel(model.config)
     poisoned.load_state_dict(model.state_dict())
     poisoned.poison = tokenizer.encode("@")[0]
     engine = Engine(poisoned, tokenizer, config=EngineConfig(max_batch=4, **PLAIN))
@@ -79,7 +79,7 @@ def test_a_failing_logits_processor_fails_only_its_own_request(poisoned_engine):
 
 
 def test_a_failing_forward_in_prefill_or_decode_fails_only_its_request(poisoned_engine):
-    poison = PoisonedGPT.poison = poisoned_engine.model.poison
+    poison = PoisonedModel.poison = poisoned_engine.model.poison
     params = SamplingParams(max_tokens=30)
     expected = [alone(poisoned_engine, p, params) for p in PROMPTS[:2]]
     results = run_together(poisoned_engine, [

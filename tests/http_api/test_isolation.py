@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from engine import Engine, EngineConfig
-from engine.model import GPT
+from engine.model import Transformer
 from engine.model_dir import load_model_dir
 
 from .conftest import InProcessServer
@@ -53,7 +53,7 @@ def test_uncomputable_sampling_values_are_a_400_and_other_streams_finish(server,
     assert last["choices"][0]["finish_reason"] in ("length", "stop")
 
 
-class FailsLateGPT(GPT):
+class FailsLateModel(Transformer):
     """The real model, but any forward that reaches position `fail_at` raises: what a bug that hits
     one long generation looks like to the server."""
     fail_at = 40
@@ -67,7 +67,7 @@ class FailsLateGPT(GPT):
 @pytest.fixture(scope="module")
 def failing_server(tiny_model_dir):
     model, tokenizer, _ = load_model_dir(tiny_model_dir)
-    failing = FailsLateGPT(model.config)
+    failing = FailsLateModel(model.config)
     failing.load_state_dict(model.state_dict())
     engine = Engine(failing, tokenizer, config=EngineConfig(token_healing=False, cache_weight=0.0))
     server = InProcessServer(engine)
