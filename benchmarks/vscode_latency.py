@@ -27,6 +27,8 @@ from tests.editors.test_vscode import make_workspace, user_settings
 LINES = ["count = ", "total = ", "if count == 0:", "return ", "squares = ", "result = "]
 MODES = {"reuse+prefetch": {"codeAssistant.typedAheadReuse": True, "codeAssistant.prefetch": True},
          "neither": {"codeAssistant.typedAheadReuse": False, "codeAssistant.prefetch": False}}
+# The suggest widget off, as in the first measurements (docs/editors.md), so the runs compare.
+EDITOR = {"editor.wordBasedSuggestions": "off"}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -38,7 +40,7 @@ def run_mode(binary, vsix, settings: dict, keystrokes: int, out: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         workspace = make_workspace(home)
-        with code_server(binary, vsix, workspace, home, user_settings(**settings)) as server:
+        with code_server(binary, vsix, workspace, home, user_settings(**EDITOR, **settings)) as server:
             result = run_driver("latency", server["url"], workspace, out, 900, after="def describe(values):",
                                 lines=LINES, keystrokes=keystrokes, char_delay_ms=90, pause_ms=1500, follow_chars=4)
     if "error" in result:
