@@ -256,7 +256,6 @@ async function mainScenario(page) {
 
   // 7. VS Code's suggest widget (word-based suggestions, on by default) matches the typed prefix
   // too: the ghost text shows beside it, and Tab takes all of the ghost text, counted as an accept.
-  result.stats_before_widget = await acceptedStats(page, "stats-before-suggest-widget");
   const { after: wAfter, prefix: wPrefix, within: wWithin } = OPTIONS.widget_at;
   const widgetLine = await lineAfter(page, "stats.py", wAfter, wWithin);
   await goTo(page, widgetLine, 1);
