@@ -98,7 +98,9 @@ class EventRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
     id: str = Field(min_length=1, max_length=128)
-    event: Literal["shown", "accepted", "dismissed"]
+    # A fixed set, so the metric's `event` label stays bounded. partially_accepted: the user took the
+    # next word or line of it (VS Code's Ctrl+Right, Neovim's partial-accept mappings).
+    event: Literal["shown", "accepted", "partially_accepted", "dismissed"]
     # Label values: kept short and plain so a client cannot blow up the metrics' cardinality.
     language: str = Field("unknown", pattern=r"^[A-Za-z0-9_+#.\-]{1,32}$")
     model: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:@/\-]{1,128}$")
