@@ -78,6 +78,51 @@ end
 -- server answers, so a timer polls for it.
 vim.o.completeopt = 'menuone,noinsert'
 vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes('A<C-x><C-o>', true, false, true), 'n', false)
+-- The partial-accept keys (<M-Right>: the next word, <M-C-Right>: the next line), pressed in insert
+-- mode at the end of the line; what the server suggests there is asked first, so that the test knows
+-- it (the mappings ask again and get the rest from the server's cache).
+local function partial_accepts()
+  local params = vim.lsp.util.make_position_params(0, 'utf-16')
+  params.position = { line = row - 1, character = #result.line_after_undo }
+  params.context = { triggerKind = 1 }
+  for _, response in pairs(vim.lsp.buf_request_sync(0, 'textDocument/inlineCompletion', params, 30000) or {}) do
+    local items = response.result and response.result.items or {}
+    if items[1] then result.partial_suggestion = items[1].insertText end
+  end
+  if not result.partial_suggestion then return finish() end
+  local keys = { '<M-Right>', '<M-C-Right>' }
+  result.partial_lines = {}
+  local timer = vim.loop.new_timer()
+  local waited = 0
+  local function press()
+    vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes(keys[#result.partial_lines + 1], true, false, true), 'm', false)
+  end
+  vim.api.nvim_feedkeys('A', 'n', false)
+  press()
+  local seen = result.line_after_undo
+  timer:start(50, 50, vim.schedule_wrap(function()
+    local ok, err = pcall(function()
+      waited = waited + 50
+      local now = table.concat(vim.api.nvim_buf_get_lines(0, row - 1, vim.fn.line('.'), true), '\n')
+      if now == seen and waited < 10000 then return end
+      table.insert(result.partial_lines, now)
+      seen, waited = now, 0
+      if #result.partial_lines < #keys then return press() end
+      timer:stop()
+      vim.cmd('stopinsert')
+      for _, response in pairs(vim.lsp.buf_request_sync(0, 'workspace/executeCommand',
+          { command = 'codeAssistant.stats', arguments = {} }, 10000) or {}) do
+        result.stats_after_partial = response.result
+      end
+      finish()
+    end)
+    if not ok then
+      timer:stop()
+      finish(err)
+    end
+  end))
+end
+
 local poll = vim.loop.new_timer()
 local accepting = false
 local function step()
@@ -111,7 +156,7 @@ local function step()
       result.enabled_after_toggle = code_assistant_module.config.settings.codeAssistant.enable
       vim.cmd('CodeAssistantToggle')
       result.after_toggle_on = ask()
-      finish()
+      partial_accepts()
     end
     return
   end

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -131,6 +132,27 @@ def test_toggle_command_turns_completions_off_and_on_in_the_server(session):
     assert session["enabled_after_toggle"] is False
     assert [answer["items"] for answer in session["after_toggle_off"]] == [[]]
     assert len(session["after_toggle_on"]) == 1 and session["after_toggle_on"][0]["items"]
+
+
+def next_part(text: str, kind: str) -> str:
+    """VS Code's Accept Next Word / Line, as editors/neovim/code_assistant.lua does them."""
+    if kind == "line":
+        return "\n" + text[1:].split("\n")[0] if text.startswith("\n") else text.split("\n")[0]
+    match = re.match(r"\s*[A-Za-z0-9_]+", text) or re.match(r"\s*[^A-Za-z0-9_\s]+", text)
+    return match.group(0) if match else text
+
+
+def test_partial_accept_keys_take_the_next_word_then_line_and_the_server_counts_them(session):
+    suggestion = session.get("partial_suggestion")
+    assert suggestion, "no suggestion at the end of the line"
+    word = next_part(suggestion, "word")
+    line = next_part(suggestion[len(word):], "line")
+    assert session["partial_lines"] == [LINE + word, LINE + word + line], (suggestion, session["partial_lines"])
+    stats = session["stats_after_partial"]
+    # The word is a partial accept; the line is one too unless it took all that was left (an accept).
+    whole = word + line == suggestion
+    assert stats["partlyAccepted"]["python"] == (1 if whole else 2), (suggestion, stats)
+    assert stats["accepted"].get("python", 0) == session["stats"]["accepted"].get("python", 0) + (1 if whole else 0)
 
 
 def test_local_config_sends_the_settings_and_no_remote(session):
