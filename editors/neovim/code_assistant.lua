@@ -159,13 +159,17 @@ function M.setup(opts)
     { desc = 'Shown and accepted code-assistant suggestions per language' })
 end
 
---- "python: 12 shown, 4 accepted (33%)" from the server's codeAssistant.stats answer.
+--- "python: 12 shown, 4 accepted (33%), 2 partly" from the server's codeAssistant.stats answer
+--- ("partly": suggestions of which the user took the next word or line).
 function M.format_stats(stats)
   local rows = {}
   for language, shown in pairs(stats.shown or {}) do
     local accepted = (stats.accepted or {})[language] or 0
+    local partly = (stats.partlyAccepted or {})[language] or 0
     local rate = shown > 0 and string.format(' (%d%%)', math.floor(100 * accepted / shown + 0.5)) or ''
-    table.insert(rows, { shown = shown, text = string.format('%s: %d shown, %d accepted%s', language, shown, accepted, rate) })
+    local text = string.format('%s: %d shown, %d accepted%s', language, shown, accepted, rate)
+    if partly > 0 then text = text .. string.format(', %d partly', partly) end
+    table.insert(rows, { shown = shown, text = text })
   end
   if #rows == 0 then return 'no suggestions shown yet' end
   table.sort(rows, function(a, b) return a.shown > b.shown or (a.shown == b.shown and a.text < b.text) end)

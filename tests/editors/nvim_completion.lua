@@ -114,6 +114,7 @@ local function partial_accepts()
           { command = 'codeAssistant.stats', arguments = {} }, 10000) or {}) do
         result.stats_after_partial = response.result
       end
+      result.stats_line_after_partial = code_assistant_module.format_stats(result.stats_after_partial or {})
       finish()
     end)
     if not ok then

@@ -153,6 +153,7 @@ def test_partial_accept_keys_take_the_next_word_then_line_and_the_server_counts_
     whole = word + line == suggestion
     assert stats["partlyAccepted"]["python"] == (1 if whole else 2), (suggestion, stats)
     assert stats["accepted"].get("python", 0) == session["stats"]["accepted"].get("python", 0) + (1 if whole else 0)
+    assert session["stats_line_after_partial"].endswith(f", {stats['partlyAccepted']['python']} partly")
 
 
 def test_local_config_sends_the_settings_and_no_remote(session):
