@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"p50 {statistics.median(shown):.0f} ms ({time.monotonic() - started:.0f} s)", file=sys.stderr)
     report = {"what": "keystroke to ghost text in code-server 4.100.3 (VS Code 1.100.3), headless Chromium, "
                       "models/default, 2 shared CPU cores", "keystrokes_per_run": args.keystrokes,
-              "rounds": args.rounds, "modes": {}}
+              "rounds": args.rounds, "editor_settings": EDITOR, "modes": {}}
     for mode in MODES:
         values = latencies[mode]
         report["modes"][mode] = {"p50_ms": round(percentile(values, 0.5), 1), "p95_ms": round(percentile(values, 0.95), 1),

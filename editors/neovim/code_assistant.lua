@@ -12,6 +12,7 @@
 -- Neovim 0.12+: ghost text through vim.lsp.inline_completion (<Tab> accepts).
 -- Neovim 0.11:  vim.lsp.config/vim.lsp.enable and vim.lsp.completion (the completion menu).
 -- Neovim 0.7-0.10: the same server through vim.lsp.start_client; <C-x><C-o> completes.
+-- Every version: <M-Right> / <M-C-Right> in insert mode take the next word / line of the suggestion.
 -- Full guide: docs/editors.md.
 
 local M = {}
