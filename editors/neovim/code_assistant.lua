@@ -240,7 +240,7 @@ function M.accept_part(kind)
   local bufnr = vim.api.nvim_get_current_buf()
   local client = attached_client(bufnr)
   if not client then return end
-  local params = vim.lsp.util.make_position_params()
+  local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
   params.context = { triggerKind = 1 } -- Invoked: the user asked, so no debounce
   local tick = vim.api.nvim_buf_get_changedtick(bufnr)
   request(client, 'textDocument/inlineCompletion', params, function(err, result)
@@ -253,11 +253,12 @@ function M.accept_part(kind)
     local part = M.next_part(text or '', kind)
     if part == '' then return end
     local to_col
-    local line = vim.api.nvim_get_current_line()
-    if item.range and not part:find('\n') and not text:sub(#part + 1):find('^[^\n]') then
-      -- The rest of the suggestion's first line goes in: it replaces what the item replaces.
-      local _, line_units = vim.str_utfindex(line)
-      to_col = vim.str_byteindex(line, math.min(item.range['end'].character, line_units), true)
+    local range = item.range
+    if range and range['end'].character > range.start.character and not part:find('\n')
+        and not text:sub(#part + 1):find('^[^\n]') then
+      -- The rest of the suggestion's first line goes in, and the item replaces what follows the
+      -- cursor (the server's items then end at the end of the line): so does this.
+      to_col = #vim.api.nvim_get_current_line()
     end
     insert(part, to_col)
     local info = item.command and item.command.arguments and item.command.arguments[1] or {}
