@@ -33,6 +33,21 @@ class DataConfig:
     spm_rate: float = 0.5
     num_workers: int = 0
     val_batches: int = 20
+    seq_len: int = 0              # tokens per training window; 0: see window_length
+
+
+# The default window of a pretrained model whose context is longer (Qwen2.5-Coder's 32 K
+# positions): the cost of a step grows with the window, and most code files are shorter.
+MAX_SEQ_LEN = 2048
+
+
+def window_length(seq_len: int, block_size: int, pretrained: bool = True) -> int:
+    """Tokens per training or evaluation window of a model with `block_size` positions: `seq_len`,
+    or when 0 the whole context of a model trained from scratch (its learned positions all get
+    trained) and at most MAX_SEQ_LEN of a pretrained one."""
+    if seq_len < 0 or seq_len > block_size:
+        raise ConfigError(f"data.seq_len must be between 1 and the model's context ({block_size}), got {seq_len}")
+    return seq_len or (min(block_size, MAX_SEQ_LEN) if pretrained else block_size)
 
 
 @dataclass
@@ -41,7 +56,8 @@ class TrainerConfig:
     max_time_minutes: float | None = None
     devices: int | str = 1
     accelerator: str = "auto"
-    strategy: str = "auto"        # "auto": ddp when devices > 1
+    strategy: str = "auto"        # "auto": ddp when devices > 1; "fsdp": sharded, one block a unit
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
     precision: str = "auto"       # "auto": bf16-mixed on CUDA, 32-true on the CPU
     accumulate_grad_batches: int = 1
     gradient_clip_val: float = 1.0
@@ -97,7 +113,9 @@ def parse_overrides(args: list[str]) -> dict[str, dict]:
     return out
 
 
-def load_config(path: str | Path | None, overrides: dict[str, dict] | None = None) -> TrainConfig:
+def load_config(path: str | Path | None, overrides: dict[str, dict] | None = None,
+                pretrained: bool = False) -> TrainConfig:
+    """`pretrained`: the model comes from a directory (`train --init`), so a model section is an error."""
     raw: dict = {}
     if path is not None:
         try:
@@ -114,5 +132,8 @@ def load_config(path: str | Path | None, overrides: dict[str, dict] | None = Non
     unknown = sorted(set(raw) - set(SECTIONS) - {"seed_everything"})
     if unknown:
         raise ConfigError(f"unknown section {unknown[0]!r} (known: seed_everything, {', '.join(SECTIONS)})")
+    if pretrained and raw.get("model"):
+        raise ConfigError(f"model.{sorted(raw['model'])[0]}: with --init the model comes from its directory; "
+                          f"leave out the model section")
     built = {name: _build(cls, raw.get(name) or {}, name) for name, cls in SECTIONS.items()}
     return TrainConfig(seed_everything=int(raw.get("seed_everything", 1337)), **built)

@@ -53,7 +53,7 @@ def test_missing_or_empty_source_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         collect([tmp_path / "nope"], CollectOptions())
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no usable Python files"):
+    with pytest.raises(DataError, match="no usable .py files"):
         collect([tmp_path / "empty"], CollectOptions())
 
 
