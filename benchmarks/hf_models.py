@@ -119,14 +119,16 @@ def hf_config(family: Family, vocab_size: int, shape: dict, initializer_range: f
 
 def save_random_model(out: Path, family: Family, shape: dict = TINY, vocab_size: int = 600, seed: int = 0,
                       initializer_range: float = 0.02, tokenizer=None, dtype=None,
-                      max_shard_size: str | None = None) -> Path:
+                      max_shard_size: str | None = None, model_vocab: int | None = None) -> Path:
     """A Hugging Face model directory of `family` with random weights: config.json, safetensors
-    (sharded when `max_shard_size` says so), tokenizer.json, tokenizer_config.json."""
+    (sharded when `max_shard_size` says so), tokenizer.json, tokenizer_config.json. `model_vocab`
+    gives the embedding more rows than the tokenizer has (real models pad theirs: Qwen2.5's
+    151,936), so a benchmark shape needs no full-size tokenizer."""
     import torch
     import transformers
 
     tokenizer = tokenizer or train_tokenizer(family, vocab_size)
-    n_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    n_vocab = max(model_vocab or 0, tokenizer.get_vocab_size(with_added_tokens=True))
     config = hf_config(family, n_vocab, shape, initializer_range)
     ids = {name: tokenizer.token_to_id(name) for name in (family.bos, family.eos) if name}
     config.eos_token_id = ids[family.eos]
