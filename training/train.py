@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import CSVLogger
 from engine.model import Block, Transformer
 from engine.model_dir import build_model, save_model_dir
 
-from .config import TrainConfig, window_length
+from .config import ConfigError, TrainConfig, window_length
 from .data import DataError
 from .datamodule import CodeDataModule
 from .lit_module import CodeLM
@@ -104,6 +104,10 @@ def resolve_trainer_args(config: TrainConfig) -> dict:
     strategy = t.strategy if t.strategy != "auto" else ("ddp" if n > 1 else "auto")
     if strategy == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
+
+        if not cuda:
+            raise ConfigError("trainer.strategy fsdp needs CUDA GPUs (Lightning runs FSDP on GPUs only); "
+                              "on the CPU use ddp (--devices N)")
 
         # One transformer block a unit: only one block's full weights exist at a time on each
         # device. "full" state dicts, so the export and last.ckpt are whole models.
