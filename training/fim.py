@@ -36,6 +36,13 @@ def fim_document(text: str, tokenizer: Tokenizer, rng: np.random.Generator, spm_
     return body + end
 
 
+def start_of_text(tokenizer: Tokenizer) -> str:
+    """What decoding puts before a text that was encoded on its own: SentencePiece's word-start
+    space (CodeLlama), nothing for byte-level BPE."""
+    probe = tokenizer.decode(tokenizer.encode("a"))
+    return probe[:-1] if probe.endswith("a") else ""
+
+
 def apply_fim(tokens: np.ndarray, tokenizer: Tokenizer, rng: np.random.Generator,
               fim_rate: float, spm_rate: float, documents: Documents | None = None) -> list[int]:
     """Transform each document of a window (documents end with `documents.eos_id`) with
@@ -46,7 +53,7 @@ def apply_fim(tokens: np.ndarray, tokenizer: Tokenizer, rng: np.random.Generator
     documents = documents or Documents((), tokenizer.eot_id)
     if tokenizer.fim is None or fim_rate <= 0:
         return tokens.tolist()
-    bos = list(documents.bos_ids)
+    bos, marker = list(documents.bos_ids), start_of_text(tokenizer)
     fim_end = [tokenizer.eot_id] if documents.eos_id == tokenizer.eot_id else [tokenizer.eot_id, documents.eos_id]
     out: list[int] = []
     start = 0
@@ -56,7 +63,10 @@ def apply_fim(tokens: np.ndarray, tokenizer: Tokenizer, rng: np.random.Generator
         lead = bos if bos and doc[:len(bos)] == bos else []  # a window may start inside a document
         text_ids = doc[len(lead):]
         if text_ids and rng.random() < fim_rate:
-            out.extend(lead + fim_document(tokenizer.decode(text_ids), tokenizer, rng, spm_rate, fim_end))
+            text = tokenizer.decode(text_ids)
+            if lead and marker and text.startswith(marker):  # the text of a whole document, as it was encoded
+                text = text[len(marker):]
+            out.extend(lead + fim_document(text, tokenizer, rng, spm_rate, fim_end))
         else:
             out.extend(doc)
             if end < len(tokens):

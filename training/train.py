@@ -190,6 +190,7 @@ def train(config: TrainConfig, data_dir: Path, out_dir: Path, resume: bool = Fal
                "val_bpb": float(trainer.callback_metrics["val_bpb"]), "best_val_loss": export.best,
                "tokens_per_second": round(trainer.global_step * config.data.batch_size * dm.block_size
                                           * trainer.world_size * t.accumulate_grad_batches / max(wall, 1e-9), 1),
-               "params": module.model.num_params(), "world_size": trainer.world_size}
+               "params": module.model.num_params(), "world_size": trainer.world_size,
+               "precision": trainer.precision}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
