@@ -148,6 +148,7 @@ def test_two_process_cpu_ddp_fine_tune(qwen_dir, team_data, tmp_path):
     assert load_model_dir(out)[0].config.arch == "qwen2"
 
 
+@pytest.mark.slow
 def test_bad_init_and_mismatched_data_give_one_line(qwen_dir, team_data, data_dir, tmp_path):  # noqa: F811
     train = ["train", "--config", FINETUNE, "--data", team_data, "--out", tmp_path / "m", "--max-steps", 1]
     one_line_error(run(*train, "--init", tmp_path / "missing", check=False), "does not exist")
