@@ -53,7 +53,8 @@ def saved_bytes(config: ModelConfig, n_layer: int, tokens: int) -> int:
         return t
 
     x = torch.randint(0, config.vocab_size, (1, tokens))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+    with (torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+          torch.autocast("cpu", dtype=torch.bfloat16)):
         logits = model(x)
         F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), x.reshape(-1))
     return sum(n for ptr, n in storages.items() if ptr not in params)

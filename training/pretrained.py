@@ -31,7 +31,6 @@ class ExportFormat:
 
 @dataclass
 class Pretrained:
-    path: Path
     model: Transformer
     tokenizer: Tokenizer
     export: ExportFormat
@@ -51,4 +50,4 @@ def load_pretrained(path: str | Path) -> Pretrained:
         files = {n: (model_dir.path / n).read_text(encoding="utf-8") for n in names}
         base = {k: v for k, v in model_dir.raw.items() if k != "code_assistant"}  # an int8 copy's marker
         export = ExportFormat(files, base.get("bos_token_id"), base.get("eos_token_id"), base)
-    return Pretrained(model_dir.path, model, tokenizer, export)
+    return Pretrained(model, tokenizer, export)

@@ -64,6 +64,21 @@ def test_data_is_tokenized_with_the_models_tokenizer(qwen_dir, team_data):
     assert load_split(team_data, "train")[:len(expected)].tolist() == expected
 
 
+def test_documents_open_with_the_bos_of_a_tokenizer_that_has_one(tmp_path):
+    """CodeLlama-style: each file is <s> text </s> in the token stream, as in the model's pretraining."""
+    from training.data import CollectOptions, build_dataset
+
+    base = save_random_model(tmp_path / "codellama", FAMILIES["codellama"])
+    meta = build_dataset([STDLIB / "json"], tmp_path / "data", 0, CollectOptions(val_fraction=0.0), str(base))
+    bos, eos = meta["documents"]["bos_ids"], meta["documents"]["eos_id"]
+    assert len(bos) == 1 and eos == json.loads((base / "config.json").read_text())["eos_token_id"] != bos[0]
+    tokens = load_split(tmp_path / "data", "train").tolist()
+    files = meta["splits"]["train"]["files"]
+    assert tokens[0] == bos[0] and tokens[-1] == eos and tokens.count(bos[0]) == tokens.count(eos) == files
+    starts = [i + 1 for i, t in enumerate(tokens[:-1]) if t == eos]
+    assert all(tokens[i] == bos[0] for i in starts)
+
+
 @pytest.mark.parametrize("family", ["qwen2", "codellama", "deepseek", "starcoder2"])
 def test_fim_windows_use_the_familys_tokens_in_the_layout_the_engine_serves(family):
     """A FIM training example's prompt part is exactly what the engine builds for that prefix and
