@@ -12,7 +12,8 @@ def cmd_data(args, extra):
     from training.data import CollectOptions, build_dataset, default_sources
 
     sources = [Path(s) for s in args.src] if args.src else default_sources()
-    options = CollectOptions(skip_tests=not args.keep_tests, val_fraction=args.val_fraction)
+    extensions = tuple("." + e.lstrip(".") for e in args.ext) if args.ext else (".py",)
+    options = CollectOptions(skip_tests=not args.keep_tests, val_fraction=args.val_fraction, extensions=extensions)
     meta = build_dataset(sources, Path(args.out), args.vocab_size, options, args.tokenizer)
     print(json.dumps({"out": args.out, **{k: {kk: v[kk] for kk in ("files", "bytes", "tokens")}
                                           for k, v in meta["splits"].items()}, "skipped": meta["skipped"]}))
@@ -27,8 +28,9 @@ def cmd_train(args, extra):
         overrides.setdefault("trainer", {})["devices"] = args.devices
     if args.max_steps is not None:
         overrides.setdefault("trainer", {})["max_steps"] = args.max_steps
-    config = load_config(args.config, overrides)
-    summary = train(config, Path(args.data), Path(args.out), resume=args.resume)
+    config = load_config(args.config, overrides, pretrained=args.init is not None)
+    summary = train(config, Path(args.data), Path(args.out), resume=args.resume,
+                    init=Path(args.init) if args.init else None)
     if summary:
         print(json.dumps(summary))
 
@@ -39,7 +41,8 @@ def cmd_eval(args, extra):
     if bool(args.data) == bool(args.src):
         raise ValueError("give exactly one of --data DATA_DIR or --src DIR")
     result = evaluate(Path(args.model), Path(args.data) if args.data else None,
-                      [Path(s) for s in args.src] if args.src else None, max_windows=args.max_windows)
+                      [Path(s) for s in args.src] if args.src else None, max_windows=args.max_windows,
+                      seq_len=args.seq_len)
     if args.line_completion:
         from training.line_completion import line_completion_report
 
@@ -62,12 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="code-assistant", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("data", help="collect Python sources, train the tokenizer, write train/val .bin")
+    p = sub.add_parser("data", help="collect source files, tokenize them, write train/val .bin")
     p.add_argument("--src", action="append", help="source folder (repeatable; default: this Python's stdlib)")
     p.add_argument("--out", required=True, help="output data directory")
     p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--tokenizer", choices=["code-bpe", "gpt2"], default="code-bpe",
-                   help="train our code BPE, or use tiktoken's gpt2 (must be in tiktoken's cache)")
+    p.add_argument("--tokenizer", default="code-bpe", metavar="code-bpe|gpt2|MODEL_DIR",
+                   help="train our code BPE (default), use tiktoken's gpt2 (must be in tiktoken's cache), or a "
+                        "model directory's own tokenizer (to fine-tune that model with `train --init MODEL_DIR`)")
+    p.add_argument("--ext", action="append", metavar="EXT",
+                   help="file extension to collect (repeatable: --ext py --ext ts; default: py)")
     p.add_argument("--keep-tests", action="store_true", help="keep test folders and test_*.py files")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.set_defaults(func=cmd_data)
@@ -77,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--resume", action="store_true", help="continue from OUT/run/checkpoints/last.ckpt")
+    p.add_argument("--init", metavar="MODEL_DIR",
+                   help="fine-tune this model directory (Hugging Face or ours) instead of a fresh model; its "
+                        "config, tokenizer and FIM tokens are kept (the data must come from `data --tokenizer`)")
     p.add_argument("--devices", type=int)
     p.add_argument("--max-steps", type=int)
     p.set_defaults(func=cmd_train)
@@ -86,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data")
     p.add_argument("--src", action="append")
     p.add_argument("--max-windows", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=0,
+                   help="tokens per window (default: the model's context, at most 2048)")
     p.add_argument("--line-completion", action="append", metavar="PROJECT_DIR",
                    help="also score line completion on a held-out project folder (repeatable); "
                         "the project's other files serve as neighbours")
