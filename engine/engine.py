@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 import atexit
 import codecs
 import logging
@@ -22,11 +23,13 @@ from typing import AsyncIterator, Callable
 import regex  # tiktoken's own dependency, for its split pattern
 import torch
 
-from .cache_model import DEFAULT_WEIGHT, CacheModel, NgramCache
+from .cache_model import DEFAULT_WEIGHT, CacheModel, MixConfig
 from .kv_cache import KVCache
 from .model import GPT
 from .model_dir import default_model_dir, load_model_dir, read_config
+from .repetition import RepetitionGuard
 from .sampling import SamplingParams, choose_tokens
+from .suffix_index import SuffixIndex
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("engine")
@@ -70,6 +73,7 @@ class EngineConfig:
     # Weight of the per-request n-gram cache model mixed into decoding (engine/cache_model.py) when
     # SamplingParams.cache_weight is None; 0 turns it off.
     cache_weight: float = DEFAULT_WEIGHT
+    cache_mix: MixConfig = field(default_factory=MixConfig)
 
 
 # Maps (request, one row of next-token logits) -> logits row; called for every step of that request
@@ -99,6 +103,8 @@ class Request:
     heal: bytes = b""              # bytes the next tokens must still spell (token healing)
     skip_bytes: int = 0            # leading output bytes the user already has (the healed token)
     healing_tokens: int = 0        # generated tokens that only re-spelled the healed text
+    guard: RepetitionGuard | None = None  # stops a completion that loops (engine/repetition.py)
+    safe: int = 0                  # characters of `text` the guard lets out now
 
     @property
     def generated(self) -> int:
@@ -152,7 +158,10 @@ class Engine:
         self._sorted_bytes = [b for b, _ in order]
         self._sorted_ids = torch.tensor([i for _, i in order], dtype=torch.long)
         self._id_of_bytes = {b: i for i, b in enumerate(self._token_bytes) if b}
-        self._snippet_caches: dict[str, NgramCache] = {}
+        self._snippet_indexes: dict[str, SuffixIndex] = {}
+        # The user's repository (engine/workspace.py WorkspaceIndex), set by a front end: the cache
+        # model matches every file in it but the one being edited.
+        self.workspace = None
         self._split_pattern = regex.compile(tokenizer.encoding._pat_str)
         self._wake = threading.Event()
         self._stop = False
@@ -225,40 +234,49 @@ class Engine:
         return prompt[:-len(last)], last.encode("utf-8")
 
     def cache_model(self, prefix: str, suffix: str | None, extra_context: list | None,
-                    weight: float | None) -> CacheModel | None:
-        """The per-request n-gram cache over the whole prefix, suffix and extra snippets (not only
-        the part of them that fits the network's context)."""
+                    weight: float | None, document_path: str | None = None) -> CacheModel | None:
+        """The per-request cache model over the whole prefix, suffix, extra snippets (not only the
+        part of them that fits the network's context) and the workspace index."""
         weight = self.config.cache_weight if weight is None else weight
         if weight <= 0:
             return None
         t = self.tokenizer
         history = t.encode(prefix)
-        contexts = [history] + ([t.encode(suffix)] if suffix else [])
-        shared = [self._snippet_cache(item["text"] if isinstance(item, dict) else str(item))
-                  for item in extra_context or []]
-        return CacheModel(contexts, history, weight, shared=shared)
+        suffix_ids = t.encode(suffix) if suffix else []
+        sources = [("prefix", SuffixIndex.build([history]).longest_match)]
+        if suffix_ids:
+            sources.append(("suffix", SuffixIndex.build([suffix_ids]).longest_match))
+        for item in extra_context or []:
+            sources.append(("neighbours", self._snippet_index(item["text"] if isinstance(item, dict) else str(item))
+                            .longest_match))
+        workspace = self.workspace
+        if workspace is not None and workspace.n_tokens:
+            # The document's own copy in the index is stale: its live text is the prefix and suffix.
+            excluded = workspace.stale_copies(history, suffix_ids, document_path)
+            sources.append(("workspace", lambda h, previous=None: workspace.longest_match(h, excluded, previous)))
+        return CacheModel(sources, history, dataclasses.replace(self.config.cache_mix, weight=weight))
 
-    def _snippet_cache(self, text: str) -> NgramCache:
-        """A read-only cache of one snippet, kept for the next request: editors send the same
+    def _snippet_index(self, text: str) -> SuffixIndex:
+        """A read-only index of one snippet, kept for the next request: editors send the same
         neighbouring files keystroke after keystroke."""
         with self._lock:
-            cache = self._snippet_caches.pop(text, None)
-        if cache is None:
-            cache = NgramCache()
-            cache.add_sequence(self.tokenizer.encode(text))
+            index = self._snippet_indexes.pop(text, None)
+        if index is None:
+            index = SuffixIndex.build([self.tokenizer.encode(text)])
         with self._lock:
-            self._snippet_caches[text] = cache  # re-inserted last: least recently used goes first
-            while len(self._snippet_caches) > 64:
-                self._snippet_caches.pop(next(iter(self._snippet_caches)))
-        return cache
+            self._snippet_indexes[text] = index  # re-inserted last: least recently used goes first
+            while len(self._snippet_indexes) > 64:
+                self._snippet_indexes.pop(next(iter(self._snippet_indexes)))
+        return index
 
     def submit(self, prompt: str, suffix: str | None, params: SamplingParams,
                on_chunk: Callable[[Chunk], None], logits_processor: LogitsProcessor | None = None,
-               extra_context: list | None = None) -> Request:
+               extra_context: list | None = None, document_path: str | None = None) -> Request:
         """Queue a request; `on_chunk` is called from the scheduler thread. Raises EngineBusy when full.
 
         `extra_context` (strings or {"path", "text"} dicts, e.g. neighbouring files) feeds the cache
         model; the network's prompt is the caller's business (front ends put snippets into it).
+        `document_path` names the file being edited, whose copy in the workspace index is left out.
         """
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
@@ -271,8 +289,10 @@ class Engine:
             generator = torch.Generator(device="cpu")
             generator.manual_seed(params.seed if params.seed is not None else time.time_ns() % 2**63)
         if logits_processor is None:
-            logits_processor = self.cache_model(kept, suffix, extra_context, params.cache_weight)
-        request = Request(ids, params, on_chunk, generator, logits_processor, heal=heal, skip_bytes=len(heal))
+            logits_processor = self.cache_model(kept, suffix, extra_context, params.cache_weight, document_path)
+        guard = RepetitionGuard.for_prompt(prompt, suffix) if params.stop_loops else None
+        request = Request(ids, params, on_chunk, generator, logits_processor, heal=heal, skip_bytes=len(heal),
+                          guard=guard)
         with self._lock:
             if len(self._waiting) >= self.config.max_queue:
                 raise EngineBusy(f"queue full ({self.config.max_queue} waiting)")
@@ -281,7 +301,8 @@ class Engine:
         return request
 
     def complete(self, prompt: str, suffix: str | None = None, params: SamplingParams | None = None,
-                 logits_processor: LogitsProcessor | None = None, extra_context: list | None = None) -> Completion:
+                 logits_processor: LogitsProcessor | None = None, extra_context: list | None = None,
+                 document_path: str | None = None) -> Completion:
         params = params or SamplingParams()
         done = threading.Event()
         parts: list[Chunk] = []
@@ -291,20 +312,20 @@ class Engine:
             if chunk.finish_reason:
                 done.set()
 
-        request = self.submit(prompt, suffix, params, on_chunk, logits_processor, extra_context)
+        request = self.submit(prompt, suffix, params, on_chunk, logits_processor, extra_context, document_path)
         done.wait()
         if request.error:
             raise EngineError(request.error)
         return self._completion(request, parts)
 
     async def stream(self, prompt: str, suffix: str | None = None, params: SamplingParams | None = None,
-                     logits_processor: LogitsProcessor | None = None,
-                     extra_context: list | None = None) -> AsyncIterator[Chunk]:
+                     logits_processor: LogitsProcessor | None = None, extra_context: list | None = None,
+                     document_path: str | None = None) -> AsyncIterator[Chunk]:
         params = params or SamplingParams()
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[Chunk] = asyncio.Queue()
         request = self.submit(prompt, suffix, params, lambda c: loop.call_soon_threadsafe(chunks.put_nowait, c),
-                              logits_processor, extra_context)
+                              logits_processor, extra_context, document_path)
         try:
             while True:
                 chunk = await chunks.get()
@@ -465,7 +486,8 @@ class Engine:
                 logits[row] = request.logits_processor(request, logits[row])
             if request.heal:
                 logits[row] = logits[row].masked_fill(~self._heal_mask(request.heal), float("-inf"))
-        return choose_tokens(logits, [r.params for r in requests], [r.generator for r in requests])
+        return choose_tokens(logits, [r.params for r in requests], [r.generator for r in requests],
+                             [r.output_ids for r in requests])
 
     def _accept(self, request: Request, token: int) -> None:
         """Record a sampled token (its KV is written by the next forward), then stop or emit."""
@@ -491,14 +513,21 @@ class Engine:
             if cut != -1:
                 request.text = request.text[:cut]
                 return self._finish(request, "stop")
+        if request.guard is not None:
+            cut, request.safe = request.guard.check(request.text)
+            if cut is not None:
+                request.text = request.text[:cut]
+                return self._finish(request, "stop")
         if request.generated >= params.max_tokens or request.position >= self.model.config.block_size:
             return self._finish(request, "length")
         self._emit(request)
 
     def _emit(self, request: Request) -> None:
-        # Hold back a tail that could be the start of a stop string.
+        # Hold back a tail that could be the start of a stop string, or the start of a repeat.
         hold = max((len(s) - 1 for s in request.params.stop), default=0)
         safe = len(request.text) - hold
+        if request.guard is not None:
+            safe = min(safe, request.safe)
         if safe > request.emitted:
             self._send(request, Chunk(request.text[request.emitted:safe], request.generated))
             request.emitted = safe
@@ -514,6 +543,10 @@ class Engine:
     def _finish(self, request: Request, reason: str) -> None:
         # Bytes of a character the last token left incomplete are dropped, never shown half.
         self._release(request)
+        if request.guard is not None and reason != "cancelled":
+            cut, _ = request.guard.check(request.text, finished=True)
+            if cut is not None and cut >= request.emitted:
+                request.text = request.text[:cut]
         self._send(request, Chunk(request.text[request.emitted:], request.generated, reason))
         request.emitted = len(request.text)
 
