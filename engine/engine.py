@@ -74,6 +74,9 @@ class EngineConfig:
     # SamplingParams.cache_weight is None; 0 turns it off.
     cache_weight: float = DEFAULT_WEIGHT
     cache_mix: MixConfig = field(default_factory=MixConfig)
+    # Stop a completion where it starts repeating lines (engine/repetition.py) when
+    # SamplingParams.stop_loops is None.
+    stop_loops: bool = True
 
 
 # Maps (request, one row of next-token logits) -> logits row; called for every step of that request
@@ -290,7 +293,8 @@ class Engine:
             generator.manual_seed(params.seed if params.seed is not None else time.time_ns() % 2**63)
         if logits_processor is None:
             logits_processor = self.cache_model(kept, suffix, extra_context, params.cache_weight, document_path)
-        guard = RepetitionGuard.for_prompt(prompt, suffix) if params.stop_loops else None
+        stop_loops = self.config.stop_loops if params.stop_loops is None else params.stop_loops
+        guard = RepetitionGuard.for_prompt(prompt, suffix) if stop_loops else None
         request = Request(ids, params, on_chunk, generator, logits_processor, heal=heal, skip_bytes=len(heal),
                           guard=guard)
         with self._lock:

@@ -35,7 +35,7 @@ class SamplingParams:
     # generated so far, plus presence_penalty once it was generated at all. In [-2, 2].
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
-    stop_loops: bool = True            # stop where the text starts repeating lines (engine/repetition.py)
+    stop_loops: bool | None = None     # stop where the text starts repeating (engine/repetition.py); None = default
 
     def __post_init__(self) -> None:
         if self.stop is None:
@@ -65,8 +65,8 @@ class SamplingParams:
             value = getattr(self, name)
             if not _is_number(value) or not -2.0 <= value <= 2.0:
                 raise SamplingError(f"{name} must be a number in [-2, 2], got {value!r}")
-        if not isinstance(self.stop_loops, bool):
-            raise SamplingError(f"stop_loops must be true or false, got {self.stop_loops!r}")
+        if self.stop_loops is not None and not isinstance(self.stop_loops, bool):
+            raise SamplingError(f"stop_loops must be true, false or None, got {self.stop_loops!r}")
         if self.cache_weight is not None and (not _is_number(self.cache_weight) or not 0.0 <= self.cache_weight <= 1.0):
             raise SamplingError(f"cache_weight must be a number in [0, 1] or None, got {self.cache_weight!r}")
 

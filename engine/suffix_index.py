@@ -190,14 +190,14 @@ class SuffixIndex:
     @classmethod
     def load(cls, path: str | Path, tokenizer_fingerprint: str | None = None) -> tuple["SuffixIndex", dict]:
         """The index and its header; IndexFormatError for a file of another format or tokenizer."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
         from safetensors.numpy import load_file
 
         try:
             with safe_open(str(path), framework="numpy") as f:
                 header = json.loads((f.metadata() or {}).get("index", "null"))
             arrays = load_file(str(path))
-        except (OSError, ValueError, json.JSONDecodeError) as e:
+        except (OSError, ValueError, SafetensorError) as e:
             raise IndexFormatError(f"{path}: not a code-assistant index ({e})") from e
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             found = header.get("format") if isinstance(header, dict) else None

@@ -217,7 +217,8 @@ class WorkspaceIndex:
         self.settings = settings or WorkspaceSettings()
         self.fingerprint = fingerprint
         self.report = WalkReport()
-        self.stamps: dict[str, tuple[int, int]] = {}     # path -> (mtime_ns, size) when read from disk
+        # path -> (mtime_ns, size) when last read from disk, indexed or not (a rescan skips it until it changes)
+        self.stamps: dict[str, tuple[int, int]] = {}
         self._snapshot = _Snapshot(EMPTY, {}, frozenset(), EMPTY, {})
         self._overlay_docs: dict[str, np.ndarray | None] = {}  # None: deleted
         self._lock = threading.Lock()        # one writer at a time; readers take the snapshot
@@ -297,8 +298,10 @@ class WorkspaceIndex:
         for path in walk_files(self.roots, self.settings, report):
             if report.files >= self.settings.max_files or report.bytes >= self.settings.max_total_bytes:
                 report.skip("over-cap")
+                stamps[str(path)] = _stamp(path)
                 continue
             text, reason = read_source(path, self.settings)
+            stamps[str(path)] = _stamp(path)
             if text is None:
                 report.skip(reason)
                 continue
@@ -306,7 +309,6 @@ class WorkspaceIndex:
             report.bytes += len(text.encode("utf-8"))
             names.append(str(path))
             docs.append(np.asarray(self.tokenize(text), dtype=np.uint32))
-            stamps[str(path)] = _stamp(path)
             if progress is not None:
                 progress(report.files, report.bytes)
         base = SuffixIndex.build(docs, names)
@@ -333,11 +335,12 @@ class WorkspaceIndex:
             if not p.is_file() or not is_code_file(p, self.settings) or self._ignored(p):
                 self.remove_file(key)
                 return False
+            stamp = _stamp(p)
             text, _ = read_source(p, self.settings)
             if text is None:
                 self.remove_file(key)
+                self.stamps[key] = stamp
                 return False
-            stamp = _stamp(p)
         elif not is_code_file(p, self.settings) or self._ignored(p) or len(text) > self.settings.max_file_bytes:
             return False
         tokens = np.asarray(self.tokenize(text), dtype=np.uint32)
@@ -368,7 +371,7 @@ class WorkspaceIndex:
             if self.stamps.get(key) != _stamp(path):
                 changed += 1
                 self.update_file(key)
-        for key in [k for k in self.files() if k not in seen]:
+        for key in [k for k in set(self.files()) | set(self.stamps) if k not in seen]:
             changed += 1
             self.remove_file(key)
         return changed
@@ -378,7 +381,7 @@ class WorkspaceIndex:
         """The current index, merged, as one file (`code-assistant index`)."""
         base, names = self._merged()
         base.save(path, self.fingerprint, {INDEX_FORMAT_KEY: {
-            "roots": [str(r) for r in self.roots], "stamps": {n: list(self.stamps.get(n, (0, 0))) for n in names}}})
+            "roots": [str(r) for r in self.roots], "stamps": {n: list(s) for n, s in self.stamps.items()}}})
 
     @classmethod
     def load(cls, path: str | Path, tokenize: Callable[[str], list[int]], settings: WorkspaceSettings | None = None,
