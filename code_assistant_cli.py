@@ -41,11 +41,15 @@ def cmd_eval(args, extra):
     result = evaluate(Path(args.model), Path(args.data) if args.data else None,
                       [Path(s) for s in args.src] if args.src else None, max_windows=args.max_windows)
     if args.line_completion:
-        from training.line_completion import line_completion_report
+        from training.line_completion import line_completion_report, tune_mix
 
         folders = [Path(f) for f in args.line_completion]
-        result["line_completion"] = line_completion_report(Path(args.model), folders, args.lines_per_file,
-                                                           args.quantize, args.variant)
+        if args.tune_mix:
+            result["tune_mix"] = tune_mix(Path(args.model), folders, args.tuning_lines_per_file, args.quantize,
+                                          args.lines_per_file)
+        else:
+            result["line_completion"] = line_completion_report(Path(args.model), folders, args.lines_per_file,
+                                                               args.quantize, args.variant, loops=not args.no_loops)
     print(json.dumps(result))
 
 
@@ -88,10 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-windows", type=int, default=None)
     p.add_argument("--line-completion", action="append", metavar="PROJECT_DIR",
                    help="also score line completion on a held-out project folder (repeatable); "
-                        "the project's other files serve as neighbours")
+                        "the project's other files serve as neighbours, the folder as the workspace")
     p.add_argument("--lines-per-file", type=int, default=10)
     p.add_argument("--quantize", choices=["int8", "none"], default="int8", help="engine weights for line completion")
     p.add_argument("--variant", action="append", help="only these line-completion variants")
+    p.add_argument("--no-loops", action="store_true", help="skip the loop rate of 64-token multi-line completions")
+    p.add_argument("--tune-mix", action="store_true",
+                   help="grid-search the cache mix on the tuning lines (never the reported ones) instead")
+    p.add_argument("--tuning-lines-per-file", type=int, default=10)
     p.set_defaults(func=cmd_eval)
 
     for name, (_, help_text) in DELEGATED.items():

@@ -34,7 +34,8 @@ class RepetitionGuard:
 
     def check(self, text: str, finished: bool = False) -> tuple[int | None, int]:
         """(cut, safe): `cut` is where the completion should end now (None: go on); `safe` how many
-        characters of `text` may be sent. `finished`: the model stopped; only the cut matters."""
+        characters of `text` may be sent. `finished`: the model stopped, and a repeat it had only
+        begun is cut too."""
         full = self.context + text
         offset = len(self.context)
         starts = _line_starts(full, offset)
@@ -45,10 +46,10 @@ class RepetitionGuard:
             cut = _repeated_unit(full, offset, starts[-1])
         if cut is not None:
             return cut - offset, cut - offset
-        if finished:
-            return None, len(text)
         hold = min(_copy_in_progress(full, offset, starts), _unit_in_progress(full, offset, starts[-1]),
                    self._next_line_in_progress(full, offset, starts))
+        if finished:  # what was held back only began a repeat: it is dropped
+            return (hold - offset if hold < len(full) else None), hold - offset
         return None, hold - offset
 
     def _duplicate_of_next_line(self, full: str, offset: int, starts: list[int], finished: bool) -> int | None:

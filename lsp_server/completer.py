@@ -76,7 +76,8 @@ def following_lines(cursor: Cursor) -> str:
 
 
 async def complete(cursor: Cursor, settings: Settings, backend: Backend, invoked: bool,
-                   language_id: str = "python", neighbours: Iterable[tuple[str, str]] = ()) -> Suggestion | None:
+                   language_id: str = "python", neighbours: Iterable[tuple[str, str]] = (),
+                   document_path: str | None = None) -> Suggestion | None:
     """One completion at `cursor`, or None. Cancelling the calling task cancels the generation."""
     if not should_complete(cursor, settings, invoked):
         return None
@@ -89,7 +90,7 @@ async def complete(cursor: Cursor, settings: Settings, backend: Backend, invoked
         snippets = select_neighbours(snippet_query(cursor.prefix), neighbours, count,
                                      min(settings.neighbour_budget_tokens, budget // 3), settings.neighbour_files)
     prompt = build_prompt(cursor.prefix, cursor.suffix, count, budget, settings.suffix_fraction, snippets,
-                          language_id)
+                          language_id, document_path)
     multiline = wants_multiline(settings, invoked)
     params = GenerationParams(settings.max_tokens, settings.temperature, multiline, settings.cache_weight)
     generated = await backend.generate(prompt, params, generation_done(multiline, cursor.line_prefix))
@@ -133,7 +134,8 @@ class LocalBackend:
                                   cache_weight=params.cache_weight)
         completion_id = f"lsp-{uuid.uuid4().hex[:16]}"
         text = ""
-        chunks = self.engine.stream(prompt.prefix, prompt.suffix, sampling, extra_context=extra_context(prompt))
+        chunks = self.engine.stream(prompt.prefix, prompt.suffix, sampling, extra_context=extra_context(prompt),
+                                    document_path=prompt.document_path)
         try:
             async with contextlib.aclosing(chunks):
                 async for chunk in chunks:

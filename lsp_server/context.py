@@ -53,10 +53,12 @@ class Prompt:
     # while the user types on a line, so the engine's memo of their n-grams keeps hitting.
     far_before: str = ""
     far_after: str = ""
+    document_path: str | None = None  # the file being edited: the engine leaves its indexed copy out
 
 
 def build_prompt(prefix: str, suffix: str, count: TokenCounter, budget: int, suffix_fraction: float = 0.25,
-                 snippets: Iterable[Snippet] = (), language_id: str = "python") -> Prompt:
+                 snippets: Iterable[Snippet] = (), language_id: str = "python",
+                 document_path: str | None = None) -> Prompt:
     """Fit snippets, prefix and suffix into `budget` tokens; suffix gets at most its share unless spare."""
     snippets = tuple(snippets)
     header = render_snippets(snippets, LINE_COMMENTS.get(language_id, "//"))
@@ -70,7 +72,7 @@ def build_prompt(prefix: str, suffix: str, count: TokenCounter, budget: int, suf
     far_before = prefix[max(0, dropped - FAR_CONTEXT_CHARS):dropped]
     line_end = suffix.find("\n")
     far_after = "" if line_end == -1 else suffix[line_end + 1:line_end + 1 + FAR_CONTEXT_CHARS]
-    return Prompt(header + kept_prefix, kept_suffix, snippets, far_before, far_after)
+    return Prompt(header + kept_prefix, kept_suffix, snippets, far_before, far_after, document_path)
 
 
 def keep_last_lines(text: str, count: TokenCounter, budget: int, stride: int = PREFIX_STRIDE_LINES) -> str:

@@ -18,6 +18,7 @@ from pygls.uris import to_fs_path
 from .completer import Backend, LocalBackend, Suggestion, complete
 from .documents import MAX_DOCUMENT_CHARS, MAX_LINE_CHARS, BadPosition, Cursor, clean_text, looks_binary, split_at
 from .settings import Settings
+from .workspace import EditorWorkspace, folders_of
 
 log = logging.getLogger("lsp_server")
 
@@ -42,6 +43,7 @@ class CodeAssistantServer(LanguageServer):
         self._local: LocalBackend | None = LocalBackend(engine) if engine is not None else None
         self._remote = None
         self._remote_key: tuple | None = None
+        self.editor_workspace = EditorWorkspace()
 
     async def backend(self) -> Backend:
         s = self.settings
@@ -59,6 +61,7 @@ class CodeAssistantServer(LanguageServer):
                 raise JsonRpcInvalidParams("no local model and no remoteUrl configured")
             self.engine = await asyncio.to_thread(self._load_engine)
             self._local = LocalBackend(self.engine)
+        self.editor_workspace.attach(self.engine)
         return self._local
 
     def document_text(self, uri: str) -> tuple[str, str] | None:
@@ -109,7 +112,8 @@ class CodeAssistantServer(LanguageServer):
         settings = self.settings
         backend = await self.backend()
         neighbours = self.neighbours(uri) if settings.neighbours else []
-        task = asyncio.create_task(complete(cursor, settings, backend, invoked, language, neighbours))
+        task = asyncio.create_task(complete(cursor, settings, backend, invoked, language, neighbours,
+                                            self.editor_workspace.document_path(uri)))
         self.pending[uri] = task
         try:
             suggestion = await task
@@ -143,6 +147,33 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
     def on_initialize(ls: CodeAssistantServer, params: types.InitializeParams) -> None:
         ls.settings = ls.settings.updated(params.initialization_options)
         ls.ready = True
+        s = ls.settings
+        if s.workspace_index and not s.remote_url:
+            ls.editor_workspace = EditorWorkspace(s.workspace_max_files, s.workspace_max_megabytes << 20)
+            ls.editor_workspace.set_folders(folders_of(params))
+            ls.watch_files = bool(params.capabilities.workspace and params.capabilities.workspace.did_change_watched_files
+                                  and params.capabilities.workspace.did_change_watched_files.dynamic_registration)
+
+    @server.feature(types.INITIALIZED)
+    async def on_initialized(ls: CodeAssistantServer, params: types.InitializedParams) -> None:
+        if not ls.editor_workspace.folders:
+            return
+        if getattr(ls, "watch_files", False):
+            _spawn(ls.client_register_capability_async(types.RegistrationParams(registrations=[types.Registration(
+                id="code-assistant-watch", method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES,
+                register_options=types.DidChangeWatchedFilesRegistrationOptions(
+                    watchers=[types.FileSystemWatcher(glob_pattern="**/*")]))])))
+        # Load the model now rather than at the first keystroke; the index is built once it is in.
+        _spawn(ls.backend())
+
+    @server.feature(types.TEXT_DOCUMENT_DID_SAVE, types.SaveOptions(include_text=True))
+    def on_save(ls: CodeAssistantServer, params: types.DidSaveTextDocumentParams) -> None:
+        ls.editor_workspace.saved(params.text_document.uri, params.text)
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+    def on_watched_files(ls: CodeAssistantServer, params: types.DidChangeWatchedFilesParams) -> None:
+        for change in params.changes:
+            ls.editor_workspace.watched(change.uri, change.type == types.FileChangeType.Deleted)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def on_configuration(ls: CodeAssistantServer, params: types.DidChangeConfigurationParams) -> None:
@@ -169,7 +200,9 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def on_change(ls: CodeAssistantServer, params: types.DidChangeTextDocumentParams) -> None:
-        _remember(ls, params.text_document.uri)
+        text = _remember(ls, params.text_document.uri)
+        if text is not None:
+            ls.editor_workspace.changed(params.text_document.uri, text)
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: CodeAssistantServer,
@@ -211,12 +244,13 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
         if ls.engine is not None:
             engine = {"running": len(ls.engine.running), "queue": ls.engine.queue_depth(), **ls.engine.stats}
         return {"shown": dict(ls.shown), "accepted": dict(ls.accepted), "pending": len(ls.pending),
-                "engine": engine}
+                "engine": engine, "workspace": ls.editor_workspace.stats()}
 
     @server.feature(types.SHUTDOWN)
     def on_shutdown(ls: CodeAssistantServer, *args: Any) -> None:
         for task in list(ls.pending.values()):
             task.cancel()
+        ls.editor_workspace.close()
 
     return server
 
@@ -247,10 +281,12 @@ def _word_before(line_prefix: str) -> str:
     return line_prefix[i:]
 
 
-def _remember(ls: CodeAssistantServer, uri: str) -> None:
+def _remember(ls: CodeAssistantServer, uri: str) -> str | None:
     document = ls.workspace.text_documents.get(unquote(uri))
     if document is not None:
         ls.last_text[unquote(uri)] = document.source
+        return document.source
+    return None
 
 
 _background: set[asyncio.Task] = set()
