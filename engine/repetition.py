@@ -124,7 +124,7 @@ def _earlier_starts(full: str, before: int, n: int) -> list[int]:
 def _repeated_block(full: str, offset: int, starts: list[int], complete_only: bool = True) -> int | None:
     """Where a generated copy of the block of lines right before it begins, once the copy is
     complete (its last line ended by a newline; with complete_only=False also at the end)."""
-    for s2 in starts[1:]:
+    for s2 in starts:
         for s1 in _earlier_starts(full, s2, MAX_BLOCK_LINES):
             block = full[s1:s2]
             if not block.strip():
@@ -139,8 +139,10 @@ def _repeated_block(full: str, offset: int, starts: list[int], complete_only: bo
 
 def _copy_in_progress(full: str, offset: int, starts: list[int]) -> int:
     """The earliest generated line start from which the text so far copies the block before it."""
-    for s2 in starts[1:]:
+    for s2 in starts:
         tail = full[s2:]
+        if not tail.strip():
+            continue
         for s1 in _earlier_starts(full, s2, MAX_BLOCK_LINES):
             block = full[s1:s2]
             if block.strip() and len(tail) < len(block) and block.startswith(tail):
