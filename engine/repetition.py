@@ -48,8 +48,8 @@ class RepetitionGuard:
             return cut - offset, cut - offset
         hold = min(_copy_in_progress(full, offset, starts), _unit_in_progress(full, offset, starts[-1]),
                    self._next_line_in_progress(full, offset, starts))
-        if finished:  # what was held back only began a repeat: it is dropped
-            return (hold - offset if hold < len(full) else None), hold - offset
+        if finished:  # what was held back began a repeat and is dropped (bare whitespace began nothing)
+            return (hold - offset if full[hold:].strip() else None), hold - offset
         return None, hold - offset
 
     def _duplicate_of_next_line(self, full: str, offset: int, starts: list[int], finished: bool) -> int | None:
@@ -141,8 +141,6 @@ def _copy_in_progress(full: str, offset: int, starts: list[int]) -> int:
     """The earliest generated line start from which the text so far copies the block before it."""
     for s2 in starts:
         tail = full[s2:]
-        if not tail.strip():
-            continue
         for s1 in _earlier_starts(full, s2, MAX_BLOCK_LINES):
             block = full[s1:s2]
             if block.strip() and len(tail) < len(block) and block.startswith(tail):
