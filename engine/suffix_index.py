@@ -187,21 +187,32 @@ class SuffixIndex:
         save_file({"tokens": self.tokens.astype(np.uint32), "positions": self.positions,
                    "starts": self.starts}, str(path), metadata={"index": json.dumps(header)})
 
-    @classmethod
-    def load(cls, path: str | Path, tokenizer_fingerprint: str | None = None) -> tuple["SuffixIndex", dict]:
-        """The index and its header; IndexFormatError for a file of another format or tokenizer."""
+    @staticmethod
+    def read_header(path: str | Path) -> dict:
+        """The JSON header of an index file, without reading its arrays; IndexFormatError if not ours."""
         from safetensors import SafetensorError, safe_open
-        from safetensors.numpy import load_file
 
         try:
             with safe_open(str(path), framework="numpy") as f:
                 header = json.loads((f.metadata() or {}).get("index", "null"))
-            arrays = load_file(str(path))
         except (OSError, ValueError, SafetensorError) as e:
             raise IndexFormatError(f"{path}: not a code-assistant index ({e})") from e
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             found = header.get("format") if isinstance(header, dict) else None
             raise IndexFormatError(f"{path}: index format {found!r}, this version reads {FORMAT!r}")
+        return header
+
+    @classmethod
+    def load(cls, path: str | Path, tokenizer_fingerprint: str | None = None) -> tuple["SuffixIndex", dict]:
+        """The index and its header; IndexFormatError for a file of another format or tokenizer."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        header = cls.read_header(path)
+        try:
+            arrays = load_file(str(path))
+        except (OSError, ValueError, SafetensorError) as e:
+            raise IndexFormatError(f"{path}: not a code-assistant index ({e})") from e
         if header.get("max_match") != MAX_MATCH:
             raise IndexFormatError(f"{path}: sorted by {header.get('max_match')} tokens, not {MAX_MATCH}; rebuild it")
         if tokenizer_fingerprint is not None and header.get("tokenizer") != tokenizer_fingerprint:

@@ -474,3 +474,61 @@ def _pooled(a: Match, b: Match) -> Match:
     counts = np.zeros(len(ids), np.int64)
     np.add.at(counts, inverse, np.concatenate([a.counts, b.counts]))
     return Match(a.length, ids, counts, a.occurrences + b.occurrences, a.ends)
+
+
+# ---- a server's workspace ----------------------------------------------------------------------
+def open_workspace(paths: list[str | Path], tokenizer, settings: WorkspaceSettings | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> WorkspaceIndex:
+    """Folders are walked and indexed; a single file is an index `code-assistant index` wrote
+    (its folders are then caught up by a rescan). Raises ValueError for a mix or a missing path."""
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ValueError(f"workspace path does not exist: {', '.join(missing)}")
+    files = [p for p in paths if p.is_file()]
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    if files:
+        if len(paths) != 1:
+            raise ValueError("give either workspace folders or one index file, not both or several files")
+        index = WorkspaceIndex.load(files[0], tokenizer.encode, settings, fingerprint)
+        index.rescan()
+        return index
+    index = WorkspaceIndex(paths, tokenizer.encode, settings, fingerprint)
+    index.build(progress)
+    return index
+
+
+class WorkspaceService:
+    """`serve --workspace`: the index built (or loaded) in a background thread and handed to the
+    engine once ready, then rescanned every `rescan_s` seconds (0: never) until `stop`."""
+
+    def __init__(self, engine, paths: list[str | Path], settings: WorkspaceSettings | None = None,
+                 rescan_s: float = 30.0):
+        self.engine, self.paths, self.settings, self.rescan_s = engine, list(paths), settings, rescan_s
+        self.index: WorkspaceIndex | None = None
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="workspace", daemon=True)
+
+    def start(self) -> "WorkspaceService":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        try:
+            self.index = open_workspace(self.paths, self.engine.tokenizer, self.settings)
+        except Exception as e:  # reported in the log; completions go on without the workspace
+            self.error = f"{type(e).__name__}: {e}"
+            log.error("workspace index failed: %s", self.error)
+            return
+        self.engine.workspace = self.index
+        while self.rescan_s > 0 and not self._stop.wait(self.rescan_s):
+            try:
+                changed = self.index.rescan()
+                if changed:
+                    log.info("workspace rescan: %d files changed", changed)
+            except Exception:
+                log.exception("workspace rescan failed")

@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout", type=float, help="seconds in-flight requests get after SIGTERM (default 30)")
     p.add_argument("--debug-log-code", action="store_true", help="log prompts and completions (private code!)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--workspace", type=Path, action="append",
+                   help="a repository folder whose files are context for every request (repeatable), "
+                        "or one index file from `code-assistant index`")
+    p.add_argument("--workspace-rescan", type=float, help="seconds between rescans for changed files (0: never; default 30)")
+    p.add_argument("--workspace-max-megabytes", type=int, help="source text indexed at most (default 32)")
     return p
 
 
@@ -37,12 +42,27 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     flags = {"model_dir": args.model, "host": args.host, "port": args.port, "device": args.device,
              "quantize": args.quantize, "max_batch": args.max_batch,
              "max_queue": args.max_queue, "api_keys_file": args.api_keys_file, "rate_limit": args.rate_limit,
-             "redis_url": args.redis_url, "drain_timeout_s": args.drain_timeout, "log_level": args.log_level}
+             "redis_url": args.redis_url, "drain_timeout_s": args.drain_timeout, "log_level": args.log_level,
+             "workspace": args.workspace, "workspace_rescan_s": args.workspace_rescan,
+             "workspace_max_megabytes": args.workspace_max_megabytes}
     if args.no_response_cache:
         flags["response_cache_size"] = 0
     if args.debug_log_code:
         flags["debug_log_code"] = True
     return ServerSettings(**{k: v for k, v in flags.items() if v is not None})
+
+
+def check_workspace(paths: list[Path]) -> None:
+    """Fail at start, not in the background indexer: a missing path, or a file that is no index."""
+    from engine.suffix_index import SuffixIndex
+
+    for path in paths:
+        if not path.exists():
+            raise ValueError(f"--workspace {path} does not exist")
+        if path.is_file():
+            SuffixIndex.read_header(path)
+    if any(p.is_file() for p in paths) and len(paths) > 1:
+        raise ValueError("--workspace takes folders, or one index file")
 
 
 def build_server(app, settings: ServerSettings):
@@ -72,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_args(args)
     try:
         read_config(settings.model_dir or default_model_dir())  # fail now, not in the background loader
+        check_workspace(settings.workspace)
         app = create_app(settings)
     except (ModelDirError, ValueError) as e:
         print(f"code-assistant serve: error: {e}", file=sys.stderr)
