@@ -223,6 +223,7 @@ class WorkspaceIndex:
         self._overlay_docs: dict[str, np.ndarray | None] = {}  # None: deleted
         self._lock = threading.Lock()        # one writer at a time; readers take the snapshot
         self._rebuilding = False
+        self.version = 0                     # grows with every change: answers cached before are stale
         self.build_seconds = 0.0
         self.ready = threading.Event()
 
@@ -316,6 +317,7 @@ class WorkspaceIndex:
             self._overlay_docs.clear()
             self.stamps = stamps
             self._snapshot = _Snapshot(base, {n: i for i, n in enumerate(names)}, frozenset(), EMPTY, {})
+            self.version += 1
         self.report = report
         self.build_seconds = time.perf_counter() - started
         self.ready.set()
@@ -423,6 +425,7 @@ class WorkspaceIndex:
         overlay = SuffixIndex.build([live[n] for n in names], names) if names else EMPTY
         masked = frozenset(snap.base_ids[k] for k in self._overlay_docs if k in snap.base_ids)
         self._snapshot = _Snapshot(snap.base, snap.base_ids, masked, overlay, {n: i for i, n in enumerate(names)})
+        self.version += 1
 
     def _merged(self) -> tuple[SuffixIndex, list[str]]:
         with self._lock:
