@@ -159,10 +159,7 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
         if not ls.editor_workspace.folders:
             return
         if getattr(ls, "watch_files", False):
-            _spawn(ls.client_register_capability_async(types.RegistrationParams(registrations=[types.Registration(
-                id="code-assistant-watch", method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES,
-                register_options=types.DidChangeWatchedFilesRegistrationOptions(
-                    watchers=[types.FileSystemWatcher(glob_pattern="**/*")]))])))
+            _spawn(_watch_files(ls))
         # Load the model now rather than at the first keystroke; the index is built once it is in.
         _spawn(ls.backend())
 
@@ -279,6 +276,17 @@ def _word_before(line_prefix: str) -> str:
     while i > 0 and (line_prefix[i - 1].isascii() and (line_prefix[i - 1].isalnum() or line_prefix[i - 1] == "_")):
         i -= 1
     return line_prefix[i:]
+
+
+async def _watch_files(ls: CodeAssistantServer) -> None:
+    """Ask the client to report file changes on disk (workspace/didChangeWatchedFiles)."""
+    try:
+        await ls.client_register_capability_async(types.RegistrationParams(registrations=[types.Registration(
+            id="code-assistant-watch", method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES,
+            register_options=types.DidChangeWatchedFilesRegistrationOptions(
+                watchers=[types.FileSystemWatcher(glob_pattern="**/*")]))]))
+    except Exception as error:  # a client that claims the capability but refuses: saves still arrive
+        log.warning("file watching not registered: %s", error)
 
 
 def _remember(ls: CodeAssistantServer, uri: str) -> str | None:
