@@ -7,6 +7,7 @@ import sys
 BENCHMARKS = {
     "engine": ("benchmarks.engine_bench", "the engine against Hugging Face transformers on the same weights"),
     "http": ("benchmarks.http_bench", "the HTTP server under concurrent load"),
+    "workspace": ("benchmarks.workspace_bench", "the workspace index (build, query, memory) and line completion with it"),
 }
 
 
