@@ -34,22 +34,23 @@ class RepetitionGuard:
 
     def check(self, text: str, finished: bool = False) -> tuple[int | None, int]:
         """(cut, safe): `cut` is where the completion should end now (None: go on); `safe` how many
-        characters of `text` may be sent. `finished`: the model stopped, and a repeat it had only
-        begun is cut too."""
+        characters of `text` may be sent. `finished`: the model stopped, so the last line is
+        complete (a repeat it ends is cut; one it only began is text like any other)."""
         full = self.context + text
         offset = len(self.context)
         starts = _line_starts(full, offset)
         cut = self._duplicate_of_next_line(full, offset, starts, finished)
         if cut is None:
-            cut = _repeated_block(full, offset, starts)
+            # Finished, the last line is complete: a copy it ends counts, one it only began does not.
+            cut = _repeated_block(full, offset, starts, complete_only=not finished)
         if cut is None:
             cut = _repeated_unit(full, offset, starts[-1])
         if cut is not None:
             return cut - offset, cut - offset
+        if finished:
+            return None, len(text)
         hold = min(_copy_in_progress(full, offset, starts), _unit_in_progress(full, offset, starts[-1]),
                    self._next_line_in_progress(full, offset, starts))
-        if finished:  # what was held back began a repeat and is dropped (bare whitespace began nothing)
-            return (hold - offset if full[hold:].strip() else None), hold - offset
         return None, hold - offset
 
     def _duplicate_of_next_line(self, full: str, offset: int, starts: list[int], finished: bool) -> int | None:
