@@ -40,10 +40,18 @@ class Match:
     counts: np.ndarray          # how often each followed
     occurrences: int            # live occurrences of the matched tail (estimated past SAMPLE)
     ends: np.ndarray            # positions just after some occurrences: where `following` reads
+    index: "SuffixIndex | None" = None   # the index the positions are in
 
     @property
     def found(self) -> bool:
         return self.length > 0
+
+    def draft(self, n: int) -> list[int]:
+        """The `n` tokens (fewer at a document's end) that followed the last occurrence read: a
+        speculative decoder's draft."""
+        if not self.found or self.index is None:
+            return []
+        return self.index.following(int(self.ends[-1]), n)
 
 
 NO_MATCH = Match(0, np.zeros(0, np.int64), np.zeros(0, np.int64), 0, np.zeros(0, np.int64))
@@ -176,7 +184,7 @@ class SuffixIndex:
 
     def _match(self, length: int, ends: np.ndarray, occurrences: int, _length: int) -> Match:
         ids, counts = np.unique(self.tokens[ends].astype(np.int64), return_counts=True)
-        return Match(length, ids, counts, occurrences, ends)
+        return Match(length, ids, counts, occurrences, ends, self)
 
     # ---- files ---------------------------------------------------------------------------
     def save(self, path: str | Path, tokenizer_fingerprint: str = "", extra: dict | None = None) -> None:

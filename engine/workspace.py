@@ -476,7 +476,7 @@ def _pooled(a: Match, b: Match) -> Match:
     ids, inverse = np.unique(np.concatenate([a.ids, b.ids]), return_inverse=True)
     counts = np.zeros(len(ids), np.int64)
     np.add.at(counts, inverse, np.concatenate([a.counts, b.counts]))
-    return Match(a.length, ids, counts, a.occurrences + b.occurrences, a.ends)
+    return Match(a.length, ids, counts, a.occurrences + b.occurrences, a.ends, a.index)
 
 
 # ---- a server's workspace ----------------------------------------------------------------------

@@ -55,6 +55,7 @@ def test_long_repeats_match_up_to_max_match():
     match = index.longest_match(block)
     assert match.length == MAX_MATCH and match.ids.tolist() == [0]
     assert index.following(int(match.ends[0]), 5) == [0, 1, 2, 3, 4]
+    assert match.draft(3) == [0, 1, 2]          # what a speculative decoder proposes
 
 
 def test_frequent_matches_are_sampled_but_counted():
