@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 CONTEXT_LINES = 16       # prompt lines the guard compares with (a repeat of the line above is a loop too)
 MAX_BLOCK_LINES = 8      # longest block whose immediate repeat is a loop
-MIN_UNIT_CHARS = 4       # within a line: a repeated unit this long or longer, with a letter in it
-UNIT_REPEATS = 4         # ... this many times in a row
+MIN_UNIT_CHARS = 4       # within a line: a repeated unit this long or longer, with a letter in it,
+UNIT_REPEATS = 4         # ... this many times in a row;
+SYMBOL_UNIT_REPEATS = 8  # a shorter one or one without letters (`0 0 0`, `[0, 0, ...`) this many times
 MAX_UNIT_CHARS = 40
 
 
@@ -155,27 +156,36 @@ def _repeated_unit(full: str, offset: int, line_start: int) -> int | None:
     end = full.find("\n", line_start)
     line_end = len(full) if end == -1 else end
     line = full[line_start:line_end]
-    for period in range(MIN_UNIT_CHARS, min(MAX_UNIT_CHARS, len(line) // UNIT_REPEATS) + 1):
-        span = period * UNIT_REPEATS
+    for period in range(2, min(MAX_UNIT_CHARS, len(line) // 2) + 1):
+        repeats = _unit_repeats(line[-period:])
+        span = period * repeats
+        if span > len(line):
+            continue
         tail = line[-span:]
         unit = tail[:period]
-        if any(c.isalpha() for c in unit) and tail == unit * UNIT_REPEATS:
+        if unit.strip() and tail == unit * repeats:
             second = line_end - span + period
             if second > offset:
                 return second
     return None
 
 
+def _unit_repeats(unit: str) -> int:
+    """How many copies in a row make a loop of this unit."""
+    worded = len(unit) >= MIN_UNIT_CHARS and any(c.isalpha() for c in unit)
+    return UNIT_REPEATS if worded else SYMBOL_UNIT_REPEATS
+
+
 def _unit_in_progress(full: str, offset: int, line_start: int) -> int:
     """Hold back the line's tail once a unit repeats twice, until it either repeats on or stops."""
     line = full[line_start:]
     best = len(full)
-    for period in range(MIN_UNIT_CHARS, min(MAX_UNIT_CHARS, len(line) // 2) + 1):
+    for period in range(2, min(MAX_UNIT_CHARS, len(line) // 2) + 1):
         reps = 1
         while reps * period + period <= len(line) and \
                 line[len(line) - (reps + 1) * period:len(line) - reps * period] == line[len(line) - period:]:
             reps += 1
         unit = line[len(line) - period:]
-        if reps >= 2 and any(c.isalpha() for c in unit):
+        if reps >= 2 and unit.strip():
             best = min(best, max(offset, len(full) - (reps - 1) * period))
     return best

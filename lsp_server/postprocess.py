@@ -29,6 +29,7 @@ def postprocess(raw: str, line_prefix: str, line_suffix: str, following: str, mu
         text = cut_at_unmatched_closer(text, open_brackets)
     text = trim_trailing_whitespace(text)
     text = drop_doubled_space(text, line_prefix)
+    text = drop_doubled_word(text, line_prefix)
     text = cut_repeated_lines(text, following)
     if not text.strip() or repeats_what_follows(text, line_suffix + "\n" + following):
         return None
@@ -87,6 +88,17 @@ def drop_doubled_space(text: str, line_prefix: str) -> str:
     """The cursor already follows a space (`x = |`): a completion starting with one would double it."""
     if line_prefix.strip() and line_prefix.endswith((" ", "\t")) and text.startswith(" "):
         return text[1:]
+    return text
+
+
+def drop_doubled_word(text: str, line_prefix: str) -> str:
+    """`return |` completed with `return f(x)`: the model restarted the statement; keep the rest."""
+    words = line_prefix.split()
+    if not words or not line_prefix.endswith(" ") or not words[-1].isidentifier() or len(words[-1]) < 3:
+        return text
+    word = words[-1]
+    if text.startswith(word) and text[len(word):len(word) + 1] in (" ", ""):
+        return text[len(word):].lstrip(" ")
     return text
 
 

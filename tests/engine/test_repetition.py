@@ -51,6 +51,7 @@ def test_has_loop_counts_repeats_not_ordinary_code():
     assert has_loop("file file file file file")
     assert not has_loop("if x:\n    return 1\nif y:\n    return 1\n")   # a line may recur, not a run
     assert not has_loop("x = [0, 0, 0, 0]")
+    assert has_loop("0.0.0 0 0 0 0 0 0 0 0 0 0 0 0 0")
 
 
 @pytest.fixture(scope="module")

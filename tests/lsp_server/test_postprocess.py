@@ -92,3 +92,8 @@ def test_never_offers_a_copy_of_the_line_below():
     assert postprocess("r line in lines:", "    fo", "", "    for line in lines:\n        pass\n", False) is None
     assert duplicates_next_line("r line in lines:", "    fo", "", "\n    for line in lines:\n")
     assert postprocess("r item in items:", "    fo", "", "    for line in lines:\n", False) == Edit("r item in items:")
+
+
+def test_a_completion_that_restarts_the_statement_keeps_only_what_is_new():
+    assert postprocess('return f"{name}"', "    with open(path) as f: return ", "", "", False) == Edit('f"{name}"')
+    assert postprocess("returned + 1", "    return ", "", "", False) == Edit("returned + 1")

@@ -164,3 +164,33 @@ async def test_a_20000_file_workspace_keeps_keystrokes_within_the_latency_budget
         assert p50 < 0.2 and max(after) < 1.0   # shared CI cores: generous; the figures are in docs/lsp.md
     finally:
         assert await finish(client) == 0
+
+
+async def test_the_prompts_of_issue_16_give_no_repeated_lines_in_the_editor(tmp_path):
+    """The shipped model through the real server, multi-line on, as the issue's user tried it."""
+    from engine.repetition import has_loop
+
+    from ..engine.test_repetition import PROMPTS
+
+    cases = dict(PROMPTS)
+    cases["empty body"] = "def fibonacci(n):\n    "                 # a block to write: multi-line allowed
+    cases["line below"] = "def f(lines):\n    fo\n    for line in lines:\n        print(line)\n"
+    client = await start_in(DEFAULT_MODEL, tmp_path, multiline=True)
+    try:
+        for number, (name, text) in enumerate(cases.items()):
+            uri = (tmp_path / f"case{number}.py").as_uri()
+            open_document(client, text, uri=uri)
+            line, character = (1, 6) if name == "line below" else (text.count("\n"), len(text.rsplit("\n", 1)[-1]))
+            for invoked in (True, False):
+                items = (await client.text_document_inline_completion_async(
+                    inline_params(line, character, invoked=invoked, uri=uri))).items
+                for item in items:
+                    prefix_line = text.split("\n")[line][:character]
+                    shown = [l.strip() for l in (prefix_line + item.insert_text).split("\n") if l.strip()]
+                    print(f"\n{name} ({'invoked' if invoked else 'typing'}): {item.insert_text!r}")
+                    assert not has_loop(item.insert_text, prefix_line), (name, item.insert_text)
+                    assert all(a != b for a, b in zip(shown, shown[1:])), (name, item.insert_text)
+                    if name == "line below":
+                        assert shown[0] != "for line in lines:"
+    finally:
+        assert await finish(client) == 0
