@@ -8,9 +8,8 @@ as a ladder: `_prefill` -> `_decode_step` -> `_choose_tokens` -> `_accept` -> `_
 from __future__ import annotations
 
 import asyncio
-import bisect
-import dataclasses
 import atexit
+import dataclasses
 import codecs
 import logging
 import threading
@@ -20,13 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-import regex  # tiktoken's own dependency, for its split pattern
 import torch
 
 from .cache_model import DEFAULT_WEIGHT, CacheModel, MixConfig
+from .healing import HealingMasks, split_heal
 from .kv_cache import KVCache
-from .model import GPT
-from .model_dir import default_model_dir, load_model_dir, read_config
+from .model import Transformer
+from .model_dir import default_model_dir, load_model_dir, load_tokenizer_from_dir
+from .prompt import ContextFile, PromptBuilder
 from .repetition import RepetitionGuard
 from .sampling import SamplingParams, choose_tokens
 from .suffix_index import SuffixIndex
@@ -66,10 +66,10 @@ class EngineConfig:
     max_queue: int = 256           # waiting requests beyond which submit raises EngineBusy
     kv_int8: bool = False          # int8 keys/values with a scale per (token, head): ~3.6x less cache memory
     prefix_reuse: bool = True
-    # Token healing: the prompt's last token is dropped and the first generated tokens must spell it
-    # again. A prompt that ends inside what training text tokenizes as one token (indentation
-    # before a keyword, half a name) otherwise asks the model for a boundary it never saw.
-    token_healing: bool = True
+    token_healing: bool = True     # engine/healing.py
+    # Prompt tokens a request may use at most (0: the model's whole context): bounds prefill time
+    # for models with long contexts.
+    context_tokens: int = 0
     # Weight of the per-request n-gram cache model mixed into decoding (engine/cache_model.py) when
     # SamplingParams.cache_weight is None; 0 turns it off.
     cache_weight: float = DEFAULT_WEIGHT
@@ -135,7 +135,7 @@ class Engine:
       kv_bytes_per_token     KV-cache bytes one cached token takes (constant)
     """
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, device: str = "cpu",
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, device: str = "cpu",
                  config: EngineConfig | None = None, model_name: str = "code-assistant"):
         self.model, self.tokenizer, self.device = model.eval(), tokenizer, torch.device(device)
         self.config = config or EngineConfig()
@@ -144,8 +144,9 @@ class Engine:
         self.model_name = model_name
         c = model.config
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-        self.cache = KVCache(c.n_layer, self.config.max_batch, c.n_head, c.n_embd // c.n_head, c.block_size,
+        self.cache = KVCache(c.n_layer, self.config.max_batch, c.n_kv_head, c.head_dim, c.block_size,
                              dtype=dtype, device=self.device, int8=self.config.kv_int8)
+        self.prompts = PromptBuilder(tokenizer, c.block_size, self.config.context_tokens)
         self.slot_tokens: list[list[int]] = [[] for _ in range(self.config.max_batch)]  # tokens whose KV is valid
         self.slot_used_at = [0.0] * self.config.max_batch
         self.running: dict[int, Request] = {}
@@ -153,19 +154,12 @@ class Engine:
         self._lock = threading.Lock()
         self._counters = {"requests": 0, "prefix_cache_lookups": 0, "prefix_cache_hits": 0,
                           "prefix_tokens_reused": 0, "tokens_generated": 0}
-        self._token_bytes = [tokenizer.decode_bytes([i]) if i not in tokenizer.special_ids else b""
-                             for i in range(tokenizer.n_vocab)]
-        self._heal_masks: dict[bytes, torch.Tensor] = {}
-        # For token healing: token bytes sorted (a prefix search is a bisect) and looked up by value.
-        order = sorted((b, i) for i, b in enumerate(self._token_bytes) if b)
-        self._sorted_bytes = [b for b, _ in order]
-        self._sorted_ids = torch.tensor([i for _, i in order], dtype=torch.long)
-        self._id_of_bytes = {b: i for i, b in enumerate(self._token_bytes) if b}
+        self._token_bytes = tokenizer.token_bytes()
+        self._heal_mask = HealingMasks(self._token_bytes, c.vocab_size, self.device)
         self._snippet_indexes: dict[str, SuffixIndex] = {}
         # The user's repository (engine/workspace.py WorkspaceIndex), set by a front end: the cache
         # model matches every file in it but the one being edited.
         self.workspace = None
-        self._split_pattern = regex.compile(tokenizer.encoding._pat_str)
         self._wake = threading.Event()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
@@ -176,7 +170,8 @@ class Engine:
     @classmethod
     def load(cls, model_dir: str | Path | None = None, device: str = "cpu", quantize: str | None = "int8",
              config: EngineConfig | None = None) -> "Engine":
-        """Load a model directory (fp32 or int8). quantize="int8" runs int8 weights, None/"none" fp32."""
+        """Load a model directory (Hugging Face or this project's, float or int8). quantize="int8"
+        runs int8 weights, None/"none" float ones."""
         if quantize not in (None, "none", "int8"):
             raise ValueError(f"quantize must be 'int8', 'none' or None, got {quantize!r}")
         model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
@@ -184,62 +179,41 @@ class Engine:
         if torch.device(device).type == "cuda":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if quantize == "int8":
-            from .model_dir import load_tokenizer_from_dir
             from .quantize import load_int8_model
 
-            meta = read_config(model_dir)
-            model, tokenizer = load_int8_model(model_dir, device, dtype), load_tokenizer_from_dir(model_dir, meta)
+            model, info = load_int8_model(model_dir, device, dtype)
+            tokenizer = load_tokenizer_from_dir(info)
         else:
-            model, tokenizer, meta = load_model_dir(model_dir)
-            model = model.to(device=device, dtype=dtype)
-        name = meta.get("name") or model_dir.name
-        return cls(model, tokenizer, device, config, model_name=name)
+            model, tokenizer, info = load_model_dir(model_dir, dtype)
+            model = model.to(device=device)
+        return cls(model, tokenizer, device, config, model_name=info.name)
 
     # ---- public API -------------------------------------------------------------------------
-    def build_prompt(self, prompt: str, suffix: str | None, max_tokens: int) -> list[int]:
-        """Token ids for a plain or FIM prompt, trimmed from the far ends to leave room to generate.
+    @property
+    def context_length(self) -> int:
+        """Positions a sequence may use: prompt and generated tokens together."""
+        return self.model.config.block_size
 
-        A long prefix is cut at a multiple of `block_size // 8` tokens, not at exactly the budget:
-        the next keystroke then keeps the same first tokens, so prefix reuse still applies.
-        """
-        block = self.model.config.block_size
-        budget = max(4, block - min(max_tokens, block // 2))
-        stride = max(1, block // 8)
-        t = self.tokenizer
-        if suffix is None:
-            ids = t.encode(prompt)
-            return ids[_aligned_start(len(ids), budget, stride):] if ids else [t.eot_id]
-        pre, suf = t.encode(prompt), t.encode(suffix)
-        room = budget - 3
-        keep_suf = min(len(suf), room // 4 if len(pre) > room - room // 4 else room - len(pre))
-        start = _aligned_start(len(pre), room - keep_suf, stride)
-        return [t.fim_prefix_id] + pre[start:] + [t.fim_suffix_id] + suf[:keep_suf] + [t.fim_middle_id]
+    def prompt_budget(self, max_tokens: int) -> int:
+        """Prompt tokens a request that generates up to `max_tokens` may use."""
+        return self.prompts.budget(max_tokens)
+
+    def build_prompt(self, prompt: str, suffix: str | None, max_tokens: int, files: list | tuple = (),
+                     path: str | None = None, max_prompt_tokens: int | None = None) -> list[int]:
+        """Token ids of the family's layout for a plain or FIM prompt with neighbouring files,
+        trimmed from the far ends to leave room to generate (engine/prompt.py)."""
+        return self.prompts.build(prompt, suffix, max_tokens, context_files(files), path, max_prompt_tokens)
 
     def _heal_prompt(self, prompt: str) -> tuple[str, bytes]:
-        """Split off the end of the prompt that training text would have tokenized together with
-        what comes next (token healing): returns (kept text, bytes to re-generate).
-
-        BPE never merges across pre-tokenizer chunks, so only the last chunk can be cut short. A
-        chunk ending in a newline is complete. A run of spaces is complete but for its last space,
-        which training text glues to the next word ("       " + " return"). Anything else (half a
-        name, a number, punctuation) is re-generated whole.
-        """
-        if not self.config.token_healing or not prompt:
+        if not self.config.token_healing:
             return prompt, b""
-        chunks = self._split_pattern.findall(prompt[-64:])
-        if not chunks or len(chunks[-1]) >= min(len(prompt), 64):
-            return prompt, b""
-        last = chunks[-1]
-        if last.endswith(("\n", "\r")):
-            return prompt, b""
-        if last.isspace():
-            last = last[-1]
-        return prompt[:-len(last)], last.encode("utf-8")
+        return split_heal(prompt, self.tokenizer.split)
 
     def cache_model(self, prefix: str, suffix: str | None, extra_context: list | None,
-                    weight: float | None, document_path: str | None = None) -> CacheModel | None:
-        """The per-request cache model over the whole prefix, suffix, extra snippets (not only the
-        part of them that fits the network's context) and the workspace index."""
+                    weight: float | None, path: str | None = None) -> CacheModel | None:
+        """The per-request cache model over the whole prefix, suffix, neighbouring files (not only
+        the part of them that fits the network's context) and the workspace index, which leaves
+        out the file at `path` (being edited, its live text is the prefix and suffix)."""
         weight = self.config.cache_weight if weight is None else weight
         if weight <= 0:
             return None
@@ -249,13 +223,11 @@ class Engine:
         sources = [("prefix", SuffixIndex.build([history]).longest_match)]
         if suffix_ids:
             sources.append(("suffix", SuffixIndex.build([suffix_ids]).longest_match))
-        for item in extra_context or []:
-            sources.append(("neighbours", self._snippet_index(item["text"] if isinstance(item, dict) else str(item))
-                            .longest_match))
+        for f in context_files(extra_context):
+            sources.append(("neighbours", self._snippet_index(f.text).longest_match))
         workspace = self.workspace
         if workspace is not None and workspace.n_tokens:
-            # The document's own copy in the index is stale: its live text is the prefix and suffix.
-            excluded = workspace.stale_copies(history, suffix_ids, document_path)
+            excluded = workspace.stale_copies(history, suffix_ids, path)
             sources.append(("workspace", lambda h, previous=None: workspace.longest_match(h, excluded, previous)))
         return CacheModel(sources, history, dataclasses.replace(self.config.cache_mix, weight=weight))
 
@@ -274,25 +246,29 @@ class Engine:
 
     def submit(self, prompt: str, suffix: str | None, params: SamplingParams,
                on_chunk: Callable[[Chunk], None], logits_processor: LogitsProcessor | None = None,
-               extra_context: list | None = None, document_path: str | None = None) -> Request:
+               extra_context: list | None = None, path: str | None = None,
+               max_prompt_tokens: int | None = None) -> Request:
         """Queue a request; `on_chunk` is called from the scheduler thread. Raises EngineBusy when full.
 
-        `extra_context` (strings or {"path", "text"} dicts, e.g. neighbouring files) feeds the cache
-        model; the network's prompt is the caller's business (front ends put snippets into it).
-        `document_path` names the file being edited, whose copy in the workspace index is left out.
+        `prompt` and `suffix` are the text before and after the cursor, whole: the engine decides
+        what fits. `extra_context` (ContextFile, {"path", "text"} dicts or strings: neighbouring
+        files, most relevant first) goes into the prompt as far as the budget allows and into the
+        cache model whole; `path` names the file being completed (its copy in the workspace index
+        is left out); `max_prompt_tokens` lowers the prompt budget for this request.
         """
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
         if self._stop:
             raise EngineError("the engine is closed")
+        files = context_files(extra_context)
         kept, heal = self._heal_prompt(prompt)
-        ids = self.build_prompt(kept, suffix, params.max_tokens)
+        ids = self.prompts.build(kept, suffix, params.max_tokens, files, path, max_prompt_tokens)
         generator = None
         if not params.greedy:
             generator = torch.Generator(device="cpu")
             generator.manual_seed(params.seed if params.seed is not None else time.time_ns() % 2**63)
         if logits_processor is None:
-            logits_processor = self.cache_model(kept, suffix, extra_context, params.cache_weight, document_path)
+            logits_processor = self.cache_model(kept, suffix, files, params.cache_weight, path)
         stop_loops = self.config.stop_loops if params.stop_loops is None else params.stop_loops
         guard = RepetitionGuard.for_prompt(prompt, suffix) if stop_loops else None
         request = Request(ids, params, on_chunk, generator, logits_processor, heal=heal, skip_bytes=len(heal),
@@ -306,7 +282,7 @@ class Engine:
 
     def complete(self, prompt: str, suffix: str | None = None, params: SamplingParams | None = None,
                  logits_processor: LogitsProcessor | None = None, extra_context: list | None = None,
-                 document_path: str | None = None) -> Completion:
+                 path: str | None = None, max_prompt_tokens: int | None = None) -> Completion:
         params = params or SamplingParams()
         done = threading.Event()
         parts: list[Chunk] = []
@@ -316,7 +292,8 @@ class Engine:
             if chunk.finish_reason:
                 done.set()
 
-        request = self.submit(prompt, suffix, params, on_chunk, logits_processor, extra_context, document_path)
+        request = self.submit(prompt, suffix, params, on_chunk, logits_processor, extra_context, path,
+                              max_prompt_tokens)
         done.wait()
         if request.error:
             raise EngineError(request.error)
@@ -324,12 +301,12 @@ class Engine:
 
     async def stream(self, prompt: str, suffix: str | None = None, params: SamplingParams | None = None,
                      logits_processor: LogitsProcessor | None = None, extra_context: list | None = None,
-                     document_path: str | None = None) -> AsyncIterator[Chunk]:
+                     path: str | None = None, max_prompt_tokens: int | None = None) -> AsyncIterator[Chunk]:
         params = params or SamplingParams()
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[Chunk] = asyncio.Queue()
         request = self.submit(prompt, suffix, params, lambda c: loop.call_soon_threadsafe(chunks.put_nowait, c),
-                              logits_processor, extra_context, document_path)
+                              logits_processor, extra_context, path, max_prompt_tokens)
         try:
             while True:
                 chunk = await chunks.get()
@@ -456,34 +433,6 @@ class Engine:
         for request, token in zip(requests, self._choose_tokens(requests, logits)):
             self._accept(request, token)
 
-    def _heal_mask(self, heal: bytes) -> torch.Tensor:
-        """True for tokens that begin with all of `heal` (a contiguous run of the sorted token
-        bytes) or spell a start of it (looked up one prefix at a time)."""
-        mask = self._heal_masks.get(heal)
-        if mask is None:
-            lo = bisect.bisect_left(self._sorted_bytes, heal)
-            hi = (bisect.bisect_left(self._sorted_bytes, _next_prefix(heal), lo) if heal.rstrip(b"\xff")
-                  else len(self._sorted_bytes))
-            mask = torch.zeros(self.model.config.vocab_size, dtype=torch.bool)
-            if heal.isspace():
-                # The user typed exactly this whitespace (indentation, blank lines): a token may
-                # finish it but not add more, or the completion would start with extra indentation.
-                n = len(heal)
-                keep = [i for b, i in zip(self._sorted_bytes[lo:hi], self._sorted_ids[lo:hi].tolist())
-                        if len(b) == n or not b[n:n + 1].isspace()]
-                mask[keep] = True
-            else:
-                mask[self._sorted_ids[lo:hi]] = True
-            for n in range(1, len(heal)):
-                token = self._id_of_bytes.get(heal[:n])
-                if token is not None:
-                    mask[token] = True
-            mask = mask.to(self.device)
-            if len(self._heal_masks) > 4096:
-                self._heal_masks.clear()
-            self._heal_masks[heal] = mask
-        return mask
-
     def _choose_tokens(self, requests: list[Request], logits: torch.Tensor) -> list[int]:
         for row, request in enumerate(requests):
             if request.logits_processor is not None:
@@ -497,7 +446,7 @@ class Engine:
         """Record a sampled token (its KV is written by the next forward), then stop or emit."""
         if request.first_token_at is None:
             request.first_token_at = time.perf_counter()
-        if token in self.tokenizer.special_ids:
+        if token in self.tokenizer.special_ids:  # end of text, a new file, the end of an infill
             return self._finish(request, "stop")
         request.output_ids.append(token)
         self.slot_tokens[request.slot].append(token)
@@ -512,11 +461,11 @@ class Engine:
             request.healing_tokens += not data
         request.text += request.decoder.decode(data)
         params = request.params
-        for stop in params.stop:
-            cut = request.text.find(stop, max(0, request.emitted - len(stop)))
-            if cut != -1:
-                request.text = request.text[:cut]
-                return self._finish(request, "stop")
+        # The earliest stop string wins: one token can complete two ("):\n" for "\n" and "):").
+        cuts = [c for s in params.stop if (c := request.text.find(s, max(0, request.emitted - len(s)))) != -1]
+        if cuts:
+            request.text = request.text[:min(cuts)]
+            return self._finish(request, "stop")
         if request.guard is not None:
             cut, request.safe = request.guard.check(request.text)
             if cut is not None:
@@ -569,18 +518,17 @@ class Engine:
             request.cancel()
 
 
-def _next_prefix(prefix: bytes) -> bytes:
-    """The smallest byte string above every string that starts with `prefix` (not all 0xff)."""
-    stripped = prefix.rstrip(b"\xff")
-    return stripped[:-1] + bytes([stripped[-1] + 1])
-
-
-def _aligned_start(n: int, budget: int, stride: int) -> int:
-    """First index of the kept tail of n tokens: at most `budget` kept, cut on a multiple of `stride`."""
-    over = n - budget
-    if over <= 0:
-        return 0
-    return -(-over // stride) * stride if budget > stride else over
+def context_files(items) -> tuple[ContextFile, ...]:
+    """Neighbouring files as the one type the prompt and the cache model take."""
+    out = []
+    for item in items or ():
+        if isinstance(item, ContextFile):
+            out.append(item)
+        elif isinstance(item, dict):
+            out.append(ContextFile(str(item.get("path") or ""), str(item.get("text") or "")))
+        else:
+            out.append(ContextFile("", str(item)))
+    return tuple(out)
 
 
 def _common_prefix(held: list[int], ids: list[int], limit: int) -> int:

@@ -245,11 +245,12 @@ class WorkspaceIndex:
             return _pooled(base, overlay)
         return base
 
-    def stale_copies(self, prefix_ids: list[int], suffix_ids: list[int], document_path: str | None = None) -> list[str]:
-        """The indexed copies of the document being edited: the file at `document_path`, and any file
-        holding both the last tokens before the cursor and the first ones after it (a request that
-        names no path, or a copy of the file under another name)."""
-        excluded = [self._key(document_path)] if document_path else []
+    def stale_copies(self, prefix_ids: list[int], suffix_ids: list[int], path: str | None = None) -> list[str]:
+        """The indexed copies of the document being edited: the file at `path` (absolute, or
+        relative to a root as editors show it: any indexed file ending so), and any file holding
+        both the last tokens before the cursor and the first ones after it (a request that names
+        no path, or a copy of the file under another name)."""
+        excluded = self._named(path) if path else []
         if len(prefix_ids) >= STALE_PREFIX_TOKENS and len(suffix_ids) >= STALE_SUFFIX_TOKENS:
             before = set(self.containing(prefix_ids[-STALE_PREFIX_TOKENS:]))
             if before:
@@ -285,10 +286,6 @@ class WorkspaceIndex:
         snap = self._snapshot
         return snap.base.nbytes + snap.overlay.nbytes
 
-    def document_path(self, path: str | Path) -> str:
-        """The name a file has in this index (resolved, absolute), or "" when it is outside the roots."""
-        key = self._key(path)
-        return key if inside(Path(key), self.roots) else ""
 
     # ---- building --------------------------------------------------------------------------
     def build(self, progress: Callable[[int, int], None] | None = None) -> WalkReport:
@@ -401,6 +398,12 @@ class WorkspaceIndex:
     # ---- internals -------------------------------------------------------------------------
     def _key(self, path: str | Path) -> str:
         return str(Path(path).resolve())
+
+    def _named(self, path: str) -> list[str]:
+        if os.path.isabs(path):
+            return [self._key(path)]
+        tail = os.sep + os.path.normpath(path).lstrip(os.sep)
+        return [name for name in self.files() if name.endswith(tail)]
 
     def _ignored(self, path: Path) -> bool:
         for root in self.roots:

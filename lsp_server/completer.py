@@ -32,10 +32,10 @@ class GenerationParams:
     temperature: float
     multiline: bool
     cache_weight: float | None = None
+    max_prompt_tokens: int | None = None
 
 
 class Backend(Protocol):
-    def count_tokens(self, text: str) -> int: ...
     def prompt_budget(self, max_tokens: int) -> int: ...
     async def generate(self, prompt: Prompt, params: GenerationParams,
                        done: Callable[[str], bool]) -> Generated: ...
@@ -96,23 +96,19 @@ def following_lines(cursor: Cursor) -> str:
 
 
 async def complete(cursor: Cursor, settings: Settings, backend: Backend, invoked: bool,
-                   language_id: str = "python", neighbours: Iterable[tuple[str, str]] = (),
-                   document_path: str | None = None) -> Suggestion | None:
+                   path: str | None = None, neighbours: Iterable[tuple[str, str]] = ()) -> Suggestion | None:
     """One completion at `cursor`, or None. Cancelling the calling task cancels the generation."""
     if not should_complete(cursor, settings, invoked):
         return None
     if not invoked and settings.debounce_ms:
         await asyncio.sleep(settings.debounce_ms / 1000)  # a newer keystroke cancels us meanwhile
-    count = backend.count_tokens
-    budget = settings.context_tokens or backend.prompt_budget(settings.max_tokens)
+    budget = min(settings.context_tokens, backend.prompt_budget(settings.max_tokens))
     snippets = []
     if settings.neighbours and settings.neighbour_files:
-        snippets = select_neighbours(snippet_query(cursor.prefix), neighbours, count,
-                                     min(settings.neighbour_budget_tokens, budget // 3), settings.neighbour_files)
-    prompt = build_prompt(cursor.prefix, cursor.suffix, count, budget, settings.suffix_fraction, snippets,
-                          language_id, document_path)
+        snippets = select_neighbours(snippet_query(cursor.prefix), neighbours, settings.neighbour_files)
+    prompt = build_prompt(cursor.prefix, cursor.suffix, budget, snippets, path)
     multiline = wants_multiline(settings, invoked, cursor)
-    params = GenerationParams(settings.max_tokens, settings.temperature, multiline, settings.cache_weight)
+    params = GenerationParams(settings.max_tokens, settings.temperature, multiline, settings.cache_weight, budget)
     generated = await backend.generate(prompt, params, generation_done(multiline, cursor.line_prefix))
     edit = postprocess(generated.text, cursor.line_prefix, cursor.line_suffix, following_lines(cursor), multiline,
                        cursor.prefix)
@@ -120,33 +116,20 @@ async def complete(cursor: Cursor, settings: Settings, backend: Backend, invoked
 
 
 def extra_context(prompt: Prompt) -> list[dict]:
-    """What the engine's cache model gets besides the prompt: neighbour snippets (the prompt holds
-    them too, as comments) and the parts of this file the prompt budget left out."""
-    items = [{"path": s.path, "text": s.text} for s in prompt.snippets]
-    if prompt.far_before:
-        items.append({"path": "(this file, before the prompt)", "text": prompt.far_before})
-    if prompt.far_after:
-        items.append({"path": "(this file, after the cursor's line)", "text": prompt.far_after})
-    return items
+    """The neighbour snippets, best first: the engine puts what fits into the prompt and all of
+    them into its cache model."""
+    return [{"path": s.path, "text": s.text} for s in prompt.snippets]
 
 
 class LocalBackend:
     """The engine in this process. `engine.stream` runs the model on the engine's own thread, so the
     server's event loop stays free; closing the stream (done or cancelled) frees the engine slot."""
 
-    # Per-line token counts differ a little from the whole prompt's; keep a margin so the engine's
-    # own trimming (which would move the prompt's start and defeat prefix reuse) never kicks in.
-    MARGIN = 0.95
-
     def __init__(self, engine):
         self.engine = engine
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.engine.tokenizer.encode(text))
-
     def prompt_budget(self, max_tokens: int) -> int:
-        block = self.engine.model.config.block_size
-        return int((block - min(max_tokens, block // 2) - 3) * self.MARGIN)
+        return self.engine.prompt_budget(max_tokens)
 
     async def generate(self, prompt: Prompt, params: GenerationParams, done: Callable[[str], bool]) -> Generated:
         from engine import EngineBusy, EngineError, SamplingParams
@@ -156,7 +139,7 @@ class LocalBackend:
         completion_id = f"lsp-{uuid.uuid4().hex[:16]}"
         text = ""
         chunks = self.engine.stream(prompt.prefix, prompt.suffix, sampling, extra_context=extra_context(prompt),
-                                    document_path=prompt.document_path)
+                                    path=prompt.path, max_prompt_tokens=params.max_prompt_tokens)
         try:
             async with contextlib.aclosing(chunks):
                 async for chunk in chunks:

@@ -12,7 +12,7 @@ from typing import Callable
 import httpx
 
 from .completer import Generated, GenerationParams, extra_context
-from .context import Prompt, estimate_tokens
+from .context import Prompt
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,6 @@ class RemoteBackend:
         self.model = model  # None: the server's own model
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout_s)
-
-    def count_tokens(self, text: str) -> int:
-        return estimate_tokens(text)
 
     def prompt_budget(self, max_tokens: int) -> int:
         return DEFAULT_PROMPT_TOKENS - max_tokens

@@ -112,8 +112,7 @@ class CodeAssistantServer(LanguageServer):
         settings = self.settings
         backend = await self.backend()
         neighbours = self.neighbours(uri) if settings.neighbours else []
-        task = asyncio.create_task(complete(cursor, settings, backend, invoked, language, neighbours,
-                                            self.editor_workspace.document_path(uri)))
+        task = asyncio.create_task(complete(cursor, settings, backend, invoked, self.display_path(uri), neighbours))
         self.pending[uri] = task
         try:
             suggestion = await task

@@ -19,11 +19,10 @@ class Settings:
     remote_url: str | None = None
     api_key: str | None = None
     neighbours: bool = True
-    neighbour_budget_tokens: int = 256
     neighbour_files: int = 4
     cache_weight: float | None = None     # None: the engine's default
-    context_tokens: int | None = None     # prompt budget; None: the model's block size minus max_tokens
-    suffix_fraction: float = 0.25         # share of the prompt budget the text after the cursor may take
+    # Prompt tokens a completion may use (the model's context caps it): more context, slower prefill.
+    context_tokens: int = 2048
     timeout_ms: int = 5000                # remote requests: a slow server gives an empty result, not a hang
     workspace_index: bool = True          # index the workspace folders for the engine's cache model (local mode)
     workspace_max_files: int = 100_000
@@ -52,14 +51,13 @@ _INVALID = object()
 
 _RANGES: dict[str, tuple[float, float]] = {
     "max_tokens": (1, 1024), "temperature": (0.0, 5.0), "debounce_ms": (0, 5000),
-    "neighbour_budget_tokens": (0, 4096), "neighbour_files": (0, 32), "cache_weight": (0.0, 1.0),
-    "context_tokens": (16, 1 << 16), "suffix_fraction": (0.0, 0.9), "timeout_ms": (50, 120_000),
-    "workspace_max_files": (0, 10_000_000), "workspace_max_megabytes": (0, 4096),
+    "neighbour_files": (0, 32), "cache_weight": (0.0, 1.0), "context_tokens": (16, 1 << 17),
+    "timeout_ms": (50, 120_000), "workspace_max_files": (0, 10_000_000), "workspace_max_megabytes": (0, 4096),
 }
 _BOOLS = {"enable", "multiline", "neighbours", "workspace_index"}
-_INTS = {"max_tokens", "debounce_ms", "timeout_ms", "neighbour_budget_tokens", "neighbour_files", "context_tokens",
-         "workspace_max_files", "workspace_max_megabytes"}
-_OPTIONAL = {"remote_url", "api_key", "cache_weight", "context_tokens"}
+_INTS = {"max_tokens", "debounce_ms", "timeout_ms", "neighbour_files", "context_tokens", "workspace_max_files",
+         "workspace_max_megabytes"}
+_OPTIONAL = {"remote_url", "api_key", "cache_weight"}
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -103,10 +103,10 @@ def run_line_completion(engine: Engine, tasks: list[LineTask], fim: bool = False
         extra = None
         if neighbours is not None:
             extra = [{"path": p, "text": t} for p, t in neighbours.items() if p != task.path]
-        path = str(Path(folder) / task.path) if folder is not None else None
+        path = task.path if folder is not None else None   # as an editor names it: relative to the root
         started = time.perf_counter()
         done = engine.complete(task.prefix, suffix=task.suffix if fim else None, params=params, extra_context=extra,
-                               document_path=path)
+                               path=path)
         latencies.append(time.perf_counter() - started)
         prediction = done.text.split("\n")[0].rstrip()
         exact.append(prediction == task.target)
@@ -127,8 +127,8 @@ def loop_rate(engine: Engine, tasks: list[LineTask], workspace: WorkspaceIndex |
     engine.workspace = workspace
     for task in tqdm(tasks, desc=desc, unit="completion", leave=False):
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop_loops=stop_loops)
-        path = str(Path(folder) / task.path) if folder is not None else None
-        text = engine.complete(task.prefix, suffix=task.suffix, params=params, document_path=path).text
+        path = task.path if folder is not None else None
+        text = engine.complete(task.prefix, suffix=task.suffix, params=params, path=path).text
         context = task.prefix[task.prefix.rfind("\n", 0, max(0, len(task.prefix) - 1)) + 1:]
         if has_loop(text, context):
             loops += 1

@@ -196,6 +196,11 @@ def test_stop_strings_cut_the_text(fp32_engine):
     _, chunks = generate_ids(fp32_engine, "x", SamplingParams(max_tokens=30, stop=["ta\n"]),
                              logits_processor=force_tokens(forced))
     assert "".join(c.text for c in chunks) == "alpha be"
+    # One token may complete two stop strings; the earlier one cuts, whatever their order in the list.
+    forced = t.encode("call(x):\n    pass")
+    _, chunks = generate_ids(fp32_engine, "x", SamplingParams(max_tokens=30, stop=["\n", "):"]),
+                             logits_processor=force_tokens(forced))
+    assert "".join(c.text for c in chunks) == "call(x"
 
 
 def test_max_tokens_is_never_exceeded(fp32_engine):
@@ -210,7 +215,7 @@ def test_multibyte_characters_are_never_split(fp32_engine):
     t = fp32_engine.tokenizer
     text = "é€😀 ok ü"
     forced = [b for b in text.encode("utf-8")]  # one token per byte: every character split across tokens
-    forced = [t.encoding.encode_single_token(bytes([b])) for b in forced]
+    forced = [t.token_bytes().index(bytes([b])) for b in forced]
     ids, chunks = generate_ids(fp32_engine, "s = '", SamplingParams(max_tokens=len(forced)),
                                logits_processor=force_tokens(forced))
     assert ids == forced

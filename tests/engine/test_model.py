@@ -1,15 +1,32 @@
-"""The GPT's KV-cache path is an exact replacement for the full forward pass."""
+"""The transformer's KV-cache path is an exact replacement for the full forward pass, for a GPT-2
+shape and for a Llama shape with grouped-query attention, rotary positions and a sliding window."""
 import pytest
 import torch
 
 from engine.kv_cache import KVCache
-from engine.model import GPT, GPTConfig
+from engine.model import ModelConfig, Transformer
+
+SHAPES = {
+    "gpt2": dict(arch="gpt2"),
+    "llama-gqa-window": dict(arch="llama", n_kv_head=2, sliding_window=9, rope_theta=500.0),
+}
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=list(SHAPES))
+def model(request):
     torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=97, block_size=48, n_layer=2, n_head=4, n_embd=32)).eval()
+    config = ModelConfig.for_arch(dict(vocab_size=97, block_size=48, n_layer=2, n_head=4, n_embd=32,
+                                       **SHAPES[request.param]))
+    model = Transformer(config).eval()
+    with torch.no_grad():  # weights large enough that attention is far from uniform
+        for p in model.parameters():
+            p.mul_(4.0)
+    return model
+
+
+def kv_cache(model, slots, int8=False):
+    c = model.config
+    return KVCache(c.n_layer, slots, c.n_kv_head, c.head_dim, c.block_size, int8=int8)
 
 
 def cached_logits(model, idx, prefill, cache, slot):
@@ -27,17 +44,17 @@ def cached_logits(model, idx, prefill, cache, slot):
 @pytest.mark.parametrize("prefill", [1, 7, 30])
 def test_cached_decoding_matches_full_forward(model, prefill):
     idx = torch.randint(0, 97, (1, 40))
-    cache = KVCache(2, 3, 4, 8, 48)
+    cache = kv_cache(model, 3)
     full = model(idx)
-    assert torch.allclose(cached_logits(model, idx, prefill, cache, slot=1), full, atol=1e-5)
+    assert torch.allclose(cached_logits(model, idx, prefill, cache, slot=1), full, atol=1e-4)
 
 
 @torch.no_grad()
 def test_int8_cache_stays_close(model):
     idx = torch.randint(0, 97, (1, 40))
     full = model(idx)
-    cached = cached_logits(model, idx, 5, KVCache(2, 1, 4, 8, 48, int8=True), slot=0)
-    assert (cached - full).abs().max() < 0.05
+    cached = cached_logits(model, idx, 5, kv_cache(model, 1, int8=True), slot=0)
+    assert (cached - full).abs().max() < 0.05 * full.abs().max()  # int8 keys/values: ~1 % of the range
     assert (cached.argmax(-1) == full.argmax(-1)).float().mean() > 0.9
 
 
@@ -45,7 +62,7 @@ def test_int8_cache_stays_close(model):
 def test_batched_rows_at_different_positions(model):
     """Two sequences of different lengths decode in one batch, each from its own slot."""
     a, b = torch.randint(0, 97, (1, 12)), torch.randint(0, 97, (1, 5))
-    cache = KVCache(2, 2, 4, 8, 48)
+    cache = kv_cache(model, 2)
     for slot, seq in ((0, a), (1, b)):
         pos = torch.arange(seq.size(1))[None]
         model(seq, pos, cache.view(torch.tensor([slot]), pos))
@@ -54,8 +71,8 @@ def test_batched_rows_at_different_positions(model):
     batched = model(nxt, pos, cache.view(torch.tensor([0, 1]), pos))[:, -1]
     full_a = model(torch.cat([a, nxt[:1]], 1))[0, -1]
     full_b = model(torch.cat([b, nxt[1:]], 1))[0, -1]
-    assert torch.allclose(batched[0], full_a, atol=1e-5)
-    assert torch.allclose(batched[1], full_b, atol=1e-5)
+    assert torch.allclose(batched[0], full_a, atol=1e-4)
+    assert torch.allclose(batched[1], full_b, atol=1e-4)
 
 
 def test_too_long_sequence_is_a_clear_error(model):
@@ -65,4 +82,8 @@ def test_too_long_sequence_is_a_clear_error(model):
 
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="divisible"):
-        GPTConfig(n_embd=30, n_head=4)
+        ModelConfig(n_embd=30, n_head=4)
+    with pytest.raises(ValueError, match="multiple of n_kv_head"):
+        ModelConfig(n_head=8, n_kv_head=3)
+    with pytest.raises(ValueError, match="rope scaling 'dynamic' is not supported"):
+        ModelConfig(position="rope", rope_scaling={"rope_type": "dynamic", "factor": 2.0})

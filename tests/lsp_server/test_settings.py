@@ -4,8 +4,8 @@ from lsp_server.settings import Settings
 def test_defaults_match_the_contract():
     s = Settings()
     assert (s.enable, s.max_tokens, s.temperature, s.multiline, s.debounce_ms) == (True, 48, 0.0, False, 75)
-    assert (s.remote_url, s.api_key, s.neighbours, s.neighbour_budget_tokens, s.neighbour_files, s.cache_weight) == (
-        None, None, True, 256, 4, None)
+    assert (s.remote_url, s.api_key, s.neighbours, s.neighbour_files, s.cache_weight, s.context_tokens) == (
+        None, None, True, 4, None, 2048)
 
 
 def test_nested_and_flat_camel_case_settings():
