@@ -15,6 +15,7 @@ update and never see half of one.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -197,6 +198,15 @@ class _Snapshot:
     def n_tokens(self) -> int:
         live = self.base.n_tokens - sum(_doc_length(self.base, i) for i in self.masked)
         return live + self.overlay.n_tokens
+
+    @functools.cached_property
+    def by_file_name(self) -> dict[str, list[str]]:
+        """Live paths by their last component: a relative path is looked up without a scan."""
+        names: dict[str, list[str]] = {}
+        live = [p for p, i in self.base_ids.items() if i not in self.masked] + list(self.overlay_ids)
+        for path in live:
+            names.setdefault(os.path.basename(path), []).append(path)
+        return names
 
 
 def _doc_length(index: SuffixIndex, doc: int) -> int:
@@ -403,7 +413,8 @@ class WorkspaceIndex:
         if os.path.isabs(path):
             return [self._key(path)]
         tail = os.sep + os.path.normpath(path).lstrip(os.sep)
-        return [name for name in self.files() if name.endswith(tail)]
+        candidates = self._snapshot.by_file_name.get(os.path.basename(tail), [])
+        return [name for name in candidates if name.endswith(tail)]
 
     def _ignored(self, path: Path) -> bool:
         for root in self.roots:

@@ -78,8 +78,8 @@ class EditorWorkspace:
                 "build_s": round(self.index.build_seconds, 2), "skipped": self.index.report.skipped}
 
     # ---- events ------------------------------------------------------------------------------
-    def document_path(self, uri: str) -> str | None:
-        """The file a document is, when it is one (the engine leaves its indexed copy out)."""
+    def file_of(self, uri: str) -> str | None:
+        """The file a document is, when it is one."""
         path = to_fs_path(uri)
         return str(Path(path).resolve()) if path else None
 
@@ -93,7 +93,7 @@ class EditorWorkspace:
         self._schedule(uri, DELETED if deleted else FROM_DISK, 0.0)
 
     def _schedule(self, uri: str, update, delay: float) -> None:
-        path = self.document_path(uri)
+        path = self.file_of(uri)
         if path is None or not self.folders:
             return
         with self._wake:

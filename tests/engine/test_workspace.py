@@ -112,3 +112,11 @@ def test_an_index_file_round_trips_and_catches_up_on_changes(repo, tmp_path):
     assert loaded.files() == index.files()
     assert loaded.rescan() == 1
     assert loaded.longest_match(tokenize("def changed_after_s")).length == len("def changed_after_s")
+
+
+def test_a_relative_path_names_the_file_under_any_root(repo):
+    index = WorkspaceIndex([repo], tokenize)
+    index.build()
+    history = tokenize("def unique_core_function_")
+    assert index.longest_match(history, index.stale_copies(history, [], "pkg/core.py")).length < 10
+    assert index.stale_copies(history, [], "other/core.py") == []
