@@ -122,7 +122,8 @@ def plot(result: dict, path: Path) -> None:
     ax = axes[2]
     loops = result.get("loops", {})
     names = list(loops)
-    ax.bar(names, [100 * loops[n] for n in names], color="tab:red")
+    bars = ax.bar(names, [100 * loops[n] for n in names], color="tab:red")
+    ax.bar_label(bars, fmt="%.1f %%", fontsize=8)
     ax.set_ylabel("% of 64-token multi-line completions")
     ax.set_title("loop rate")
     ax.tick_params(axis="x", labelrotation=20, labelsize=8)
