@@ -123,11 +123,7 @@ class SuffixIndex:
                 high = mid - 1
             else:
                 low, best = mid, found
-        if low == 0:
-            return NO_MATCH
-        if best is None or best[2] != low:
-            best = self._live_range(pattern, low, exclude)
-        return self._match(low, *best)
+        return self._match(low, *best) if low else NO_MATCH
 
     def documents_holding(self, ids) -> set[int]:
         """The documents in which the token sequence `ids` (at most MAX_MATCH tokens) occurs."""
@@ -156,8 +152,8 @@ class SuffixIndex:
         return lo, bisect_right(self._sorted, target, lo=lo, key=key)
 
     def _live_range(self, pattern: bytes, length: int, exclude: frozenset[int]):
-        """(occurrence ends, estimated live count, length) when the tail of `length` tokens occurs
-        with a next token outside `exclude`, else None."""
+        """(occurrence ends, estimated live count) when the tail of `length` tokens occurs with a
+        next token, outside `exclude`; else None."""
         lo, hi = self._range(pattern, length)
         if lo == hi:
             return None
@@ -180,9 +176,9 @@ class SuffixIndex:
                 return None
             step = 1
         ends = ends[live]
-        return ends, len(ends) * step, length
+        return ends, len(ends) * step
 
-    def _match(self, length: int, ends: np.ndarray, occurrences: int, _length: int) -> Match:
+    def _match(self, length: int, ends: np.ndarray, occurrences: int) -> Match:
         ids, counts = np.unique(self.tokens[ends].astype(np.int64), return_counts=True)
         return Match(length, ids, counts, occurrences, ends, self)
 

@@ -44,6 +44,7 @@ class CodeAssistantServer(LanguageServer):
         self._remote = None
         self._remote_key: tuple | None = None
         self.editor_workspace = EditorWorkspace()
+        self.watch_files = False          # the client registers file watchers for us on request
 
     async def backend(self) -> Backend:
         s = self.settings
@@ -157,7 +158,7 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
     async def on_initialized(ls: CodeAssistantServer, params: types.InitializedParams) -> None:
         if not ls.editor_workspace.folders:
             return
-        if getattr(ls, "watch_files", False):
+        if ls.watch_files:
             _spawn(_watch_files(ls))
         # Load the model now rather than at the first keystroke; the index is built once it is in.
         _spawn(ls.backend())
