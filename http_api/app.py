@@ -47,7 +47,8 @@ def model_version(model_dir: Path | None) -> str:
 def load_engine(settings: ServerSettings) -> Engine:
     quantize = {} if settings.quantize is None else {"quantize": settings.quantize}
     return Engine.load(settings.model_dir, device=settings.device,
-                       config=EngineConfig(max_batch=settings.max_batch, max_queue=settings.max_queue), **quantize)
+                       config=EngineConfig(max_batch=settings.max_batch, max_queue=settings.max_queue,
+                                           stop_loops=settings.stop_loops), **quantize)
 
 
 def create_app(settings: ServerSettings | None = None, engine: Engine | None = None) -> FastAPI:

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or one index file from `code-assistant index`")
     p.add_argument("--workspace-rescan", type=float, help="seconds between rescans for changed files (0: never; default 30)")
     p.add_argument("--workspace-max-megabytes", type=int, help="source text indexed at most (default 32)")
+    p.add_argument("--no-stop-loops", action="store_true",
+                   help="return the model's text even where it repeats itself (no loop guard)")
     return p
 
 
@@ -49,6 +51,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         flags["response_cache_size"] = 0
     if args.debug_log_code:
         flags["debug_log_code"] = True
+    if args.no_stop_loops:
+        flags["stop_loops"] = False
     return ServerSettings(**{k: v for k, v in flags.items() if v is not None})
 
 

@@ -43,4 +43,5 @@ class ServerSettings(BaseSettings):
     workspace: list[Path] = Field(default_factory=list)
     workspace_rescan_s: float = 30.0
     workspace_max_megabytes: int = 32
+    stop_loops: bool = True        # the engine's loop guard (engine/repetition.py); off: the raw text
     model_version: str | None = None  # overrides the version derived from the model directory
