@@ -155,8 +155,8 @@ class Engine:
         self._counters = {"requests": 0, "prefix_cache_lookups": 0, "prefix_cache_hits": 0,
                           "prefix_tokens_reused": 0, "tokens_generated": 0}
         self._token_bytes = tokenizer.token_bytes()
-        self._heal_mask = HealingMasks(self._token_bytes, c.vocab_size, self.device)
-        self._snippet_indexes: dict[str, SuffixIndex] = {}
+        self._heal_mask = HealingMasks(self._token_bytes, tokenizer.n_vocab, self.device)
+                self._snippet_indexes: dict[str, SuffixIndex] = {}
         # The user's repository (engine/workspace.py WorkspaceIndex), set by a front end: the cache
         # model matches every file in it but the one being edited.
         self.workspace = None
@@ -434,6 +434,9 @@ class Engine:
             self._accept(request, token)
 
     def _choose_tokens(self, requests: list[Request], logits: torch.Tensor) -> list[int]:
+        # Models pad their embedding past the tokenizer (Qwen2.5: 151,936 rows, 151,665 tokens);
+        # the padding rows are never chosen.
+        logits = logits[:, :self.tokenizer.n_vocab]
         for row, request in enumerate(requests):
             if request.logits_processor is not None:
                 logits[row] = request.logits_processor(request, logits[row])
