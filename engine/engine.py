@@ -156,7 +156,7 @@ class Engine:
                           "prefix_tokens_reused": 0, "tokens_generated": 0}
         self._token_bytes = tokenizer.token_bytes()
         self._heal_mask = HealingMasks(self._token_bytes, tokenizer.n_vocab, self.device)
-                self._snippet_indexes: dict[str, SuffixIndex] = {}
+        self._snippet_indexes: dict[str, SuffixIndex] = {}
         # The user's repository (engine/workspace.py WorkspaceIndex), set by a front end: the cache
         # model matches every file in it but the one being edited.
         self.workspace = None
