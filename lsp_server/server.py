@@ -60,6 +60,7 @@ class CodeAssistantServer(LanguageServer):
         self._remote_key: tuple | None = None
         self.editor_workspace = EditorWorkspace()
         self.watch_files = False          # the client registers file watchers for us on request
+        self._workspace_mark = (0, 0)
 
     async def backend(self) -> Backend:
         s = self.settings
@@ -149,7 +150,10 @@ class CodeAssistantServer(LanguageServer):
             previous.cancel()
         settings = self.settings
         backend = await self.backend()
-        multiline = wants_multiline(settings, invoked)
+        stale, self._workspace_mark = self.editor_workspace.changed_since(self._workspace_mark, uri)
+        if stale:  # answers kept from before the index changed
+            self.forget_completions()
+        multiline = wants_multiline(settings, invoked, cursor)
         key = key_of(cursor, multiline)
         joined = self._prefetched(uri, key)
         if settings.enable and settings.typed_ahead_reuse and joined is None:
@@ -213,7 +217,7 @@ class CodeAssistantServer(LanguageServer):
         if following is None:
             return
         settings = self.settings
-        multiline = wants_multiline(settings, False)
+        multiline = wants_multiline(settings, False, following)
         key = key_of(following, multiline)
         if self.cache.get(key) is not None or self._prefetched(uri, key) is not None:
             return
