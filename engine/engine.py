@@ -43,6 +43,10 @@ class EngineError(RuntimeError):
     """The engine failed on a request (closed, or an internal error in the scheduler)."""
 
 
+# What a request that failed inside a step is told; the exception itself goes to the log only.
+INTERNAL_ERROR = "internal error in the engine while generating this request"
+
+
 @dataclass
 class Chunk:
     text: str                      # new text since the previous chunk
@@ -355,11 +359,31 @@ class Engine:
                 self._drop_cancelled()
                 self._admit()
                 if self.running:
-                    self._decode_step()
-            except Exception as e:  # a bug must not hang every client: fail the batch, keep serving
-                log.exception("engine step failed")
+                    self._isolating([self.running[s] for s in sorted(self.running)], self._decode_step)
+            except Exception:  # a bug outside any request's step must not hang every client
+                log.exception("engine scheduler failed")
                 for request in list(self.running.values()):
-                    self._fail(request, f"internal error: {type(e).__name__}: {e}")
+                    self._fail(request, INTERNAL_ERROR)
+
+    def _isolating(self, requests: list[Request], step: Callable[[list[Request]], None]) -> None:
+        """Run `step` over `requests`; when it raises, run it again for each request alone that it
+        had not moved on yet, so a failure fails only the request that caused it.
+
+        (A batch that failed while sampling may have drawn from the random generators of rows
+        before the failing one; sampling raises for no valid parameters, so that is a bug's cost.)
+        """
+        progress = [len(r.output_ids) for r in requests]
+        try:
+            step(requests)
+        except Exception:
+            if len(requests) == 1:
+                log.exception("engine step failed; failing its request")
+                self._fail(requests[0], INTERNAL_ERROR)
+                return
+            log.warning("a step over %d requests failed; stepping them one at a time", len(requests))
+            for request, before in zip(requests, progress):
+                if self.running.get(request.slot) is request and len(request.output_ids) == before:
+                    self._isolating([request], step)
 
     def _drop_cancelled(self) -> None:
         for request in [r for r in self.running.values() if r.cancelled.is_set()]:
@@ -376,7 +400,7 @@ class Engine:
             with self._lock:
                 request = self._waiting.popleft()
             slot, reused = self._place(request.prompt_ids)
-            self._prefill(request, slot, reused)
+            self._isolating([request], lambda alone: self._prefill(alone[0], slot, reused))
 
     def _place(self, ids: list[int]) -> tuple[int, int]:
         """A free slot for `ids` and how many leading tokens of it that slot now holds.
@@ -422,11 +446,10 @@ class Engine:
         request.position = len(ids)
         self._accept(request, self._choose_tokens([request], logits)[0])
 
-    def _decode_step(self) -> None:
-        """One forward over the last token of every running sequence, ordered by slot so that a
+    def _decode_step(self, requests: list[Request]) -> None:
+        """One forward over the last token of each of `requests`, given in slot order so that a
         full batch reads the cache as one slice."""
-        slots = sorted(self.running)
-        requests = [self.running[s] for s in slots]
+        slots = [r.slot for r in requests]
         idx = torch.tensor([[r.output_ids[-1]] for r in requests], device=self.device)
         positions = torch.tensor([[r.position - 1] for r in requests], device=self.device)
         logits = self.model(idx, positions, self.cache.view(slots, positions))[:, -1]
