@@ -142,8 +142,10 @@ class LocalBackend:
     async def generate(self, prompt: Prompt, params: GenerationParams, done: Callable[[str], bool]) -> Generated:
         from engine import EngineBusy, EngineError, SamplingParams
 
+        # One line: the engine stops at its end, so that its loop guard judges that line alone (held
+        # back as the start of a repeated block, it would otherwise be cut with the block).
         sampling = SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature,
-                                  cache_weight=params.cache_weight)
+                                  cache_weight=params.cache_weight, stop=[] if params.multiline else ["\n"])
         completion_id = f"lsp-{uuid.uuid4().hex[:16]}"
         text = ""
         chunks = self.engine.stream(prompt.prefix, prompt.suffix, sampling, extra_context=extra_context(prompt),

@@ -60,7 +60,6 @@ class CodeAssistantServer(LanguageServer):
         self._remote_key: tuple | None = None
         self.editor_workspace = EditorWorkspace()
         self.watch_files = False          # the client registers file watchers for us on request
-        self._workspace_mark = (0, 0)
 
     async def backend(self) -> Backend:
         s = self.settings
@@ -150,9 +149,6 @@ class CodeAssistantServer(LanguageServer):
             previous.cancel()
         settings = self.settings
         backend = await self.backend()
-        stale, self._workspace_mark = self.editor_workspace.changed_since(self._workspace_mark, uri)
-        if stale:  # answers kept from before the index changed
-            self.forget_completions()
         multiline = wants_multiline(settings, invoked, cursor)
         key = key_of(cursor, multiline)
         joined = self._prefetched(uri, key)

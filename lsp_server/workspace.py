@@ -49,8 +49,6 @@ class EditorWorkspace:
         self._stopped = False
         self._worker: threading.Thread | None = None
         self.updates = 0                                        # updates applied (tests, stats)
-        self.builds = 0                                         # full index builds done
-        self.updates_of: dict[str, int] = {}                    # updates applied, by file
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def set_folders(self, folders: list[Path]) -> None:
@@ -84,13 +82,6 @@ class EditorWorkspace:
         """The file a document is, when it is one."""
         path = to_fs_path(uri)
         return str(Path(path).resolve()) if path else None
-
-    def changed_since(self, seen: tuple[int, int], uri: str) -> tuple[bool, tuple[int, int]]:
-        """Whether the index changed for this document's completions since `seen` (a build, or an
-        update of another file: the document's own copy is never matched), and the new mark."""
-        own = self.file_of(uri)
-        mark = (self.builds, self.updates - self.updates_of.get(own, 0) if own else self.updates)
-        return mark != seen, mark
 
     def changed(self, uri: str, text: str) -> None:
         self._schedule(uri, text, DEBOUNCE_S)
@@ -127,7 +118,6 @@ class EditorWorkspace:
             return
         self.index = index
         engine.workspace = index
-        self.builds += 1
         log.info("workspace index ready: %d files, %d tokens in %.1f s", len(index.files()), index.n_tokens,
                  index.build_seconds)
         with self._wake:
@@ -152,7 +142,6 @@ class EditorWorkspace:
                         self.index.remove_file(path)
                     else:
                         self.index.update_file(path, update)
-                    self.updates_of[path] = self.updates_of.get(path, 0) + 1
                     self.updates += 1
                 except Exception:
                     log.exception("re-indexing a file failed")

@@ -1,6 +1,8 @@
 """The editor's workspace folders as context, through the real server over stdio (pytest-lsp).
 
-Neighbour snippets are off in these tests, so a name can only come from the workspace index."""
+Neighbour snippets are off in these tests, so a name can only come from the workspace index; so
+are typed-ahead reuse and prefetching, so each request asked again is generated again (a shown
+suggestion is kept while the user types into it, whatever the index learnt meanwhile)."""
 from __future__ import annotations
 
 import asyncio
@@ -24,7 +26,8 @@ async def start_in(model_dir: Path, root: Path, **options):
     client = await ClientServerConfig(server_command=[CLI, "lsp", "--model", str(model_dir)]).start()
     caps = capabilities()
     await client.initialize_session(types.InitializeParams(
-        capabilities=caps, initialization_options={"debounceMs": 0, "neighbours": False, **options},
+        capabilities=caps, initialization_options={"debounceMs": 0, "neighbours": False, "typedAheadReuse": False,
+                                                   "prefetch": False, **options},
         workspace_folders=[types.WorkspaceFolder(uri=root.as_uri(), name=root.name)]))
     return client
 
