@@ -44,12 +44,35 @@ def cmd_eval(args, extra):
                       [Path(s) for s in args.src] if args.src else None, max_windows=args.max_windows,
                       seq_len=args.seq_len)
     if args.line_completion:
-        from training.line_completion import line_completion_report
+        from training.line_completion import line_completion_report, tune_mix
 
         folders = [Path(f) for f in args.line_completion]
-        result["line_completion"] = line_completion_report(Path(args.model), folders, args.lines_per_file,
-                                                           args.quantize, args.variant)
+        if args.tune_mix:
+            result["tune_mix"] = tune_mix(Path(args.model), folders, args.tuning_lines_per_file, args.quantize,
+                                          args.lines_per_file)
+        else:
+            result["line_completion"] = line_completion_report(Path(args.model), folders, args.lines_per_file,
+                                                               args.quantize, args.variant, loops=not args.no_loops)
     print(json.dumps(result))
+
+
+def cmd_index(args, extra):
+    from tqdm import tqdm
+
+    from engine.model_dir import default_model_dir, load_tokenizer_from_dir
+    from engine.workspace import WorkspaceSettings, open_workspace
+
+    folders = [Path(f) for f in args.folder]
+    if any(not f.is_dir() for f in folders):
+        raise ValueError(f"not a folder: {next(f for f in folders if not f.is_dir())}")
+    tokenizer = load_tokenizer_from_dir(Path(args.model) if args.model else default_model_dir())
+    settings = WorkspaceSettings(max_total_bytes=args.max_megabytes << 20)
+    with tqdm(desc="index", unit="file") as bar:
+        index = open_workspace(folders, tokenizer, settings, progress=lambda files, _: bar.update(files - bar.n))
+    index.save(args.out)
+    print(json.dumps({"out": args.out, "files": index.report.files, "bytes": index.report.bytes,
+                      "tokens": index.n_tokens, "index_bytes": Path(args.out).stat().st_size,
+                      "seconds": round(index.build_seconds, 2), "skipped": index.report.skipped}))
 
 
 # Jobs that own their arguments: `code-assistant JOB ...` hands the rest of argv to MODULE.main(argv).
@@ -99,11 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per window (default: the model's context, at most 2048)")
     p.add_argument("--line-completion", action="append", metavar="PROJECT_DIR",
                    help="also score line completion on a held-out project folder (repeatable); "
-                        "the project's other files serve as neighbours")
+                        "the project's other files serve as neighbours, the folder as the workspace")
     p.add_argument("--lines-per-file", type=int, default=10)
     p.add_argument("--quantize", choices=["int8", "none"], default="int8", help="engine weights for line completion")
     p.add_argument("--variant", action="append", help="only these line-completion variants")
+    p.add_argument("--no-loops", action="store_true", help="skip the loop rate of 64-token multi-line completions")
+    p.add_argument("--tune-mix", action="store_true",
+                   help="grid-search the cache mix on the tuning lines (never the reported ones) instead")
+    p.add_argument("--tuning-lines-per-file", type=int, default=10)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("index", help="index a repository ahead, for `serve --workspace FILE`")
+    p.add_argument("folder", nargs="+", help="repository folders (gitignored, binary and generated files are skipped)")
+    p.add_argument("--out", required=True, help="index file to write (safetensors)")
+    p.add_argument("--model", help="the model whose tokenizer the index uses (default: the default model)")
+    p.add_argument("--max-megabytes", type=int, default=32, help="source text indexed at most")
+    p.set_defaults(func=cmd_index)
 
     for name, (_, help_text) in DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)
