@@ -54,15 +54,6 @@ def make_random_model(out: Path) -> Path:
     save_model_dir(out, Transformer(config), hf_tokenizer_files(ranks, CODE_PAT_STR, config.block_size), eot, eot,
                    {"note": "random weights, for benchmarks"})
     return out
-    corpus = collect([STDLIB / "json", STDLIB / "email"], CollectOptions(val_fraction=0.0))
-    ranks = train_bpe((f.text for f in corpus.train), 8192, show_progress=False)
-    out.mkdir(parents=True, exist_ok=True)
-    info = save_tokenizer(ranks, out / "tokenizer.src")
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=8192, block_size=256, n_layer=6, n_head=4, n_embd=256)
-    save_model_dir(out, GPT(config), out / "tokenizer.src", info, {"note": "random weights, for benchmarks"})
-    (out / "tokenizer.src").unlink()
-    return out
 
 
 def percentile(values: list[float], q: float) -> float:
