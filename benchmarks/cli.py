@@ -8,6 +8,7 @@ BENCHMARKS = {
     "engine": ("benchmarks.engine_bench", "the engine against Hugging Face transformers on the same weights"),
     "http": ("benchmarks.http_bench", "the HTTP server under concurrent load"),
     "load": ("benchmarks.load_bench", "load time and resident memory of a model directory, float and int8"),
+    "workspace": ("benchmarks.workspace_bench", "the workspace index (build, query, memory) and line completion with it"),
 }
 
 

@@ -9,6 +9,7 @@ reuse; memory; KV-cache bytes per token; and the memory-bandwidth floor of batch
 """
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import json
 import os
@@ -224,7 +225,7 @@ def run(model_dir: Path, quick: bool, max_batch: int) -> dict:
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                     "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
                     "load_average_at_start": os.getloadavg()[0]},
-        "engine_config": vars(config),
+        "engine_config": dataclasses.asdict(config),
         "parameters": sum(p.numel() for p in fp32_model.parameters()),
     }
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import codecs
 import logging
 import threading
@@ -20,13 +21,15 @@ from typing import AsyncIterator, Callable
 
 import torch
 
-from .cache_model import DEFAULT_WEIGHT, CacheModel, NgramCache
+from .cache_model import DEFAULT_WEIGHT, CacheModel, MixConfig
 from .healing import HealingMasks, split_heal
 from .kv_cache import KVCache
 from .model import Transformer
 from .model_dir import default_model_dir, load_model_dir, load_tokenizer_from_dir
 from .prompt import ContextFile, PromptBuilder
+from .repetition import RepetitionGuard
 from .sampling import SamplingParams, choose_tokens
+from .suffix_index import SuffixIndex
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("engine")
@@ -74,6 +77,10 @@ class EngineConfig:
     # Weight of the per-request n-gram cache model mixed into decoding (engine/cache_model.py) when
     # SamplingParams.cache_weight is None; 0 turns it off.
     cache_weight: float = DEFAULT_WEIGHT
+    cache_mix: MixConfig = field(default_factory=MixConfig)
+    # Stop a completion where it starts repeating lines (engine/repetition.py) when
+    # SamplingParams.stop_loops is None.
+    stop_loops: bool = True
 
 
 # Maps (request, one row of next-token logits) -> logits row; called for every step of that request
@@ -103,6 +110,8 @@ class Request:
     heal: bytes = b""              # bytes the next tokens must still spell (token healing)
     skip_bytes: int = 0            # leading output bytes the user already has (the healed token)
     healing_tokens: int = 0        # generated tokens that only re-spelled the healed text
+    guard: RepetitionGuard | None = None  # stops a completion that loops (engine/repetition.py)
+    safe: int = 0                  # characters of `text` the guard lets out now
 
     @property
     def generated(self) -> int:
@@ -151,7 +160,10 @@ class Engine:
                           "prefix_tokens_reused": 0, "tokens_generated": 0}
         self._token_bytes = tokenizer.token_bytes()
         self._heal_mask = HealingMasks(self._token_bytes, tokenizer.n_vocab, self.device)
-        self._snippet_caches: dict[str, NgramCache] = {}
+        self._snippet_indexes: dict[str, SuffixIndex] = {}
+        # The user's repository (engine/workspace.py WorkspaceIndex), set by a front end: the cache
+        # model matches every file in it but the one being edited.
+        self.workspace = None
         self._wake = threading.Event()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
@@ -202,31 +214,39 @@ class Engine:
         return split_heal(prompt, self.tokenizer.split)
 
     def cache_model(self, prefix: str, suffix: str | None, extra_context: list | None,
-                    weight: float | None) -> CacheModel | None:
-        """The per-request n-gram cache over the whole prefix, suffix and neighbouring files (not
-        only the part of them that fits the network's context)."""
+                    weight: float | None, path: str | None = None) -> CacheModel | None:
+        """The per-request cache model over the whole prefix, suffix, neighbouring files (not only
+        the part of them that fits the network's context) and the workspace index, which leaves
+        out the file at `path` (being edited, its live text is the prefix and suffix)."""
         weight = self.config.cache_weight if weight is None else weight
         if weight <= 0:
             return None
         t = self.tokenizer
         history = t.encode(prefix)
-        contexts = [history] + ([t.encode(suffix)] if suffix else [])
-        shared = [self._snippet_cache(f.text) for f in context_files(extra_context)]
-        return CacheModel(contexts, history, weight, shared=shared)
+        suffix_ids = t.encode(suffix) if suffix else []
+        sources = [("prefix", SuffixIndex.build([history]).longest_match)]
+        if suffix_ids:
+            sources.append(("suffix", SuffixIndex.build([suffix_ids]).longest_match))
+        for f in context_files(extra_context):
+            sources.append(("neighbours", self._snippet_index(f.text).longest_match))
+        workspace = self.workspace
+        if workspace is not None and workspace.n_tokens:
+            excluded = workspace.stale_copies(history, suffix_ids, path)
+            sources.append(("workspace", lambda h, previous=None: workspace.longest_match(h, excluded, previous)))
+        return CacheModel(sources, history, dataclasses.replace(self.config.cache_mix, weight=weight))
 
-    def _snippet_cache(self, text: str) -> NgramCache:
-        """A read-only cache of one snippet, kept for the next request: editors send the same
+    def _snippet_index(self, text: str) -> SuffixIndex:
+        """A read-only index of one snippet, kept for the next request: editors send the same
         neighbouring files keystroke after keystroke."""
         with self._lock:
-            cache = self._snippet_caches.pop(text, None)
-        if cache is None:
-            cache = NgramCache()
-            cache.add_sequence(self.tokenizer.encode(text))
+            index = self._snippet_indexes.pop(text, None)
+        if index is None:
+            index = SuffixIndex.build([self.tokenizer.encode(text)])
         with self._lock:
-            self._snippet_caches[text] = cache  # re-inserted last: least recently used goes first
-            while len(self._snippet_caches) > 64:
-                self._snippet_caches.pop(next(iter(self._snippet_caches)))
-        return cache
+            self._snippet_indexes[text] = index  # re-inserted last: least recently used goes first
+            while len(self._snippet_indexes) > 64:
+                self._snippet_indexes.pop(next(iter(self._snippet_indexes)))
+        return index
 
     def submit(self, prompt: str, suffix: str | None, params: SamplingParams,
                on_chunk: Callable[[Chunk], None], logits_processor: LogitsProcessor | None = None,
@@ -237,8 +257,8 @@ class Engine:
         `prompt` and `suffix` are the text before and after the cursor, whole: the engine decides
         what fits. `extra_context` (ContextFile, {"path", "text"} dicts or strings: neighbouring
         files, most relevant first) goes into the prompt as far as the budget allows and into the
-        cache model whole; `path` names the file being completed; `max_prompt_tokens` lowers the
-        prompt budget for this request.
+        cache model whole; `path` names the file being completed (its copy in the workspace index
+        is left out); `max_prompt_tokens` lowers the prompt budget for this request.
         """
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
@@ -252,8 +272,11 @@ class Engine:
             generator = torch.Generator(device="cpu")
             generator.manual_seed(params.seed if params.seed is not None else time.time_ns() % 2**63)
         if logits_processor is None:
-            logits_processor = self.cache_model(kept, suffix, files, params.cache_weight)
-        request = Request(ids, params, on_chunk, generator, logits_processor, heal=heal, skip_bytes=len(heal))
+            logits_processor = self.cache_model(kept, suffix, files, params.cache_weight, path)
+        stop_loops = self.config.stop_loops if params.stop_loops is None else params.stop_loops
+        guard = RepetitionGuard.for_prompt(prompt, suffix) if stop_loops else None
+        request = Request(ids, params, on_chunk, generator, logits_processor, heal=heal, skip_bytes=len(heal),
+                          guard=guard)
         with self._lock:
             if len(self._waiting) >= self.config.max_queue:
                 raise EngineBusy(f"queue full ({self.config.max_queue} waiting)")
@@ -442,7 +465,8 @@ class Engine:
                 logits[row] = request.logits_processor(request, logits[row])
             if request.heal:
                 logits[row] = logits[row].masked_fill(~self._heal_mask(request.heal), float("-inf"))
-        return choose_tokens(logits, [r.params for r in requests], [r.generator for r in requests])
+        return choose_tokens(logits, [r.params for r in requests], [r.generator for r in requests],
+                             [r.output_ids for r in requests])
 
     def _accept(self, request: Request, token: int) -> None:
         """Record a sampled token (its KV is written by the next forward), then stop or emit."""
@@ -468,14 +492,21 @@ class Engine:
         if cuts:
             request.text = request.text[:min(cuts)]
             return self._finish(request, "stop")
+        if request.guard is not None:
+            cut, request.safe = request.guard.check(request.text)
+            if cut is not None:
+                request.text = request.text[:cut]
+                return self._finish(request, "stop")
         if request.generated >= params.max_tokens or request.position >= self.model.config.block_size:
             return self._finish(request, "length")
         self._emit(request)
 
     def _emit(self, request: Request) -> None:
-        # Hold back a tail that could be the start of a stop string.
+        # Hold back a tail that could be the start of a stop string, or the start of a repeat.
         hold = max((len(s) - 1 for s in request.params.stop), default=0)
         safe = len(request.text) - hold
+        if request.guard is not None:
+            safe = min(safe, request.safe)
         if safe > request.emitted:
             self._send(request, Chunk(request.text[request.emitted:safe], request.generated))
             request.emitted = safe
@@ -491,6 +522,10 @@ class Engine:
     def _finish(self, request: Request, reason: str) -> None:
         # Bytes of a character the last token left incomplete are dropped, never shown half.
         self._release(request)
+        if request.guard is not None and reason != "cancelled":
+            cut, _ = request.guard.check(request.text, finished=True)
+            if cut is not None and cut >= request.emitted:
+                request.text = request.text[:cut]
         self._send(request, Chunk(request.text[request.emitted:], request.generated, reason))
         request.emitted = len(request.text)
 

@@ -40,6 +40,11 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None        # with temperature > 0: the same seed gives the same tokens
     cache_weight: float | None = None  # the context cache model's weight: None = default, 0 = off
+    # OpenAI's: each generated token's logit is lowered by frequency_penalty times how often it was
+    # generated so far, plus presence_penalty once it was generated at all. In [-2, 2].
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    stop_loops: bool | None = None     # stop where the text starts repeating (engine/repetition.py); None = default
 
     def __post_init__(self) -> None:
         if self.stop is None:
@@ -67,6 +72,13 @@ class SamplingParams:
             raise SamplingError(f"stop must be non-empty strings of at most {MAX_STOP_CHARS} characters", "stop")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
             raise SamplingError(f"seed must be a non-negative integer below 2**63, got {self.seed!r}", "seed")
+
+        for name in ("frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if not _is_number(value) or not -2.0 <= value <= 2.0:
+                raise SamplingError(f"{name} must be a number in [-2, 2], got {value!r}", name)
+        if self.stop_loops is not None and not isinstance(self.stop_loops, bool):
+            raise SamplingError(f"stop_loops must be true, false or None, got {self.stop_loops!r}", "stop_loops")
         if self.cache_weight is not None and (not _is_number(self.cache_weight) or not 0.0 <= self.cache_weight <= 1.0):
             raise SamplingError(f"cache_weight must be a number in [0, 1] or None, got {self.cache_weight!r}",
                                 "cache_weight")
@@ -98,8 +110,22 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def choose_tokens(logits: torch.Tensor, params: list[SamplingParams],
-                  generators: list[torch.Generator | None]) -> list[int]:
-    """One token per row of (B, vocab) logits: one argmax call for all greedy rows, then the sampled rows."""
+def apply_penalties(logits: torch.Tensor, params: SamplingParams, generated: list[int]) -> None:
+    """OpenAI's frequency and presence penalties on one row, in place, from the tokens generated so far."""
+    if not generated or (params.frequency_penalty == 0.0 and params.presence_penalty == 0.0):
+        return
+    ids, counts = torch.unique(torch.tensor(generated, dtype=torch.long), return_counts=True)
+    ids = ids.to(logits.device)
+    penalty = counts.to(device=logits.device, dtype=logits.dtype) * params.frequency_penalty + params.presence_penalty
+    logits[ids] -= penalty
+
+
+def choose_tokens(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+                  generated: list[list[int]] | None = None) -> list[int]:
+    """One token per row of (B, vocab) logits: one argmax call for all greedy rows, then the sampled
+    rows. `generated`: each row's tokens so far, for the penalties."""
+    if generated is not None:
+        for i, p in enumerate(params):
+            apply_penalties(logits[i], p, generated[i])
     greedy = torch.argmax(logits, dim=-1).tolist()
     return [greedy[i] if p.greedy else sample_token(logits[i], p, generators[i]) for i, p in enumerate(params)]

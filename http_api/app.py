@@ -47,7 +47,8 @@ def model_version(model_dir: Path | None) -> str:
 def load_engine(settings: ServerSettings) -> Engine:
     quantize = {} if settings.quantize is None else {"quantize": settings.quantize}
     return Engine.load(settings.model_dir, device=settings.device,
-                       config=EngineConfig(max_batch=settings.max_batch, max_queue=settings.max_queue), **quantize)
+                       config=EngineConfig(max_batch=settings.max_batch, max_queue=settings.max_queue,
+                                           stop_loops=settings.stop_loops), **quantize)
 
 
 def create_app(settings: ServerSettings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -63,6 +64,12 @@ def create_app(settings: ServerSettings | None = None, engine: Engine | None = N
         version = settings.model_version or model_version(Path(model_dir))
         state.service = CompletionService(loaded, state.cache, metrics, loaded.model_name, version)
         metrics.model_info.labels(loaded.model_name, version).set(1)
+        if settings.workspace:
+            from engine.workspace import WorkspaceService, WorkspaceSettings
+
+            holder["workspace"] = WorkspaceService(
+                loaded, settings.workspace, WorkspaceSettings(max_total_bytes=settings.workspace_max_megabytes << 20),
+                settings.workspace_rescan_s).start()
         log.info("model loaded", extra={"fields": {"event": "model_loaded", "model": loaded.model_name,
                                                    "version": version, "device": settings.device}})
 
@@ -86,6 +93,8 @@ def create_app(settings: ServerSettings | None = None, engine: Engine | None = N
             yield
         finally:
             state.draining = True
+            if "workspace" in holder:
+                holder["workspace"].stop()
             if loading is not None:
                 await loading
             if engine is None and state.service is not None:

@@ -55,7 +55,9 @@ class CompletionService:
             return None
         # Every sampling field but the seed (greedy decoding ignores it) decides the answer.
         params = {k: v for k, v in dataclasses.asdict(job.params).items() if k != "seed"}
+        workspace = self.engine.workspace  # a changed workspace file changes the answer
         return cache_key(self.model, self.version, {
+            "workspace": None if workspace is None else [id(workspace), workspace.version],
             "prompt": job.prompt, "suffix": job.suffix, "params": params,
             "extra_context": [[c.path, c.text] for c in job.extra_context]})
 

@@ -44,12 +44,12 @@ class CompletionRequest(BaseModel):
     seed: int | None = None
     n: int = 1
     user: str | None = Field(None, max_length=256)
+    presence_penalty: float = 0.0    # OpenAI's, in [-2, 2] (engine/sampling.py)
+    frequency_penalty: float = 0.0
     # Accepted so standard clients work, but only their neutral values are supported.
     echo: bool = False
     best_of: int | None = None
     logprobs: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
     cache_weight: float | None = None  # the language server's cacheWeight setting (see jobs.py)
     extra_context: list[ContextFileIn] | None = None

@@ -37,4 +37,11 @@ class ServerSettings(BaseSettings):
     max_extra_context_bytes: int = 64 * 1024
 
     drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
+
+    # The team's repository as context for every request (engine/workspace.py): folders, or one
+    # index file from `code-assistant index`; rescanned for changed files every workspace_rescan_s.
+    workspace: list[Path] = Field(default_factory=list)
+    workspace_rescan_s: float = 30.0
+    workspace_max_megabytes: int = 32
+    stop_loops: bool = True        # the engine's loop guard (engine/repetition.py); off: the raw text
     model_version: str | None = None  # overrides the version derived from the model directory

@@ -22,7 +22,7 @@ from engine.quantize import load_int8_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE = (STDLIB / "json" / "decoder.py").read_text()
-ORACLE = {"token_healing": False, "cache_weight": 0.0}
+ORACLE = {"token_healing": False, "cache_weight": 0.0, "stop_loops": False}
 # Random weights of this scale make attention far from uniform and logits spread over ~10 units, so
 # a mapping mistake shows; fp32 agrees to ~1e-6 (the tolerance is the issue's).
 INIT = 0.2

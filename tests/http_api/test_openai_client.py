@@ -126,3 +126,16 @@ def test_product_name_is_an_alias_for_the_served_model(server):
                                                 "model": "code-assistant"}).raise_for_status()
     after = server.metric("completion_events_total", event="accepted", language="go", model=served_model(server))
     assert after == before + 1
+
+
+def test_frequency_and_presence_penalties_reach_the_engine(client, server):
+    model = served_model(server)
+    prompt = "x = [1, 1, 1, 1, 1, 1, 1, 1, "
+    plain = client.completions.create(model=model, prompt=prompt, max_tokens=16, temperature=0)
+    penalised = client.completions.create(model=model, prompt=prompt, max_tokens=16, temperature=0,
+                                          frequency_penalty=2.0, presence_penalty=2.0)
+    assert penalised.choices[0].finish_reason in ("stop", "length")
+    assert isinstance(plain.choices[0].text, str) and isinstance(penalised.choices[0].text, str)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=model, prompt=prompt, max_tokens=4, frequency_penalty=3.0)
+    assert "frequency_penalty" in e.value.body["message"]
