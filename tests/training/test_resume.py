@@ -27,6 +27,10 @@ def checkpoint_step(path) -> int:
     return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
 
 
+def exported_training(out) -> dict:
+    return json.loads((out / "config.json").read_text())["code_assistant"]["training"]
+
+
 def rows(out) -> list[dict]:
     with open(out / "run" / "logs" / "metrics.csv") as f:
         return list(csv.DictReader(f))
@@ -43,10 +47,9 @@ def test_resume_after_kill_keeps_history_true_throughput_and_the_best_export(dat
         # The export at step 20 comes after the checkpoint at step 20: wait for both, then kill.
         if ckpt.exists() and (out / "config.json").exists():
             try:
-                if checkpoint_step(ckpt) >= 20 and json.loads((out / "config.json").read_text())[
-                        "training"]["global_step"] >= 20:
+                if checkpoint_step(ckpt) >= 20 and exported_training(out)["global_step"] >= 20:
                     break
-            except Exception:  # caught mid-write: look again
+            except Exception:  # caught mid-write (a torn zip, half a JSON): look again
                 pass
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
@@ -55,7 +58,7 @@ def test_resume_after_kill_keeps_history_true_throughput_and_the_best_export(dat
     assert 20 <= resumed_from < 400
     before = rows(out)
     best_before = min(float(r["val_loss"]) for r in before if r["val_loss"])
-    exported_before = json.loads((out / "config.json").read_text())["training"]
+    exported_before = exported_training(out)
 
     end = resumed_from + 30
     summary = last_json(run("train", "--data", data_dir, "--out", out, "--max-steps", end, *COMMON, *WILD,
@@ -69,7 +72,7 @@ def test_resume_after_kill_keeps_history_true_throughput_and_the_best_export(dat
     val_after_resume = [float(r["val_loss"]) for r in after if r["val_loss"] and int(r["step"]) >= resumed_from]
     assert val_after_resume and min(val_after_resume) > best_before  # the wild run got worse
     # The better model stays exported, and the summary says so.
-    exported = json.loads((out / "config.json").read_text())["training"]
+    exported = exported_training(out)
     assert exported["global_step"] == exported_before["global_step"] and exported["val_loss"] == best_before
     assert summary["best_val_loss"] == pytest.approx(best_before)
     # Throughput over the training time of both runs (the first ran at least until its checkpoint).
