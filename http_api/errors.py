@@ -80,7 +80,7 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(exc.detail)
         if isinstance(exc.__cause__, UnicodeError):
             message = "request body is not valid UTF-8 JSON"
-        code = {413: "request_too_large", 405: "method_not_allowed"}.get(exc.status_code)
+        code = {408: "request_timeout", 413: "request_too_large", 405: "method_not_allowed"}.get(exc.status_code)
         return error_response(APIError(exc.status_code, message, kind, code=code, headers=dict(exc.headers or {})))
 
     @app.exception_handler(EngineBusy)
