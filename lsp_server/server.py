@@ -11,12 +11,13 @@ from typing import Any, Callable
 from urllib.parse import unquote
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidParams, JsonRpcServerNotInitialized
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcServerNotInitialized
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
 from .completer import Backend, LocalBackend, Suggestion, complete
 from .documents import MAX_DOCUMENT_CHARS, MAX_LINE_CHARS, BadPosition, Cursor, clean_text, looks_binary, split_at
+from .protocol import CodeAssistantProtocol
 from .settings import Settings
 
 log = logging.getLogger("lsp_server")
@@ -29,7 +30,8 @@ NEIGHBOUR_SCAN_CHARS = 200_000  # of each neighbouring document, so a huge one c
 
 class CodeAssistantServer(LanguageServer):
     def __init__(self, settings: Settings, load_engine: Callable[[], Any] | None = None, engine=None):
-        super().__init__("code-assistant", "0.1.0", text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        super().__init__("code-assistant", "0.1.0", text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+                         protocol_cls=CodeAssistantProtocol)
         self.settings = settings
         self.ready = False
         self.shown: Counter[str] = Counter()
@@ -130,6 +132,14 @@ class CodeAssistantServer(LanguageServer):
             _spawn(backend.send_event(suggestion.id, "shown", language))
         _log_request(method, "shown", start, suggestion.id, language, len(suggestion.edit.text))
         return cursor, suggestion, language
+
+    def report_server_error(self, error: Exception, source) -> None:
+        # pygls reports a frame it could not read as a JsonRpcException, with a popup in the editor;
+        # it gets a JSON-RPC error instead (protocol.py). Other errors keep pygls' default.
+        if source is JsonRpcException:
+            self.protocol.answer_unreadable(error)
+        else:
+            super().report_server_error(error, source)
 
     def position_encoding(self) -> str:
         encoding = self.workspace.position_encoding
