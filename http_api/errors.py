@@ -58,6 +58,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if first.get("type") == "json_invalid":
         return f"request body is not valid JSON: {first.get('ctx', {}).get('error', message)}", None
     if first.get("type") == "missing":
+        if param is None:  # the body itself
+            return "the request body is missing: send a JSON object", None
         return f"missing required parameter {param!r}", param
     if first.get("type") == "extra_forbidden":
         return f"unrecognized request argument {param!r}", param
