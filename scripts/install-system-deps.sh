@@ -5,6 +5,11 @@ need=()
 command -v promtool >/dev/null || need+=(prometheus)
 command -v nvim >/dev/null || need+=(neovim)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+# The CPU image is built and run for real (tests/deploy/test_docker.py): a Docker engine, and
+# debootstrap for its base image (no image registry is reachable). The test skips, saying why,
+# where dockerd cannot run.
+command -v dockerd >/dev/null || [ -x /usr/sbin/dockerd ] || need+=(docker.io)
+command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   echo "missing system tools: ${need[*]} (install them with your package manager)" >&2
