@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Install the Debian tools the tests use for real, when they are missing (needs root and apt).
+# chromium, ripgrep and libkrb5-dev: the VS Code test (code-server in headless Chromium; see
+# scripts/setup-code-server.sh).
 set -euo pipefail
 need=()
 command -v promtool >/dev/null || need+=(prometheus)
 command -v nvim >/dev/null || need+=(neovim)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v chromium >/dev/null || need+=(chromium)
+command -v rg >/dev/null || need+=(ripgrep)
+[ -f /usr/include/krb5.h ] || [ -f /usr/include/gssapi/gssapi.h ] || need+=(libkrb5-dev)
 # The CPU image is built and run for real (tests/deploy/test_docker.py): a Docker engine, and
 # debootstrap for its base image (no image registry is reachable). The test skips, saying why,
 # where dockerd cannot run.

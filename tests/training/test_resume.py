@@ -81,3 +81,8 @@ def test_resume_after_kill_keeps_history_true_throughput_and_the_best_export(dat
     assert summary["tokens_per_second"] == pytest.approx(tokens / summary["wall_seconds"], rel=0.01)
     assert summary["wall_seconds"] > summary["runs_seconds"][-1]
     assert (out / "run" / "loss_curve.png").stat().st_size > 0
+
+
+def exported_training(out) -> dict:
+    """What the exported model directory says of its training (config.json's own section)."""
+    return json.loads((out / "config.json").read_text())["code_assistant"]["training"]
