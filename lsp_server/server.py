@@ -15,11 +15,6 @@ from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcServ
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
-<<<<<<< HEAD
-from .completer import Backend, LocalBackend, Suggestion, complete
-from .documents import MAX_DOCUMENT_CHARS, MAX_LINE_CHARS, BadPosition, Cursor, clean_text, looks_binary, split_at
-from .protocol import CodeAssistantProtocol
-=======
 from .completer import Backend, LocalBackend, Suggestion, complete, wants_multiline
 from .completion_cache import Cached, CompletionCache, key_of
 from .debounce import AdaptiveDebounce
@@ -27,8 +22,8 @@ from .documents import (MAX_DOCUMENT_CHARS, MAX_LINE_CHARS, BadPosition, Cursor,
                         utf16_length)
 from .exclusions import Exclusions
 from .prefetch import after_accepting
+from .protocol import CodeAssistantProtocol
 from .recent_chunks import RecentChunks
->>>>>>> main
 from .settings import Settings
 
 log = logging.getLogger("lsp_server")
@@ -198,7 +193,6 @@ class CodeAssistantServer(LanguageServer):
             self._prefetch(uri, cursor, suggestion, language, backend)
         return cursor, suggestion, language
 
-<<<<<<< HEAD
     def report_server_error(self, error: Exception, source) -> None:
         # pygls reports a frame it could not read as a JsonRpcException, with a popup in the editor;
         # it gets a JSON-RPC error instead (protocol.py). Other errors keep pygls' default.
@@ -206,7 +200,7 @@ class CodeAssistantServer(LanguageServer):
             self.protocol.answer_unreadable(error)
         else:
             super().report_server_error(error, source)
-=======
+
     def _prefetched(self, uri: str, key: str) -> asyncio.Task | None:
         """The prefetch running for this place, if any; one for another place is cancelled."""
         running = self.prefetching.get(uri)
@@ -253,7 +247,6 @@ class CodeAssistantServer(LanguageServer):
         if self._chunk_flush is not None:
             self._chunk_flush.cancel()
         self._chunk_flush = asyncio.get_running_loop().call_later(CHUNK_FLUSH_SECONDS, self.chunks.flush)
->>>>>>> main
 
     def position_encoding(self) -> str:
         encoding = self.workspace.position_encoding
