@@ -55,5 +55,6 @@ async def test_health_answers_quickly_while_8_clients_send_60k_character_prompts
                       "health_p90_loaded_ms": round(sorted(busy)[int(0.9 * len(busy))], 1),
                       "big_completions": completions}))
     assert completions >= 8
-    # Measured on 2 shared cores (load average 11): 1,114 ms with tokenizing on the loop, 9-26 ms off it.
-    assert p50 < max(50.0, 10 * idle), (idle, p50)
+    # Measured on 2 shared cores (load average 8-11): 1,114 ms with tokenizing on the loop, 9-56 ms off
+    # it; the bound sits well between the two so that a busy CI machine does not fail it.
+    assert p50 < max(200.0, 20 * idle), (idle, p50)
