@@ -52,6 +52,7 @@ class Chunk:
     text: str                      # new text since the previous chunk
     tokens: int                    # tokens generated so far
     finish_reason: str | None = None   # at the end: "stop" | "length" | "cancelled" ("error": see EngineError)
+    prompt_tokens: int = 0         # tokens of the prompt the engine really ran (after fitting it to the context)
 
 
 @dataclass
@@ -309,8 +310,16 @@ class Engine:
         params = params or SamplingParams()
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[Chunk] = asyncio.Queue()
-        request = self.submit(prompt, suffix, params, lambda c: loop.call_soon_threadsafe(chunks.put_nowait, c),
-                              logits_processor, extra_context, path, max_prompt_tokens)
+        # Tokenizing a long prompt and building its cache model take milliseconds of CPU: in a
+        # thread, so the event loop goes on serving everyone else meanwhile.
+        submitting = asyncio.ensure_future(asyncio.to_thread(
+            self.submit, prompt, suffix, params, lambda c: loop.call_soon_threadsafe(chunks.put_nowait, c),
+            logits_processor, extra_context, path, max_prompt_tokens))
+        try:
+            request = await asyncio.shield(submitting)
+        except asyncio.CancelledError:  # the caller left while the thread was still submitting
+            submitting.add_done_callback(lambda f: f.cancelled() or f.exception() or f.result().cancel())
+            raise
         try:
             while True:
                 chunk = await chunks.get()
@@ -325,6 +334,11 @@ class Engine:
 
     def queue_depth(self) -> int:
         return len(self._waiting)
+
+    @property
+    def context_length(self) -> int:
+        """Positions the model can attend over: prompt and completion together fit in this many tokens."""
+        return self.model.config.block_size
 
     @property
     def stats(self) -> dict:
@@ -537,6 +551,7 @@ class Engine:
     def _send(self, request: Request, chunk: Chunk) -> None:
         """Hand a chunk to the caller; a callback that fails (its event loop already closed, say)
         cancels only its own request, never the batch or the scheduler."""
+        chunk.prompt_tokens = len(request.prompt_ids)
         try:
             request.on_chunk(chunk)
         except Exception:

@@ -36,6 +36,13 @@ class ServerSettings(BaseSettings):
     max_extra_context_items: int = 8
     max_extra_context_bytes: int = 64 * 1024
 
+    # Slow or too many clients (see connection_guard.py): a request's headers must arrive within
+    # header_timeout_s, its body within body_timeout_s after them; connections beyond
+    # max_connections get a 503 at once.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 1000
+
     drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
 
     # The team's repository as context for every request (engine/workspace.py): folders, or one
