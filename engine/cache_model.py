@@ -79,18 +79,37 @@ class NgramCache:
             h[self.size] = context_hash(self.tokens[max(0, self.size - k):self.size].tolist(), k)
         self.size += 1
 
-    def predict(self, history: list[int]) -> tuple[int, np.ndarray | None]:
-        """(order, the tokens that followed each occurrence) for the longest context of `history`
-        seen before; (0, None) when even its last token never occurred."""
+    def find(self, history: list[int], min_order: int = 1) -> tuple[int, np.ndarray | None]:
+        """(order, the positions right after each occurrence) for the longest context of
+        `history`, at least min_order tokens, seen before with a token after it; (0, None) when
+        there is none."""
         for k in reversed(self.orders):
+            if k < min_order:
+                break
             if len(history) < k:
                 continue
             found = np.flatnonzero(self.hashes[k][:self.size] == context_hash(history[-k:], k))
-            nxt = self.tokens[found]
-            nxt = nxt[nxt != SEPARATOR]
-            if len(nxt):
-                return k, nxt
+            found = found[self.tokens[found] != SEPARATOR]
+            if len(found):
+                return k, found
         return 0, None
+
+    def predict(self, history: list[int]) -> tuple[int, np.ndarray | None]:
+        """(order, the tokens that followed each occurrence) for the longest context of `history`
+        seen before; (0, None) when even its last token never occurred."""
+        order, found = self.find(history)
+        return (order, self.tokens[found]) if order else (0, None)
+
+    def continuation(self, history: list[int], max_tokens: int, min_order: int = 1) -> tuple[int, list[int]]:
+        """(order, up to max_tokens tokens) that followed the latest occurrence of the longest
+        context of `history` (prompt-lookup drafts); (0, []) without a match."""
+        order, found = self.find(history, min_order)
+        if not order:
+            return 0, []
+        start = int(found[-1])
+        after = self.tokens[start:min(start + max_tokens, self.size)]
+        cut = np.flatnonzero(after == SEPARATOR)
+        return order, after[:cut[0] if len(cut) else len(after)].tolist()
 
 
 def context_hash(ids: list[int], k: int) -> int:
@@ -116,8 +135,8 @@ class CacheModel:
         for ids in contexts:
             self.cache.add_sequence(ids)
         self.caches = [self.cache] + list(shared or [])
-        self.history = list(history[-max_order:])
-        self.seen_outputs = 0
+        self.context_history = list(history[-max_order:])
+        self.history = list(self.context_history)
 
     def predict(self) -> tuple[int, np.ndarray | None, np.ndarray | None]:
         """(order, token ids, counts) for the longest context any of the caches has seen, pooling
@@ -140,13 +159,14 @@ class CacheModel:
         return min(self.weight * min(1.0, order / FULL_TRUST_ORDER), 0.999)
 
     def observe(self, output_ids: list[int]) -> None:
-        """Append newly generated tokens to the history the next query matches."""
+        """The history the next query matches: the context before the cursor, then `output_ids`.
+
+        A function of `output_ids` alone, so speculative decoding can ask about a draft's tokens
+        and then about fewer of them."""
         # Generated tokens extend the history only: counted into the cache too, they would make
         # the model's own repetitions self-reinforcing (measured: loops like "'url', 'url', ...").
-        for token in output_ids[self.seen_outputs:]:
-            self.history.append(token)
-        self.seen_outputs = len(output_ids)
-        del self.history[:-self.cache.max_order]
+        n = self.cache.max_order
+        self.history = (self.context_history + list(output_ids[-n:]))[-n:]
 
     def __call__(self, request, logits: torch.Tensor) -> torch.Tensor:
         self.observe(request.output_ids)

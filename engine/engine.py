@@ -1,15 +1,17 @@
 """The Engine: one scheduler thread steps every running sequence together (continuous batching).
 
-Requests wait in a bounded queue, join between steps (`_prefill`), and leave when finished or
-cancelled. A request whose prompt starts with tokens some slot already holds reuses their keys and
-values (prefix reuse): in place when that slot is free, by copy when it is busy. The hot path reads
-as a ladder: `_prefill` -> `_decode_step` -> `_choose_tokens` -> `_accept` -> `_emit`.
+Requests wait in a bounded queue, join between steps when the KV pool has blocks for them
+(`_admit`), and leave when finished or cancelled. A prompt that starts with full blocks the pool
+holds reuses them (prefix reuse, engine/kv_cache.py). A decode step forwards each sequence's last
+token plus a draft of tokens that may follow it (speculative decoding, engine/draft.py) and keeps
+what the model agrees with. The hot path reads as a ladder: `_prefill` -> `_decode_step` ->
+`_verify` -> `_choose` -> `_accept` -> `_emit`.
 """
 from __future__ import annotations
 
 import asyncio
-import bisect
 import atexit
+import bisect
 import codecs
 import logging
 import threading
@@ -23,10 +25,11 @@ import regex  # tiktoken's own dependency, for its split pattern
 import torch
 
 from .cache_model import DEFAULT_WEIGHT, CacheModel, NgramCache
-from .kv_cache import KVCache
+from .draft import DraftSource, PromptLookup, propose
+from .kv_cache import BlockPool, BlockTable, KVCache
 from .model import GPT
 from .model_dir import default_model_dir, load_model_dir, read_config
-from .sampling import SamplingParams, choose_tokens
+from .sampling import SamplingParams, sample_token
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("engine")
@@ -59,10 +62,17 @@ class Completion:
 
 @dataclass
 class EngineConfig:
-    max_batch: int = 32            # KV-cache slots = sequences decoded together
+    max_batch: int = 32            # sequences decoded together
     max_queue: int = 256           # waiting requests beyond which submit raises EngineBusy
+    kv_cache_mb: float = 256.0     # the KV pool, whatever the model's context length
+    kv_block_tokens: int = 16      # positions per pool block: the unit of allocation and prefix reuse
     kv_int8: bool = False          # int8 keys/values with a scale per (token, head): ~3.6x less cache memory
     prefix_reuse: bool = True
+    # Speculative decoding: up to this many tokens a step are drafted from the context (prompt
+    # lookup) and checked in one forward; 0 turns it off. Greedy text is the same either way.
+    draft_tokens: int = 8
+    draft_min_match: int = 2       # tokens of the history's tail a draft's match must cover
+    prefill_chunk: int = 512       # a long prompt is prefilled this many tokens a forward
     # Token healing: the prompt's last token is dropped and the first generated tokens must spell it
     # again. A prompt that ends inside what training text tokenizes as one token (indentation
     # before a keyword, half a name) otherwise asks the model for a boundary it never saw.
@@ -77,7 +87,7 @@ class EngineConfig:
 LogitsProcessor = Callable[["Request", torch.Tensor], torch.Tensor]
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity
 class Request:
     prompt_ids: list[int]
     params: SamplingParams
@@ -85,8 +95,12 @@ class Request:
     generator: torch.Generator | None = None
     logits_processor: LogitsProcessor | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
-    slot: int = -1
-    position: int = 0              # tokens in the slot, the last (just sampled) one not yet forwarded
+    drafts: list[DraftSource] = field(default_factory=list)
+    own_index: NgramCache | None = None  # the prompt and the output so far, for drafts
+    tokens: list[int] = field(default_factory=list)  # prompt then output: the sequence
+    cached: int = 0                # leading tokens whose keys and values are in the pool
+    table: BlockTable = field(default_factory=BlockTable)
+    admitted: bool = False
     output_ids: list[int] = field(default_factory=list)
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
@@ -106,7 +120,7 @@ class Request:
         return len(self.output_ids) - self.healing_tokens
 
     def cancel(self) -> None:
-        """Finish the request with "cancelled"; its slot is freed before the next decode step."""
+        """Finish the request with "cancelled"; its blocks are freed before the next decode step."""
         self.cancelled.set()
 
 
@@ -114,13 +128,18 @@ class Engine:
     """Continuous-batching inference over one model.
 
     `stats` (a fresh dict on each read) holds what the HTTP metrics export:
-      queue_depth            requests waiting for a slot (gauge)
+      queue_depth            requests waiting to be admitted (gauge)
       running_batch_size     sequences in the current decode batch (gauge)
-      kv_cache_usage_ratio   slots held by running sequences / slots (gauge, 0..1; a running sequence
-                             owns its whole preallocated slot)
-      prefix_cache_lookups   admitted requests that looked for a cached prefix (counter)
-      prefix_cache_hits      of those, how many reused at least one cached token (counter)
+      kv_cache_usage_ratio   pool blocks held by running sequences / pool blocks (gauge, 0..1)
+      kv_cache_blocks        blocks in the pool (constant)
+      kv_cache_blocks_cached blocks held by nobody that still hold a reusable prefix (gauge)
+      prefix_cache_lookups   admissions that looked for a cached prefix (counter)
+      prefix_cache_hits      of those, how many reused at least one cached block (counter)
       prefix_tokens_reused   prompt tokens not recomputed thanks to reuse (counter)
+      preemptions            running sequences sent back to the queue for lack of blocks (counter)
+      draft_tokens_proposed  draft tokens checked by speculative decoding (counter)
+      draft_tokens_accepted  of those, how many the model agreed with (counter)
+      draft_accepted_by_position  accepted draft tokens by their index in the draft (counters, a list)
       tokens_generated       tokens emitted over all requests (counter)
       requests               requests admitted (counter)
       kv_bytes_per_token     KV-cache bytes one cached token takes (constant)
@@ -133,17 +152,24 @@ class Engine:
         if self.config.max_batch < 1 or self.config.max_queue < 0:
             raise ValueError("EngineConfig needs max_batch >= 1 and max_queue >= 0")
         self.model_name = model_name
-        c = model.config
+        c, cfg = model.config, self.config
+        if cfg.kv_block_tokens < 1 or cfg.kv_cache_mb <= 0 or cfg.draft_tokens < 0 or cfg.prefill_chunk < 1:
+            raise ValueError("EngineConfig needs kv_block_tokens >= 1, kv_cache_mb > 0, draft_tokens >= 0 "
+                             "and prefill_chunk >= 1")
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-        self.cache = KVCache(c.n_layer, self.config.max_batch, c.n_head, c.n_embd // c.n_head, c.block_size,
-                             dtype=dtype, device=self.device, int8=self.config.kv_int8)
-        self.slot_tokens: list[list[int]] = [[] for _ in range(self.config.max_batch)]  # tokens whose KV is valid
-        self.slot_used_at = [0.0] * self.config.max_batch
-        self.running: dict[int, Request] = {}
+        n_kv_head = getattr(c, "n_kv_head", None) or c.n_head
+        head_dim = getattr(c, "head_dim", None) or c.n_embd // c.n_head
+        self.cache = KVCache.sized(cfg.kv_cache_mb, c.n_layer, cfg.kv_block_tokens, n_kv_head, head_dim,
+                                   dtype=dtype, device=self.device, int8=cfg.kv_int8)
+        self.pool = BlockPool(self.cache.n_blocks, cfg.kv_block_tokens)
+        self.window = getattr(c, "sliding_window", None)
+        self.running: list[Request] = []   # admission order: the newest is preempted first
         self._waiting: deque[Request] = deque()
         self._lock = threading.Lock()
         self._counters = {"requests": 0, "prefix_cache_lookups": 0, "prefix_cache_hits": 0,
-                          "prefix_tokens_reused": 0, "tokens_generated": 0}
+                          "prefix_tokens_reused": 0, "tokens_generated": 0, "preemptions": 0,
+                          "draft_tokens_proposed": 0, "draft_tokens_accepted": 0}
+        self._accepted_by_position = [0] * cfg.draft_tokens
         self._token_bytes = [tokenizer.decode_bytes([i]) if i not in tokenizer.special_ids else b""
                              for i in range(tokenizer.n_vocab)]
         self._heal_masks: dict[bytes, torch.Tensor] = {}
@@ -272,7 +298,13 @@ class Engine:
             generator.manual_seed(params.seed if params.seed is not None else time.time_ns() % 2**63)
         if logits_processor is None:
             logits_processor = self.cache_model(kept, suffix, extra_context, params.cache_weight)
-        request = Request(ids, params, on_chunk, generator, logits_processor, heal=heal, skip_bytes=len(heal))
+        request = Request(ids, params, on_chunk, generator, logits_processor, heal=heal, skip_bytes=len(heal),
+                          tokens=list(ids))
+        if self.config.draft_tokens:
+            request.own_index = NgramCache()
+            request.own_index.add_sequence(ids)
+            indexes = [request.own_index] + (logits_processor.caches if isinstance(logits_processor, CacheModel) else [])
+            request.drafts = [PromptLookup(indexes, self.config.draft_min_match, live=request.own_index)]
         with self._lock:
             if len(self._waiting) >= self.config.max_queue:
                 raise EngineBusy(f"queue full ({self.config.max_queue} waiting)")
@@ -314,7 +346,7 @@ class Engine:
                 if chunk.finish_reason:
                     return
         finally:
-            request.cancel()  # client gone (or done): frees the slot at the next step
+            request.cancel()  # client gone (or done): frees its blocks at the next step
             self._wake.set()
 
     def queue_depth(self) -> int:
@@ -322,10 +354,12 @@ class Engine:
 
     @property
     def stats(self) -> dict:
-        running = len(self.running)
-        return {"queue_depth": len(self._waiting), "running_batch_size": running,
-                "kv_cache_usage_ratio": running / self.config.max_batch,
-                "kv_bytes_per_token": self.cache.bytes_per_token(), **self._counters}
+        blocks = self.pool.n_blocks - 1
+        return {"queue_depth": len(self._waiting), "running_batch_size": len(self.running),
+                "kv_cache_usage_ratio": self.pool.held() / blocks, "kv_cache_blocks": blocks,
+                "kv_cache_blocks_cached": len(self.pool.evictable),
+                "kv_bytes_per_token": self.cache.bytes_per_token(), **self._counters,
+                "draft_accepted_by_position": list(self._accepted_by_position)}
 
     def close(self) -> None:
         self._stop = True
@@ -333,7 +367,7 @@ class Engine:
         self._thread.join(timeout=5)
         with self._lock:
             left, self._waiting = list(self._waiting), deque()
-        for request in left + list(self.running.values()):
+        for request in left + list(self.running):
             self._fail(request, "the engine was closed")
 
     # ---- scheduler --------------------------------------------------------------------------
@@ -356,11 +390,11 @@ class Engine:
                     self._decode_step()
             except Exception as e:  # a bug must not hang every client: fail the batch, keep serving
                 log.exception("engine step failed")
-                for request in list(self.running.values()):
+                for request in list(self.running):
                     self._fail(request, f"internal error: {type(e).__name__}: {e}")
 
     def _drop_cancelled(self) -> None:
-        for request in [r for r in self.running.values() if r.cancelled.is_set()]:
+        for request in [r for r in self.running if r.cancelled.is_set()]:
             self._finish(request, "cancelled")
         if any(r.cancelled.is_set() for r in self._waiting):
             with self._lock:
@@ -370,66 +404,137 @@ class Engine:
                 self._finish(request, "cancelled")
 
     def _admit(self) -> None:
+        """Admit waiting requests, oldest first, while the batch and the pool have room."""
         while self._waiting and len(self.running) < self.config.max_batch:
+            request = self._waiting[0]
+            table = self._place(request)
+            if table is None:
+                if self.running:
+                    return  # it waits for running sequences to give blocks back
+                with self._lock:
+                    self._waiting.popleft()
+                self._fail(request, f"the sequence needs {self.pool.blocks_for(len(request.tokens))} KV blocks "
+                           f"and the pool has {self.pool.n_blocks - 1} (EngineConfig.kv_cache_mb)")
+                continue
             with self._lock:
-                request = self._waiting.popleft()
-            slot, reused = self._place(request.prompt_ids)
-            self._prefill(request, slot, reused)
+                self._waiting.popleft()
+            self._prefill(request, table)
 
-    def _place(self, ids: list[int]) -> tuple[int, int]:
-        """A free slot for `ids` and how many leading tokens of it that slot now holds.
+    def _place(self, request: Request) -> BlockTable | None:
+        """Blocks for the request's tokens, the longest cached prefix reused; None when the pool
+        cannot give them and still keep a block for each running sequence's next step."""
+        tokens = request.tokens
+        table = self.pool.claim_prefix(tokens) if self.config.prefix_reuse else BlockTable()
+        need = self.pool.blocks_for(len(tokens)) - len(table.blocks)
+        if need + len(self.running) > self.pool.available() or not self.pool.grow(table, len(tokens)):
+            self.pool.release(table)
+            return None
+        if self.config.prefix_reuse:
+            reused = len(table.hashes) * self.pool.block_tokens
+            self._counters["prefix_cache_lookups"] += 1
+            self._counters["prefix_cache_hits"] += reused > 0
+            self._counters["prefix_tokens_reused"] += reused
+        return table
 
-        The longest cached prefix wins, searched over free slots (reused in place) and busy ones
-        (copied over). At least one prompt token is always recomputed, for its logits. Without a
-        match, an empty slot, else the least recently used one, keeps other cached prefixes alive.
-        """
-        free = [s for s in range(self.config.max_batch) if s not in self.running]
-        fallback = min(free, key=lambda s: (bool(self.slot_tokens[s]), self.slot_used_at[s], s))
-        if not self.config.prefix_reuse:
-            self.slot_tokens[fallback] = []
-            return fallback, 0
-        self._counters["prefix_cache_lookups"] += 1
-        best, best_len = fallback, 0
-        for slot in range(self.config.max_batch):
-            busy = self.running.get(slot)
-            valid = busy.position - 1 if busy else len(self.slot_tokens[slot])
-            n = _common_prefix(self.slot_tokens[slot], ids, min(valid, len(ids) - 1))
-            if n > best_len:
-                best, best_len = slot, n
-        if best in self.running:  # a busy slot holds it: copy its keys and values into a free slot
-            self.cache.copy_prefix(best, fallback, best_len)
-            self.slot_tokens[fallback] = self.slot_tokens[best][:best_len]
-            best = fallback
-        if best_len:
-            self._counters["prefix_cache_hits"] += 1
-            self._counters["prefix_tokens_reused"] += best_len
-        return best, best_len
-
-    def _prefill(self, request: Request, slot: int, reused: int) -> None:
-        request.slot, request.reused_tokens = slot, reused
-        self._counters["requests"] += 1
-        ids = request.prompt_ids
-        self.running[slot] = request  # from here a failure in the forward fails this request too
-        self.slot_tokens[slot] = self.slot_tokens[slot][:reused]
-        request.position = reused + 1
-        idx = torch.tensor([ids[reused:]], device=self.device)
-        positions = torch.arange(reused, len(ids), device=self.device).unsqueeze(0)
-        logits = self.model(idx, positions, self.cache.view([slot], positions), last_only=True)[:, -1]
-        self.slot_tokens[slot] = list(ids)
-        self.slot_used_at[slot] = time.monotonic()
-        request.position = len(ids)
-        self._accept(request, self._choose_tokens([request], logits)[0])
+    def _prefill(self, request: Request, table: BlockTable) -> None:
+        """Forward the tokens the pool does not hold yet (the whole prompt but its reused blocks,
+        or, after a preemption, the output so far too) and choose the next token."""
+        reused = len(table.hashes) * self.pool.block_tokens
+        if not request.admitted:
+            request.admitted, request.reused_tokens = True, reused
+            self._counters["requests"] += 1
+        request.table, request.cached = table, reused
+        self.running.append(request)  # from here a failure in the forward fails this request too
+        tokens, chunk = request.tokens, self.config.prefill_chunk
+        for start in range(reused, len(tokens), chunk):
+            end = min(start + chunk, len(tokens))
+            idx = torch.tensor([tokens[start:end]], device=self.device)
+            positions = torch.arange(start, end, device=self.device).unsqueeze(0)
+            batch = self.cache.batch([table.blocks], positions, window=self.window)
+            logits = self.model(idx, positions, batch, last_only=True)[0, -1]
+        request.cached = len(tokens)
+        self.pool.seal(table, tokens, request.cached)
+        self._accept(request, self._choose(request, logits))
 
     def _decode_step(self) -> None:
-        """One forward over the last token of every running sequence, ordered by slot so that a
-        full batch reads the cache as one slice."""
-        slots = sorted(self.running)
-        requests = [self.running[s] for s in slots]
-        idx = torch.tensor([[r.output_ids[-1]] for r in requests], device=self.device)
-        positions = torch.tensor([[r.position - 1] for r in requests], device=self.device)
-        logits = self.model(idx, positions, self.cache.view(slots, positions))[:, -1]
-        for request, token in zip(requests, self._choose_tokens(requests, logits)):
-            self._accept(request, token)
+        """One forward over every running sequence's last token and its draft; rows without a
+        draft, or with a shorter one, are padded (the padding writes to the null block)."""
+        rows = self._reserve()
+        if not rows:
+            return
+        width = 1 + max(len(draft) for _, draft in rows)
+        idx, positions, n_real = [], [], []
+        for request, draft in rows:
+            row = [request.tokens[-1]] + draft
+            first = request.cached
+            idx.append(row + [row[-1]] * (width - len(row)))
+            positions.append([first + min(t, len(row) - 1) for t in range(width)])
+            n_real.append(len(row))
+        positions_t = torch.tensor(positions, device=self.device)
+        batch = self.cache.batch([r.table.blocks for r, _ in rows], positions_t, n_real, self.window)
+        logits = self.model(torch.tensor(idx, device=self.device), positions_t, batch)
+        for (request, draft), row_logits in zip(rows, logits):
+            self._verify(request, draft, row_logits)
+
+    def _reserve(self) -> list[tuple[Request, list[int]]]:
+        """Each running sequence with its draft and the blocks its step writes to. Short of
+        blocks, a draft is dropped first, then the newest sequence goes back to the queue
+        (its full blocks stay cached for when it returns); a sequence alone that cannot grow
+        finishes with "length"."""
+        rows = []
+        for request in list(self.running):
+            if request not in self.running:
+                continue  # preempted for an older sequence's step
+            draft = self._draft(request)
+            while not self.pool.grow(request.table, request.cached + 1 + len(draft)):
+                if draft:
+                    draft = []
+                elif len(self.running) == 1:
+                    self._finish(request, "length")
+                    break
+                else:
+                    victim = self.running[-1]
+                    self._preempt(victim)
+                    rows = [(r, d) for r, d in rows if r is not victim]
+                    if victim is request:
+                        break
+            else:
+                rows.append((request, draft))
+        return rows
+
+    def _draft(self, request: Request) -> list[int]:
+        room = min(self.config.draft_tokens, request.params.max_tokens - request.generated - 1,
+                   self.model.config.block_size - len(request.tokens))
+        if room <= 0 or not request.drafts:
+            return []
+        return propose(request.drafts, request.tokens, room)
+
+    def _preempt(self, request: Request) -> None:
+        self._release(request)
+        request.cached = 0
+        self._counters["preemptions"] += 1
+        with self._lock:
+            self._waiting.appendleft(request)
+
+    def _verify(self, request: Request, draft: list[int], logits: torch.Tensor) -> None:
+        """Choose tokens along the draft while the model agrees with it: logits[j] follows the
+        draft's first j tokens, which the request holds by then, so every logits processor sees
+        exactly the history it would see without a draft."""
+        self._counters["draft_tokens_proposed"] += len(draft)
+        for j in range(len(draft) + 1):
+            proposed = draft[j] if j < len(draft) else None
+            token = self._choose(request, logits[j], proposed)
+            if token == proposed:
+                self._counters["draft_tokens_accepted"] += 1
+                self._accepted_by_position[j] += 1
+            if not self._accept(request, token) or token != proposed:
+                break
+        if request in self.running:
+            # Keys and values are final for every token but the last; blocks past it held a
+            # rejected draft and go back.
+            request.cached = len(request.tokens) - 1
+            self.pool.truncate(request.table, len(request.tokens))
+            self.pool.seal(request.table, request.tokens, request.cached)
 
     def _heal_mask(self, heal: bytes) -> torch.Tensor:
         """True for tokens that begin with all of `heal` (a contiguous run of the sorted token
@@ -459,23 +564,27 @@ class Engine:
             self._heal_masks[heal] = mask
         return mask
 
-    def _choose_tokens(self, requests: list[Request], logits: torch.Tensor) -> list[int]:
-        for row, request in enumerate(requests):
-            if request.logits_processor is not None:
-                logits[row] = request.logits_processor(request, logits[row])
-            if request.heal:
-                logits[row] = logits[row].masked_fill(~self._heal_mask(request.heal), float("-inf"))
-        return choose_tokens(logits, [r.params for r in requests], [r.generator for r in requests])
+    def _choose(self, request: Request, logits: torch.Tensor, draft: int | None = None) -> int:
+        """The next token from one row of logits, after the request's logits processor and the
+        token-healing mask; `draft` is the token a draft proposes here (see sample_token)."""
+        if request.logits_processor is not None:
+            logits = request.logits_processor(request, logits)
+        if request.heal:
+            logits = logits.masked_fill(~self._heal_mask(request.heal), float("-inf"))
+        return sample_token(logits, request.params, request.generator, draft)
 
-    def _accept(self, request: Request, token: int) -> None:
-        """Record a sampled token (its KV is written by the next forward), then stop or emit."""
+    def _accept(self, request: Request, token: int) -> bool:
+        """Record a chosen token (its KV is written by the next forward), then stop or emit;
+        False when the request finished."""
         if request.first_token_at is None:
             request.first_token_at = time.perf_counter()
         if token in self.tokenizer.special_ids:
-            return self._finish(request, "stop")
+            self._finish(request, "stop")
+            return False
         request.output_ids.append(token)
-        self.slot_tokens[request.slot].append(token)
-        request.position += 1
+        request.tokens.append(token)
+        if request.own_index is not None:
+            request.own_index.append(token)
         self._counters["tokens_generated"] += 1
         data = self._token_bytes[token]
         if request.heal:
@@ -490,10 +599,13 @@ class Engine:
             cut = request.text.find(stop, max(0, request.emitted - len(stop)))
             if cut != -1:
                 request.text = request.text[:cut]
-                return self._finish(request, "stop")
-        if request.generated >= params.max_tokens or request.position >= self.model.config.block_size:
-            return self._finish(request, "length")
+                self._finish(request, "stop")
+                return False
+        if request.generated >= params.max_tokens or len(request.tokens) >= self.model.config.block_size:
+            self._finish(request, "length")
+            return False
         self._emit(request)
+        return True
 
     def _emit(self, request: Request) -> None:
         # Hold back a tail that could be the start of a stop string.
@@ -504,12 +616,11 @@ class Engine:
             request.emitted = safe
 
     def _release(self, request: Request) -> None:
-        if request.slot >= 0 and self.running.get(request.slot) is request:
-            del self.running[request.slot]
-            # The slot's KV is valid for every token but the last sampled one (never forwarded).
-            held = self.slot_tokens[request.slot]
-            self.slot_tokens[request.slot] = held[:max(0, request.position - 1)]
-            self.slot_used_at[request.slot] = time.monotonic()
+        """Give the request's blocks back; its full ones stay cached for the next keystroke."""
+        if request in self.running:
+            self.running.remove(request)
+            self.pool.seal(request.table, request.tokens, request.cached)
+            self.pool.release(request.table)
 
     def _finish(self, request: Request, reason: str) -> None:
         # Bytes of a character the last token left incomplete are dropped, never shown half.
@@ -544,12 +655,3 @@ def _aligned_start(n: int, budget: int, stride: int) -> int:
     if over <= 0:
         return 0
     return -(-over // stride) * stride if budget > stride else over
-
-
-def _common_prefix(held: list[int], ids: list[int], limit: int) -> int:
-    n, limit = 0, min(len(held), limit)
-    if limit == 0 or held[0] != ids[0]:
-        return 0
-    while n < limit and held[n] == ids[n]:
-        n += 1
-    return n

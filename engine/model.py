@@ -35,14 +35,14 @@ class GPTConfig:
 
 
 class KVCacheLike(Protocol):
-    """What attention needs from a cache (the engine's KVCache implements it).
+    """What attention needs from a cache (the engine's kv_cache.PagedBatch implements it).
 
-    `update` stores this step's keys/values for `layer` at `positions` (B, T) and returns the
-    keys/values to attend over plus a boolean mask (B, 1, T, S) that is True where allowed.
+    `attend` stores this step's keys/values (B, H_kv, T, D) for `layer` at the positions the cache
+    was given for this forward, and returns the attention of q (B, H, T, D) over every key each
+    row may see (its own earlier positions): the cache chooses how to read its layout.
     """
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
 
 
 class CausalSelfAttention(nn.Module):
@@ -63,8 +63,7 @@ class CausalSelfAttention(nn.Module):
             dropout = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
-            k, v, mask = kv_cache.update(self.layer_idx, k, v, positions)
-            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+            y = kv_cache.attend(self.layer_idx, q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 

@@ -128,7 +128,7 @@ def test_prefix_is_copied_from_a_busy_slot(make_engine):
     busy.cancel()
 
 
-def test_cancellation_frees_the_slot(make_engine):
+def test_cancellation_frees_the_blocks(make_engine):
     engine = make_engine(max_batch=1)
     started, release = threading.Event(), threading.Event()
 
@@ -140,13 +140,13 @@ def test_cancellation_frees_the_slot(make_engine):
     chunks = []
     first = engine.submit("def f():\n", None, SamplingParams(max_tokens=100), chunks.append, hold)
     assert started.wait(10)
-    assert engine.stats["running_batch_size"] == 1 and engine.stats["kv_cache_usage_ratio"] == 1.0
+    assert engine.stats["running_batch_size"] == 1 and engine.stats["kv_cache_usage_ratio"] > 0
     first.cancel()
     release.set()
-    second = engine.complete("x = ", params=SamplingParams(max_tokens=5))  # needs the only slot
+    second = engine.complete("x = ", params=SamplingParams(max_tokens=5))  # needs the only batch row
     assert second.finish_reason in ("stop", "length")
     assert chunks[-1].finish_reason == "cancelled" and len(first.output_ids) < 100
-    assert engine.stats["running_batch_size"] == 0
+    assert engine.stats["running_batch_size"] == 0 and engine.stats["kv_cache_usage_ratio"] == 0
 
 
 async def test_abandoned_stream_is_cancelled(fp32_engine):

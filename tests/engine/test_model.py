@@ -1,8 +1,8 @@
-"""The GPT's KV-cache path is an exact replacement for the full forward pass."""
+"""The GPT's paged KV-cache path is an exact replacement for the full forward pass."""
 import pytest
 import torch
 
-from engine.kv_cache import KVCache
+from engine.kv_cache import BlockPool, BlockTable, KVCache
 from engine.model import GPT, GPTConfig
 
 
@@ -12,14 +12,19 @@ def model():
     return GPT(GPTConfig(vocab_size=97, block_size=48, n_layer=2, n_head=4, n_embd=32)).eval()
 
 
-def cached_logits(model, idx, prefill, cache, slot):
-    c = model.config
-    slots = torch.tensor([slot])
+def paged(int8=False, n_blocks=32, block_tokens=8):
+    return KVCache(2, n_blocks, block_tokens, 4, 8, int8=int8), BlockPool(n_blocks, block_tokens)
+
+
+def cached_logits(model, idx, prefill, cache, pool):
+    """Prefill `prefill` tokens, then decode the rest one token a forward, through the pool."""
+    table = BlockTable()
+    assert pool.grow(table, idx.size(1))
     pos = torch.arange(prefill)[None]
-    out = [model(idx[:, :prefill], pos, cache.view(slots, pos))]
+    out = [model(idx[:, :prefill], pos, cache.batch([table.blocks], pos))]
     for t in range(prefill, idx.size(1)):
         pos = torch.tensor([[t]])
-        out.append(model(idx[:, t:t + 1], pos, cache.view(slots, pos)))
+        out.append(model(idx[:, t:t + 1], pos, cache.batch([table.blocks], pos)))
     return torch.cat(out, dim=1)
 
 
@@ -27,31 +32,32 @@ def cached_logits(model, idx, prefill, cache, slot):
 @pytest.mark.parametrize("prefill", [1, 7, 30])
 def test_cached_decoding_matches_full_forward(model, prefill):
     idx = torch.randint(0, 97, (1, 40))
-    cache = KVCache(2, 3, 4, 8, 48)
     full = model(idx)
-    assert torch.allclose(cached_logits(model, idx, prefill, cache, slot=1), full, atol=1e-5)
+    assert torch.allclose(cached_logits(model, idx, prefill, *paged()), full, atol=1e-5)
 
 
 @torch.no_grad()
 def test_int8_cache_stays_close(model):
     idx = torch.randint(0, 97, (1, 40))
     full = model(idx)
-    cached = cached_logits(model, idx, 5, KVCache(2, 1, 4, 8, 48, int8=True), slot=0)
+    cached = cached_logits(model, idx, 5, *paged(int8=True))
     assert (cached - full).abs().max() < 0.05
     assert (cached.argmax(-1) == full.argmax(-1)).float().mean() > 0.9
 
 
 @torch.no_grad()
 def test_batched_rows_at_different_positions(model):
-    """Two sequences of different lengths decode in one batch, each from its own slot."""
+    """Two sequences of different lengths decode in one batch, each from its own blocks."""
     a, b = torch.randint(0, 97, (1, 12)), torch.randint(0, 97, (1, 5))
-    cache = KVCache(2, 2, 4, 8, 48)
-    for slot, seq in ((0, a), (1, b)):
+    cache, pool = paged()
+    tables = [BlockTable(), BlockTable()]
+    for table, seq in zip(tables, (a, b)):
+        assert pool.grow(table, seq.size(1) + 1)
         pos = torch.arange(seq.size(1))[None]
-        model(seq, pos, cache.view(torch.tensor([slot]), pos))
+        model(seq, pos, cache.batch([table.blocks], pos))
     nxt = torch.tensor([[3], [4]])
     pos = torch.tensor([[12], [5]])
-    batched = model(nxt, pos, cache.view(torch.tensor([0, 1]), pos))[:, -1]
+    batched = model(nxt, pos, cache.batch([t.blocks for t in tables], pos))[:, -1]
     full_a = model(torch.cat([a, nxt[:1]], 1))[0, -1]
     full_b = model(torch.cat([b, nxt[1:]], 1))[0, -1]
     assert torch.allclose(batched[0], full_a, atol=1e-5)
