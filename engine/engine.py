@@ -163,6 +163,8 @@ class Engine:
                                    dtype=dtype, device=self.device, int8=cfg.kv_int8)
         self.pool = BlockPool(self.cache.n_blocks, cfg.kv_block_tokens)
         self.window = getattr(c, "sliding_window", None)
+        # The longest sequence the engine runs: the model's positions, or the pool when smaller.
+        self.context_tokens = min(c.block_size, (self.pool.n_blocks - 1) * cfg.kv_block_tokens)
         self.running: list[Request] = []   # admission order: the newest is preempted first
         self._waiting: deque[Request] = deque()
         self._lock = threading.Lock()
@@ -213,10 +215,10 @@ class Engine:
     def build_prompt(self, prompt: str, suffix: str | None, max_tokens: int) -> list[int]:
         """Token ids for a plain or FIM prompt, trimmed from the far ends to leave room to generate.
 
-        A long prefix is cut at a multiple of `block_size // 8` tokens, not at exactly the budget:
+        A long prefix is cut at a multiple of `context_tokens // 8` tokens, not at exactly the budget:
         the next keystroke then keeps the same first tokens, so prefix reuse still applies.
         """
-        block = self.model.config.block_size
+        block = self.context_tokens
         budget = max(4, block - min(max_tokens, block // 2))
         stride = max(1, block // 8)
         t = self.tokenizer

@@ -87,7 +87,7 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
     if generator is not None and probs.device != generator.device:
         probs = probs.to(generator.device)  # per-request generators live on the CPU
     if draft is not None:
-        if float(torch.rand((), generator=generator)) < float(probs[draft]):
+        if float(torch.rand((), generator=generator)) * float(probs.sum()) < float(probs[draft]):  # top-p left it unnormalised
             return draft
         probs[draft] = 0.0
     return int(torch.multinomial(probs, 1, generator=generator))

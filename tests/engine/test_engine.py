@@ -258,3 +258,50 @@ def test_a_failing_callback_cancels_only_its_request(fp32_engine):
     done = fp32_engine.complete("x = ", params=SamplingParams(max_tokens=5))
     assert done.finish_reason in ("stop", "length")
     assert request.cancelled.is_set() and fp32_engine.complete("y", params=SamplingParams(max_tokens=3)).tokens <= 3
+
+
+def test_a_full_pool_makes_requests_wait_and_none_fail(make_engine):
+    """A pool of 12 blocks (192 positions) for 6 requests of up to 128 positions each: they wait
+    for blocks or are preempted, and every one ends with the text it has with a roomy pool."""
+    roomy = make_engine(max_batch=8)
+    # 13 blocks of 16 positions: block 0 is the pool's padding block
+    small = make_engine(max_batch=8, kv_cache_mb=13 * 16 * roomy.stats["kv_bytes_per_token"] / 2**20)
+    assert small.stats["kv_cache_blocks"] == 12
+    params = SamplingParams(max_tokens=40)
+    prompts = [p * 3 for p in PROMPTS] + [PROMPTS[0] * 4]
+    expected = [generate_ids(roomy, p, params)[0] for p in prompts]
+    results: dict[int, tuple] = {}
+    threads = [threading.Thread(target=lambda i=i, p=p: results.__setitem__(i, generate_ids(small, p, params)))
+               for i, p in enumerate(prompts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i, (ids, chunks) in sorted(results.items()):
+        assert chunks[-1].finish_reason in ("stop", "length") and ids == expected[i], i
+    assert len(results) == len(prompts)
+    stats = small.stats
+    assert stats["kv_cache_usage_ratio"] == 0 and stats["running_batch_size"] == 0
+
+
+def test_a_32k_context_model_allocates_only_its_pool(tiny_model_dir, tmp_path):
+    from engine import EngineConfig
+    from engine.model import GPT, GPTConfig
+    from engine.model_dir import read_config, save_model_dir
+
+    meta = read_config(tiny_model_dir)
+    long_model = GPT(GPTConfig(**{**meta["model"], "block_size": 32768}))
+    info = {k: v for k, v in meta["tokenizer"].items() if k != "file"}
+    model_dir = save_model_dir(tmp_path / "long", long_model, tiny_model_dir / meta["tokenizer"]["file"], info)
+    engine = Engine.load(model_dir, quantize=None,
+                         config=EngineConfig(kv_cache_mb=4, token_healing=False, cache_weight=0.0))
+    try:
+        assert engine.cache.total_bytes() <= 4 * 2**20
+        # One sequence can still use the whole pool: a 3,000-token prompt, prefilled in chunks.
+        done = engine.complete("x = 1\n" * 1000, params=SamplingParams(max_tokens=8))
+        assert done.prompt_tokens > 2500 and done.finish_reason in ("stop", "length")
+        again = engine.complete("x = 1\n" * 1000 + "y", params=SamplingParams(max_tokens=8))
+        assert again.reused_tokens >= done.prompt_tokens - 32
+        assert engine.cache.total_bytes() <= 4 * 2**20
+    finally:
+        engine.close()
