@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import paged_attention
+
 NULL_BLOCK = 0
+KERNEL_MAX_QUERIES = 16  # wider rows (prefill) are compute-bound: SDPA's blocked kernel does better
 
 
 @dataclass
@@ -150,7 +153,8 @@ class BlockPool:
 
 class KVCache:
     def __init__(self, n_layer: int, n_blocks: int, block_tokens: int, n_kv_head: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", int8: bool = False):
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", int8: bool = False,
+                 kernel: bool = True):
         self.n_layer, self.n_blocks, self.block_tokens = n_layer, n_blocks, block_tokens
         self.n_kv_head, self.head_dim, self.int8, self.dtype = n_kv_head, head_dim, int8, dtype
         self.device = torch.device(device)
@@ -166,15 +170,19 @@ class KVCache:
         # Gathered (and dequantized) keys and values, reused by every layer and step: a fresh
         # tensor per layer cost page faults that tripled a 100-row decode step.
         self._scratch: dict[str, torch.Tensor] = {}
+        # Few-query steps (decode, draft verification) read the blocks in C where it builds.
+        self.kernel = None
+        if kernel and self.device.type == "cpu" and dtype == torch.float32 and head_dim <= paged_attention.MAX_HEAD_DIM:
+            self.kernel = paged_attention.library()
 
     @classmethod
     def sized(cls, megabytes: float, n_layer: int, block_tokens: int, n_kv_head: int, head_dim: int,
               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-              int8: bool = False) -> "KVCache":
+              int8: bool = False, kernel: bool = True) -> "KVCache":
         """As many blocks as fit in `megabytes` (at least 2)."""
         per_token = bytes_per_token(n_layer, n_kv_head, head_dim, dtype, int8)
         n_blocks = max(2, int(megabytes * 2**20) // (per_token * block_tokens))
-        return cls(n_layer, n_blocks, block_tokens, n_kv_head, head_dim, dtype, device, int8)
+        return cls(n_layer, n_blocks, block_tokens, n_kv_head, head_dim, dtype, device, int8, kernel)
 
     def bytes_per_token(self) -> int:
         """Cache bytes one token of one sequence occupies, over all layers, keys and values."""
@@ -209,9 +217,10 @@ def bytes_per_token(n_layer: int, n_kv_head: int, head_dim: int, dtype: torch.dt
 
 
 class PagedBatch:
-    """One forward's rows over the pool. Keys are read as one slice when there is one row whose
-    blocks are consecutive (a lone sequence usually is); otherwise each row's blocks are gathered
-    into a padded (B, S) batch and the mask hides what a row must not see."""
+    """One forward's rows over the pool. With a few queries a row and the C kernel built, attention
+    reads each row's blocks where they are. Otherwise keys are read as one slice when there is one
+    row whose blocks are consecutive (a lone sequence usually is), or each row's blocks are
+    gathered into a padded (B, S) batch, and the mask hides what a row must not see."""
 
     def __init__(self, cache: KVCache, tables: list[list[int]], positions: torch.Tensor,
                  n_real: list[int] | None, window: int | None):
@@ -233,6 +242,17 @@ class PagedBatch:
             slots.extend(table[p // bt] * bt + p % bt if t < real else NULL_BLOCK * bt
                          for t, p in enumerate(row))
         self.slots = torch.tensor(slots, device=positions.device)
+        self.window = window
+        # A lone fp32 row whose blocks are one run reads as a slice: SDPA's kernel is faster there.
+        lone_run = B == 1 and not cache.int8 and tables[0][:-(-self.kv_len // bt)] == list(
+            range(tables[0][0], tables[0][0] + -(-self.kv_len // bt)))
+        self.kernel = cache.kernel if T <= KERNEL_MAX_QUERIES and not lone_run else None
+        if self.kernel is not None:
+            width = max(len(t) for t in tables)
+            self.tables = torch.tensor([t + [NULL_BLOCK] * (width - len(t)) for t in tables], dtype=torch.int64)
+            self.n_real = torch.tensor(n_real or [T] * B, dtype=torch.int64)
+            self.positions = positions.to(torch.int64).contiguous()
+            return
         first = tables[0][0] if tables[0] else 0
         self.run = (B == 1 and tables[0][:n_blocks] == list(range(first, first + n_blocks)))
         self.first_block = first
@@ -289,6 +309,10 @@ class PagedBatch:
         c = self.cache
         self._store(c.k, c.k_scale, layer, k)
         self._store(c.v, c.v_scale, layer, v)
+        if self.kernel is not None:
+            scales = (c.k_scale[layer], c.v_scale[layer]) if c.int8 else (None, None)
+            return paged_attention.paged_attention(self.kernel, q, c.k[layer], c.v[layer], *scales, self.tables,
+                                                   self.positions, self.n_real, self.window)
         keys = self._load("k", c.k, c.k_scale, layer).to(q.dtype)
         values = self._load("v", c.v, c.v_scale, layer).to(q.dtype)
         return torch.nn.functional.scaled_dot_product_attention(

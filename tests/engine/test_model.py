@@ -12,8 +12,8 @@ def model():
     return GPT(GPTConfig(vocab_size=97, block_size=48, n_layer=2, n_head=4, n_embd=32)).eval()
 
 
-def paged(int8=False, n_blocks=32, block_tokens=8):
-    return KVCache(2, n_blocks, block_tokens, 4, 8, int8=int8), BlockPool(n_blocks, block_tokens)
+def paged(int8=False, n_blocks=32, block_tokens=8, kernel=True):
+    return KVCache(2, n_blocks, block_tokens, 4, 8, int8=int8, kernel=kernel), BlockPool(n_blocks, block_tokens)
 
 
 def cached_logits(model, idx, prefill, cache, pool):
@@ -29,11 +29,12 @@ def cached_logits(model, idx, prefill, cache, pool):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("kernel", [True, False], ids=["C kernel", "PyTorch"])
 @pytest.mark.parametrize("prefill", [1, 7, 30])
-def test_cached_decoding_matches_full_forward(model, prefill):
+def test_cached_decoding_matches_full_forward(model, prefill, kernel):
     idx = torch.randint(0, 97, (1, 40))
     full = model(idx)
-    assert torch.allclose(cached_logits(model, idx, prefill, *paged()), full, atol=1e-5)
+    assert torch.allclose(cached_logits(model, idx, prefill, *paged(kernel=kernel)), full, atol=1e-5)
 
 
 @torch.no_grad()
