@@ -72,6 +72,10 @@ class EngineConfig:
     # lookup) and checked in one forward; 0 turns it off. Greedy text is the same either way.
     draft_tokens: int = 8
     draft_min_match: int = 2       # tokens of the history's tail a draft's match must cover
+    # Drafts fill what the batch leaves of this many tokens a step: a wide forward costs little
+    # while the weights' memory traffic dominates (9 tokens for 1.6x one at the GPT-2-small shape,
+    # batch 1) but a full batch is compute-bound, where drafts would only add work.
+    draft_step_tokens: int = 64
     prefill_chunk: int = 512       # a long prompt is prefilled this many tokens a forward
     # Token healing: the prompt's last token is dropped and the first generated tokens must spell it
     # again. A prompt that ends inside what training text tokenizes as one token (indentation
@@ -484,10 +488,11 @@ class Engine:
         (its full blocks stay cached for when it returns); a sequence alone that cannot grow
         finishes with "length"."""
         rows = []
+        room = min(self.config.draft_tokens, (self.config.draft_step_tokens - len(self.running)) // len(self.running))
         for request in list(self.running):
             if request not in self.running:
                 continue  # preempted for an older sequence's step
-            draft = self._draft(request)
+            draft = self._draft(request, room)
             while not self.pool.grow(request.table, request.cached + 1 + len(draft)):
                 if draft:
                     draft = []
@@ -504,8 +509,8 @@ class Engine:
                 rows.append((request, draft))
         return rows
 
-    def _draft(self, request: Request) -> list[int]:
-        room = min(self.config.draft_tokens, request.params.max_tokens - request.generated - 1,
+    def _draft(self, request: Request, room: int) -> list[int]:
+        room = min(room, request.params.max_tokens - request.generated - 1,
                    self.model.config.block_size - len(request.tokens))
         if room <= 0 or not request.drafts:
             return []
