@@ -602,12 +602,14 @@ class Engine:
             request.healing_tokens += not data
         request.text += request.decoder.decode(data)
         params = request.params
-        for stop in params.stop:
-            cut = request.text.find(stop, max(0, request.emitted - len(stop)))
-            if cut != -1:
-                request.text = request.text[:cut]
-                self._finish(request, "stop")
-                return False
+        # Cut at the earliest stop string, whichever of them it is ("\n" listed before "):" must
+        # not leave a "):" that came first).
+        cuts = [cut for cut in (request.text.find(stop, max(0, request.emitted - len(stop))) for stop in params.stop)
+                if cut != -1]
+        if cuts:
+            request.text = request.text[:min(cuts)]
+            self._finish(request, "stop")
+            return False
         if request.generated >= params.max_tokens or len(request.tokens) >= self.model.config.block_size:
             self._finish(request, "length")
             return False

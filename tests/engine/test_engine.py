@@ -305,3 +305,11 @@ def test_a_32k_context_model_allocates_only_its_pool(tiny_model_dir, tmp_path):
         assert engine.cache.total_bytes() <= 4 * 2**20
     finally:
         engine.close()
+
+
+def test_the_earliest_stop_string_cuts_whatever_its_place_in_the_list(fp32_engine):
+    t = fp32_engine.tokenizer
+    forced = t.encode("f(a, b):\n    return")
+    _, chunks = generate_ids(fp32_engine, "x", SamplingParams(max_tokens=30, stop=["\n", "):"]),
+                             logits_processor=force_tokens(forced))
+    assert "".join(c.text for c in chunks) == "f(a, b" and chunks[-1].finish_reason == "stop"
