@@ -1,4 +1,4 @@
-"""`code-assistant bench engine|http [...]`: hand the rest of the arguments to that benchmark's main."""
+"""`code-assistant bench engine|http|load [...]`: hand the rest of the arguments to that benchmark's main."""
 from __future__ import annotations
 
 import importlib
@@ -7,6 +7,7 @@ import sys
 BENCHMARKS = {
     "engine": ("benchmarks.engine_bench", "the engine against Hugging Face transformers on the same weights"),
     "http": ("benchmarks.http_bench", "the HTTP server under concurrent load"),
+    "load": ("benchmarks.load_bench", "load time and resident memory of a model directory, float and int8"),
 }
 
 

@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from engine import Engine, EngineConfig, SamplingParams
+from engine.families import hf_config, to_hf
 from engine.kv_cache import bytes_per_token
-from engine.model import GPT
+from engine.model import Transformer
 from engine.model_dir import default_model_dir, load_model_dir
 
 # Real Python to cut prompts from: the standard library, so the benchmark needs no data.
@@ -54,21 +55,20 @@ def peak_rss_mb() -> float:
 
 
 # ---- the baseline -------------------------------------------------------------------------------
-def to_hf_gpt2(model: GPT, eot_id: int):
-    """GPT2LMHeadModel carrying our weights (GPT-2's Conv1D stores linear weights transposed)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+def to_transformers(model: Transformer, hf_config_json: dict | None):
+    """The transformers model of the same family carrying our weights (for our first format's
+    models, GPT2LMHeadModel)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    c = model.config
-    config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
-                        n_head=c.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
-                        attn_pdrop=0.0, layer_norm_epsilon=1e-5, bos_token_id=eot_id, eos_token_id=eot_id,
-                        pad_token_id=eot_id, tie_word_embeddings=True)
-    hf = GPT2LMHeadModel(config).eval()
-    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-    state = {k: (v.t() if k.endswith(conv1d) else v) for k, v in model.state_dict().items()}
-    missing, unexpected = hf.load_state_dict(state, strict=False)
+    raw = dict(hf_config_json or hf_config(model.config, None, None))
+    raw.pop("code_assistant", None)
+    raw.pop("architectures", None)
+    config = AutoConfig.for_model(raw.pop("model_type"), **{k: v for k, v in raw.items() if not k.endswith("pdrop")})
+    hf = AutoModelForCausalLM.from_config(config).eval()
+    state = {k: v for k, v in model.state_dict().items() if not (model.config.tie_embeddings and k == "head.weight")}
+    missing, unexpected = hf.load_state_dict(to_hf(model.config, state), strict=False)
     if unexpected or any(not k.endswith(("attn.bias", "attn.masked_bias")) and k != "lm_head.weight" for k in missing):
-        raise RuntimeError(f"weights do not map onto GPT2LMHeadModel: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(f"weights do not map onto {type(hf).__name__}: missing {missing}, unexpected {unexpected}")
     hf.tie_weights()
     return hf
 
@@ -211,7 +211,7 @@ def run(model_dir: Path, quick: bool, max_batch: int) -> dict:
     n_ttft = 2 if quick else 5
 
     rss0 = rss_mb()
-    fp32_model, tokenizer, _ = load_model_dir(model_dir)
+    fp32_model, tokenizer, info = load_model_dir(model_dir)
     c = fp32_model.config
     # The network alone, decoding as the baseline does; the context cache model is measured apart.
     config = EngineConfig(max_batch=max_batch, token_healing=False, cache_weight=0.0)
@@ -228,9 +228,9 @@ def run(model_dir: Path, quick: bool, max_batch: int) -> dict:
         "parameters": sum(p.numel() for p in fp32_model.parameters()),
     }
     try:
-        hf = to_hf_gpt2(fp32_model, tokenizer.eot_id)
+        hf = to_transformers(fp32_model, None if info.legacy else info.raw)
         probe = torch.tensor([tokenizer.encode(code_prompts(1, 400)[0])[:64]])
-        report["baseline"] = {"name": "transformers GPT2LMHeadModel.generate (greedy, KV cache)",
+        report["baseline"] = {"name": f"transformers {type(hf).__name__}.generate (greedy, KV cache)",
                               "max_abs_logit_diff_vs_ours": float((hf(probe).logits - fp32_model(probe)).abs().max())}
     except ImportError:
         hf = None
@@ -285,7 +285,7 @@ def run(model_dir: Path, quick: bool, max_batch: int) -> dict:
 
     kv = {}
     for name, int8 in (("fp32", False), ("int8", True)):
-        per_token = bytes_per_token(c.n_layer, c.n_head, c.n_embd // c.n_head, torch.float32, int8)
+        per_token = bytes_per_token(c.n_layer, c.n_kv_head, c.head_dim, torch.float32, int8)
         kv[name] = {"bytes_per_token": per_token,
                     "cache_mb_for_config": round(per_token * c.block_size * max_batch / 2**20, 1)}
     report["kv_cache"] = kv

@@ -38,13 +38,22 @@ def make_random_model(out: Path) -> Path:
     """The default model's shape with random weights (tokenizer trained on two stdlib packages)."""
     import torch
 
-    from engine.model import GPT, GPTConfig
+    from engine.model import ModelConfig, Transformer
     from engine.model_dir import save_model_dir
+    from engine.tokenizer import CODE_PAT_STR, hf_tokenizer_files, special_token_ids
     from training.data import CollectOptions, collect
-    from training.tokenizer import save_tokenizer, train_bpe
+    from training.tokenizer import train_bpe
 
     if (out / "config.json").exists():
         return out
+    corpus = collect([STDLIB / "json", STDLIB / "email"], CollectOptions(val_fraction=0.0))
+    ranks = train_bpe((f.text for f in corpus.train), 8192, show_progress=False)
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=8192, block_size=256, n_layer=6, n_head=4, n_embd=256)
+    eot = special_token_ids(len(ranks))["<|endoftext|>"]
+    save_model_dir(out, Transformer(config), hf_tokenizer_files(ranks, CODE_PAT_STR, config.block_size), eot, eot,
+                   {"note": "random weights, for benchmarks"})
+    return out
     corpus = collect([STDLIB / "json", STDLIB / "email"], CollectOptions(val_fraction=0.0))
     ranks = train_bpe((f.text for f in corpus.train), 8192, show_progress=False)
     out.mkdir(parents=True, exist_ok=True)

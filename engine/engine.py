@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import bisect
 import codecs
 import logging
 import threading
@@ -21,14 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-import regex  # tiktoken's own dependency, for its split pattern
 import torch
 
 from .cache_model import DEFAULT_WEIGHT, CacheModel, NgramCache
 from .draft import DraftSource, PromptLookup, propose
+from .healing import HealingMasks, split_heal
 from .kv_cache import BlockPool, BlockTable, KVCache
-from .model import GPT
-from .model_dir import default_model_dir, load_model_dir, read_config
+from .model import Transformer
+from .model_dir import default_model_dir, load_model_dir, load_tokenizer_from_dir
+from .prompt import ContextFile, PromptBuilder
 from .sampling import SamplingParams, sample_token
 from .tokenizer import Tokenizer
 
@@ -77,10 +77,10 @@ class EngineConfig:
     # batch 1) but a full batch is compute-bound, where drafts would only add work.
     draft_step_tokens: int = 64
     prefill_chunk: int = 512       # a long prompt is prefilled this many tokens a forward
-    # Token healing: the prompt's last token is dropped and the first generated tokens must spell it
-    # again. A prompt that ends inside what training text tokenizes as one token (indentation
-    # before a keyword, half a name) otherwise asks the model for a boundary it never saw.
-    token_healing: bool = True
+    token_healing: bool = True     # engine/healing.py
+    # Prompt tokens a request may use at most (0: the model's whole context): bounds prefill time
+    # for models with long contexts.
+    context_tokens: int = 0
     # Weight of the per-request n-gram cache model mixed into decoding (engine/cache_model.py) when
     # SamplingParams.cache_weight is None; 0 turns it off.
     cache_weight: float = DEFAULT_WEIGHT
@@ -149,7 +149,7 @@ class Engine:
       kv_bytes_per_token     KV-cache bytes one cached token takes (constant)
     """
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, device: str = "cpu",
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, device: str = "cpu",
                  config: EngineConfig | None = None, model_name: str = "code-assistant"):
         self.model, self.tokenizer, self.device = model.eval(), tokenizer, torch.device(device)
         self.config = config or EngineConfig()
@@ -161,14 +161,13 @@ class Engine:
             raise ValueError("EngineConfig needs kv_block_tokens >= 1, kv_cache_mb > 0, draft_tokens >= 0 "
                              "and prefill_chunk >= 1")
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-        n_kv_head = getattr(c, "n_kv_head", None) or c.n_head
-        head_dim = getattr(c, "head_dim", None) or c.n_embd // c.n_head
-        self.cache = KVCache.sized(cfg.kv_cache_mb, c.n_layer, cfg.kv_block_tokens, n_kv_head, head_dim,
+        self.cache = KVCache.sized(cfg.kv_cache_mb, c.n_layer, cfg.kv_block_tokens, c.n_kv_head, c.head_dim,
                                    dtype=dtype, device=self.device, int8=cfg.kv_int8)
         self.pool = BlockPool(self.cache.n_blocks, cfg.kv_block_tokens)
-        self.window = getattr(c, "sliding_window", None)
+        self.window = c.sliding_window or None
         # The longest sequence the engine runs: the model's positions, or the pool when smaller.
-        self.context_tokens = min(c.block_size, (self.pool.n_blocks - 1) * cfg.kv_block_tokens)
+        self._context_length = min(c.block_size, (self.pool.n_blocks - 1) * cfg.kv_block_tokens)
+        self.prompts = PromptBuilder(tokenizer, self._context_length, cfg.context_tokens)
         self.running: list[Request] = []   # admission order: the newest is preempted first
         self._waiting: deque[Request] = deque()
         self._lock = threading.Lock()
@@ -176,16 +175,9 @@ class Engine:
                           "prefix_tokens_reused": 0, "tokens_generated": 0, "preemptions": 0,
                           "draft_tokens_proposed": 0, "draft_tokens_accepted": 0}
         self._accepted_by_position = [0] * cfg.draft_tokens
-        self._token_bytes = [tokenizer.decode_bytes([i]) if i not in tokenizer.special_ids else b""
-                             for i in range(tokenizer.n_vocab)]
-        self._heal_masks: dict[bytes, torch.Tensor] = {}
-        # For token healing: token bytes sorted (a prefix search is a bisect) and looked up by value.
-        order = sorted((b, i) for i, b in enumerate(self._token_bytes) if b)
-        self._sorted_bytes = [b for b, _ in order]
-        self._sorted_ids = torch.tensor([i for _, i in order], dtype=torch.long)
-        self._id_of_bytes = {b: i for i, b in enumerate(self._token_bytes) if b}
+        self._token_bytes = tokenizer.token_bytes()
+        self._heal_mask = HealingMasks(self._token_bytes, tokenizer.n_vocab, self.device)
         self._snippet_caches: dict[str, NgramCache] = {}
-        self._split_pattern = regex.compile(tokenizer.encoding._pat_str)
         self._wake = threading.Event()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
@@ -196,7 +188,8 @@ class Engine:
     @classmethod
     def load(cls, model_dir: str | Path | None = None, device: str = "cpu", quantize: str | None = "int8",
              config: EngineConfig | None = None) -> "Engine":
-        """Load a model directory (fp32 or int8). quantize="int8" runs int8 weights, None/"none" fp32."""
+        """Load a model directory (Hugging Face or this project's, float or int8). quantize="int8"
+        runs int8 weights, None/"none" float ones."""
         if quantize not in (None, "none", "int8"):
             raise ValueError(f"quantize must be 'int8', 'none' or None, got {quantize!r}")
         model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
@@ -204,70 +197,48 @@ class Engine:
         if torch.device(device).type == "cuda":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if quantize == "int8":
-            from .model_dir import load_tokenizer_from_dir
             from .quantize import load_int8_model
 
-            meta = read_config(model_dir)
-            model, tokenizer = load_int8_model(model_dir, device, dtype), load_tokenizer_from_dir(model_dir, meta)
+            model, info = load_int8_model(model_dir, device, dtype)
+            tokenizer = load_tokenizer_from_dir(info)
         else:
-            model, tokenizer, meta = load_model_dir(model_dir)
-            model = model.to(device=device, dtype=dtype)
-        name = meta.get("name") or model_dir.name
-        return cls(model, tokenizer, device, config, model_name=name)
+            model, tokenizer, info = load_model_dir(model_dir, dtype)
+            model = model.to(device=device)
+        return cls(model, tokenizer, device, config, model_name=info.name)
 
     # ---- public API -------------------------------------------------------------------------
-    def build_prompt(self, prompt: str, suffix: str | None, max_tokens: int) -> list[int]:
-        """Token ids for a plain or FIM prompt, trimmed from the far ends to leave room to generate.
+    @property
+    def context_length(self) -> int:
+        """Positions a sequence may use: prompt and generated tokens together (the model's, or
+        fewer when the KV pool holds fewer)."""
+        return self._context_length
 
-        A long prefix is cut at a multiple of `context_tokens // 8` tokens, not at exactly the budget:
-        the next keystroke then keeps the same first tokens, so prefix reuse still applies.
-        """
-        block = self.context_tokens
-        budget = max(4, block - min(max_tokens, block // 2))
-        stride = max(1, block // 8)
-        t = self.tokenizer
-        if suffix is None:
-            ids = t.encode(prompt)
-            return ids[_aligned_start(len(ids), budget, stride):] if ids else [t.eot_id]
-        pre, suf = t.encode(prompt), t.encode(suffix)
-        room = budget - 3
-        keep_suf = min(len(suf), room // 4 if len(pre) > room - room // 4 else room - len(pre))
-        start = _aligned_start(len(pre), room - keep_suf, stride)
-        return [t.fim_prefix_id] + pre[start:] + [t.fim_suffix_id] + suf[:keep_suf] + [t.fim_middle_id]
+    def prompt_budget(self, max_tokens: int) -> int:
+        """Prompt tokens a request that generates up to `max_tokens` may use."""
+        return self.prompts.budget(max_tokens)
+
+    def build_prompt(self, prompt: str, suffix: str | None, max_tokens: int, files: list | tuple = (),
+                     path: str | None = None, max_prompt_tokens: int | None = None) -> list[int]:
+        """Token ids of the family's layout for a plain or FIM prompt with neighbouring files,
+        trimmed from the far ends to leave room to generate (engine/prompt.py)."""
+        return self.prompts.build(prompt, suffix, max_tokens, context_files(files), path, max_prompt_tokens)
 
     def _heal_prompt(self, prompt: str) -> tuple[str, bytes]:
-        """Split off the end of the prompt that training text would have tokenized together with
-        what comes next (token healing): returns (kept text, bytes to re-generate).
-
-        BPE never merges across pre-tokenizer chunks, so only the last chunk can be cut short. A
-        chunk ending in a newline is complete. A run of spaces is complete but for its last space,
-        which training text glues to the next word ("       " + " return"). Anything else (half a
-        name, a number, punctuation) is re-generated whole.
-        """
-        if not self.config.token_healing or not prompt:
+        if not self.config.token_healing:
             return prompt, b""
-        chunks = self._split_pattern.findall(prompt[-64:])
-        if not chunks or len(chunks[-1]) >= min(len(prompt), 64):
-            return prompt, b""
-        last = chunks[-1]
-        if last.endswith(("\n", "\r")):
-            return prompt, b""
-        if last.isspace():
-            last = last[-1]
-        return prompt[:-len(last)], last.encode("utf-8")
+        return split_heal(prompt, self.tokenizer.split)
 
     def cache_model(self, prefix: str, suffix: str | None, extra_context: list | None,
                     weight: float | None) -> CacheModel | None:
-        """The per-request n-gram cache over the whole prefix, suffix and extra snippets (not only
-        the part of them that fits the network's context)."""
+        """The per-request n-gram cache over the whole prefix, suffix and neighbouring files (not
+        only the part of them that fits the network's context)."""
         weight = self.config.cache_weight if weight is None else weight
         if weight <= 0:
             return None
         t = self.tokenizer
         history = t.encode(prefix)
         contexts = [history] + ([t.encode(suffix)] if suffix else [])
-        shared = [self._snippet_cache(item["text"] if isinstance(item, dict) else str(item))
-                  for item in extra_context or []]
+        shared = [self._snippet_cache(f.text) for f in context_files(extra_context)]
         return CacheModel(contexts, history, weight, shared=shared)
 
     def _snippet_cache(self, text: str) -> NgramCache:
@@ -286,24 +257,29 @@ class Engine:
 
     def submit(self, prompt: str, suffix: str | None, params: SamplingParams,
                on_chunk: Callable[[Chunk], None], logits_processor: LogitsProcessor | None = None,
-               extra_context: list | None = None) -> Request:
+               extra_context: list | None = None, path: str | None = None,
+               max_prompt_tokens: int | None = None) -> Request:
         """Queue a request; `on_chunk` is called from the scheduler thread. Raises EngineBusy when full.
 
-        `extra_context` (strings or {"path", "text"} dicts, e.g. neighbouring files) feeds the cache
-        model; the network's prompt is the caller's business (front ends put snippets into it).
+        `prompt` and `suffix` are the text before and after the cursor, whole: the engine decides
+        what fits. `extra_context` (ContextFile, {"path", "text"} dicts or strings: neighbouring
+        files, most relevant first) goes into the prompt as far as the budget allows and into the
+        cache model whole; `path` names the file being completed; `max_prompt_tokens` lowers the
+        prompt budget for this request.
         """
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
         if self._stop:
             raise EngineError("the engine is closed")
+        files = context_files(extra_context)
         kept, heal = self._heal_prompt(prompt)
-        ids = self.build_prompt(kept, suffix, params.max_tokens)
+        ids = self.prompts.build(kept, suffix, params.max_tokens, files, path, max_prompt_tokens)
         generator = None
         if not params.greedy:
             generator = torch.Generator(device="cpu")
             generator.manual_seed(params.seed if params.seed is not None else time.time_ns() % 2**63)
         if logits_processor is None:
-            logits_processor = self.cache_model(kept, suffix, extra_context, params.cache_weight)
+            logits_processor = self.cache_model(kept, suffix, files, params.cache_weight)
         request = Request(ids, params, on_chunk, generator, logits_processor, heal=heal, skip_bytes=len(heal),
                           tokens=list(ids))
         if self.config.draft_tokens:
@@ -319,7 +295,8 @@ class Engine:
         return request
 
     def complete(self, prompt: str, suffix: str | None = None, params: SamplingParams | None = None,
-                 logits_processor: LogitsProcessor | None = None, extra_context: list | None = None) -> Completion:
+                 logits_processor: LogitsProcessor | None = None, extra_context: list | None = None,
+                 path: str | None = None, max_prompt_tokens: int | None = None) -> Completion:
         params = params or SamplingParams()
         done = threading.Event()
         parts: list[Chunk] = []
@@ -329,20 +306,21 @@ class Engine:
             if chunk.finish_reason:
                 done.set()
 
-        request = self.submit(prompt, suffix, params, on_chunk, logits_processor, extra_context)
+        request = self.submit(prompt, suffix, params, on_chunk, logits_processor, extra_context, path,
+                              max_prompt_tokens)
         done.wait()
         if request.error:
             raise EngineError(request.error)
         return self._completion(request, parts)
 
     async def stream(self, prompt: str, suffix: str | None = None, params: SamplingParams | None = None,
-                     logits_processor: LogitsProcessor | None = None,
-                     extra_context: list | None = None) -> AsyncIterator[Chunk]:
+                     logits_processor: LogitsProcessor | None = None, extra_context: list | None = None,
+                     path: str | None = None, max_prompt_tokens: int | None = None) -> AsyncIterator[Chunk]:
         params = params or SamplingParams()
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[Chunk] = asyncio.Queue()
         request = self.submit(prompt, suffix, params, lambda c: loop.call_soon_threadsafe(chunks.put_nowait, c),
-                              logits_processor, extra_context)
+                              logits_processor, extra_context, path, max_prompt_tokens)
         try:
             while True:
                 chunk = await chunks.get()
@@ -543,37 +521,12 @@ class Engine:
             self.pool.truncate(request.table, len(request.tokens))
             self.pool.seal(request.table, request.tokens, request.cached)
 
-    def _heal_mask(self, heal: bytes) -> torch.Tensor:
-        """True for tokens that begin with all of `heal` (a contiguous run of the sorted token
-        bytes) or spell a start of it (looked up one prefix at a time)."""
-        mask = self._heal_masks.get(heal)
-        if mask is None:
-            lo = bisect.bisect_left(self._sorted_bytes, heal)
-            hi = (bisect.bisect_left(self._sorted_bytes, _next_prefix(heal), lo) if heal.rstrip(b"\xff")
-                  else len(self._sorted_bytes))
-            mask = torch.zeros(self.model.config.vocab_size, dtype=torch.bool)
-            if heal.isspace():
-                # The user typed exactly this whitespace (indentation, blank lines): a token may
-                # finish it but not add more, or the completion would start with extra indentation.
-                n = len(heal)
-                keep = [i for b, i in zip(self._sorted_bytes[lo:hi], self._sorted_ids[lo:hi].tolist())
-                        if len(b) == n or not b[n:n + 1].isspace()]
-                mask[keep] = True
-            else:
-                mask[self._sorted_ids[lo:hi]] = True
-            for n in range(1, len(heal)):
-                token = self._id_of_bytes.get(heal[:n])
-                if token is not None:
-                    mask[token] = True
-            mask = mask.to(self.device)
-            if len(self._heal_masks) > 4096:
-                self._heal_masks.clear()
-            self._heal_masks[heal] = mask
-        return mask
-
     def _choose(self, request: Request, logits: torch.Tensor, draft: int | None = None) -> int:
         """The next token from one row of logits, after the request's logits processor and the
         token-healing mask; `draft` is the token a draft proposes here (see sample_token)."""
+        # Models pad their embedding past the tokenizer (Qwen2.5: 151,936 rows, 151,665 tokens);
+        # the padding rows are never chosen.
+        logits = logits[:self.tokenizer.n_vocab]
         if request.logits_processor is not None:
             logits = request.logits_processor(request, logits)
         if request.heal:
@@ -585,7 +538,7 @@ class Engine:
         False when the request finished."""
         if request.first_token_at is None:
             request.first_token_at = time.perf_counter()
-        if token in self.tokenizer.special_ids:
+        if token in self.tokenizer.special_ids:  # end of text, a new file, the end of an infill
             self._finish(request, "stop")
             return False
         request.output_ids.append(token)
@@ -652,15 +605,14 @@ class Engine:
             request.cancel()
 
 
-def _next_prefix(prefix: bytes) -> bytes:
-    """The smallest byte string above every string that starts with `prefix` (not all 0xff)."""
-    stripped = prefix.rstrip(b"\xff")
-    return stripped[:-1] + bytes([stripped[-1] + 1])
-
-
-def _aligned_start(n: int, budget: int, stride: int) -> int:
-    """First index of the kept tail of n tokens: at most `budget` kept, cut on a multiple of `stride`."""
-    over = n - budget
-    if over <= 0:
-        return 0
-    return -(-over // stride) * stride if budget > stride else over
+def context_files(items) -> tuple[ContextFile, ...]:
+    """Neighbouring files as the one type the prompt and the cache model take."""
+    out = []
+    for item in items or ():
+        if isinstance(item, ContextFile):
+            out.append(item)
+        elif isinstance(item, dict):
+            out.append(ContextFile(str(item.get("path") or ""), str(item.get("text") or "")))
+        else:
+            out.append(ContextFile("", str(item)))
+    return tuple(out)

@@ -1,24 +1,36 @@
-"""The model directory: config.json, model.safetensors and tokenizer.tiktoken.
+"""Model directories: a Hugging Face folder as it is, or this project's first format.
 
-config.json carries a `format` version; loaders refuse versions they do not know. Weights are
-safetensors only (never pickles). The tied lm_head weight is not stored; it is the embedding.
-Weights may be fp32 or our int8 format (int8 tensor + per-output-channel `<name>.scale`).
+A Hugging Face directory holds `config.json` (its `architectures` names the family), the weights in
+`model.safetensors` or shards listed by `model.safetensors.index.json` (fp32, bf16 or fp16), and
+`tokenizer.json` with `tokenizer_config.json` / `special_tokens_map.json`. The models `train`
+exports are such directories. Our int8 copies keep the Hugging Face config.json plus a
+`code_assistant` section naming the quantization, and store the weights under our own names.
+
+The first format (`"format": "code-assistant-model/1"` in config.json: GPT-2 weights under
+nanoGPT's names, a tiktoken rank file) keeps loading. Weights are safetensors only, never pickles.
 """
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-from .model import GPT, GPTConfig
-from .tokenizer import CODE_PAT_STR, TOKENIZER_FILE, Tokenizer, TokenizerError, load_tokenizer, special_token_ids
+from .families import FamilyError, config_from_hf, iter_ours, weight_rules
+from .model import ModelConfig, Transformer
+from .tokenizer import (CODE_PAT_STR, HF_TOKENIZER_FILE, TOKENIZER_FILE, Tokenizer, TokenizerError, load_hf_tokenizer,
+                        load_tokenizer, special_token_ids)
 
-FORMAT = "code-assistant-model/1"
+LEGACY_FORMAT = "code-assistant-model/1"
+FORMAT = "code-assistant-model/2"   # the `code_assistant` section of a Hugging Face config.json
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
 SCALE_SUFFIX = ".scale"
 
 
@@ -26,113 +38,255 @@ class ModelDirError(ValueError):
     """A model directory that cannot be used; the message names the problem in one line."""
 
 
-def read_config(model_dir: str | Path) -> dict:
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ModelDirError(f"model directory {model_dir} does not exist")
-    for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
-        if not (model_dir / name).is_file():
-            raise ModelDirError(f"model directory {model_dir} has no {name}")
+@dataclass
+class ModelDir:
+    path: Path
+    config: ModelConfig
+    raw: dict                    # config.json as read
+    legacy: bool                 # this project's first format
+    quantization: dict | None    # our int8 marker, None for float weights
+    name: str                    # what the model is served as: config.json's name, else the folder's
+
+    @property
+    def int8(self) -> bool:
+        return bool(self.quantization)
+
+
+def read_model_dir(path: str | Path) -> ModelDir:
+    """config.json of a model directory, checked; the weights are read by `load_state`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelDirError(f"model directory {path} does not exist")
+    if not (path / CONFIG_FILE).is_file():
+        raise ModelDirError(f"model directory {path} has no {CONFIG_FILE}")
     try:
-        config = json.loads((model_dir / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelDirError(f"{model_dir / CONFIG_FILE} is not valid JSON: {e}") from e
-    if config.get("format") != FORMAT:
-        raise ModelDirError(f"{model_dir / CONFIG_FILE}: unknown format {config.get('format')!r}, expected {FORMAT!r}")
-    return config
-
-
-def state_dict_to_save(model: GPT) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-
-
-def save_model_dir(model_dir: str | Path, model: GPT, tokenizer_ranks_file: str | Path,
-                   tokenizer_info: dict, training: dict | None = None,
-                   tensors: dict[str, torch.Tensor] | None = None, quantization: dict | None = None) -> Path:
-    """Write a model directory. `tensors` overrides the weights (for example the int8 ones)."""
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tensors = tensors if tensors is not None else state_dict_to_save(model)
-    save_file(tensors, str(model_dir / WEIGHTS_FILE), metadata={"format": FORMAT})
-    src = Path(tokenizer_ranks_file)
-    if src.resolve() != (model_dir / TOKENIZER_FILE).resolve():
-        (model_dir / TOKENIZER_FILE).write_bytes(src.read_bytes())
-    config = {
-        "format": FORMAT,
-        "model": model.config.to_dict(),
-        "tokenizer": {"file": TOKENIZER_FILE, **tokenizer_info},
-        "weights": {"file": WEIGHTS_FILE, "quantization": quantization},
-        "training": training or {},
-    }
-    (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    return model_dir
-
-
-def load_tokenizer_from_dir(model_dir: str | Path, config: dict | None = None) -> Tokenizer:
-    config = config or read_config(model_dir)
-    info = config.get("tokenizer", {})
+        raw = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelDirError(f"{path / CONFIG_FILE} is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise ModelDirError(f"{path / CONFIG_FILE} must hold a JSON object, not {type(raw).__name__}")
+    if "format" in raw:
+        if raw["format"] != LEGACY_FORMAT:
+            raise ModelDirError(f"{path / CONFIG_FILE}: unknown format {raw['format']!r}, expected {LEGACY_FORMAT!r} "
+                                f"or a Hugging Face config")
+        model = raw.get("model")
+        if not isinstance(model, dict):
+            raise ModelDirError(f"{path / CONFIG_FILE}: \"model\" must be an object of model fields")
+        try:
+            config = ModelConfig(arch="gpt2", **model)
+        except (TypeError, ValueError) as e:
+            raise ModelDirError(f"{path}: bad model config: {e}") from e
+        quantization = (raw.get("weights") or {}).get("quantization")
+        for name in (WEIGHTS_FILE, TOKENIZER_FILE):
+            if not (path / name).is_file():
+                raise ModelDirError(f"model directory {path} has no {name}")
+        return ModelDir(path, config, raw, True, quantization, raw.get("name") or path.name)
+    own = raw.get("code_assistant") or {}
+    if own and own.get("format") != FORMAT:
+        raise ModelDirError(f"{path / CONFIG_FILE}: unknown code_assistant format {own.get('format')!r}, "
+                            f"expected {FORMAT!r}")
     try:
-        tokenizer = load_tokenizer(Path(model_dir) / TOKENIZER_FILE, pat_str=info.get("pat_str", CODE_PAT_STR),
-                                   name=info.get("name", "code-bpe"))
-    except TokenizerError as e:
-        raise ModelDirError(str(e)) from e
-    expected = info.get("special_tokens")
-    actual = special_token_ids(tokenizer.n_vocab - len(expected or {}))
-    if expected and expected != actual:
-        raise ModelDirError(f"{model_dir}: special token ids in config.json {expected} do not match the tokenizer file")
-    return tokenizer
+        config = config_from_hf(raw)
+    except FamilyError as e:
+        raise ModelDirError(f"{path}: {e}") from e
+    except (TypeError, ValueError) as e:
+        raise ModelDirError(f"{path}: bad model config: {e}") from e
+    if not (path / WEIGHTS_FILE).is_file() and not (path / WEIGHTS_INDEX).is_file():
+        raise ModelDirError(f"model directory {path} has no {WEIGHTS_FILE} (nor {WEIGHTS_INDEX}); "
+                            f"only safetensors weights are loaded")
+    if not (path / HF_TOKENIZER_FILE).is_file():
+        raise ModelDirError(f"model directory {path} has no {HF_TOKENIZER_FILE}")
+    return ModelDir(path, config, raw, False, own.get("quantization"), own.get("name") or path.name)
 
 
-def load_tensors(model_dir: str | Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(Path(model_dir) / WEIGHTS_FILE))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelDirError(f"{Path(model_dir) / WEIGHTS_FILE} is not a readable safetensors file: {e}") from e
+# ---- weights ------------------------------------------------------------------------------------
+class _Checkpoint:
+    """Tensors of one or more safetensors files, read on demand by name."""
+
+    def __init__(self, model_dir: Path):
+        index = model_dir / WEIGHTS_INDEX
+        if (model_dir / WEIGHTS_FILE).is_file():
+            self.files = {None: model_dir / WEIGHTS_FILE}
+            self.where: dict[str, Path] | None = None
+        else:
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                self.where = {name: model_dir / file for name, file in weight_map.items()}
+            except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+                raise ModelDirError(f"{index} is not a valid safetensors index: {e}") from e
+            self.files = {}
+        self.handles: dict[Path, object] = {}
+        self.model_dir = model_dir
+
+    def _open(self, path: Path):
+        if path not in self.handles:
+            if not path.is_file():
+                raise ModelDirError(f"{self.model_dir}: weights file {path.name} is missing")
+            try:
+                self.handles[path] = safe_open(str(path), framework="pt")
+            except (SafetensorError, OSError, ValueError) as e:
+                raise ModelDirError(f"{path} is not a readable safetensors file: {e}") from e
+        return self.handles[path]
+
+    def names(self) -> set[str]:
+        if self.where is not None:
+            return set(self.where)
+        return set(self._open(self.files[None]).keys())
+
+    def __call__(self, name: str) -> torch.Tensor:
+        path = self.where.get(name) if self.where is not None else self.files[None]
+        handle = self._open(path) if path is not None else None
+        if handle is None or name not in handle.keys():
+            raise ModelDirError(f"{self.model_dir}: the weights have no tensor {name!r}")
+        try:
+            return handle.get_tensor(name)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ModelDirError(f"{path}: cannot read tensor {name!r}: {e}") from e
 
 
-def dequantize(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """int8 weights with per-row scales -> fp32; other tensors pass through."""
+def load_state(model_dir: ModelDir, dtype: torch.dtype = torch.float32,
+               transform: Callable[[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+               ) -> dict[str, torch.Tensor]:
+    """Our state dict (our tensor names) of a model directory. Float tensors become `dtype`; int8
+    weights stay int8 beside their `.scale`. `transform(name, tensor)` may replace each tensor as it
+    is read (the int8 loader quantizes there, so the float copy of the whole model never exists)."""
+    checkpoint = _Checkpoint(model_dir.path)
+    expected = expected_shapes(model_dir.config)
+    if model_dir.int8:
+        stored = checkpoint.names()
+        rename = ({r.ours: r.theirs[0] for r in weight_rules(model_dir.config, legacy=True)}
+                  if model_dir.legacy else {})
+
+        def pairs():
+            for name in expected:
+                source = rename.get(name, name)
+                yield name, checkpoint(source)
+                if source + SCALE_SUFFIX in stored:
+                    yield name + SCALE_SUFFIX, checkpoint(source + SCALE_SUFFIX)
+    else:
+        def read(name: str) -> torch.Tensor:
+            t = checkpoint(name)
+            return t.to(dtype) if t.is_floating_point() else t
+
+        pairs = lambda: iter_ours(model_dir.config, read, legacy=model_dir.legacy)  # noqa: E731
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in pairs():
+        shape = expected.get(name)
+        if shape is not None and tuple(tensor.shape) != shape:
+            raise ModelDirError(f"{model_dir.path}: tensor {name} has shape {tuple(tensor.shape)}, "
+                                f"config.json implies {shape}")
+        state.update(transform(name, tensor) if transform is not None else {name: tensor})
+        del tensor  # the float copy goes before the next one is read
+    missing = [name for name in expected if name not in state]
+    if missing:
+        raise ModelDirError(f"{model_dir.path}: the weights have no tensor for {missing[0]!r}")
+    return state
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = Transformer(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()
+            if not (config.tie_embeddings and k == "head.weight")}
+
+
+def build_model(config: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
+    """A Transformer holding `state` (float tensors, our names) without a random init first."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.load_state_dict(state, strict=False, assign=True)
+    if config.tie_embeddings:
+        model.head.weight = model.embed.weight
+    return model.eval()
+
+
+def dequantize(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """int8 weights with per-row scales -> float; other tensors pass through."""
     out = {}
-    for name, t in tensors.items():
+    for name, t in state.items():
         if name.endswith(SCALE_SUFFIX):
             continue
-        scale = tensors.get(name + SCALE_SUFFIX)
-        out[name] = t.float() * scale.float().unsqueeze(-1) if scale is not None else t.float()
+        scale = state.get(name + SCALE_SUFFIX)
+        out[name] = (t.float() * scale.float().unsqueeze(-1)).to(dtype) if scale is not None else t.to(dtype)
     return out
 
 
-def build_model(config: dict, tensors: dict[str, torch.Tensor], model_dir: str | Path = "") -> GPT:
+# ---- tokenizer ----------------------------------------------------------------------------------
+def load_tokenizer_from_dir(model_dir: ModelDir | str | Path) -> Tokenizer:
+    if not isinstance(model_dir, ModelDir):
+        model_dir = read_model_dir(model_dir)
     try:
-        model = GPT(GPTConfig(**config["model"]))
-    except (TypeError, ValueError, KeyError) as e:
-        raise ModelDirError(f"{model_dir}: bad model config: {e}") from e
-    expected = {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise ModelDirError(f"{model_dir}: weights do not match config.json "
-                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    for name, shape in expected.items():
-        if tensors[name].shape != shape:
-            raise ModelDirError(f"{model_dir}: tensor {name} has shape {tuple(tensors[name].shape)}, "
-                                f"config.json implies {tuple(shape)}")
-    model.load_state_dict(tensors, strict=False)
-    return model
+        if model_dir.legacy:
+            info = model_dir.raw.get("tokenizer", {})
+            tokenizer = load_tokenizer(model_dir.path / TOKENIZER_FILE, pat_str=info.get("pat_str", CODE_PAT_STR),
+                                       name=info.get("name", "code-bpe"))
+            expected = info.get("special_tokens")
+            if expected and expected != special_token_ids(tokenizer.n_vocab - len(expected)):
+                raise ModelDirError(f"{model_dir.path}: special token ids in config.json {expected} do not match "
+                                    f"the tokenizer file")
+        else:
+            eos = model_dir.raw.get("eos_token_id")
+            eos_ids = tuple(eos) if isinstance(eos, list) else (eos,) if isinstance(eos, int) else ()
+            tokenizer = load_hf_tokenizer(model_dir.path, tuple(i for i in eos_ids if isinstance(i, int)))
+    except TokenizerError as e:
+        raise ModelDirError(str(e)) from e
+    if tokenizer.n_vocab > model_dir.config.vocab_size:
+        raise ModelDirError(f"{model_dir.path}: tokenizer has {tokenizer.n_vocab} tokens, the model only "
+                            f"{model_dir.config.vocab_size}")
+    return tokenizer
 
 
-def load_model_dir(model_dir: str | Path) -> tuple[GPT, Tokenizer, dict]:
-    """Load an fp32 model (int8 weights are dequantized), its tokenizer and its config."""
-    config = read_config(model_dir)
-    tokenizer = load_tokenizer_from_dir(model_dir, config)
-    model = build_model(config, dequantize(load_tensors(model_dir)), model_dir)
-    if tokenizer.n_vocab > model.config.vocab_size:
-        raise ModelDirError(f"{model_dir}: tokenizer has {tokenizer.n_vocab} tokens, model only {model.config.vocab_size}")
-    return model.eval(), tokenizer, config
+# ---- the whole model ----------------------------------------------------------------------------
+def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Transformer, Tokenizer, ModelDir]:
+    """A float model (int8 weights are dequantized), its tokenizer and its directory."""
+    model_dir = read_model_dir(path)
+    tokenizer = load_tokenizer_from_dir(model_dir)
+    state = load_state(model_dir, dtype)
+    if model_dir.int8:
+        state = dequantize(state, dtype)
+    return build_model(model_dir.config, state), tokenizer, model_dir
+
+
+def save_model_dir(out: str | Path, model: Transformer, tokenizer_files: dict[str, str], bos_id: int | None,
+                   eos_id: int | None, training: dict | None = None) -> Path:
+    """Write a model as a Hugging Face directory (config.json in its class's terms, the weights
+    under its names, the tokenizer files) that transformers, vLLM or llama.cpp's converter load."""
+    from .families import hf_config, to_hf
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v for k, v in model.state_dict().items() if not (model.config.tie_embeddings and k == "head.weight")}
+    tensors = to_hf(model.config, {k: v.float() for k, v in state.items()})
+    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    raw = hf_config(model.config, bos_id, eos_id)
+    raw["code_assistant"] = {"format": FORMAT, "quantization": None, "training": training or {}}
+    (out / CONFIG_FILE).write_text(json.dumps(raw, indent=2) + "\n")
+    for file_name, text in tokenizer_files.items():
+        (out / file_name).write_text(text, encoding="utf-8")
+    return out
+
+
+def save_int8_dir(out: str | Path, source: ModelDir, state: dict[str, torch.Tensor], quantization: dict) -> Path:
+    """Write an int8 copy: the source's config.json (plus our section) and tokenizer files, the
+    weights under our names."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+    raw = dict(source.raw)
+    if source.legacy:
+        raw["weights"] = {"file": WEIGHTS_FILE, "quantization": quantization}
+        files = [TOKENIZER_FILE]
+    else:
+        raw["code_assistant"] = {**(raw.get("code_assistant") or {}), "format": FORMAT, "quantization": quantization}
+        files = [HF_TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"]
+    for name in files:
+        if (source.path / name).is_file() and (source.path / name).resolve() != (out / name).resolve():
+            (out / name).write_bytes((source.path / name).read_bytes())
+    (out / CONFIG_FILE).write_text(json.dumps(raw, indent=2) + "\n")
+    return out
 
 
 def default_model_dir() -> Path:
     """The shipped model: $CODE_ASSISTANT_MODEL, else models/default beside the packages."""
-    import os
-
     env = os.environ.get("CODE_ASSISTANT_MODEL")
     return Path(env) if env else Path(__file__).resolve().parent.parent / "models" / "default"

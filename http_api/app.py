@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from engine import Engine, EngineConfig
-from engine.model_dir import CONFIG_FILE, WEIGHTS_FILE, default_model_dir
+from engine.model_dir import CONFIG_FILE, default_model_dir
 
 from .auth import KeyRing, load_api_keys
 from .errors import install_error_handlers
@@ -37,9 +37,10 @@ def model_version(model_dir: Path | None) -> str:
     if isinstance(config.get("version"), str):
         return config["version"]
     digest = hashlib.sha256((model_dir / CONFIG_FILE).read_bytes())
-    with open(model_dir / WEIGHTS_FILE, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
+    for weights in sorted(model_dir.glob("*.safetensors")):  # one file, or the shards
+        with open(weights, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
     return digest.hexdigest()[:12]
 
 

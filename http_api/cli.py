@@ -64,14 +64,14 @@ def build_server(app, settings: ServerSettings):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from engine import ModelDirError
-    from engine.model_dir import default_model_dir, read_config
+    from engine.model_dir import default_model_dir, read_model_dir
 
     from .app import create_app
     from .logging_setup import configure_logging
 
     settings = settings_from_args(args)
     try:
-        read_config(settings.model_dir or default_model_dir())  # fail now, not in the background loader
+        read_model_dir(settings.model_dir or default_model_dir())  # fail now, not in the background loader
         app = create_app(settings)
     except (ModelDirError, ValueError) as e:
         print(f"code-assistant serve: error: {e}", file=sys.stderr)

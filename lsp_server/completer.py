@@ -16,8 +16,10 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Characters that may follow the cursor on its line while an automatic completion still makes sense.
+# Characters that may follow the cursor on its line while an automatic completion still makes sense,
+# and how many (auto-closed brackets and quotes; more is code the suggestion would have to fit into).
 CLOSING = set(")]}\"'`;:,. \t")
+MAX_CHARS_AFTER_CURSOR = 4
 
 
 @dataclass(frozen=True)
@@ -32,10 +34,10 @@ class GenerationParams:
     temperature: float
     multiline: bool
     cache_weight: float | None = None
+    max_prompt_tokens: int | None = None
 
 
 class Backend(Protocol):
-    def count_tokens(self, text: str) -> int: ...
     def prompt_budget(self, max_tokens: int) -> int: ...
     async def generate(self, prompt: Prompt, params: GenerationParams,
                        done: Callable[[str], bool]) -> Generated: ...
@@ -50,12 +52,15 @@ class Suggestion:
 
 
 def should_complete(cursor: Cursor, settings: Settings, invoked: bool) -> bool:
-    """Automatic triggers only at the end of a line's code (brackets and quotes may follow)."""
+    """Automatic triggers only at the end of a line's code (a few brackets and quotes may follow),
+    never in the middle of a word."""
     if not settings.enable:
         return False
     if invoked:
         return True
-    return bool(cursor.prefix.strip()) and all(c in CLOSING for c in cursor.line_suffix)
+    rest = cursor.line_suffix.rstrip()
+    return (bool(cursor.prefix.strip()) and all(c in CLOSING for c in rest)
+            and len(rest) <= MAX_CHARS_AFTER_CURSOR)
 
 
 def wants_multiline(settings: Settings, invoked: bool) -> bool:
@@ -76,55 +81,42 @@ def following_lines(cursor: Cursor) -> str:
 
 
 async def complete(cursor: Cursor, settings: Settings, backend: Backend, invoked: bool,
-                   language_id: str = "python", neighbours: Iterable[tuple[str, str]] = ()) -> Suggestion | None:
-    """One completion at `cursor`, or None. Cancelling the calling task cancels the generation."""
+                   path: str | None = None, neighbours: Iterable[tuple[str, str]] = (),
+                   debounce_ms: float | None = None) -> Suggestion | None:
+    """One completion at `cursor`, or None. Cancelling the calling task cancels the generation.
+    `debounce_ms` (automatic triggers only): the server's adaptive wait; None: `settings.debounce_ms`."""
     if not should_complete(cursor, settings, invoked):
         return None
-    if not invoked and settings.debounce_ms:
-        await asyncio.sleep(settings.debounce_ms / 1000)  # a newer keystroke cancels us meanwhile
-    count = backend.count_tokens
-    budget = settings.context_tokens or backend.prompt_budget(settings.max_tokens)
+    wait_ms = settings.debounce_ms if debounce_ms is None else debounce_ms
+    if not invoked and wait_ms:
+        await asyncio.sleep(wait_ms / 1000)  # a newer keystroke cancels us meanwhile
+    budget = min(settings.context_tokens, backend.prompt_budget(settings.max_tokens))
     snippets = []
     if settings.neighbours and settings.neighbour_files:
-        snippets = select_neighbours(snippet_query(cursor.prefix), neighbours, count,
-                                     min(settings.neighbour_budget_tokens, budget // 3), settings.neighbour_files)
-    prompt = build_prompt(cursor.prefix, cursor.suffix, count, budget, settings.suffix_fraction, snippets,
-                          language_id)
+        snippets = select_neighbours(snippet_query(cursor.prefix), neighbours, settings.neighbour_files)
+    prompt = build_prompt(cursor.prefix, cursor.suffix, budget, snippets, path)
     multiline = wants_multiline(settings, invoked)
-    params = GenerationParams(settings.max_tokens, settings.temperature, multiline, settings.cache_weight)
+    params = GenerationParams(settings.max_tokens, settings.temperature, multiline, settings.cache_weight, budget)
     generated = await backend.generate(prompt, params, generation_done(multiline, cursor.line_prefix))
     edit = postprocess(generated.text, cursor.line_prefix, cursor.line_suffix, following_lines(cursor), multiline)
     return Suggestion(generated.id, edit, multiline) if edit else None
 
 
 def extra_context(prompt: Prompt) -> list[dict]:
-    """What the engine's cache model gets besides the prompt: neighbour snippets (the prompt holds
-    them too, as comments) and the parts of this file the prompt budget left out."""
-    items = [{"path": s.path, "text": s.text} for s in prompt.snippets]
-    if prompt.far_before:
-        items.append({"path": "(this file, before the prompt)", "text": prompt.far_before})
-    if prompt.far_after:
-        items.append({"path": "(this file, after the cursor's line)", "text": prompt.far_after})
-    return items
+    """The neighbour snippets, best first: the engine puts what fits into the prompt and all of
+    them into its cache model."""
+    return [{"path": s.path, "text": s.text} for s in prompt.snippets]
 
 
 class LocalBackend:
     """The engine in this process. `engine.stream` runs the model on the engine's own thread, so the
     server's event loop stays free; closing the stream (done or cancelled) frees the engine slot."""
 
-    # Per-line token counts differ a little from the whole prompt's; keep a margin so the engine's
-    # own trimming (which would move the prompt's start and defeat prefix reuse) never kicks in.
-    MARGIN = 0.95
-
     def __init__(self, engine):
         self.engine = engine
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.engine.tokenizer.encode(text))
-
     def prompt_budget(self, max_tokens: int) -> int:
-        block = self.engine.model.config.block_size
-        return int((block - min(max_tokens, block // 2) - 3) * self.MARGIN)
+        return self.engine.prompt_budget(max_tokens)
 
     async def generate(self, prompt: Prompt, params: GenerationParams, done: Callable[[str], bool]) -> Generated:
         from engine import EngineBusy, EngineError, SamplingParams
@@ -133,7 +125,8 @@ class LocalBackend:
                                   cache_weight=params.cache_weight)
         completion_id = f"lsp-{uuid.uuid4().hex[:16]}"
         text = ""
-        chunks = self.engine.stream(prompt.prefix, prompt.suffix, sampling, extra_context=extra_context(prompt))
+        chunks = self.engine.stream(prompt.prefix, prompt.suffix, sampling, extra_context=extra_context(prompt),
+                                    path=prompt.path, max_prompt_tokens=params.max_prompt_tokens)
         try:
             async with contextlib.aclosing(chunks):
                 async for chunk in chunks:

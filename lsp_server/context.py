@@ -1,39 +1,26 @@
-"""The prompt: text before and after the cursor within a token budget, plus snippets from other files.
+"""What the editor sends the engine: the text before and after the cursor, and snippets from other files.
 
-The nearest lines of both sides are kept and the far ends trimmed. The prefix's first kept line
-moves in steps of `PREFIX_STRIDE_LINES`, so that while the user types, successive prompts start
-with the same tokens and the engine can reuse the KV cache it already holds for them (prefix reuse).
-Snippets from neighbouring files go first, as comments, so the FIM prompt stays one valid file.
+The engine decides what fits its context window and how the family lays it out (engine/prompt.py);
+this side only bounds what travels, by characters, generously above any window: the prefix keeps
+its last lines, starting on a multiple of `PREFIX_STRIDE_LINES` so that while the user types,
+successive prompts start with the same text and the engine's prefix reuse keeps applying.
 """
 from __future__ import annotations
 
 import functools
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable
-
-TokenCounter = Callable[[str], int]
+from typing import Iterable
 
 PREFIX_STRIDE_LINES = 8
+# Characters sent per prompt token the engine may use: code averages 3-4 characters a token, so
+# the engine trims; what it trims still feeds its cache model, which is why at least MIN_CHARS go
+# (the names defined a few hundred lines up).
+CHARS_PER_TOKEN = 8
+MIN_CHARS = 12_000
 QUERY_LINES = 30             # lines before the cursor whose identifiers select neighbour snippets
 WINDOW_LINES = 20            # size of a candidate snippet in a neighbouring file
-# Of the rest of the file, what the cache model gets on each side: with neighbour snippets it stays
-# under the HTTP API's 64 KB extra_context limit in remote mode (4 bytes a character at worst).
-FAR_CONTEXT_CHARS = 6_000
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")
-
-LINE_COMMENTS = {
-    "python": "#", "shellscript": "#", "ruby": "#", "perl": "#", "r": "#", "yaml": "#", "toml": "#",
-    "makefile": "#", "dockerfile": "#", "powershell": "#", "elixir": "#", "julia": "#", "nim": "#",
-    "lua": "--", "sql": "--", "haskell": "--", "ada": "--", "elm": "--",
-    "latex": "%", "tex": "%", "erlang": "%", "matlab": "%", "lisp": ";", "clojure": ";", "scheme": ";",
-    "vim": '"', "bat": "REM",
-}
-
-
-def estimate_tokens(text: str) -> int:
-    """Without the model's tokenizer (remote mode): code BPE averages about three characters a token."""
-    return (len(text) + 2) // 3
 
 
 @dataclass(frozen=True)
@@ -45,93 +32,40 @@ class Snippet:
 
 @dataclass(frozen=True)
 class Prompt:
-    prefix: str                      # what goes before the cursor, snippet header included
-    suffix: str
+    prefix: str                      # text before the cursor (its far start cut off)
+    suffix: str                      # text after the cursor (its far end cut off)
     snippets: tuple[Snippet, ...] = ()
-    # The rest of the file, for the engine's cache model only (the network never sees it): the part
-    # of the prefix the budget dropped, and the lines after the cursor's line. Both stay the same
-    # while the user types on a line, so the engine's memo of their n-grams keeps hitting.
-    far_before: str = ""
-    far_after: str = ""
+    path: str | None = None          # the document's path, as the workspace shows it
 
 
-def build_prompt(prefix: str, suffix: str, count: TokenCounter, budget: int, suffix_fraction: float = 0.25,
-                 snippets: Iterable[Snippet] = (), language_id: str = "python") -> Prompt:
-    """Fit snippets, prefix and suffix into `budget` tokens; suffix gets at most its share unless spare."""
-    snippets = tuple(snippets)
-    header = render_snippets(snippets, LINE_COMMENTS.get(language_id, "//"))
-    budget = max(1, budget - count(header)) if header else budget
-    suffix_share = int(budget * suffix_fraction)
-    kept_suffix = keep_first_lines(suffix, count, suffix_share)
-    kept_prefix = keep_last_lines(prefix, count, budget - count(kept_suffix))
-    if len(kept_suffix) < len(suffix):  # prefix left room: give it to the suffix
-        kept_suffix = keep_first_lines(suffix, count, budget - count(kept_prefix))
-    dropped = len(prefix) - len(kept_prefix)
-    far_before = prefix[max(0, dropped - FAR_CONTEXT_CHARS):dropped]
-    line_end = suffix.find("\n")
-    far_after = "" if line_end == -1 else suffix[line_end + 1:line_end + 1 + FAR_CONTEXT_CHARS]
-    return Prompt(header + kept_prefix, kept_suffix, snippets, far_before, far_after)
+def build_prompt(prefix: str, suffix: str, budget_tokens: int, snippets: Iterable[Snippet] = (),
+                 path: str | None = None) -> Prompt:
+    """Bound prefix and suffix to what a `budget_tokens` prompt could use, with room to spare."""
+    chars = max(MIN_CHARS, budget_tokens * CHARS_PER_TOKEN)
+    return Prompt(keep_last_lines(prefix, chars), keep_first_lines(suffix, chars // 2), tuple(snippets), path)
 
 
-def keep_last_lines(text: str, count: TokenCounter, budget: int, stride: int = PREFIX_STRIDE_LINES) -> str:
-    """The last lines of `text` within `budget`; the first kept line index is a multiple of `stride`."""
+def keep_last_lines(text: str, max_chars: int, stride: int = PREFIX_STRIDE_LINES) -> str:
+    """The end of `text` within `max_chars`, from a line whose index is a multiple of `stride`."""
+    if len(text) <= max_chars:
+        return text
     lines = text.splitlines(keepends=True)
-    if not lines:
-        return ""
-    last = lines[-1]
-    used = count(last)
-    if used > budget:
-        return _tail_chars(last, count, budget)
-    start = len(lines) - 1
-    while start > 0:
-        cost = count(lines[start - 1])
-        if used + cost > budget:
-            break
-        used += cost
-        start -= 1
-    if start > 0:
-        start = min(-(-start // stride) * stride, len(lines) - 1)
-    return "".join(lines[start:])
+    starts = [0]
+    for line in lines[:-1]:
+        starts.append(starts[-1] + len(line))
+    first = next((i for i, start in enumerate(starts) if len(text) - start <= max_chars), None)
+    if first is None:  # the last line alone is too long: cut it by characters
+        return text[-max_chars:]
+    return text[starts[min(-(-first // stride) * stride, len(lines) - 1)]:]
 
 
-def keep_first_lines(text: str, count: TokenCounter, budget: int) -> str:
-    """The first lines of `text` within `budget`; the cursor's own line is cut by characters if needed."""
-    if budget <= 0 or not text:
-        return ""
-    lines = text.splitlines(keepends=True)
-    used = count(lines[0])
-    if used > budget:
-        return _head_chars(lines[0], count, budget)
-    end = 1
-    while end < len(lines):
-        cost = count(lines[end])
-        if used + cost > budget:
-            break
-        used += cost
-        end += 1
-    return "".join(lines[:end])
-
-
-def _tail_chars(line: str, count: TokenCounter, budget: int) -> str:
-    low, high = 0, len(line)  # find the longest tail that fits
-    while low < high:
-        mid = (low + high + 1) // 2
-        if count(line[len(line) - mid:]) <= budget:
-            low = mid
-        else:
-            high = mid - 1
-    return line[len(line) - low:]
-
-
-def _head_chars(line: str, count: TokenCounter, budget: int) -> str:
-    low, high = 0, len(line)
-    while low < high:
-        mid = (low + high + 1) // 2
-        if count(line[:mid]) <= budget:
-            low = mid
-        else:
-            high = mid - 1
-    return line[:low]
+def keep_first_lines(text: str, max_chars: int) -> str:
+    """The start of `text` within `max_chars`, ending at a line end where there is one."""
+    if len(text) <= max_chars:
+        return text
+    head = text[:max_chars]
+    end = head.rfind("\n")
+    return head[:end + 1] if end > 0 else head
 
 
 # ---- neighbouring snippets ----------------------------------------------------------------------
@@ -147,11 +81,11 @@ def snippet_query(prefix: str) -> set[str]:
     return identifiers(text[:len(text) - len(re.search(r"[A-Za-z0-9_]*$", text).group())])
 
 
-def select_neighbours(query: set[str], documents: Iterable[tuple[str, str]], count: TokenCounter,
-                      budget: int, max_files: int, window_lines: int = WINDOW_LINES) -> list[Snippet]:
-    """The window of each document most like the query (Jaccard over identifiers), best files first,
-    as many as fit in `budget` tokens and `max_files`."""
-    if not query or budget <= 0 or max_files <= 0:
+def select_neighbours(query: set[str], documents: Iterable[tuple[str, str]], max_files: int,
+                      window_lines: int = WINDOW_LINES) -> list[Snippet]:
+    """The window of each document most like the query (Jaccard over identifiers), best files
+    first, at most `max_files`; the engine fits them into its budget in that order."""
+    if not query or max_files <= 0:
         return []
     best: list[Snippet] = []
     for path, text in documents:
@@ -162,16 +96,10 @@ def select_neighbours(query: set[str], documents: Iterable[tuple[str, str]], cou
             score = named + (len(query & words) / len(query | words) if words else 0.0)
             if score > 0 and (top is None or score > top.score):
                 top = Snippet(path, window, score)
-        if top is not None:
+        if top is not None and top.text.strip():
             best.append(top)
     best.sort(key=lambda s: (-s.score, s.path))
-    chosen, used = [], 0
-    for snippet in best[:max_files]:
-        text = keep_first_lines(snippet.text, count, budget - used)
-        if text.strip():
-            chosen.append(Snippet(snippet.path, text, snippet.score))
-            used += count(text)
-    return chosen
+    return best[:max_files]
 
 
 @functools.lru_cache(maxsize=64)
@@ -187,11 +115,3 @@ def _windows(text: str, window_lines: int) -> tuple[tuple[str, frozenset[str]], 
 def _module_name(path: str) -> str:
     name = path.replace("\\", "/").rsplit("/", 1)[-1]
     return name.split(".", 1)[0]
-
-
-def render_snippets(snippets: Iterable[Snippet], comment: str = "#") -> str:
-    parts = []
-    for snippet in snippets:
-        body = "".join(f"{comment} {line}".rstrip() + "\n" for line in snippet.text.splitlines())
-        parts.append(f"{comment} Compare this snippet from {snippet.path}:\n{body}")
-    return "".join(parts)

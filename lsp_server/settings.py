@@ -15,16 +15,22 @@ class Settings:
     max_tokens: int = 48
     temperature: float = 0.0
     multiline: bool = False
-    debounce_ms: int = 75                 # automatic triggers only; invoked ones never wait
+    debounce_ms: int | None = None        # automatic triggers only; None: adaptive (debounce.py)
     remote_url: str | None = None
     api_key: str | None = None
     neighbours: bool = True
-    neighbour_budget_tokens: int = 256
     neighbour_files: int = 4
     cache_weight: float | None = None     # None: the engine's default
-    context_tokens: int | None = None     # prompt budget; None: the model's block size minus max_tokens
-    suffix_fraction: float = 0.25         # share of the prompt budget the text after the cursor may take
+    # Prompt tokens a completion may use (the model's context caps it): more context, slower prefill.
+    context_tokens: int = 2048
     timeout_ms: int = 5000                # remote requests: a slow server gives an empty result, not a hang
+    backend: str = "code-assistant"       # what runs at remote_url: see BACKENDS
+    model: str | None = None              # the model name a remote server wants (Ollama, OpenAI-compatible)
+    fim_template: str | None = None       # OpenAI-compatible servers: a FIM_TEMPLATES name or "{prefix}..{suffix}"
+    typed_ahead_reuse: bool = True        # typing the ghost text's first characters shows the rest from cache
+    prefetch: bool = True                 # after a suggestion shows, compute the one that follows accepting it
+    exclude: tuple[str, ...] = ()         # globs (gitignore syntax) of files that never get completions
+    recent_chunks: bool = True            # recently visited/edited lines as context (recent_chunks.py)
 
     def updated(self, raw: Any) -> "Settings":
         """A copy with the recognised keys of `raw` applied; wrong types are logged and ignored."""
@@ -49,12 +55,15 @@ _INVALID = object()
 
 _RANGES: dict[str, tuple[float, float]] = {
     "max_tokens": (1, 1024), "temperature": (0.0, 5.0), "debounce_ms": (0, 5000),
-    "neighbour_budget_tokens": (0, 4096), "neighbour_files": (0, 32), "cache_weight": (0.0, 1.0),
-    "context_tokens": (16, 1 << 16), "suffix_fraction": (0.0, 0.9), "timeout_ms": (50, 120_000),
+    "neighbour_files": (0, 32), "cache_weight": (0.0, 1.0), "context_tokens": (16, 1 << 17),
+    "timeout_ms": (50, 120_000),
 }
-_BOOLS = {"enable", "multiline", "neighbours"}
-_INTS = {"max_tokens", "debounce_ms", "timeout_ms", "neighbour_budget_tokens", "neighbour_files", "context_tokens"}
-_OPTIONAL = {"remote_url", "api_key", "cache_weight", "context_tokens"}
+_BOOLS = {"enable", "multiline", "neighbours", "typed_ahead_reuse", "prefetch", "recent_chunks"}
+_STRINGS = {"remote_url", "api_key", "model", "fim_template"}
+# What `backend` names: the server's HTTP dialect (lsp_server/remote.py maps each to its client).
+BACKENDS = ("code-assistant", "openai", "llama.cpp", "ollama")
+_INTS = {"max_tokens", "debounce_ms", "timeout_ms", "neighbour_files", "context_tokens"}
+_OPTIONAL = {"remote_url", "api_key", "cache_weight", "debounce_ms", "model", "fim_template"}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -62,8 +71,13 @@ def _coerce(name: str, value: Any) -> Any:
         return None if name in _OPTIONAL else _INVALID
     if name in _BOOLS:
         return value if isinstance(value, bool) else _INVALID
-    if name in ("remote_url", "api_key"):
+    if name in _STRINGS:
         return (value or None) if isinstance(value, str) else _INVALID
+    if name == "backend":
+        return value if value in BACKENDS else _INVALID
+    if name == "exclude":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return tuple(v for v in value if v.strip()) if ok else _INVALID
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return _INVALID
     if name in _INTS:

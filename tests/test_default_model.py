@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from engine import Engine, SamplingParams
-from engine.model_dir import default_model_dir, read_config
+from engine.model_dir import default_model_dir, read_model_dir
 
 from .http_api.conftest import free_port, serve_command
 
@@ -17,8 +17,7 @@ DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"
 
 def test_default_model_ships_int8_and_small():
     assert default_model_dir() == DEFAULT
-    config = read_config(DEFAULT)
-    assert config["weights"]["quantization"]["method"] == "int8-per-channel"
+    assert read_model_dir(DEFAULT).quantization["method"] == "int8-per-channel"
     size = sum(p.stat().st_size for p in DEFAULT.rglob("*") if p.is_file())
     assert size < 25 * 2**20
     assert (DEFAULT / "MODEL_CARD.md").is_file() and (DEFAULT / "loss_curve.png").is_file()

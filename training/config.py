@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from engine.model import GPTConfig
+from engine.model import ModelConfig
 
 
 class ConfigError(ValueError):
@@ -54,7 +54,7 @@ class TrainerConfig:
 class TrainConfig:
     seed_everything: int = 1337
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    model: GPTConfig = field(default_factory=GPTConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
@@ -62,7 +62,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"trainer": TrainerConfig, "model": GPTConfig, "optim": OptimConfig, "data": DataConfig}
+SECTIONS = {"trainer": TrainerConfig, "model": ModelConfig, "optim": OptimConfig, "data": DataConfig}
 
 
 def _build(cls, values: dict, where: str):
@@ -71,7 +71,7 @@ def _build(cls, values: dict, where: str):
     if unknown:
         raise ConfigError(f"unknown key {where}.{unknown[0]} (known: {', '.join(sorted(names))})")
     try:
-        return cls(**values)
+        return cls.for_arch(values) if cls is ModelConfig else cls(**values)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad value in {where}: {e}") from e
 

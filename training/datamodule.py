@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from engine.tokenizer import Tokenizer, load_tokenizer
+from engine.tokenizer import Tokenizer, hf_tokenizer_files, load_tokenizer, read_ranks
 
 from .config import DataConfig
 from .data import DataError, load_split, read_meta
@@ -48,8 +48,12 @@ class CodeDataModule(L.LightningDataModule):
         super().__init__()
         self.data_dir, self.block_size, self.config = Path(data_dir), block_size, config
         self.meta = read_meta(self.data_dir)
+        self.tokenizer = data_tokenizer(self.data_dir, self.meta)
+
+    def tokenizer_files(self, context: int) -> dict[str, str]:
+        """The tokenizer files of an exported model directory (Hugging Face's format)."""
         info = self.meta["tokenizer"]
-        self.tokenizer = load_tokenizer(self.data_dir / info["file"], pat_str=info["pat_str"], name=info["name"])
+        return hf_tokenizer_files(read_ranks(self.data_dir / info["file"]), info["pat_str"], context)
 
     def setup(self, stage: str | None = None) -> None:
         c = self.config
@@ -68,3 +72,8 @@ class CodeDataModule(L.LightningDataModule):
     def tokens_per_byte(self, split: str = "val") -> float:
         s = self.meta["splits"][split]
         return s["tokens"] / max(1, s["bytes"])
+
+
+def data_tokenizer(data_dir: Path, meta: dict) -> Tokenizer:
+    info = meta["tokenizer"]
+    return load_tokenizer(data_dir / info["file"], pat_str=info["pat_str"], name=info["name"])

@@ -9,14 +9,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from engine.model import GPT
-from engine.model_dir import TOKENIZER_FILE, load_model_dir
+from engine.model import Transformer
+from engine.model_dir import load_model_dir
 
-from .data import CollectOptions, DataError, collect, load_split, read_meta, sha256_file, tokenize_files
+from .data import CollectOptions, DataError, collect, load_split, read_meta, tokenize_files
+from .datamodule import data_tokenizer
 
 
 @torch.no_grad()
-def mean_loss(model: GPT, tokens: np.ndarray, batch_size: int = 8, max_windows: int | None = None) -> float:
+def mean_loss(model: Transformer, tokens: np.ndarray, batch_size: int = 8, max_windows: int | None = None) -> float:
     """Mean next-token cross-entropy (nats) over non-overlapping windows of block_size tokens."""
     block = model.config.block_size
     n_windows = (len(tokens) - 1) // block
@@ -42,7 +43,7 @@ def evaluate(model_dir: Path, data_dir: Path | None = None, src: list[Path] | No
     model, tokenizer, _ = load_model_dir(model_dir)
     if data_dir is not None:
         meta = read_meta(data_dir)
-        if meta["tokenizer"].get("sha256") != sha256_file(Path(model_dir) / TOKENIZER_FILE):
+        if data_tokenizer(data_dir, meta).fingerprint() != tokenizer.fingerprint():
             raise DataError(f"{data_dir} was tokenized with another tokenizer than {model_dir}; use --src instead")
         tokens = load_split(data_dir, "val", tokenizer.n_vocab)
         n_bytes, source = meta["splits"]["val"]["bytes"], f"{data_dir} (val split)"

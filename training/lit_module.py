@@ -8,7 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from engine.model import GPT, GPTConfig
+from engine.model import ModelConfig, Transformer
 
 from .config import OptimConfig
 
@@ -24,12 +24,12 @@ def lr_factor(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float,
 
 
 class CodeLM(L.LightningModule):
-    def __init__(self, model_config: GPTConfig, optim: OptimConfig, max_steps: int, tokens_per_byte: float,
+    def __init__(self, model_config: ModelConfig, optim: OptimConfig, max_steps: int, tokens_per_byte: float,
                  max_seconds: float | None = None):
         super().__init__()
         self.save_hyperparameters({"model": model_config.to_dict(), "optim": vars(optim),
                                    "max_steps": max_steps, "tokens_per_byte": tokens_per_byte})
-        self.model = GPT(model_config)
+        self.model = Transformer(model_config)
         self.optim, self.max_steps, self.tokens_per_byte = optim, max_steps, tokens_per_byte
         self.max_seconds, self.fit_started = max_seconds, None
 

@@ -12,20 +12,7 @@ from typing import Iterable
 import tiktoken
 from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
-from engine.tokenizer import CODE_PAT_STR, SPECIAL_TOKENS, Tokenizer, make_encoding, special_token_ids, write_ranks
-
-
-def _byte_decoder() -> dict[str, int]:
-    """Inverse of GPT-2's bytes_to_unicode, the alphabet HF's ByteLevel uses."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+from engine.tokenizer import CODE_PAT_STR, byte_decoder, SPECIAL_TOKENS, TiktokenTokenizer, make_encoding, special_token_ids, write_ranks
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, show_progress: bool = True) -> dict[bytes, int]:
@@ -42,7 +29,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, show_progress: bool = True)
     trainer = trainers.BpeTrainer(vocab_size=n_ranks, show_progress=show_progress,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     hf.train_from_iterator(texts, trainer=trainer)
-    to_byte = _byte_decoder()
+    to_byte = byte_decoder()
     ranks = {bytes([b]): b for b in range(256)}
     vocab = hf.get_vocab()
     merged = sorted((i, tok) for tok, i in vocab.items() if len(tok) > 1)
@@ -66,5 +53,5 @@ def save_tokenizer(ranks: dict[bytes, int], path: str | Path, kind: str = "code-
             "special_tokens": special_token_ids(len(ranks))}
 
 
-def tokenizer_from_ranks(ranks: dict[bytes, int], info: dict) -> Tokenizer:
-    return Tokenizer(make_encoding(info["name"], ranks, info["pat_str"]))
+def tokenizer_from_ranks(ranks: dict[bytes, int], info: dict) -> TiktokenTokenizer:
+    return TiktokenTokenizer(make_encoding(info["name"], ranks, info["pat_str"]))

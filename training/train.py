@@ -37,15 +37,15 @@ class ExportBest(Callback):
         if not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        info = {k: v for k, v in self.dm.meta["tokenizer"].items() if k not in ("file", "sha256")}
         training = {"config": self.config.to_dict(), "global_step": trainer.global_step,
                     "val_loss": metrics.get("val_loss"), "val_bpb": metrics.get("val_bpb"),
                     "tokens_seen": trainer.global_step * self.dm.config.batch_size * module.model.config.block_size
                     * trainer.world_size * trainer.accumulate_grad_batches,
                     "wall_seconds": round(time.time() - self.started, 1), "exported_because": reason,
                     "data": {k: self.dm.meta["splits"][k]["tokens"] for k in ("train", "val")}}
-        save_model_dir(self.out_dir, module.model, self.dm.data_dir / self.dm.meta["tokenizer"]["file"],
-                       info, training)
+        tokenizer = self.dm.tokenizer
+        save_model_dir(self.out_dir, module.model, self.dm.tokenizer_files(module.model.config.block_size),
+                       tokenizer.bos_ids[0] if tokenizer.bos_ids else tokenizer.eot_id, tokenizer.eot_id, training)
 
     def on_validation_end(self, trainer, module):
         if trainer.sanity_checking:

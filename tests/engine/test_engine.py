@@ -196,6 +196,11 @@ def test_stop_strings_cut_the_text(fp32_engine):
     _, chunks = generate_ids(fp32_engine, "x", SamplingParams(max_tokens=30, stop=["ta\n"]),
                              logits_processor=force_tokens(forced))
     assert "".join(c.text for c in chunks) == "alpha be"
+    # One token may complete two stop strings; the earlier one cuts, whatever their order in the list.
+    forced = t.encode("call(x):\n    pass")
+    _, chunks = generate_ids(fp32_engine, "x", SamplingParams(max_tokens=30, stop=["\n", "):"]),
+                             logits_processor=force_tokens(forced))
+    assert "".join(c.text for c in chunks) == "call(x"
 
 
 def test_max_tokens_is_never_exceeded(fp32_engine):
@@ -210,7 +215,7 @@ def test_multibyte_characters_are_never_split(fp32_engine):
     t = fp32_engine.tokenizer
     text = "é€😀 ok ü"
     forced = [b for b in text.encode("utf-8")]  # one token per byte: every character split across tokens
-    forced = [t.encoding.encode_single_token(bytes([b])) for b in forced]
+    forced = [t.token_bytes().index(bytes([b])) for b in forced]
     ids, chunks = generate_ids(fp32_engine, "s = '", SamplingParams(max_tokens=len(forced)),
                                logits_processor=force_tokens(forced))
     assert ids == forced
@@ -284,15 +289,11 @@ def test_a_full_pool_makes_requests_wait_and_none_fail(make_engine):
     assert stats["kv_cache_usage_ratio"] == 0 and stats["running_batch_size"] == 0
 
 
-def test_a_32k_context_model_allocates_only_its_pool(tiny_model_dir, tmp_path):
+def test_a_32k_context_model_allocates_only_its_pool(code_bpe, tmp_path):
     from engine import EngineConfig
-    from engine.model import GPT, GPTConfig
-    from engine.model_dir import read_config, save_model_dir
+    from tests.conftest import make_model_dir
 
-    meta = read_config(tiny_model_dir)
-    long_model = GPT(GPTConfig(**{**meta["model"], "block_size": 32768}))
-    info = {k: v for k, v in meta["tokenizer"].items() if k != "file"}
-    model_dir = save_model_dir(tmp_path / "long", long_model, tiny_model_dir / meta["tokenizer"]["file"], info)
+    model_dir = make_model_dir(tmp_path / "long", ranks=code_bpe, block_size=32768)
     engine = Engine.load(model_dir, quantize=None,
                          config=EngineConfig(kv_cache_mb=4, token_healing=False, cache_weight=0.0))
     try:

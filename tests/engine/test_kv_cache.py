@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.kv_cache import BlockPool, BlockTable, KVCache
-from engine.model import GPT, GPTConfig
+from engine.model import ModelConfig, Transformer
 
 
 def filled(pool: BlockPool, tokens: list[int]) -> BlockTable:
@@ -138,7 +138,7 @@ def test_attend_over_random_batches_matches_dense_attention(int8, window, n_head
 @torch.no_grad()
 def test_model_over_the_pool_with_prefix_reuse_matches_the_full_forward():
     torch.manual_seed(1)
-    model = GPT(GPTConfig(vocab_size=61, block_size=64, n_layer=2, n_head=4, n_embd=32)).eval()
+    model = Transformer(ModelConfig(vocab_size=61, block_size=64, n_layer=2, n_head=4, n_embd=32)).eval()
     cache, pool = KVCache(2, 40, 4, 4, 8), BlockPool(40, 4)
     base = torch.randint(0, 61, (20,)).tolist()
     for tail in ([1, 2, 3], [1, 2, 4, 5, 6, 7], [9] * 11):

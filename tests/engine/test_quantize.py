@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine import Engine, ModelDirError, SamplingParams
-from engine.model_dir import WEIGHTS_FILE, load_model_dir, read_config
+from engine.model_dir import WEIGHTS_FILE, load_model_dir, read_model_dir
 from engine.quantize import WeightOnlyInt8Linear, fbgemm_linear, main, quantize_tensor, write_int8_model_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ def test_int8_file_is_at_most_0_3x(tiny_model_dir, int8_dir):
     ratio = (int8_dir / WEIGHTS_FILE).stat().st_size / (tiny_model_dir / WEIGHTS_FILE).stat().st_size
     print(f"int8/fp32 file size: {ratio:.3f}")
     assert ratio <= 0.3
-    assert read_config(int8_dir)["weights"]["quantization"]["method"] == "int8-per-channel"
+    assert read_model_dir(int8_dir).quantization["method"] == "int8-per-channel"
 
 
 def test_quantize_cli_subprocess(tiny_model_dir, tmp_path):
@@ -35,9 +35,9 @@ def test_quantize_cli_subprocess(tiny_model_dir, tmp_path):
                           "quantize", "--model", str(tiny_model_dir), "--out", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert (out / WEIGHTS_FILE).is_file() and (out / "tokenizer.tiktoken").is_file()
-    assert main(["--model", str(out), "--out", str(tmp_path / "again")]) == 1  # already int8: a clear error
-    assert main(["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 1
+    assert (out / WEIGHTS_FILE).is_file() and (out / "tokenizer.json").is_file()
+    assert main(["--model", str(out), "--out", str(tmp_path / "again")]) == 2  # already int8: a clear error
+    assert main(["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
 
 
 def test_int8_dir_loads_everywhere(int8_dir, tiny_model_dir):

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 
-from engine.model import GPT, GPTConfig
-from engine.model_dir import read_config, save_model_dir
+from tests.conftest import make_model_dir
 
 API_KEYS = ["key-rate-limited", "key-busy", "key-spare"]
 
@@ -87,14 +85,9 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="session")
-def long_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """tiny_model_dir's tokenizer with a 1024-token context, so a generation can run long enough to cancel."""
-    tiny = read_config(tiny_model_dir)
-    info = {k: v for k, v in tiny["tokenizer"].items() if k != "file"}
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**{**tiny["model"], "block_size": 1024}))
-    out = tmp_path_factory.mktemp("long-model")
-    return save_model_dir(out, model, tiny_model_dir / "tokenizer.tiktoken", info, {"note": "random weights"})
+def long_model_dir(tmp_path_factory, code_bpe) -> Path:
+    """A tiny model with a 1024-token context, so a generation can run long enough to cancel."""
+    return make_model_dir(tmp_path_factory.mktemp("long-model"), ranks=code_bpe, block_size=1024)
 
 
 @pytest.fixture(scope="session")

@@ -42,11 +42,12 @@ def test_train_then_eval_then_resume(data_dir, tmp_path):
                "--trainer.val_check_interval", 20, "--model.n_layer", 1)
     summary = last_json(proc.stdout)
     assert summary["steps"] == 40 and summary["val_bpb"] > 0
-    for name in ("config.json", "model.safetensors", "tokenizer.tiktoken", "run/loss_curve.png",
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "run/loss_curve.png",
                  "run/logs/metrics.csv", "run/checkpoints/last.ckpt"):
         assert (out / name).is_file(), name
-    config = json.loads((out / "config.json").read_text())
-    assert config["model"]["n_layer"] == 1 and config["tokenizer"]["special_tokens"]["<|endoftext|>"] == 508
+    config = json.loads((out / "config.json").read_text())  # a Hugging Face GPT-2 directory
+    assert config["architectures"] == ["GPT2LMHeadModel"] and config["n_layer"] == 1
+    assert config["eos_token_id"] == 508
     result = last_json(run("eval", "--model", out, "--data", data_dir).stdout)
     assert result["val_loss"] > 0 and 0 < result["bits_per_byte"] < 8
     by_src = last_json(run("eval", "--model", out, "--src", STDLIB / "json").stdout)
@@ -100,7 +101,7 @@ def test_broken_model_dirs_are_named(tiny_model_dir, data_dir, tmp_path):
     wrong = tmp_path / "wrong"
     shutil.copytree(tiny_model_dir, wrong)
     config = json.loads((wrong / "config.json").read_text())
-    config["model"]["n_embd"] = 128
+    config["n_embd"] = 128
     (wrong / "config.json").write_text(json.dumps(config))
     one_line_error(run("eval", "--model", wrong, "--src", STDLIB / "json", check=False), "shape")
     pickled = tmp_path / "pickled"

@@ -1,0 +1,139 @@
+"""The prompt: how many tokens a request may use, and the family's layout of prefix, suffix and
+neighbouring files, decided here once for every front end.
+
+Layouts follow each family's model card: fill-in-the-middle in prefix-suffix-middle order with the
+tokenizer's own FIM tokens (StarCoder/SantaCoder/this project, Qwen2.5-Coder, CodeLlama,
+DeepSeek-Coder); neighbouring files as repository-level context where the family was trained with
+it (`<|repo_name|>`/`<|file_sep|>` for Qwen2.5-Coder, `<repo_name>`/`<file_sep>` for StarCoder2,
+`<filename>` for StarCoder 1), otherwise as comments before the prefix. A tokenizer without FIM
+tokens gets the prefix alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from .tokenizer import Tokenizer
+
+# Comment markers by file extension, for neighbouring files shown as comments.
+LINE_COMMENTS = {
+    "#": (".py", ".pyi", ".sh", ".bash", ".rb", ".pl", ".r", ".yaml", ".yml", ".toml", ".mk", ".ps1", ".ex", ".exs",
+          ".jl", ".nim", ".cfg", ".ini", ".dockerfile"),
+    "--": (".lua", ".sql", ".hs", ".adb", ".elm"),
+    "%": (".tex", ".erl", ".m"),
+    ";": (".lisp", ".clj", ".scm", ".el"),
+}
+COMMENT_OF_SUFFIX = {ext: marker for marker, exts in LINE_COMMENTS.items() for ext in exts}
+FILES_SHARE = 3        # neighbouring files take at most 1/FILES_SHARE of the prompt budget
+SUFFIX_SHARE = 4       # the suffix takes at most 1/SUFFIX_SHARE of the rest when the prefix is long
+MAX_STRIDE = 256       # tokens; see PromptBuilder.build
+# The repository's name in layouts that start with one: front ends send paths relative to the
+# workspace, not its name, and the models only need the marker to know files follow.
+REPO_NAME = "repository"
+
+
+@dataclass(frozen=True)
+class ContextFile:
+    """Another file of the project the completion may draw on (a neighbour, a workspace match)."""
+    path: str
+    text: str
+
+
+def comment_marker(path: str | None) -> str:
+    name = PurePosixPath((path or "").replace("\\", "/")).name.lower()
+    if name in ("makefile", "dockerfile"):
+        return "#"
+    return COMMENT_OF_SUFFIX.get(PurePosixPath(name).suffix, "//")
+
+
+class PromptBuilder:
+    """Token ids of a completion prompt for one model."""
+
+    def __init__(self, tokenizer: Tokenizer, block_size: int, context_tokens: int = 0):
+        self.tokenizer, self.block_size = tokenizer, block_size
+        self.context_tokens = min(context_tokens or block_size, block_size)
+
+    def budget(self, max_tokens: int, max_prompt_tokens: int | None = None) -> int:
+        """Prompt tokens a request that generates up to `max_tokens` may use: the context less room
+        to generate (at least half the context stays for the prompt)."""
+        budget = max(4, self.context_tokens - min(max_tokens, self.context_tokens // 2))
+        if max_prompt_tokens is not None and max_prompt_tokens > 0:
+            budget = max(4, min(budget, max_prompt_tokens))
+        return budget
+
+    def build(self, prompt: str, suffix: str | None, max_tokens: int, files: tuple[ContextFile, ...] = (),
+              path: str | None = None, max_prompt_tokens: int | None = None) -> list[int]:
+        """Ids for a plain or FIM prompt within the budget, trimmed from the far ends.
+
+        A long prefix is cut at a multiple of a stride (an eighth of the context, at most
+        MAX_STRIDE tokens), not at exactly the budget: the next keystroke then keeps the same first
+        tokens, so prefix reuse still applies.
+        """
+        t = self.tokenizer
+        fim = t.fim if suffix is not None else None
+        room = self.budget(max_tokens, max_prompt_tokens) - len(t.bos_ids) - (3 if fim else 0)
+        before, inside = self._files(files, path, room // FILES_SHARE)
+        room = max(1, room - len(before) - len(inside))
+        pre = t.encode_continuation(prompt) if inside else t.encode(prompt)
+        suf = t.encode_continuation(suffix) if fim else []
+        keep_suf = min(len(suf), room // SUFFIX_SHARE if len(pre) > room - room // SUFFIX_SHARE else room - len(pre))
+        stride = max(1, min(self.block_size // 8, MAX_STRIDE))
+        pre = pre[_aligned_start(len(pre), room - keep_suf, stride):]
+        if fim is None:
+            return t.bos_ids + before + inside + pre or [t.eot_id]
+        return t.bos_ids + before + [fim.prefix] + inside + pre + [fim.suffix] + suf[:keep_suf] + [fim.middle]
+
+    def _files(self, files: tuple[ContextFile, ...], path: str | None, budget: int) -> tuple[list[int], list[int]]:
+        """Neighbouring files within `budget` tokens: (ids before the prompt, ids that open the
+        prefix) in the family's repository layout, or as comments opening the prefix."""
+        if not files or budget <= 0:
+            return [], []
+        t = self.tokenizer
+        current = path or "untitled"
+        if _starcoder2(t):      # <repo_name>name<file_sep>path\ncode ... <file_sep><fim_prefix>path\n
+            head = [t.repo_name_id] + t.encode(REPO_NAME) if t.repo_name_id is not None else []
+            pieces = [[t.file_sep_id] + t.encode(f"{f.path}\n{f.text}") for f in files]
+            tail, inside = [t.file_sep_id], t.encode(f"{current}\n")
+        elif t.file_sep_id is not None:  # Qwen2.5-Coder: <|repo_name|>name\n<|file_sep|>path\ncode\n ...
+            head = [t.repo_name_id] + t.encode(REPO_NAME + "\n") if t.repo_name_id is not None else []
+            pieces = [[t.file_sep_id] + t.encode(f"{f.path}\n{f.text}\n") for f in files]
+            tail, inside = [t.file_sep_id] + t.encode(f"{current}\n"), []
+        elif t.filename_id is not None:  # StarCoder 1: one document per file
+            head, tail, inside = [], [], []
+            pieces = [[t.filename_id] + t.encode(f"{f.path}\n{f.text}") + [t.eot_id] for f in files]
+        else:                            # no repository tokens: comments opening the prefix
+            marker = comment_marker(path)
+            kept = _fit([t.encode(render_comment(f, marker)) for f in files], budget)
+            return [], kept
+        kept = _fit(pieces, budget - len(head) - len(tail) - len(inside))
+        if not kept:
+            return [], []
+        return head + kept + tail, inside
+
+
+def _fit(pieces: list[list[int]], budget: int) -> list[int]:
+    """The leading pieces, whole, that fit in `budget` tokens together."""
+    kept: list[int] = []
+    for piece in pieces:
+        if len(kept) + len(piece) > budget:
+            break
+        kept += piece
+    return kept
+
+
+def _starcoder2(t: Tokenizer) -> bool:
+    return t.file_sep_id is not None and t.file_sep_id == t.token_id("<file_sep>")
+
+
+def render_comment(file: ContextFile, marker: str = "#") -> str:
+    """A neighbouring file as comments, the way Copilot and Tabby show snippets to the model."""
+    body = "".join(f"{marker} {line}".rstrip() + "\n" for line in file.text.splitlines())
+    return f"{marker} Compare this snippet from {file.path}:\n{body}"
+
+
+def _aligned_start(n: int, budget: int, stride: int) -> int:
+    """First index of the kept tail of n tokens: at most `budget` kept, cut on a multiple of `stride`."""
+    over = n - budget
+    if over <= 0:
+        return 0
+    return -(-over // stride) * stride if budget > stride else over
