@@ -45,6 +45,40 @@ def run(engine: Engine, prompts: list[str], params: SamplingParams) -> tuple[lis
     return texts, time.perf_counter() - start, tokens
 
 
+def llama_cpp_lookup(gguf: Path, prompt_ids: list[list[int]], max_tokens: int, context: int,
+                     rounds: int = 3) -> dict:
+    """llama.cpp (llama-cpp-python) on the same prompt tokens, greedy, batch 1, without and with
+    its own prompt-lookup decoding (LlamaPromptLookupDecoding: 2-gram match, 8 drafted tokens)."""
+    import llama_cpp
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+    threads = torch.get_num_threads()
+    engines = {name: llama_cpp.Llama(model_path=str(gguf), n_ctx=context, n_batch=context, n_threads=threads,
+                                     verbose=False, draft_model=draft)
+               for name, draft in (("no lookup", None), ("prompt lookup", LlamaPromptLookupDecoding(num_pred_tokens=8)))}
+    speeds, texts = {name: [] for name in engines}, {}
+    for _ in range(rounds):
+        for name, llm in engines.items():  # alternating, medians
+            out, tokens, start = [], 0, time.perf_counter()
+            for ids in prompt_ids:
+                # room for the completion and a draft past it: llama.cpp does not stop a draft at n_ctx
+                ids = ids[-(context - max_tokens - 12):]
+                llm.reset()
+                new = []
+                for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+                    if token == llm.token_eos() or len(new) == max_tokens:
+                        break
+                    new.append(token)
+                out.append(new)
+                tokens += len(new)
+            speeds[name].append(tokens / (time.perf_counter() - start))
+            texts[name] = out
+    same = sum(a == b for a, b in zip(texts["no lookup"], texts["prompt lookup"]))
+    median = {name: round(statistics.median(v), 1) for name, v in speeds.items()}
+    return {"gguf": str(gguf), "tokens_per_s": median, "speedup": round(median["prompt lookup"] / median["no lookup"], 2),
+            "identical_completions": f"{same} of {len(prompt_ids)}"}
+
+
 def verification_cost(model_dir: Path, context: int, widths: list[int], repeats: int = 7) -> dict:
     """CPU milliseconds of one forward of 1 + draft tokens at `context` positions, batch 1, on one
     thread (CPU time of the calling thread: the shared machine's load does not count)."""
@@ -86,13 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--draft-tokens", type=int, default=8)
     ap.add_argument("--quantize", default="int8", choices=["int8", "none"])
+    ap.add_argument("--gguf", type=Path, default=None, help="the same model as llama.cpp GGUF, for its prompt lookup")
+    ap.add_argument("--network-only", action="store_true", help="no cache model, no token healing (as llama.cpp)")
     args = ap.parse_args(argv)
     model_dir = args.model or default_model_dir()
     prompts = continuation_prompts(args.per_file, 600)
     params = SamplingParams(max_tokens=args.max_tokens)
     quantize = None if args.quantize == "none" else args.quantize
-    spec = Engine.load(model_dir, quantize=quantize, config=EngineConfig(draft_tokens=args.draft_tokens))
-    plain = Engine.load(model_dir, quantize=quantize, config=EngineConfig(draft_tokens=0))
+    plain_net = {"cache_weight": 0.0, "token_healing": False} if args.network_only else {}
+    spec = Engine.load(model_dir, quantize=quantize, config=EngineConfig(draft_tokens=args.draft_tokens, **plain_net))
+    plain = Engine.load(model_dir, quantize=quantize, config=EngineConfig(draft_tokens=0, **plain_net))
     run(spec, prompts[:2], params), run(plain, prompts[:2], params)  # warm-up
     before = spec.stats
     times = {"drafts": [], "no drafts": []}
@@ -120,12 +157,24 @@ def main(argv: list[str] | None = None) -> int:
         "draft_tokens_proposed": proposed, "draft_tokens_accepted": accepted,
         "acceptance_rate": round(accepted / max(1, proposed), 3),
         "accepted_share_of_generated": round(accepted / max(1, generated), 3),
-        "accepted_by_position": by_position, "quantize": args.quantize,
+        "accepted_by_position": by_position, "quantize": args.quantize, "network_only": args.network_only,
         "identical_completions": f"{sum(same)} of {len(same)}",
     }
+    prompt_ids = [spec.build_prompt(p, None, args.max_tokens) for p in prompts]
+    context = spec.context_length
     spec.close()
     plain.close()
     print(json.dumps(report), flush=True)
+    try:
+        import llama_cpp  # noqa: F401
+        reason = None if args.gguf is not None else "no --gguf given"
+    except ImportError:
+        reason = "llama-cpp-python is not installed (pip install 'code-assistant[bench]')"
+    if reason:
+        print(f"skipping llama.cpp's prompt lookup: {reason}", flush=True)
+    else:
+        report["llama_cpp"] = llama_cpp_lookup(args.gguf, prompt_ids, args.max_tokens, context)
+        print(json.dumps(report["llama_cpp"]), flush=True)
     if args.large is not None:
         report["verification_cost"] = {"model": str(args.large), "context": 1000,
                                        "by_width": verification_cost(args.large, 1000, [1, 3, 5, 9])}
