@@ -20,7 +20,7 @@ import torch
 
 from engine import Engine, EngineConfig, SamplingParams
 from engine.kv_cache import KVCache
-from engine.model_dir import read_config
+from engine.model_dir import read_model_dir
 
 HELDOUT = Path(__file__).parents[1] / "tests" / "data" / "heldout"
 
@@ -52,12 +52,10 @@ def keystroke_ttft(engine: Engine, context: str, keystrokes: int = 12) -> dict:
 def pool_for_long_context(model_dir: Path, megabytes: float) -> dict:
     """What the pool costs for a model that declares 32,768 positions, against the old layout (a
     slot per batch row preallocated to the full context)."""
-    c = read_config(model_dir)["model"]
-    n_kv_head = c.get("n_kv_head") or c["n_head"]
-    head_dim = c["n_embd"] // c["n_head"]
+    c = read_model_dir(model_dir).config
     rows = {}
     for int8 in (False, True):
-        cache = KVCache.sized(megabytes, c["n_layer"], 16, n_kv_head, head_dim, int8=int8)
+        cache = KVCache.sized(megabytes, c.n_layer, 16, c.n_kv_head, c.head_dim, int8=int8)
         rows["int8" if int8 else "fp32"] = {
             "pool_mb": round(cache.total_bytes() / 2**20, 1), "tokens_held": (cache.n_blocks - 1) * 16,
             "preallocated_32_slots_x_32768_mb": round(cache.bytes_per_token() * 32 * 32768 / 2**20, 1)}
@@ -92,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = {"model": str(args.model), "model_config": read_config(args.model)["model"],
+    report = {"model": str(args.model), "model_config": read_model_dir(args.model).config.to_dict(),
               "torch_threads": torch.get_num_threads()}
 
     print("keystroke time to first token ...", flush=True)
