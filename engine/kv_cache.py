@@ -243,19 +243,17 @@ class PagedBatch:
                          for t, p in enumerate(row))
         self.slots = torch.tensor(slots, device=positions.device)
         self.window = window
+        first = tables[0][0]
+        self.run = B == 1 and tables[0][:n_blocks] == list(range(first, first + n_blocks))
+        self.first_block = first
         # A lone fp32 row whose blocks are one run reads as a slice: SDPA's kernel is faster there.
-        lone_run = B == 1 and not cache.int8 and tables[0][:-(-self.kv_len // bt)] == list(
-            range(tables[0][0], tables[0][0] + -(-self.kv_len // bt)))
-        self.kernel = cache.kernel if T <= KERNEL_MAX_QUERIES and not lone_run else None
+        self.kernel = cache.kernel if T <= KERNEL_MAX_QUERIES and not (self.run and not cache.int8) else None
         if self.kernel is not None:
             width = max(len(t) for t in tables)
             self.tables = torch.tensor([t + [NULL_BLOCK] * (width - len(t)) for t in tables], dtype=torch.int64)
             self.n_real = torch.tensor(n_real or [T] * B, dtype=torch.int64)
             self.positions = positions.to(torch.int64).contiguous()
             return
-        first = tables[0][0] if tables[0] else 0
-        self.run = (B == 1 and tables[0][:n_blocks] == list(range(first, first + n_blocks)))
-        self.first_block = first
         if not self.run:
             padded = [t[:n_blocks] + [NULL_BLOCK] * (n_blocks - len(t[:n_blocks])) for t in tables]
             self.block_index = torch.tensor(padded, device=positions.device).view(-1)
