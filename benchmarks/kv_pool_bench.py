@@ -23,6 +23,8 @@ from engine.kv_cache import KVCache
 from engine.model_dir import read_model_dir
 
 HELDOUT = Path(__file__).parents[1] / "tests" / "data" / "heldout"
+STREAM_CONFIGS = (("int8 kv, drafts", {"kv_int8": True}), ("int8 kv, no drafts", {"kv_int8": True, "draft_tokens": 0}),
+                  ("fp32 kv, no drafts", {"draft_tokens": 0}))
 
 
 def long_context(engine: Engine, tokens: int) -> str:
@@ -35,17 +37,22 @@ def long_context(engine: Engine, tokens: int) -> str:
 
 def keystroke_ttft(engine: Engine, context: str, keystrokes: int = 12) -> dict:
     """A cold request on `context`, then one request per typed character (the prompt grows by a
-    character each time, as an editor sends it): time to first token of each."""
+    character each time, as an editor sends it): time to its first token, on the wall clock and
+    as this process's CPU time for a request of one token (all of its work: prompt, cache model,
+    prefill, choice). With one torch thread the CPU figure is what an idle core would take."""
     typed = "def find_documents(self, cond):\n    return self.sea"
-    params = SamplingParams(max_tokens=8, stop=["\n"])
+    params = SamplingParams(max_tokens=1)
     cold = engine.complete(context, params=params)
-    ttfts, reused = [], []
+    ttfts, cpus, reused = [], [], []
     for i in range(1, keystrokes + 1):
+        cpu = time.process_time()
         done = engine.complete(context + typed[:len(typed) - keystrokes + i], params=params)
+        cpus.append((time.process_time() - cpu) * 1000)
         ttfts.append(done.time_to_first_token * 1000)
         reused.append(done.reused_tokens / max(1, done.prompt_tokens))
     return {"prompt_tokens": cold.prompt_tokens, "cold_ms": round(cold.time_to_first_token * 1000, 1),
             "keystroke_ms_p50": round(statistics.median(ttfts), 1), "keystroke_ms_max": round(max(ttfts), 1),
+            "keystroke_cpu_ms_p50": round(statistics.median(cpus), 1), "keystroke_cpu_ms_max": round(max(cpus), 1),
             "reused_share_p50": round(statistics.median(reused), 3)}
 
 
@@ -87,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool-mb", type=float, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--skip-streams", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n\n".join(f.read_text() for f in sorted(HELDOUT.rglob("*.py")))
     prompts = [text[i * 1500:i * 1500 + 800] for i in range(64)]
     rows = {}
-    for label, extra in (("int8 kv, drafts", {"kv_int8": True}), ("int8 kv, no drafts", {"kv_int8": True, "draft_tokens": 0}),
-                         ("fp32 kv, no drafts", {"draft_tokens": 0})):
+    for label, extra in () if args.skip_streams else STREAM_CONFIGS:
         for n in args.streams:
             engine = Engine.load(args.model, config=EngineConfig(max_batch=n, kv_cache_mb=args.pool_mb, **extra))
             streams(engine, prompts, min(n, 4), 8)  # warm-up
