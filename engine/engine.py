@@ -43,6 +43,10 @@ class EngineError(RuntimeError):
     """The engine failed on a request (closed, or an internal error in the scheduler)."""
 
 
+# What a request that failed inside a step is told; the exception itself goes to the log only.
+INTERNAL_ERROR = "internal error in the engine while generating this request"
+
+
 @dataclass
 class Chunk:
     text: str                      # new text since the previous chunk
@@ -371,11 +375,31 @@ class Engine:
                 self._drop_cancelled()
                 self._admit()
                 if self.running:
-                    self._decode_step()
-            except Exception as e:  # a bug must not hang every client: fail the batch, keep serving
-                log.exception("engine step failed")
+                    self._isolating(list(self.running), self._decode_step)
+            except Exception:  # a bug outside any request's step must not hang every client
+                log.exception("engine scheduler failed")
                 for request in list(self.running):
-                    self._fail(request, f"internal error: {type(e).__name__}: {e}")
+                    self._fail(request, INTERNAL_ERROR)
+
+    def _isolating(self, requests: list[Request], step: Callable[[list[Request]], None]) -> None:
+        """Run `step` over `requests`; when it raises, run it again for each request alone that it
+        had not moved on yet, so a failure fails only the request that caused it.
+
+        (A batch that failed while sampling may have drawn from the random generators of rows
+        before the failing one; sampling raises for no valid parameters, so that is a bug's cost.)
+        """
+        progress = [len(r.output_ids) for r in requests]
+        try:
+            step(requests)
+        except Exception:
+            if len(requests) == 1:
+                log.exception("engine step failed; failing its request")
+                self._fail(requests[0], INTERNAL_ERROR)
+                return
+            log.warning("a step over %d requests failed; stepping them one at a time", len(requests))
+            for request, before in zip(requests, progress):
+                if request in self.running and len(request.output_ids) == before:
+                    self._isolating([request], step)
 
     def _drop_cancelled(self) -> None:
         for request in [r for r in self.running if r.cancelled.is_set()]:
@@ -402,7 +426,7 @@ class Engine:
                 continue
             with self._lock:
                 self._waiting.popleft()
-            self._prefill(request, table)
+            self._isolating([request], lambda alone: self._prefill(alone[0], table))
 
     def _place(self, request: Request) -> BlockTable | None:
         """Blocks for the request's tokens, the longest cached prefix reused; None when the pool
@@ -440,10 +464,10 @@ class Engine:
         self.pool.seal(table, tokens, request.cached)
         self._accept(request, self._choose(request, logits))
 
-    def _decode_step(self) -> None:
-        """One forward over every running sequence's last token and its draft; rows without a
+    def _decode_step(self, requests: list[Request]) -> None:
+        """One forward over the last token and the draft of each of `requests`; rows without a
         draft, or with a shorter one, are padded (the padding writes to the null block)."""
-        rows = self._reserve()
+        rows = self._reserve(requests)
         if not rows:
             return
         width = 1 + max(len(draft) for _, draft in rows)
@@ -460,14 +484,14 @@ class Engine:
         for (request, draft), row_logits in zip(rows, logits):
             self._verify(request, draft, row_logits)
 
-    def _reserve(self) -> list[tuple[Request, list[int]]]:
-        """Each running sequence with its draft and the blocks its step writes to. Short of
+    def _reserve(self, requests: list[Request]) -> list[tuple[Request, list[int]]]:
+        """Each of `requests` with its draft and the blocks its step writes to. Short of
         blocks, a draft is dropped first, then the newest sequence goes back to the queue
         (its full blocks stay cached for when it returns); a sequence alone that cannot grow
         finishes with "length"."""
         rows = []
-        room = min(self.config.draft_tokens, (self.config.draft_step_tokens - len(self.running)) // len(self.running))
-        for request in list(self.running):
+        room = min(self.config.draft_tokens, (self.config.draft_step_tokens - len(requests)) // len(requests))
+        for request in requests:
             if request not in self.running:
                 continue  # preempted for an older sequence's step
             draft = self._draft(request, room)
@@ -506,20 +530,22 @@ class Engine:
         draft's first j tokens, which the request holds by then, so every logits processor sees
         exactly the history it would see without a draft."""
         self._counters["draft_tokens_proposed"] += len(draft)
-        for j in range(len(draft) + 1):
-            proposed = draft[j] if j < len(draft) else None
-            token = self._choose(request, logits[j], proposed)
-            if token == proposed:
-                self._counters["draft_tokens_accepted"] += 1
-                self._accepted_by_position[j] += 1
-            if not self._accept(request, token) or token != proposed:
-                break
-        if request in self.running:
-            # Keys and values are final for every token but the last; blocks past it held a
-            # rejected draft and go back.
-            request.cached = len(request.tokens) - 1
-            self.pool.truncate(request.table, len(request.tokens))
-            self.pool.seal(request.table, request.tokens, request.cached)
+        try:
+            for j in range(len(draft) + 1):
+                proposed = draft[j] if j < len(draft) else None
+                token = self._choose(request, logits[j], proposed)
+                if token == proposed:
+                    self._counters["draft_tokens_accepted"] += 1
+                    self._accepted_by_position[j] += 1
+                if not self._accept(request, token) or token != proposed:
+                    break
+        finally:  # also when a logits processor raised part way: the tokens taken so far stand
+            if request in self.running:
+                # Keys and values are final for every token but the last; blocks past it held a
+                # rejected draft and go back.
+                request.cached = len(request.tokens) - 1
+                self.pool.truncate(request.table, len(request.tokens))
+                self.pool.seal(request.table, request.tokens, request.cached)
 
     def _choose(self, request: Request, logits: torch.Tensor, draft: int | None = None) -> int:
         """The next token from one row of logits, after the request's logits processor and the

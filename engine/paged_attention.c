@@ -32,7 +32,7 @@ static inline __attribute__((always_inline)) void attend_heads(
     float acc[MAX_HEADS * MAX_HEAD_DIM], scores[MAX_HEADS * MAX_BLOCK], m[MAX_HEADS], l[MAX_HEADS];
     const int64_t nh = h1 - h0;
     for (int64_t x = 0; x < nh * D; x++) acc[x] = 0.0f;
-    for (int64_t x = 0; x < nh; x++) { m[x] = -1e30f; l[x] = 0.0f; }  /* not -INFINITY: -ffast-math */
+    for (int64_t x = 0; x < nh; x++) { m[x] = -1e30f; l[x] = 0.0f; }  /* below any score */
     for (int64_t j = start; j <= p;) {
         const int64_t block = table[j / bs], first = j % bs;
         const int64_t n = (bs - first < p - j + 1) ? bs - first : p - j + 1;

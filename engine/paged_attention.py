@@ -1,9 +1,12 @@
 """Builds and calls paged_attention.c: few-query attention straight over the pool's blocks.
 
 The C file is compiled once per machine with the system C compiler (`cc -O3 -march=native
--ffast-math -fopenmp`, about a second) into ~/.cache/code-assistant (or $CODE_ASSISTANT_CACHE), named by a
-hash of the source, flags and CPU, and loaded with ctypes. Without a compiler, or when the build
-fails, `library()` is None and the KV cache uses its pure PyTorch path (the tests run both).
+-fopenmp` and the reassociation flags a vectorised sum needs, about a second) into
+~/.cache/code-assistant (or $CODE_ASSISTANT_CACHE), named by a hash of the source, flags and CPU,
+and loaded with ctypes. Never -ffast-math: a shared library built with it turns on flush-to-zero
+for the whole process when loaded (measured: Python's 5e-324 > 0 became False), changing every
+other computation. Without a compiler, or when the build fails, `library()` is None and the KV
+cache uses its pure PyTorch path (the tests run both).
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import torch
 log = logging.getLogger("engine")
 
 SOURCE = Path(__file__).with_name("paged_attention.c")
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
+         "-freciprocal-math", "-fopenmp", "-shared", "-fPIC"]
 MAX_HEAD_DIM = 256
 
 

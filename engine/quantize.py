@@ -26,7 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .model import Transformer
-from .model_dir import SCALE_SUFFIX, ModelDir, ModelDirError, build_model, load_state, read_model_dir, save_int8_dir
+from .model_dir import (SCALE_SUFFIX, ModelDir, ModelDirError, build_model, load_state, load_tokenizer_from_dir,
+                        read_model_dir, save_int8_dir)
 
 log = logging.getLogger("engine.quantize")
 
@@ -162,6 +163,7 @@ def write_int8_model_dir(src: str | Path, out: str | Path) -> Path:
     model_dir = read_model_dir(src)
     if model_dir.int8:
         raise ModelDirError(f"{src} is already int8")
+    load_tokenizer_from_dir(model_dir)  # copied as it is: check now that the copy will load
     state = load_state(model_dir, transform=_quantize_as_read)
     return save_int8_dir(out, model_dir, state, QUANTIZATION)
 
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         write_int8_model_dir(args.model, args.out)
     except ModelDirError as e:
-        print(f"code-assistant quantize: {e}", file=sys.stderr)
+        print(f"code-assistant quantize: error: {e}", file=sys.stderr)
         return 2
     return 0
 

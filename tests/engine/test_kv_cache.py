@@ -160,3 +160,16 @@ def test_pool_size_follows_the_megabytes_not_the_context():
     assert cache.total_bytes() <= 8 * 2**20 and cache.n_blocks == 8 * 2**20 // (cache.bytes_per_token() * 16)
     small = KVCache.sized(8, n_layer=2, block_tokens=16, n_kv_head=4, head_dim=16, int8=True)
     assert small.n_blocks > 3 * cache.n_blocks and small.total_bytes() <= 8 * 2**20
+
+
+def test_loading_the_kernel_leaves_the_process_floating_point_mode_alone():
+    """A library built with -ffast-math would switch on flush-to-zero for the whole process."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from engine import paged_attention; lib = paged_attention.library(); "
+            "tiny = float('5e-324'); print(lib is not None, tiny > 0, bool(torch.tensor(1e-40) > 0))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    if out[0] != "True":
+        pytest.skip("the paged attention kernel did not build (no C compiler?)")
+    assert out[1:] == ["True", "True"]
