@@ -19,6 +19,8 @@ Block 0 is never handed out: padding tokens write there.
 from __future__ import annotations
 
 import heapq
+import math
+import mmap
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -160,13 +162,12 @@ class KVCache:
         self.device = torch.device(device)
         shape = (n_layer, n_blocks, block_tokens, n_kv_head, head_dim)
         store = torch.int8 if int8 else dtype
-        # torch.zeros of a large tensor maps zero pages: memory becomes resident as blocks are used.
-        self.k = torch.zeros(shape, dtype=store, device=device)
-        self.v = torch.zeros(shape, dtype=store, device=device)
+        self.k = lazy_zeros(shape, store, self.device)
+        self.v = lazy_zeros(shape, store, self.device)
         self.k_scale = self.v_scale = None
         if int8:  # one scale per (token, head): absmax over head_dim / 127
-            self.k_scale = torch.zeros(shape[:-1] + (1,), dtype=dtype, device=device)
-            self.v_scale = torch.zeros(shape[:-1] + (1,), dtype=dtype, device=device)
+            self.k_scale = lazy_zeros(shape[:-1] + (1,), dtype, self.device)
+            self.v_scale = lazy_zeros(shape[:-1] + (1,), dtype, self.device)
         # Gathered (and dequantized) keys and values, reused by every layer and step: a fresh
         # tensor per layer cost page faults that tripled a 100-row decode step.
         self._scratch: dict[str, torch.Tensor] = {}
@@ -208,6 +209,17 @@ class KVCache:
             buf = torch.empty(max(n, buf.numel() if buf is not None else 0), dtype=dtype, device=self.device)
             self._scratch[name] = buf
         return buf[:n].view(shape)
+
+
+def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeros whose memory becomes resident only as it is written. On the CPU an anonymous mapping
+    (the kernel's zero pages): torch.zeros writes every byte, which made each engine's whole pool
+    resident at load (a test run of many engines was killed for memory)."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    n = math.prod(shape)
+    buffer = mmap.mmap(-1, max(1, n * torch.empty((), dtype=dtype).element_size()))
+    return torch.frombuffer(buffer, dtype=dtype, count=n).view(shape)
 
 
 def bytes_per_token(n_layer: int, n_kv_head: int, head_dim: int, dtype: torch.dtype, int8: bool) -> int:
