@@ -49,7 +49,8 @@ def load_engine(settings: ServerSettings) -> Engine:
     quantize = {} if settings.quantize is None else {"quantize": settings.quantize}
     return Engine.load(settings.model_dir, device=settings.device,
                        config=EngineConfig(max_batch=settings.max_batch, max_queue=settings.max_queue,
-                                           stop_loops=settings.stop_loops), **quantize)
+                                           stop_loops=settings.stop_loops, draft_tokens=settings.draft_tokens),
+                       **quantize)
 
 
 def create_app(settings: ServerSettings | None = None, engine: Engine | None = None) -> FastAPI:

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace-max-megabytes", type=int, help="source text indexed at most (default 32)")
     p.add_argument("--no-stop-loops", action="store_true",
                    help="return the model's text even where it repeats itself (no loop guard)")
+    p.add_argument("--draft-tokens", type=int, help="speculative decoding: tokens drafted from the context "
+                                                    "per step (0: off; default 8)")
     return p
 
 
@@ -58,6 +60,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         flags["debug_log_code"] = True
     if args.no_stop_loops:
         flags["stop_loops"] = False
+    if args.draft_tokens is not None:
+        flags["draft_tokens"] = args.draft_tokens
     return ServerSettings(**{k: v for k, v in flags.items() if v is not None})
 
 

@@ -17,6 +17,7 @@ class ServerSettings(BaseSettings):
     quantize: str | None = None    # "int8" | "none"; None: the engine's default
     max_batch: int = 32
     max_queue: int = 256
+    draft_tokens: int = 8          # speculative decoding from the context (engine/draft.py); 0: off
 
     api_keys_file: Path | None = None
     api_keys: str = ""             # CODE_ASSISTANT_API_KEYS: comma-separated
