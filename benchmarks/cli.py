@@ -7,6 +7,7 @@ import sys
 BENCHMARKS = {
     "engine": ("benchmarks.engine_bench", "the engine against Hugging Face transformers on the same weights"),
     "http": ("benchmarks.http_bench", "the HTTP server under concurrent load"),
+    "soak": ("benchmarks.soak", "many editor-like clients for a long time: errors, latency and memory over time"),
     "load": ("benchmarks.load_bench", "load time and resident memory of a model directory, float and int8"),
     "workspace": ("benchmarks.workspace_bench", "the workspace index (build, query, memory) and line completion with it"),
 }

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from engine import Engine, EngineConfig, SamplingParams
-from engine.kv_cache import KVCache
 from engine.families import hf_config, to_hf
+from engine.kv_cache import bytes_per_token
 from engine.model import Transformer
 from engine.model_dir import default_model_dir, load_model_dir
 
@@ -286,9 +286,9 @@ def run(model_dir: Path, quick: bool, max_batch: int) -> dict:
 
     kv = {}
     for name, int8 in (("fp32", False), ("int8", True)):
-        cache = KVCache(c.n_layer, 1, c.n_kv_head, c.head_dim, c.block_size, int8=int8)
-        kv[name] = {"bytes_per_token": cache.bytes_per_token(),
-                    "cache_mb_for_config": round(cache.bytes_per_token() * c.block_size * max_batch / 2**20, 1)}
+        per_token = bytes_per_token(c.n_layer, c.n_kv_head, c.head_dim, torch.float32, int8)
+        kv[name] = {"bytes_per_token": per_token,
+                    "cache_mb_for_config": round(per_token * c.block_size * max_batch / 2**20, 1)}
     report["kv_cache"] = kv
     report["memory"] = {"rss_before_load_mb": round(rss0, 1), "rss_fp32_engine_mb": round(rss_fp32 - rss0, 1),
                         "rss_int8_engine_mb": round(rss_int8 - rss_fp32, 1), "peak_rss_mb": round(peak_rss_mb(), 1),

@@ -88,8 +88,15 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
-def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """Choose the next token from one row of logits (vocab,)."""
+def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
+                 draft: int | None = None) -> int:
+    """Choose the next token from one row of logits (vocab,).
+
+    With a `draft` token (speculative decoding), the token is still distributed exactly as without
+    it: the draft is kept with probability p(draft), else a token is drawn from p with the draft
+    taken out (speculative sampling, Leviathan et al. 2023, for a draft that proposes one token
+    with certainty). Greedy keeps the draft only when it is the argmax.
+    """
     if params.greedy:
         return int(torch.argmax(logits))
     # Scaled after subtracting the maximum: every scaled logit is <= 0, so a small temperature
@@ -107,6 +114,10 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs * keep)
     if generator is not None and probs.device != generator.device:
         probs = probs.to(generator.device)  # per-request generators live on the CPU
+    if draft is not None:
+        if float(torch.rand((), generator=generator)) * float(probs.sum()) < float(probs[draft]):  # top-p left it unnormalised
+            return draft
+        probs[draft] = 0.0
     return int(torch.multinomial(probs, 1, generator=generator))
 
 

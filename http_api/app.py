@@ -19,6 +19,7 @@ from .errors import install_error_handlers
 from .generation import CompletionService
 from .metrics import Metrics
 from .middleware import RequestObserver
+from .openapi import install_openapi
 from .rate_limit import RateLimiter
 from .response_cache import make_response_cache
 from .routes import completions, events, health, models, simple
@@ -48,7 +49,8 @@ def load_engine(settings: ServerSettings) -> Engine:
     quantize = {} if settings.quantize is None else {"quantize": settings.quantize}
     return Engine.load(settings.model_dir, device=settings.device,
                        config=EngineConfig(max_batch=settings.max_batch, max_queue=settings.max_queue,
-                                           stop_loops=settings.stop_loops), **quantize)
+                                           stop_loops=settings.stop_loops, draft_tokens=settings.draft_tokens),
+                       **quantize)
 
 
 def create_app(settings: ServerSettings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -102,7 +104,10 @@ def create_app(settings: ServerSettings | None = None, engine: Engine | None = N
             if state.cache is not None:
                 await state.cache.close()
 
-    app = FastAPI(title="code-assistant", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No trailing-slash redirects: Starlette builds their Location from the client's Host header.
+    app = FastAPI(title="code-assistant", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  redirect_slashes=False)
+    install_openapi(app, settings)
     app.state.server = state
     install_error_handlers(app)
     for module in (completions, simple, events, models, health):

@@ -71,7 +71,6 @@ class CompletionService:
             record.finish_reason, record.cached, record.text = hit["finish_reason"], True, hit["text"]
             record.time_to_first_token_s = 0.0
             return _replay(hit["text"]), record
-        record.prompt_tokens = len(self.engine.build_prompt(job.prompt, job.suffix, job.params.max_tokens))
         started = time.perf_counter()
         chunks = self.engine.stream(job.prompt, job.suffix, job.params, **context_for_engine(job.extra_context))
         try:
@@ -80,6 +79,7 @@ class CompletionService:
             await chunks.aclose()
             raise
         record.time_to_first_token_s = time.perf_counter() - started
+        record.prompt_tokens = first.prompt_tokens
         self.metrics.ttft.labels(self.model).observe(record.time_to_first_token_s)
         return self._follow(first, chunks, record, key), record
 

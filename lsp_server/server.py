@@ -11,7 +11,7 @@ from typing import Any, Callable
 from urllib.parse import unquote
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidParams, JsonRpcServerNotInitialized
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcServerNotInitialized
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
@@ -22,6 +22,7 @@ from .documents import (MAX_DOCUMENT_CHARS, MAX_LINE_CHARS, BadPosition, Cursor,
                         utf16_length)
 from .exclusions import Exclusions
 from .prefetch import after_accepting
+from .protocol import CodeAssistantProtocol
 from .recent_chunks import RecentChunks
 from .settings import Settings
 from .workspace import EditorWorkspace, folders_of
@@ -38,7 +39,8 @@ NEIGHBOUR_SCAN_CHARS = 200_000  # of each neighbouring document, so a huge one c
 
 class CodeAssistantServer(LanguageServer):
     def __init__(self, settings: Settings, load_engine: Callable[[], Any] | None = None, engine=None):
-        super().__init__("code-assistant", "0.1.0", text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        super().__init__("code-assistant", "0.1.0", text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+                         protocol_cls=CodeAssistantProtocol)
         self.settings = settings
         self.ready = False
         self.shown: Counter[str] = Counter()
@@ -194,6 +196,14 @@ class CodeAssistantServer(LanguageServer):
         if self.settings.prefetch:
             self._prefetch(uri, cursor, suggestion, language, backend)
         return cursor, suggestion, language
+
+    def report_server_error(self, error: Exception, source) -> None:
+        # pygls reports a frame it could not read as a JsonRpcException, with a popup in the editor;
+        # it gets a JSON-RPC error instead (protocol.py). Other errors keep pygls' default.
+        if source is JsonRpcException:
+            self.protocol.answer_unreadable(error)
+        else:
+            super().report_server_error(error, source)
 
     def _prefetched(self, uri: str, key: str) -> asyncio.Task | None:
         """The prefetch running for this place, if any; one for another place is cancelled."""

@@ -147,9 +147,10 @@ def unwrapped_model(config, state: dict) -> Transformer:
 def exported_val_loss(out_dir: Path) -> float:
     """The validation loss recorded with the model directory's weights (inf when there is none)."""
     try:
-        value = json.loads((out_dir / CONFIG_FILE).read_text())["code_assistant"]["training"]["val_loss"]
+        raw = json.loads((out_dir / CONFIG_FILE).read_text())
+        value = (raw.get("code_assistant") or raw)["training"]["val_loss"]  # ours inside a Hugging Face config
         return float(value) if value is not None else float("inf")
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return float("inf")
 
 
