@@ -101,12 +101,17 @@ class SimpleCompleteRequest(BaseModel):
     _utf8 = field_validator("code", "suffix")(lambda v: v if v is None else _must_be_utf8(v))
 
 
+# A fixed set, so the metric's `event` label stays bounded. partially_accepted: the user took the
+# next word or line of it (VS Code's Ctrl+Right, Neovim's partial-accept mappings).
+EventName = Literal["shown", "accepted", "partially_accepted", "dismissed"]
+
+
 class EventRequest(BaseModel):
     """POST /v1/events: an editor reports what happened to a completion it was given."""
     model_config = ConfigDict(strict=True, extra="forbid")
 
     id: str = Field(min_length=1, max_length=128)
-    event: Literal["shown", "accepted", "dismissed"]
+    event: EventName
     # Label values: kept short and plain so a client cannot blow up the metrics' cardinality.
     language: str = Field("unknown", pattern=r"^[A-Za-z0-9_+#.\-]{1,32}$")
     model: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:@/\-]{1,128}$")
@@ -162,7 +167,7 @@ class SimpleCompleteResponse(BaseModel):
 class EventResponse(BaseModel):
     status: Literal["recorded"]
     id: str
-    event: Literal["shown", "accepted", "dismissed"]
+    event: EventName
 
 
 class ModelCard(BaseModel):

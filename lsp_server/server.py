@@ -380,7 +380,7 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
         return {"accepted": ls.accepted[language]}
 
     @server.command(PARTIAL_ACCEPT_COMMAND)
-    def partial_accept(ls: CodeAssistantServer, *arguments: Any) -> dict:
+    async def partial_accept(ls: CodeAssistantServer, *arguments: Any) -> dict:
         """The user took part of a suggestion (VS Code: next word / next line; Neovim: its helper)."""
         info = arguments[0] if arguments and isinstance(arguments[0], dict) else {}
         language = str(info.get("language") or "plaintext")
@@ -388,7 +388,8 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
         accepted_chars = info.get("acceptedLength")
         ls.partly_accepted[language] += 1
         completion_id = str(info.get("id") or "")
-        # Not sent to a team server: /v1/events knows shown, accepted and dismissed only.
+        if completion_id and ls.settings.remote_url:
+            _spawn((await ls.backend()).send_event(completion_id, "partially_accepted", language))
         log.info(json.dumps({"event": "partially_accepted", "id": completion_id, "language": language, "kind": kind,
                              "chars": accepted_chars if isinstance(accepted_chars, int) else None}))
         return {"partlyAccepted": ls.partly_accepted[language]}

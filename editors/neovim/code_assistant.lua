@@ -12,6 +12,7 @@
 -- Neovim 0.12+: ghost text through vim.lsp.inline_completion (<Tab> accepts).
 -- Neovim 0.11:  vim.lsp.config/vim.lsp.enable and vim.lsp.completion (the completion menu).
 -- Neovim 0.7-0.10: the same server through vim.lsp.start_client; <C-x><C-o> completes.
+-- Every version: <M-Right> / <M-C-Right> in insert mode take the next word / line of the suggestion.
 -- Full guide: docs/editors.md.
 
 local M = {}
@@ -41,6 +42,10 @@ M.defaults = {
   api_key_env = 'CODE_ASSISTANT_API_KEY',
   -- Insert-mode key that accepts ghost text on 0.12+ (falls through to the key when nothing is shown).
   accept_key = '<Tab>',
+  -- Insert-mode keys that take the next word / line of the suggestion at the cursor (every version;
+  -- copilot.vim's keys). The server counts them as partial accepts. false: no mapping.
+  accept_word_key = '<M-Right>',
+  accept_line_key = '<M-C-Right>',
   on_attach = nil,
 }
 
@@ -83,6 +88,12 @@ end
 
 --- Turns on the best completion UI the running Neovim has for this buffer.
 function M.on_attach(client, bufnr, opts)
+  for kind, key in pairs({ word = opts.accept_word_key, line = opts.accept_line_key }) do
+    if key then
+      vim.keymap.set('i', key, function() M.accept_part(kind) end,
+        { buffer = bufnr, desc = 'Accept the next ' .. kind .. ' of the code-assistant suggestion' })
+    end
+  end
   local inline = vim.lsp.inline_completion
   if inline and type(inline.enable) == 'function'
       and client.server_capabilities.inlineCompletionProvider then
@@ -149,13 +160,17 @@ function M.setup(opts)
     { desc = 'Shown and accepted code-assistant suggestions per language' })
 end
 
---- "python: 12 shown, 4 accepted (33%)" from the server's codeAssistant.stats answer.
+--- "python: 12 shown, 4 accepted (33%), 2 partly" from the server's codeAssistant.stats answer
+--- ("partly": suggestions of which the user took the next word or line).
 function M.format_stats(stats)
   local rows = {}
   for language, shown in pairs(stats.shown or {}) do
     local accepted = (stats.accepted or {})[language] or 0
+    local partly = (stats.partlyAccepted or {})[language] or 0
     local rate = shown > 0 and string.format(' (%d%%)', math.floor(100 * accepted / shown + 0.5)) or ''
-    table.insert(rows, { shown = shown, text = string.format('%s: %d shown, %d accepted%s', language, shown, accepted, rate) })
+    local text = string.format('%s: %d shown, %d accepted%s', language, shown, accepted, rate)
+    if partly > 0 then text = text .. string.format(', %d partly', partly) end
+    table.insert(rows, { shown = shown, text = text })
   end
   if #rows == 0 then return 'no suggestions shown yet' end
   table.sort(rows, function(a, b) return a.shown > b.shown or (a.shown == b.shown and a.text < b.text) end)
@@ -186,6 +201,72 @@ function M.show_stats()
     if has('0.11') then client:request('workspace/executeCommand', params, show)
     else client.request('workspace/executeCommand', params, show) end
   end
+end
+
+--- What the next word or line of `text` is (VS Code's Accept Next Word / Line): a word with the
+--- blanks before it, else a run of other characters; the rest of the current line, or the line
+--- break and the line after it.
+function M.next_part(text, kind)
+  if kind == 'line' then
+    if text:sub(1, 1) == '\n' then return '\n' .. text:sub(2):match('^[^\n]*') end
+    return text:match('^[^\n]*')
+  end
+  return text:match('^%s*[%w_]+') or text:match('^%s*[^%w_%s]+') or text
+end
+
+local function request(client, method, params, handler, bufnr)
+  if has('0.11') then return client:request(method, params, handler, bufnr) end
+  return client.request(method, params, handler, bufnr)
+end
+
+local function attached_client(bufnr)
+  for _, client in ipairs(clients()) do
+    if vim.lsp.buf_is_attached(bufnr, client.id) then return client end
+  end
+end
+
+-- Puts `text` at the cursor (replacing up to byte column `to_col` of the line) and moves after it.
+local function insert(text, to_col)
+  local row, col = unpack(vim.api.nvim_win_get_cursor(0))
+  local lines = vim.split(text, '\n', { plain = true })
+  vim.api.nvim_buf_set_text(0, row - 1, col, row - 1, math.max(col, to_col or col), lines)
+  vim.api.nvim_win_set_cursor(0, { row + #lines - 1, (#lines == 1 and col or 0) + #lines[#lines] })
+end
+
+--- Takes the next word or line of the suggestion at the cursor, from the server's
+--- textDocument/inlineCompletion (asked again each time: the rest of a suggestion comes from its
+--- cache), and reports it with codeAssistant.partialAccept; taking all that is left is an accept.
+function M.accept_part(kind)
+  local bufnr = vim.api.nvim_get_current_buf()
+  local client = attached_client(bufnr)
+  if not client then return end
+  local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+  params.context = { triggerKind = 1 } -- Invoked: the user asked, so no debounce
+  local tick = vim.api.nvim_buf_get_changedtick(bufnr)
+  request(client, 'textDocument/inlineCompletion', params, function(err, result)
+    local items = result and (result.items or result) or {}
+    local item = items[1]
+    -- Too late: an error, nothing to take, or the user typed or left insert mode meanwhile.
+    if err or not item or vim.api.nvim_buf_get_changedtick(bufnr) ~= tick or vim.fn.mode() ~= 'i'
+        or vim.api.nvim_get_current_buf() ~= bufnr then return end
+    local text = type(item.insertText) == 'table' and item.insertText.value or item.insertText
+    local part = M.next_part(text or '', kind)
+    if part == '' then return end
+    local to_col
+    local range = item.range
+    if range and range['end'].character > range.start.character and not part:find('\n')
+        and not text:sub(#part + 1):find('^[^\n]') then
+      -- The rest of the suggestion's first line goes in, and the item replaces what follows the
+      -- cursor (the server's items then end at the end of the line): so does this.
+      to_col = #vim.api.nvim_get_current_line()
+    end
+    insert(part, to_col)
+    local info = item.command and item.command.arguments and item.command.arguments[1] or {}
+    local command = { command = 'codeAssistant.partialAccept', arguments = { {
+      id = info.id, language = info.language, kind = kind, acceptedLength = vim.fn.strchars(part) } } }
+    if part == text then command = { command = 'codeAssistant.accept', arguments = { info } } end
+    request(client, 'workspace/executeCommand', command, function() end, bufnr)
+  end, bufnr)
 end
 
 --- Turns completions off or on in the running server (workspace/didChangeConfiguration).

@@ -1,4 +1,5 @@
-"""POST /v1/events: shown / accepted / dismissed, counted per language and model; no code is stored."""
+"""POST /v1/events: shown / accepted / partially_accepted / dismissed, counted per language and model;
+no code is stored."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Request

@@ -78,6 +78,64 @@ end
 -- server answers, so a timer polls for it.
 vim.o.completeopt = 'menuone,noinsert'
 vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes('A<C-x><C-o>', true, false, true), 'n', false)
+-- The partial-accept keys (<M-Right>: the next word, <M-C-Right>: the next line), pressed in insert
+-- mode at the end of the line. Before each press the driver asks what the server suggests there, so
+-- that the test knows it (the mapping asks again and gets the same from the server's cache).
+local function partial_accepts()
+  local keys = { '<M-Right>', '<M-C-Right>' }
+  result.presses = {}
+  local function suggestion_here()
+    local cursor = vim.api.nvim_win_get_cursor(0)
+    local params = vim.lsp.util.make_position_params(0, 'utf-16')
+    params.position = { line = cursor[1] - 1, character = vim.str_utfindex(vim.api.nvim_get_current_line()) }
+    params.context = { triggerKind = 1 }
+    for _, response in pairs(vim.lsp.buf_request_sync(0, 'textDocument/inlineCompletion', params, 30000) or {}) do
+      local items = response.result and response.result.items or {}
+      if items[1] then return items[1].insertText end
+    end
+  end
+  local function lines() return table.concat(vim.api.nvim_buf_get_lines(0, row - 1, vim.fn.line('.'), true), '\n') end
+  local timer = vim.loop.new_timer()
+  local waited, pressed = 0, nil
+  local function press()
+    pressed = { key = keys[#result.presses + 1], suggestion = suggestion_here(), before = lines() }
+    if not pressed.suggestion then return false end
+    vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes(pressed.key, true, false, true), 'm', false)
+    return true
+  end
+  local function done()
+    timer:stop()
+    vim.cmd('stopinsert')
+    for _, response in pairs(vim.lsp.buf_request_sync(0, 'workspace/executeCommand',
+        { command = 'codeAssistant.stats', arguments = {} }, 10000) or {}) do
+      result.stats_after_partial = response.result
+    end
+    result.stats_line_after_partial = code_assistant_module.format_stats(result.stats_after_partial or {})
+    finish()
+  end
+  vim.api.nvim_feedkeys('A', 'n', false)
+  local started = false
+  timer:start(50, 50, vim.schedule_wrap(function()
+    local ok, err = pcall(function()
+      if not started then -- insert mode has begun
+        started = true
+        if not press() then done() end
+        return
+      end
+      waited = waited + 50
+      local now = lines()
+      if now == pressed.before and waited < 10000 then return end
+      pressed.after, waited = now, 0
+      table.insert(result.presses, pressed)
+      if #result.presses == #keys or not press() then done() end
+    end)
+    if not ok then
+      timer:stop()
+      finish(err)
+    end
+  end))
+end
+
 local poll = vim.loop.new_timer()
 local accepting = false
 local function step()
@@ -111,7 +169,7 @@ local function step()
       result.enabled_after_toggle = code_assistant_module.config.settings.codeAssistant.enable
       vim.cmd('CodeAssistantToggle')
       result.after_toggle_on = ask()
-      finish()
+      partial_accepts()
     end
     return
   end

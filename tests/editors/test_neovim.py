@@ -1,4 +1,4 @@
-"""Neovim's built-in LSP client against the real `code-assistant lsp`, through the repository's own
+"""Neovim's built-in LSP client against the real `code-assistant lsp` (the shipped model), through the repository's own
 editors/neovim/code_assistant.lua. CI installs Debian's neovim (0.7) with scripts/install-system-deps.sh:
 that version has no inline completion and no vim.lsp.config, so it exercises the fallback path
 (vim.lsp.start_client, textDocument/completion, the omnifunc). Extra Neovim binaries (a 0.11+ build
@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("nvim_completion.lua")
+# The shipped model: its suggestions are code (a random model's are noise, often a single token, and
+# the partial-accept keys need more than one word to take).
+SHIPPED_MODEL = REPO / "models" / "default"
 
 EXAMPLE = '''import json
 
@@ -65,13 +69,13 @@ def version_of(session: dict) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module", params=BINARIES)
-def session(request, tiny_model_dir, tmp_path_factory) -> dict:
+def session(request, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("nvim")
     source = work / "example.py"
     source.write_text(EXAMPLE)
     out = work / "result.json"
     env = {**os.environ, "CA_TEST_OUT": str(out), "CA_LUA_DIR": str(REPO / "editors" / "neovim"),
-           "CA_SERVER_CMD": json.dumps(server_command(tiny_model_dir)), "CA_TEST_FILE": str(source),
+           "CA_SERVER_CMD": json.dumps(server_command(SHIPPED_MODEL)), "CA_TEST_FILE": str(source),
            "CA_TEST_TIMEOUT_MS": "90000", "XDG_STATE_HOME": str(work / "state"),
            "XDG_CACHE_HOME": str(work / "cache"), "XDG_CONFIG_HOME": str(work / "config"),
            "CA_TEST_KEY": "key-from-the-environment"}
@@ -131,6 +135,31 @@ def test_toggle_command_turns_completions_off_and_on_in_the_server(session):
     assert session["enabled_after_toggle"] is False
     assert [answer["items"] for answer in session["after_toggle_off"]] == [[]]
     assert len(session["after_toggle_on"]) == 1 and session["after_toggle_on"][0]["items"]
+
+
+def next_part(text: str, kind: str) -> str:
+    """VS Code's Accept Next Word / Line, as editors/neovim/code_assistant.lua does them."""
+    if kind == "line":
+        return "\n" + text[1:].split("\n")[0] if text.startswith("\n") else text.split("\n")[0]
+    match = re.match(r"\s*[A-Za-z0-9_]+", text) or re.match(r"\s*[^A-Za-z0-9_\s]+", text)
+    return match.group(0) if match else text
+
+
+def test_partial_accept_keys_take_the_next_word_then_line_and_the_server_counts_them(session):
+    presses = session["presses"]
+    assert [p["key"] for p in presses] == ["<M-Right>", "<M-C-Right>"], presses
+    partly = whole = 0
+    for press, kind in zip(presses, ["word", "line"]):
+        part = next_part(press["suggestion"], kind)
+        assert press["after"] == press["before"] + part, press
+        # A part is a partial accept; taking all that is left of a suggestion is an accept.
+        whole, partly = (whole + 1, partly) if part == press["suggestion"] else (whole, partly + 1)
+    assert partly >= 1, f"every press took a whole suggestion, none a part: {presses}"
+    stats = session["stats_after_partial"]
+    assert stats["partlyAccepted"].get("python", 0) == partly, (presses, stats)
+    assert stats["accepted"].get("python", 0) == session["stats"]["accepted"].get("python", 0) + whole
+    if partly:
+        assert session["stats_line_after_partial"].endswith(f", {partly} partly")
 
 
 def test_local_config_sends_the_settings_and_no_remote(session):

@@ -29,11 +29,12 @@ async function shot(page, name) {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // ---- what is on the screen ------------------------------------------------------------------
-// Ghost text: the first line is `.ghost-text-decoration` inside the cursor's line, further lines
-// are `.ghost-text` view zones below it.
+// Ghost text: the first line is `.ghost-text-decoration` inside the cursor's line (the part that
+// completes the suggest widget's selected item, if one is open: `.ghost-text-decoration-preview`),
+// further lines are `.ghost-text` view zones below it.
 async function ghostText(page) {
   return page.evaluate(() => {
-    const inline = [...document.querySelectorAll(".monaco-editor .view-line .ghost-text-decoration")]
+    const inline = [...document.querySelectorAll(".monaco-editor .view-line .ghost-text-decoration, .monaco-editor .view-line .ghost-text-decoration-preview")]
       .map((e) => e.textContent.replace(/\u00a0/g, " ")).join("");
     const blocks = [...document.querySelectorAll(".monaco-editor .ghost-text .view-line")]
       .map((e) => e.textContent.replace(/\u00a0/g, " "));
@@ -68,6 +69,17 @@ async function waitForStatus(page, icon, timeoutMs) {
     await sleep(50);
   }
   return { ...(await statusItem(page)), ms: null };
+}
+
+// The suggest widget (VS Code's own list: words of the document, language items) and its selected row.
+async function suggestWidget(page) {
+  return page.evaluate(() => {
+    const widget = document.querySelector(".monaco-editor .suggest-widget.visible");
+    if (!widget) return null;
+    const focused = widget.querySelector(".monaco-list-row.focused");
+    return { selected: focused ? focused.getAttribute("aria-label") : null,
+      rows: [...widget.querySelectorAll(".monaco-list-row")].map((row) => row.getAttribute("aria-label")) };
+  });
 }
 
 async function notifications(page) {
@@ -107,6 +119,18 @@ async function quickOpen(page, file) {
   throw new Error(`Quick Open did not open ${file}`);
 }
 
+// What "Show Accepted Suggestions" says now (earlier notifications cleared first).
+async function acceptedStats(page, name) {
+  await command(page, "Notifications: Clear All Notifications");
+  await sleep(300);
+  await command(page, "Code Assistant: Show Accepted Suggestions");
+  await sleep(1500);
+  const found = (await notifications(page)).filter((t) => t.includes("shown"));
+  await shot(page, name);
+  await page.keyboard.press("Escape");
+  return found;
+}
+
 async function command(page, title) {
   await page.keyboard.press("F1");
   await page.waitForSelector(".quick-input-widget input", { state: "visible" });
@@ -128,10 +152,13 @@ async function save(page) {
   await sleep(400);
 }
 
-// The line after `anchor` in the file as saved now (1-based): edits earlier in the run move lines.
-async function lineAfter(page, file, anchor) {
+// The line after `anchor` in the file as saved now (1-based): edits earlier in the run move lines,
+// and accepted suggestions may copy a line elsewhere, so the anchor is looked for from the line
+// `within` (a function's `def`) on.
+async function lineAfter(page, file, anchor, within = anchor) {
   await save(page);
-  const index = fs.readFileSync(path.join(WORKSPACE, file), "utf8").split("\n").indexOf(anchor);
+  const lines = fs.readFileSync(path.join(WORKSPACE, file), "utf8").split("\n");
+  const index = lines.indexOf(anchor, Math.max(0, lines.indexOf(within)));
   if (index < 0) throw new Error(`no line ${JSON.stringify(anchor)} in ${file}`);
   return index + 2;
 }
@@ -157,8 +184,8 @@ async function mainScenario(page) {
   await shot(page, "ready");
 
   // 1. Typing inside a function: ghost text appears.
-  const { after, prefix } = OPTIONS.type_at;
-  await goTo(page, await lineAfter(page, "stats.py", after), 1);
+  const { after, prefix, within } = OPTIONS.type_at;
+  await goTo(page, await lineAfter(page, "stats.py", after, within), 1);
   await page.keyboard.press("End");
   const typedAt = Date.now();
   await typeSlowly(page, prefix);
@@ -189,8 +216,8 @@ async function mainScenario(page) {
   }
 
   // 4. Partial accept: Ctrl+Right takes the next word of a suggestion.
-  const { after: pAfter, prefix: pPrefix } = OPTIONS.partial_at;
-  await goTo(page, await lineAfter(page, "stats.py", pAfter), 1);
+  const { after: pAfter, prefix: pPrefix, within: pWithin } = OPTIONS.partial_at;
+  await goTo(page, await lineAfter(page, "stats.py", pAfter, pWithin), 1);
   await page.keyboard.press("End");
   await typeSlowly(page, pPrefix);
   const partial = await waitForGhost(page);
@@ -227,7 +254,35 @@ async function mainScenario(page) {
   await shot(page, "stats");
   await page.keyboard.press("Escape");
 
-  // 7. A git-ignored file gets nothing, even on demand.
+  // 7. VS Code's suggest widget (word-based suggestions, on by default) matches the typed prefix
+  // too: the ghost text shows beside it, and Tab takes all of the ghost text, counted as an accept.
+  const { after: wAfter, prefix: wPrefix, within: wWithin } = OPTIONS.widget_at;
+  const widgetLine = await lineAfter(page, "stats.py", wAfter, wWithin);
+  await goTo(page, widgetLine, 1);
+  await page.keyboard.press("End");
+  await typeSlowly(page, wPrefix);
+  const widgetShown = Date.now();
+  let widget = null;
+  while (Date.now() - widgetShown < 8000) {
+    widget = await suggestWidget(page);
+    if (widget && (await ghostText(page)).trim()) break;
+    await sleep(30);
+  }
+  await sleep(300); // an answer for a newly selected item may still replace the ghost text
+  result.widget = await suggestWidget(page) ?? widget;
+  result.widget_ghost = await ghostText(page);
+  result.ghosts.push(result.widget_ghost);
+  note("widget", { widget: result.widget, ghost: result.widget_ghost, ms: Date.now() - widgetShown });
+  await shot(page, "suggest-widget-and-ghost-text");
+  await page.keyboard.press("Tab");
+  await sleep(400);
+  result.widget_after_tab = await suggestWidget(page);
+  await shot(page, "suggest-widget-tab");
+  await save(page);
+  result.widget_line_after_tab = fs.readFileSync(file, "utf8").split("\n")[widgetLine - 1];
+  result.stats_after_widget = await acceptedStats(page, "suggest-widget-stats");
+
+  // 8. A git-ignored file gets nothing, even on demand.
   await quickOpen(page, "build/generated.py");
   const { after: xAfter, prefix: xPrefix } = OPTIONS.excluded_at;
   await goTo(page, await lineAfter(page, "build/generated.py", xAfter), 1);
@@ -239,7 +294,7 @@ async function mainScenario(page) {
   note("excluded", excluded);
   await shot(page, "excluded-file");
 
-  // 8. The status bar item toggles completions off and on; settings.json ends as it began.
+  // 9. The status bar item toggles completions off and on; settings.json ends as it began.
   const settingsFile = OPTIONS.settings_file;
   result.settings_before = fs.readFileSync(settingsFile, "utf8");
   await page.click("#code-assistant\\.code-assistant");

@@ -73,6 +73,14 @@ def test_events_are_counted_per_language_and_model(server):
     assert after - before == 3
 
 
+def test_partial_accepts_are_an_event_of_their_own(server):
+    model = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
+    before = server.metric("completion_events_total", event="partially_accepted", language="go", model=model)
+    r = httpx.post(server.url + "/v1/events", json={"id": "cmpl-p", "event": "partially_accepted", "language": "go"})
+    assert r.status_code == 200 and r.json()["event"] == "partially_accepted"
+    assert server.metric("completion_events_total", event="partially_accepted", language="go", model=model) == before + 1
+
+
 def test_request_log_is_json_without_the_code(server):
     secret = "def very_private_function_4711():"
     r = httpx.post(server.url + "/complete", json={"code": secret, "max_tokens": 3},

@@ -64,6 +64,7 @@ async def test_remote_mode_completes_through_the_http_server_and_reports_events(
     await initialize(client)
     open_document(client, SOURCE)
     shown_before = event_count(http_server, "shown")
+    partly_before = event_count(http_server, "partially_accepted")
     item = None
     for number, line in enumerate(SOURCE.split("\n")[:60]):  # the random model is often silent
         if line.strip():
@@ -72,11 +73,18 @@ async def test_remote_mode_completes_through_the_http_server_and_reports_events(
                 item = result.items[0]
                 break
     assert item is not None and item.insert_text.strip()
+    # Ctrl+Right first (the next word), then Tab (the rest): both reach the team server.
+    partly = await client.workspace_execute_command_async(types.ExecuteCommandParams(
+        command="codeAssistant.partialAccept", arguments=[{**item.command.arguments[0], "kind": "word",
+                                                           "acceptedLength": 3}]))
     await client.workspace_execute_command_async(types.ExecuteCommandParams(
         command="codeAssistant.accept", arguments=item.command.arguments))
-    await asyncio.sleep(0.3)  # "shown" is reported in the background
+    await asyncio.sleep(0.3)  # events are reported in the background
     assert event_count(http_server, "shown") >= shown_before + 1
     assert event_count(http_server, "accepted") >= 1
+    assert event_count(http_server, "partially_accepted") == partly_before + 1
+    stats = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="codeAssistant.stats"))
+    assert partly == {"partlyAccepted": 1} and stats["partlyAccepted"] == {"python": 1}, (partly, stats)
     assert await finish(client) == 0
 
 

@@ -40,6 +40,7 @@ const ACCEPT_COMMAND = "codeAssistant.accept";
 const STATS_COMMAND = "codeAssistant.stats";
 const RESTART_WINDOW_MS = 3 * 60 * 1000;
 const STDERR_TAIL = 20;
+const LANGUAGES_CONTEXT = "codeAssistant.languages";
 
 /** vscode-languageclient shows some failures as popups of its own, whatever the error handler
  * says (a start failure: "couldn't create connection to server ... -32097"). This extension shows
@@ -68,6 +69,7 @@ class CodeAssistant implements vscode.Disposable {
     private readonly statusItem: vscode.StatusBarItem,
   ) {
     this.settings = currentSettings();
+    publishLanguages(this.settings);
   }
 
   /** Whether the server is (being) started; it starts on the first document of a chosen language. */
@@ -233,6 +235,7 @@ class CodeAssistant implements vscode.Disposable {
   async onSettingsChanged(): Promise<void> {
     const before = this.settings;
     this.settings = currentSettings();
+    publishLanguages(this.settings);
     if (!this.started) {
       if (vscode.workspace.textDocuments.some((document) => this.wants(document))) await this.start();
       return;
@@ -295,6 +298,12 @@ class CodeAssistant implements vscode.Disposable {
     this.acceptFallback?.dispose();
     this.inlineProvider?.dispose();
   }
+}
+
+/** The languages we complete, for package.json's Tab keybinding: with the suggest widget open, Tab
+ * takes the ghost text (which starts with the widget's selected item) rather than the item alone. */
+function publishLanguages(settings: ExtensionSettings): void {
+  void vscode.commands.executeCommand("setContext", LANGUAGES_CONTEXT, settings.languages);
 }
 
 function currentSettings(): ExtensionSettings {

@@ -13,6 +13,7 @@ interface PartialAcceptInfo {
 }
 
 const KINDS: Record<number, string> = { 1: "word", 2: "line" };
+const SUGGEST_WIDGET_ITEM = 3;
 
 export class InlineProvider implements vscode.InlineCompletionItemProvider {
   constructor(
@@ -39,6 +40,9 @@ export class InlineProvider implements vscode.InlineCompletionItemProvider {
   /** The user took part of an item (Ctrl+Right: next word; next line): tell the server. */
   handleDidPartiallyAcceptCompletionItem(item: vscode.InlineCompletionItem, info: PartialAcceptInfo | number): void {
     if (typeof info === "number") return; // VS Code calls both overloads; the object one says more
+    // Kind 3: the user took the suggest widget's item, which the ghost text only extended; none of
+    // the model's text went in.
+    if (info.kind === SUGGEST_WIDGET_ITEM) return;
     const client = this.client();
     const argument: unknown = item.command?.arguments?.[0];
     if (client?.isRunning() !== true || typeof argument !== "object" || argument === null) return;

@@ -15,6 +15,7 @@ interface Manifest {
   activationEvents: string[];
   contributes: {
     commands: { command: string; title: string }[];
+    keybindings: { key: string; command: string; when: string }[];
     configuration: { properties: Partial<Record<string, { default: unknown; type: string | string[] }>> };
   };
   dependencies: Record<string, string>;
@@ -39,6 +40,16 @@ describe("package.json", () => {
   it("contributes exactly the commands the extension registers", () => {
     const registered = [...extensionSource.matchAll(/registerCommand\("([^"]+)"/g)].map((match) => match[1]);
     assert.deepEqual(manifest.contributes.commands.map((c) => c.command).sort(), registered.sort());
+  });
+
+  it("lets Tab take the ghost text while the suggest widget is open, in the languages it completes", () => {
+    const binding = manifest.contributes.keybindings.find((b) => b.key === "tab");
+    assert.ok(binding !== undefined);
+    assert.equal(binding.command, "editor.action.inlineSuggest.commit");
+    const when = binding.when.split(" && ");
+    assert.ok(when.includes("inlineSuggestionVisible") && when.includes("suggestWidgetVisible"), binding.when);
+    const languages = /editorLangId in (\S+)/.exec(binding.when)?.[1];
+    assert.ok(languages !== undefined && extensionSource.includes(`"${languages}"`), "the context key is never set");
   });
 
   it("points at the compiled entry point and an editor the language client supports", () => {
