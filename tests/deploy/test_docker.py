@@ -221,8 +221,10 @@ def test_cpu_image_serves_as_user_10001_and_drains_on_docker_stop(docker_env, im
         port = s.getsockname()[1]
     url, name = f"http://127.0.0.1:{port}", f"code-assistant-test-{os.getpid()}"
     # The host's network (loopback only): no bridge, no NAT, nothing leaves the machine.
+    # Without the loop guard the shipped model's greedy text runs to max_tokens: a request long enough to
+    # be in flight when the container is stopped.
     docker_cmd(docker_env, "run", "-d", "--network", "host", "--name", name, IMAGE,
-               "serve", "--host", "127.0.0.1", "--port", str(port))
+               "serve", "--host", "127.0.0.1", "--port", str(port), "--no-stop-loops")
     try:
         deadline = time.monotonic() + 120
         while True:

@@ -78,7 +78,9 @@ def test_resume_after_kill_keeps_history_true_throughput_and_the_best_export(dat
     # Throughput over the training time of both runs (the first ran at least until its checkpoint).
     tokens = end * 16 * 128
     assert summary["runs"] == 2 and summary["steps"] == end
-    assert summary["tokens_per_second"] == pytest.approx(tokens / summary["wall_seconds"], rel=0.01)
+    # wall_seconds is rounded to 0.1 s, which matters on a machine fast enough to train this in a second.
+    wall, rate = summary["wall_seconds"], summary["tokens_per_second"]
+    assert tokens / (wall + 0.05) - 0.1 <= rate <= tokens / (wall - 0.05) + 0.1
     assert summary["wall_seconds"] > summary["runs_seconds"][-1]
     assert (out / "run" / "loss_curve.png").stat().st_size > 0
 
