@@ -21,6 +21,7 @@ from typing import AsyncIterator, Callable
 import torch
 
 from .cache_model import DEFAULT_WEIGHT, CacheModel, NgramCache
+from .fast_decode import MAX_QUERIES, FastDecoder, slot_cache_layout
 from .healing import HealingMasks, split_heal
 from .kv_cache import KVCache
 from .model import Transformer
@@ -70,6 +71,10 @@ class EngineConfig:
     # Weight of the per-request n-gram cache model mixed into decoding (engine/cache_model.py) when
     # SamplingParams.cache_weight is None; 0 turns it off.
     cache_weight: float = DEFAULT_WEIGHT
+    # The compiled CPU kernels (engine/decode_kernel.c, built at first use): the int8 matmul and a
+    # decode step in one call (engine/fast_decode.py). False runs the same int8 arithmetic in
+    # PyTorch; without a compiler that happens anyway, with the reason logged.
+    kernels: bool = True
 
 
 # Maps (request, one row of next-token logits) -> logits row; called for every step of that request
@@ -138,6 +143,8 @@ class Engine:
         self.cache = KVCache(c.n_layer, self.config.max_batch, c.n_kv_head, c.head_dim, c.block_size,
                              dtype=dtype, device=self.device, int8=self.config.kv_int8)
         self.prompts = PromptBuilder(tokenizer, c.block_size, self.config.context_tokens)
+        self.fast = FastDecoder.build(model, self.device) if self.config.kernels else None
+        self._layout = slot_cache_layout(self.cache) if self.fast is not None else None
         self.slot_tokens: list[list[int]] = [[] for _ in range(self.config.max_batch)]  # tokens whose KV is valid
         self.slot_used_at = [0.0] * self.config.max_batch
         self.running: dict[int, Request] = {}
@@ -169,7 +176,7 @@ class Engine:
         if quantize == "int8":
             from .quantize import load_int8_model
 
-            model, info = load_int8_model(model_dir, device, dtype)
+            model, info = load_int8_model(model_dir, device, dtype, use_kernels=(config or EngineConfig()).kernels)
             tokenizer = load_tokenizer_from_dir(info)
         else:
             model, tokenizer, info = load_model_dir(model_dir, dtype)
@@ -391,9 +398,13 @@ class Engine:
         self.running[slot] = request  # from here a failure in the forward fails this request too
         self.slot_tokens[slot] = self.slot_tokens[slot][:reused]
         request.position = reused + 1
-        idx = torch.tensor([ids[reused:]], device=self.device)
-        positions = torch.arange(reused, len(ids), device=self.device).unsqueeze(0)
-        logits = self.model(idx, positions, self.cache.view([slot], positions), last_only=True)[:, -1]
+        if self.fast is not None and len(ids) - reused <= MAX_QUERIES:  # a keystroke after a reused prefix
+            logits = self.fast.forward([ids[reused:]], [list(range(reused, len(ids)))], self._layout, [[slot]],
+                                       last_only=True)[:, -1]
+        else:
+            idx = torch.tensor([ids[reused:]], device=self.device)
+            positions = torch.arange(reused, len(ids), device=self.device).unsqueeze(0)
+            logits = self.model(idx, positions, self.cache.view([slot], positions), last_only=True)[:, -1]
         self.slot_tokens[slot] = list(ids)
         self.slot_used_at[slot] = time.monotonic()
         request.position = len(ids)
@@ -404,13 +415,19 @@ class Engine:
         full batch reads the cache as one slice."""
         slots = sorted(self.running)
         requests = [self.running[s] for s in slots]
-        idx = torch.tensor([[r.output_ids[-1]] for r in requests], device=self.device)
-        positions = torch.tensor([[r.position - 1] for r in requests], device=self.device)
-        logits = self.model(idx, positions, self.cache.view(slots, positions))[:, -1]
+        if self.fast is not None:
+            logits = self.fast.forward([[r.output_ids[-1]] for r in requests], [[r.position - 1] for r in requests],
+                                       self._layout, [[s] for s in slots])[:, -1]
+        else:
+            idx = torch.tensor([[r.output_ids[-1]] for r in requests], device=self.device)
+            positions = torch.tensor([[r.position - 1] for r in requests], device=self.device)
+            logits = self.model(idx, positions, self.cache.view(slots, positions))[:, -1]
         for request, token in zip(requests, self._choose_tokens(requests, logits)):
             self._accept(request, token)
 
     def _choose_tokens(self, requests: list[Request], logits: torch.Tensor) -> list[int]:
+        if logits.shape[-1] > self.tokenizer.n_vocab:  # padded embedding rows (Qwen2.5: 151,936 for 151,665 tokens)
+            logits[:, self.tokenizer.n_vocab:] = float("-inf")
         for row, request in enumerate(requests):
             if request.logits_processor is not None:
                 logits[row] = request.logits_processor(request, logits[row])

@@ -1,0 +1,114 @@
+"""A decode step of an int8 model in one call: engine/decode_kernel.c's `decode_forward`.
+
+Eager PyTorch spends a small model's decode step in per-op overhead (the shipped 4 x 192 model:
+~540 dispatcher calls a token, 1.4 ms of CPU where its arithmetic needs ~20 us), and a larger one
+in reading weights through a matmul that was not made for one row. `FastDecoder` hands the C
+kernel pointers to the model's own int8 buffers once (no copy) and then runs embedding, blocks and
+head for a few tokens per row, reading and writing the engine's KV cache where it lies.
+
+It is an optimisation, never a different model: the same int8 arithmetic as `Int8Linear` (bit for
+bit in the matmuls), tested token for token against the PyTorch forward. `FastDecoder.build`
+returns None, with the reason logged, for anything it does not cover (float weights, CUDA, a
+model whose layers are not `Int8Linear`, no compiler); the engine then runs the model's forward.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+
+import torch
+
+from . import kernels
+from .model import Transformer
+from .quantize import Int8Embedding, Int8Linear
+
+log = logging.getLogger("engine")
+
+ACTIVATION_CODES = {"gelu_tanh": 0, "gelu": 1, "silu": 2, "relu": 3}
+MAX_QUERIES = 16  # tokens a row per call; longer (prefill) is compute-bound and runs in PyTorch
+
+
+class FastDecoder:
+    def __init__(self, model: Transformer, lib: ctypes.CDLL):
+        self.model, self.lib, c = model, lib, model.config
+        self._keep: list[torch.Tensor] = []  # every tensor the structs point into stays alive
+
+        def ptr(t: torch.Tensor | None) -> int | None:
+            if t is None:
+                return None
+            t = t.detach().float().contiguous() if t.is_floating_point() else t.contiguous()
+            self._keep.append(t)
+            return t.data_ptr()
+
+        def norm(module) -> tuple[int | None, int | None]:
+            return ptr(module.weight), ptr(getattr(module, "bias", None))
+
+        def linear(module: Int8Linear) -> kernels.QLinear:
+            self._keep.append(module)
+            return module.native()
+
+        layers = (kernels.LayerWeights * c.n_layer)()
+        for i, block in enumerate(model.layers):
+            layers[i] = kernels.LayerWeights(*norm(block.attn_norm), *norm(block.mlp_norm), linear(block.attn.qkv),
+                                             linear(block.attn.out), linear(block.mlp.up), linear(block.mlp.down))
+        pos = model.pos_embed
+        rope = c.position == "rope"
+        self.weights = kernels.ModelWeights(
+            c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.head_dim, c.intermediate_size, c.vocab_size,
+            c.block_size, int(c.norm == "rmsnorm"), c.norm_eps, ACTIVATION_CODES[c.activation],
+            int(c.mlp == "swiglu"), c.sliding_window, ptr(model.embed.weight), ptr(model.embed.scale),
+            ptr(pos.weight) if pos is not None else None, ptr(pos.scale) if pos is not None else None,
+            ptr(model.rope_cos) if rope else None, ptr(model.rope_sin) if rope else None, *norm(model.norm),
+            linear(model.head), layers)
+        self._layers = layers
+
+    @classmethod
+    def build(cls, model: Transformer, device: torch.device) -> "FastDecoder | None":
+        """The fast path for this model, or None (logged) where it does not apply."""
+        reason = None
+        if device.type != "cpu":
+            reason = f"it runs on the CPU only (device {device})"
+        elif not all(isinstance(m, Int8Linear) and m.kernel is not None
+                     for m in [model.head] + [l for b in model.layers for l in (b.attn.qkv, b.attn.out, b.mlp.up, b.mlp.down)]):
+            reason = "the model's linear layers are not int8 with the compiled kernel"
+        elif not isinstance(model.embed, Int8Embedding) or (model.pos_embed is not None and not isinstance(model.pos_embed, Int8Embedding)):
+            reason = "the embeddings are not int8"
+        elif model.config.activation not in ACTIVATION_CODES:
+            reason = f"activation {model.config.activation} is not in the kernel"
+        if reason is None:
+            lib = kernels.decode_kernel()
+            if lib is not None:
+                return cls(model, lib)
+            reason = "the kernel did not build"
+        log.info("fast decode off: %s; decoding through the model's PyTorch forward", reason)
+        return None
+
+    def forward(self, idx: list[list[int]], positions: list[list[int]], layout: kernels.KVLayout,
+                tables: list[list[int]], n_real: list[int] | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab), or (B, 1, vocab) with last_only, of B rows of T new tokens at
+        `positions`, whose keys and values are written into and read from the cache `layout`
+        describes (row b's position p in block tables[b][p // block_tokens])."""
+        B, T = len(idx), len(idx[0])
+        width = max(len(t) for t in tables)
+        idx_t = torch.tensor(idx, dtype=torch.int64)
+        pos_t = torch.tensor(positions, dtype=torch.int64)
+        tables_t = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int64)
+        n_real_t = torch.tensor(n_real, dtype=torch.int64) if n_real is not None else None
+        logits = torch.empty(B, 1 if last_only else T, self.model.config.vocab_size)
+        rc = self.lib.decode_forward(ctypes.byref(self.weights), idx_t.data_ptr(), pos_t.data_ptr(), B, T,
+                                     kernels.address(n_real_t), ctypes.byref(layout), tables_t.data_ptr(), width,
+                                     logits.data_ptr(), int(last_only), torch.get_num_threads())
+        if rc != 0:
+            raise ValueError(f"token ids or positions out of the model's range (vocab {self.model.config.vocab_size}, "
+                             f"{self.model.config.block_size} positions)")
+        return logits
+
+
+def slot_cache_layout(cache) -> kernels.KVLayout:
+    """engine/kv_cache.py's slot cache: k, v (n_layer, n_slots, n_head, max_len, head_dim); a row's
+    one "block" is its slot, max_len positions long."""
+    k, s = cache.k, cache.k_scale
+    ss = s.stride() if s is not None else (0, 0, 0, 0, 0)
+    return kernels.KVLayout(cache.k.data_ptr(), cache.v.data_ptr(), kernels.address(cache.k_scale),
+                            kernels.address(cache.v_scale), k.stride(0), k.stride(1), k.stride(3), k.stride(2),
+                            ss[0], ss[1], ss[3], ss[2], cache.max_len, int(cache.int8))
