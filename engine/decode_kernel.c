@@ -1,7 +1,7 @@
 /* The int8 CPU kernels: a matmul over our stored int8 weights, and a whole decode forward in one call.
  *
- * Built by engine/native.py with the machine's C compiler (-O3 -march=native -ffp-contract=off
- * -fopenmp) and called through ctypes; engine/quantize.py and engine/fast_decode.py fall back to
+ * Built by engine/kernels.py with the machine's C compiler (-O3 -march=native -ffp-contract=off
+ * -fopenmp-simd -pthread) and called through ctypes; engine/quantize.py and engine/fast_decode.py fall back to
  * PyTorch without it, and the tests run both.
  *
  * int8 matmul (`int8_linear`): every input row x is quantized on the fly to int8 with its own scale
@@ -26,9 +26,9 @@
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 
 #define ALIGN 64
 
@@ -105,6 +105,105 @@ void decode_profile(int64_t on, uint64_t *out) {
 
 static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+/* ---- threads: a parallel-for that never waits for a thread that has not started ----
+ *
+ * OpenMP (and llama.cpp's pool) end every parallel region at a barrier that waits for every
+ * thread. On a machine whose cores are shared with other work, a helper that is not scheduled
+ * stalls that barrier for a time slice: measured here, two OpenMP threads made a decode step of
+ * the 0.5B shape 10-15x slower than one. Here the calling thread and the helpers take chunks from
+ * one counter; the caller waits only for chunks a helper has actually taken, so a helper that
+ * never wakes costs nothing and the region runs at one thread's speed. The counter packs the
+ * region's number, its chunk count and the next chunk into one word, so a late helper can never
+ * take a chunk of a region that is over. */
+#define SPIN_ROUNDS 20000
+typedef void (*chunk_fn)(void *ctx, int64_t chunk);
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    _Atomic uint64_t ticket;     /* region (24 bits) | chunks (20 bits) | next chunk (20 bits) */
+    _Atomic int64_t done;
+    _Atomic int sleeping, helpers_wanted;
+    int helpers;
+    chunk_fn fn;
+    void *ctx;
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+#define TICKET(region, n, next) (((uint64_t)(region) << 40) | ((uint64_t)(n) << 20) | (uint64_t)(next))
+#define T_REGION(t) ((t) >> 40)
+#define T_CHUNKS(t) (((t) >> 20) & 0xFFFFF)
+#define T_NEXT(t) ((t) & 0xFFFFF)
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__)
+    _mm_pause();
+#endif
+}
+
+/* Take and run chunks of the current region until none is left; returns when the region is taken. */
+static void take_chunks(uint64_t region) {
+    uint64_t t = atomic_load(&pool.ticket);
+    for (;;) {
+        if (T_REGION(t) != region || T_NEXT(t) >= T_CHUNKS(t)) return;
+        if (!atomic_compare_exchange_weak(&pool.ticket, &t, t + 1)) continue;
+        pool.fn(pool.ctx, (int64_t)T_NEXT(t));  /* a claimed chunk keeps the region (and fn, ctx) alive */
+        atomic_fetch_add(&pool.done, 1);
+        t = atomic_load(&pool.ticket);
+    }
+}
+
+static void *helper_main(void *arg) {
+    const int id = (int)(intptr_t)arg;
+    uint64_t seen = T_REGION(atomic_load(&pool.ticket));
+    for (;;) {
+        uint64_t region;
+        int spins = 0;
+        while ((region = T_REGION(atomic_load(&pool.ticket))) == seen) {
+            if (++spins < SPIN_ROUNDS) { cpu_relax(); continue; }
+            pthread_mutex_lock(&pool.lock);
+            atomic_fetch_add(&pool.sleeping, 1);
+            while ((region = T_REGION(atomic_load(&pool.ticket))) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+            atomic_fetch_sub(&pool.sleeping, 1);
+            pthread_mutex_unlock(&pool.lock);
+            break;
+        }
+        seen = region;
+        if (id < atomic_load(&pool.helpers_wanted)) take_chunks(region);
+    }
+    return NULL;
+}
+
+/* fn(ctx, c) for c in 0..n_chunks-1 on the calling thread and up to n_threads - 1 helpers.
+ * Called from one thread at a time (the engine's scheduler). */
+static void parallel_for(int64_t n_chunks, chunk_fn fn, void *ctx, int64_t n_threads) {
+    if (n_threads <= 1 || n_chunks <= 1 || n_chunks >= (1 << 20)) {
+        for (int64_t c = 0; c < n_chunks; c++) fn(ctx, c);
+        return;
+    }
+    while (pool.helpers < n_threads - 1 && pool.helpers < 63) {
+        pthread_t th;
+        if (pthread_create(&th, NULL, helper_main, (void *)(intptr_t)pool.helpers)) break;
+        pthread_detach(th);
+        pool.helpers++;
+    }
+    atomic_store(&pool.helpers_wanted, (int)(n_threads - 1));
+    pool.fn = fn;
+    pool.ctx = ctx;
+    atomic_store(&pool.done, 0);
+    const uint64_t region = (T_REGION(atomic_load(&pool.ticket)) + 1) & 0xFFFFFF;
+    atomic_store(&pool.ticket, TICKET(region, n_chunks, 0));
+    if (atomic_load(&pool.sleeping)) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    take_chunks(region);
+    for (int spins = 0; atomic_load(&pool.done) < n_chunks; spins++) {  /* only chunks a helper holds */
+        if (spins < SPIN_ROUNDS) cpu_relax();
+        else sched_yield();
+    }
+}
+
 /* ---- activation quantization: the PyTorch fallback must match this exactly ---- */
 static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t stride, uint8_t *xu, int64_t Kp, float *sx) {
     for (int64_t m = 0; m < M; m++) {
@@ -175,20 +274,32 @@ static void gemm_rows(const uint8_t *xu, int64_t xstride, const float *sx, int64
     }
 }
 
-/* y (M, n) = x (M, k) through the int8 linear; rows split over threads when there is enough work. */
+typedef struct {
+    const uint8_t *xu;
+    const float *sx;
+    int64_t M, Kp;
+    const qlinear *L;
+    float *y;
+} linear_job;
+
+#define LINEAR_CHUNK 64  /* output rows a chunk */
+
+static void linear_chunk(void *ctx, int64_t c) {
+    const linear_job *j = ctx;
+    int64_t n0 = c * LINEAR_CHUNK, n1 = n0 + LINEAR_CHUNK < j->L->n ? n0 + LINEAR_CHUNK : j->L->n;
+    gemm_rows(j->xu, j->Kp, j->sx, j->M, j->L, j->y, j->L->n, n0, n1);
+}
+
+/* y (M, n) = x (M, k) through the int8 linear; output rows split over threads when there is enough work. */
 static void linear(const float *x, int64_t M, const qlinear *L, float *y, int64_t n_threads) {
     int64_t Kp = round_up(L->k, 64);
     uint8_t *xu = scratch((size_t)(M * Kp + M * 4 + ALIGN));
     float *sx = (float *)(xu + round_up(M * Kp, ALIGN));
     quantize_rows(x, M, L->k, Kp, xu, Kp, sx);
-    int64_t chunks = (L->n + 63) / 64;
-    /* ~256K multiply-adds is where a second thread started to pay off here (measured). */
-    int parallel = n_threads > 1 && M * L->n * L->k >= (1 << 18);
-#pragma omp parallel for schedule(static) num_threads(n_threads) if (parallel)
-    for (int64_t c = 0; c < chunks; c++) {
-        int64_t n0 = c * 64, n1 = n0 + 64 < L->n ? n0 + 64 : L->n;
-        gemm_rows(xu, Kp, sx, M, L, y, L->n, n0, n1);
-    }
+    linear_job job = {xu, sx, M, Kp, L, y};
+    /* Below ~64K multiply-adds a second thread costs more than it brings (measured). */
+    parallel_for((L->n + LINEAR_CHUNK - 1) / LINEAR_CHUNK, linear_chunk, &job,
+                 M * L->n * L->k >= (1 << 16) ? n_threads : 1);
 }
 
 void int8_linear(const float *x, int64_t M, const qlinear *L, float *y, int64_t n_threads) {
@@ -427,6 +538,29 @@ static void attend_one(const kv_layout *c, int64_t layer, const int64_t *table, 
 }
 
 /* ---- the forward ---- */
+typedef struct {
+    const model_weights *mw;
+    const kv_layout *c;
+    int64_t layer;
+    const int64_t *positions, T, *n_real, *tables, max_blocks;
+    const float *qkv;
+    float *att, *scores;
+    int64_t scores_stride;
+} attention_job;
+
+/* One (row, head) of a layer's attention; scores go to a buffer per task slot, not per thread. */
+static void attention_chunk(void *ctx, int64_t task) {
+    const attention_job *j = ctx;
+    const model_weights *mw = j->mw;
+    const int64_t H = mw->n_head, D = mw->head_dim, group = H / mw->n_kv_head, qkv_n = (H + 2 * mw->n_kv_head) * D;
+    const int64_t i = task / H, hd = task % H, b = i / j->T, t = i % j->T, p = j->positions[i];
+    float *o = j->att + i * H * D + hd * D;
+    if (j->n_real && t >= j->n_real[b]) { memset(o, 0, (size_t)D * sizeof(float)); return; }
+    const int64_t start = mw->sliding_window > 0 && p - mw->sliding_window + 1 > 0 ? p - mw->sliding_window + 1 : 0;
+    attend_one(j->c, j->layer, j->tables + b * j->max_blocks, hd / group, j->qkv + i * qkv_n + hd * D, start, p, D,
+               j->scores + task * j->scores_stride, o);
+}
+
 /* idx, positions: (B, T); n_real: (B,) real tokens of each row (the rest pad it: not stored, zero
  * attention) or NULL; tables: (B, max_blocks). logits: (B * T, vocab), or (B, vocab) with last_only
  * (each row's last real token). Returns 0, or -1 when a position is outside the model's range. */
@@ -434,7 +568,7 @@ int decode_forward(const model_weights *mw, const int64_t *idx, const int64_t *p
                    const int64_t *n_real, const kv_layout *c, const int64_t *tables, int64_t max_blocks,
                    float *logits, int64_t last_only, int64_t n_threads) {
     const int64_t M = B * T, E = mw->n_embd, H = mw->n_head, Hkv = mw->n_kv_head, D = mw->head_dim;
-    const int64_t group = H / Hkv, qkv_n = (H + 2 * Hkv) * D, up_n = mw->layers[0].up.n, I = mw->intermediate;
+    const int64_t qkv_n = (H + 2 * Hkv) * D, up_n = mw->layers[0].up.n, I = mw->intermediate;
     int64_t kv_max = 0;
     for (int64_t i = 0; i < M; i++) {
         if (positions[i] < 0 || positions[i] >= mw->block_size || idx[i] < 0 || idx[i] >= mw->vocab) return -1;
@@ -443,7 +577,7 @@ int decode_forward(const model_weights *mw, const int64_t *idx, const int64_t *p
     /* activations of the step, one allocation kept across calls */
     static __thread float *work = NULL;
     static __thread size_t work_size = 0;
-    size_t need = (size_t)(M * (2 * E + qkv_n + H * D + up_n) + n_threads * (kv_max + 16) + 64);
+    size_t need = (size_t)(M * (2 * E + qkv_n + H * D + up_n) + M * H * (kv_max + 16) + 64);
     if (need > work_size) { free(work); work = aligned_alloc(ALIGN, round_up((int64_t)need * 4, 4096)); work_size = need; }
     float *x = work, *h = x + M * E, *qkv = h + M * E, *att = qkv + M * qkv_n, *mlp = att + M * H * D;
     float *scores_all = mlp + M * up_n;
@@ -481,20 +615,8 @@ int decode_forward(const model_weights *mw, const int64_t *idx, const int64_t *p
             }
         }
         MARK(P_ROPE_STORE);
-        int parallel = n_threads > 1 && M * H * kv_max * D >= (1 << 15);
-#pragma omp parallel for schedule(static) num_threads(n_threads) if (parallel)
-        for (int64_t task = 0; task < M * H; task++) {
-            int64_t i = task / H, hd = task % H, b = i / T, t = i % T, p = positions[i];
-            float *o = att + i * H * D + hd * D;
-            if (n_real && t >= n_real[b]) { memset(o, 0, (size_t)D * sizeof(float)); continue; }
-#ifdef _OPENMP
-            float *scores = scores_all + (parallel ? omp_get_thread_num() : 0) * (kv_max + 16);
-#else
-            float *scores = scores_all;
-#endif
-            int64_t start = mw->sliding_window > 0 && p - mw->sliding_window + 1 > 0 ? p - mw->sliding_window + 1 : 0;
-            attend_one(c, l, tables + b * max_blocks, hd / group, qkv + i * qkv_n + hd * D, start, p, D, scores, o);
-        }
+        attention_job job = {mw, c, l, positions, T, n_real, tables, max_blocks, qkv, att, scores_all, kv_max + 16};
+        parallel_for(M * H, attention_chunk, &job, M * H * kv_max * D >= (1 << 15) ? n_threads : 1);
         MARK(P_ATTENTION);
         linear(att, M, &L->out, h, n_threads);
         for (int64_t i = 0; i < M * E; i++) x[i] = x[i] + h[i];

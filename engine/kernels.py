@@ -23,7 +23,7 @@ log = logging.getLogger("engine")
 
 HERE = Path(__file__).parent
 # No -ffast-math and no FMA contraction: the int8 matmul must round exactly as its PyTorch twin.
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-pthread", "-shared", "-fPIC"]
 
 
 def _cpu_name() -> str:
