@@ -223,9 +223,12 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t stride, 
     }
 }
 
-/* Integer dot products of up to 4 activation rows with 4 weight rows: acc[m][j] = sum xu[m] * w[j]. */
-static void dot_4x4(const uint8_t *xu, int64_t xstride, int64_t nm, const int8_t *w0, int64_t K, int64_t nj,
-                    int32_t acc[4][4]) {
+/* Integer dot products of up to 4 activation rows with 4 weight rows, and the float epilogue:
+ * y[m][j] = (float(sum xu[m] * w[j] - 128 * wsum[j]) * sx[m]) * scale[j] (+ bias[j]). */
+static void tile_4x4(const uint8_t *xu, int64_t xstride, int64_t nm, const qlinear *L, int64_t n, int64_t nj,
+                     const float *sx, float *y, int64_t ystride) {
+    const int8_t *w0 = L->w + n * L->k;
+    const int64_t K = L->k;
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
     __m512i a[4][4];
     for (int m = 0; m < 4; m++) for (int j = 0; j < 4; j++) a[m][j] = _mm512_setzero_si512();
@@ -239,15 +242,36 @@ static void dot_4x4(const uint8_t *xu, int64_t xstride, int64_t nm, const int8_t
             for (int j = 0; j < 4; j++) a[m][j] = _mm512_dpbusd_epi32(a[m][j], x, w[j]);
         }
     }
-    for (int m = 0; m < nm; m++) for (int j = 0; j < 4; j++) acc[m][j] = _mm512_reduce_add_epi32(a[m][j]);
+    __mmask8 cols = (__mmask8)((1u << nj) - 1);
+    __m128i wsum = _mm_maskz_loadu_epi32(cols, L->wsum + n);
+    __m128 scale = _mm_maskz_loadu_ps(cols, L->scale + n);
+    __m128 bias = L->bias ? _mm_maskz_loadu_ps(cols, L->bias + n) : _mm_setzero_ps();
+    __m128i offset = _mm_slli_epi32(wsum, 7);  /* 128 * wsum */
+    for (int m = 0; m < nm; m++) {
+        /* the four rows' sums side by side: pairwise interleave and add, then fold the 128-bit lanes */
+        __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[m][0], a[m][1]), _mm512_unpackhi_epi32(a[m][0], a[m][1]));
+        __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[m][2], a[m][3]), _mm512_unpackhi_epi32(a[m][2], a[m][3]));
+        __m512i s = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+        __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+        __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        __m128 v = _mm_cvtepi32_ps(_mm_sub_epi32(sums, offset));
+        v = _mm_mul_ps(v, _mm_set1_ps(sx[m]));
+        v = _mm_mul_ps(v, scale);
+        if (L->bias) v = _mm_add_ps(v, bias);
+        _mm_mask_storeu_ps(y + m * ystride + n, cols, v);
+    }
 #else
     for (int m = 0; m < nm; m++)
         for (int j = 0; j < nj; j++) {
             const uint8_t *x = xu + m * xstride;
             const int8_t *w = w0 + j * K;
-            int32_t s = 0;
-            for (int64_t k = 0; k < K; k++) s += (int32_t)x[k] * (int32_t)w[k];
-            acc[m][j] = s;
+            int32_t acc = 0;
+            for (int64_t k = 0; k < K; k++) acc += (int32_t)x[k] * (int32_t)w[k];
+            float v = (float)(acc - 128 * L->wsum[n + j]);
+            v = v * sx[m];
+            v = v * L->scale[n + j];
+            if (L->bias) v = v + L->bias[n + j];
+            y[m * ystride + n + j] = v;
         }
 #endif
 }
@@ -258,19 +282,8 @@ static void gemm_rows(const uint8_t *xu, int64_t xstride, const float *sx, int64
                       float *y, int64_t ystride, int64_t n0, int64_t n1) {
     for (int64_t m = 0; m < M; m += 4) {
         int64_t nm = M - m < 4 ? M - m : 4;
-        for (int64_t n = n0; n < n1; n += 4) {
-            int64_t nj = n1 - n < 4 ? n1 - n : 4;
-            int32_t acc[4][4];
-            dot_4x4(xu + m * xstride, xstride, nm, L->w + n * L->k, L->k, nj, acc);
-            for (int64_t i = 0; i < nm; i++)
-                for (int64_t j = 0; j < nj; j++) {
-                    float v = (float)(acc[i][j] - 128 * L->wsum[n + j]);
-                    v = v * sx[m + i];
-                    v = v * L->scale[n + j];
-                    if (L->bias) v = v + L->bias[n + j];
-                    y[(m + i) * ystride + n + j] = v;
-                }
-        }
+        for (int64_t n = n0; n < n1; n += 4)
+            tile_4x4(xu + m * xstride, xstride, nm, L, n, n1 - n < 4 ? n1 - n : 4, sx + m, y + m * ystride, ystride);
     }
 }
 
