@@ -37,7 +37,7 @@ def cmd_eval(args, extra):
     from training.evaluate import evaluate
 
     if bool(args.data) == bool(args.src):
-        raise SystemExit("code-assistant eval: give exactly one of --data DATA_DIR or --src DIR")
+        raise ValueError("give exactly one of --data DATA_DIR or --src DIR")
     result = evaluate(Path(args.model), Path(args.data) if args.data else None,
                       [Path(s) for s in args.src] if args.src else None, max_windows=args.max_windows)
     if args.line_completion:
@@ -105,7 +105,12 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from training.config import ConfigError
     from training.data import DataError
 
-    return (ModelDirError, TokenizerError, ConfigError, DataError, FileNotFoundError, ValueError)
+    return (ModelDirError, TokenizerError, ConfigError, DataError, OSError, ValueError)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (YAML's parser, for one, writes the place on lines of its own)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,19 +118,22 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in DELEGATED:
         import importlib
 
-        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "train":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        command = argv[0]
+        job = lambda: importlib.import_module(DELEGATED[command][0]).main(argv[1:])  # noqa: E731
+    else:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "train":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        command = args.command
+        job = lambda: args.func(args, extra) or 0  # noqa: E731
     try:
-        args.func(args, extra)
+        return job()
     except KeyboardInterrupt:
         return 130
     except known_errors() as e:
-        print(f"code-assistant {args.command}: error: {e}", file=sys.stderr)
+        print(f"code-assistant {command}: error: {one_line(e)}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

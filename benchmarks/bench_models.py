@@ -35,7 +35,8 @@ def hf_dir(name_or_path: str, work: Path) -> Path:
         if not (out / "config.json").is_file():
             family, shape, vocab = SHAPES[name_or_path]
             print(f"building a random {name_or_path} model in {out} (a few minutes)", file=sys.stderr, flush=True)
-            save_random_model(out, family, shape, vocab_size=vocab, dtype=torch.bfloat16)
+            # the tokenizer as large as stdlib text makes it; the embedding and head at full size
+            save_random_model(out, family, shape, vocab_size=16384, model_vocab=vocab, dtype=torch.bfloat16)
         return out
     path = default_model_dir() if name_or_path == "default" else Path(name_or_path)
     info = read_model_dir(path)

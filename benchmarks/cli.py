@@ -1,4 +1,4 @@
-"""`code-assistant bench engine|http [...]`: hand the rest of the arguments to that benchmark's main."""
+"""`code-assistant bench engine|http|load [...]`: hand the rest of the arguments to that benchmark's main."""
 from __future__ import annotations
 
 import importlib
@@ -8,6 +8,7 @@ BENCHMARKS = {
     "engine": ("benchmarks.engine_bench", "the engine beside transformers, CTranslate2 and llama.cpp on the same weights"),
     "profile": ("benchmarks.decode_profile", "where a batch-1 decode step's time goes, PyTorch path and kernel"),
     "http": ("benchmarks.http_bench", "the HTTP server under concurrent load"),
+    "load": ("benchmarks.load_bench", "load time and resident memory of a model directory, float and int8"),
 }
 
 

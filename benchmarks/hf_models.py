@@ -53,7 +53,6 @@ FAMILIES = {
 
 # A tiny shape of each family, and the sizes the engine benchmark runs.
 TINY = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "intermediate": 128, "positions": 256}
-MAX_TRAINED_VOCAB = 16384  # BPE merges learned from the standard library; more ids are filler
 QWEN_0_5B = {"layers": 24, "hidden": 896, "heads": 14, "kv_heads": 2, "intermediate": 4864, "positions": 32768}
 
 
@@ -103,17 +102,6 @@ def train_tokenizer(family: Family, vocab_size: int = 600, texts: list[str] | No
     return tok
 
 
-def pad_vocabulary(tokenizer, vocab_size: int) -> None:
-    """Add plain (not special) filler tokens until the tokenizer has `vocab_size` ids: a BPE trained
-    on a little text stops merging long before a real code model's vocabulary (Qwen2.5's 151,936
-    rows), and the model's shape, not the filler's text, is what a benchmark needs."""
-    from tokenizers import AddedToken
-
-    missing = vocab_size - tokenizer.get_vocab_size(with_added_tokens=True)
-    if missing > 0:
-        tokenizer.add_tokens([AddedToken(f"<|filler_{i}|>", special=False, normalized=False) for i in range(missing)])
-
-
 def hf_config(family: Family, vocab_size: int, shape: dict, initializer_range: float = 0.02):
     import transformers
 
@@ -131,16 +119,16 @@ def hf_config(family: Family, vocab_size: int, shape: dict, initializer_range: f
 
 def save_random_model(out: Path, family: Family, shape: dict = TINY, vocab_size: int = 600, seed: int = 0,
                       initializer_range: float = 0.02, tokenizer=None, dtype=None,
-                      max_shard_size: str | None = None) -> Path:
+                      max_shard_size: str | None = None, model_vocab: int | None = None) -> Path:
     """A Hugging Face model directory of `family` with random weights: config.json, safetensors
-    (sharded when `max_shard_size` says so), tokenizer.json, tokenizer_config.json."""
+    (sharded when `max_shard_size` says so), tokenizer.json, tokenizer_config.json. `model_vocab`
+    gives the embedding more rows than the tokenizer has (real models pad theirs: Qwen2.5's
+    151,936), so a benchmark shape needs no full-size tokenizer."""
     import torch
     import transformers
 
-    if tokenizer is None:
-        tokenizer = train_tokenizer(family, min(vocab_size, MAX_TRAINED_VOCAB))
-        pad_vocabulary(tokenizer, vocab_size)
-    n_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    tokenizer = tokenizer or train_tokenizer(family, vocab_size)
+    n_vocab = max(model_vocab or 0, tokenizer.get_vocab_size(with_added_tokens=True))
     config = hf_config(family, n_vocab, shape, initializer_range)
     ids = {name: tokenizer.token_to_id(name) for name in (family.bos, family.eos) if name}
     config.eos_token_id = ids[family.eos]

@@ -147,7 +147,8 @@ def start_server(model: str | None, extra: list[str], log_path: Path) -> tuple[s
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log_path.read_text(errors='replace')[-2000:]}")
+            last = (log_path.read_text(errors="replace").strip().splitlines() or [""])[-1]
+            raise ChildProcessError(f"the server exited with {proc.returncode}: {last}")
         try:
             if httpx.get(url + "/ready", timeout=1).status_code == 200:
                 return proc, url

@@ -1,8 +1,19 @@
-"""The inference engine: the one API the HTTP server, the language server and the benchmarks call."""
-from .engine import Chunk, Completion, Engine, EngineBusy, EngineConfig, EngineError
-from .model_dir import ModelDirError
-from .prompt import ContextFile
-from .sampling import SamplingError, SamplingParams
+"""The inference engine: the one API the HTTP server, the language server and the benchmarks call.
 
-__all__ = ["Chunk", "Completion", "ContextFile", "Engine", "EngineBusy", "EngineConfig", "EngineError",
-           "ModelDirError", "SamplingError", "SamplingParams"]
+Names are imported on first use, so a front end that only needs `engine.prompt` (the language
+server talking to a remote server) never loads torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {"Chunk": "engine", "Completion": "engine", "Engine": "engine", "EngineBusy": "engine",
+          "EngineConfig": "engine", "EngineError": "engine", "ModelDirError": "model_dir",
+          "ContextFile": "prompt", "SamplingError": "sampling", "SamplingParams": "sampling"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

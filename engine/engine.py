@@ -41,6 +41,10 @@ class EngineError(RuntimeError):
     """The engine failed on a request (closed, or an internal error in the scheduler)."""
 
 
+# What a request that failed inside a step is told; the exception itself goes to the log only.
+INTERNAL_ERROR = "internal error in the engine while generating this request"
+
+
 @dataclass
 class Chunk:
     text: str                      # new text since the previous chunk
@@ -153,7 +157,7 @@ class Engine:
         self._counters = {"requests": 0, "prefix_cache_lookups": 0, "prefix_cache_hits": 0,
                           "prefix_tokens_reused": 0, "tokens_generated": 0}
         self._token_bytes = tokenizer.token_bytes()
-        self._heal_mask = HealingMasks(self._token_bytes, c.vocab_size, self.device)
+        self._heal_mask = HealingMasks(self._token_bytes, tokenizer.n_vocab, self.device)
         self._snippet_caches: dict[str, NgramCache] = {}
         self._wake = threading.Event()
         self._stop = False
@@ -339,11 +343,31 @@ class Engine:
                 self._drop_cancelled()
                 self._admit()
                 if self.running:
-                    self._decode_step()
-            except Exception as e:  # a bug must not hang every client: fail the batch, keep serving
-                log.exception("engine step failed")
+                    self._isolating([self.running[s] for s in sorted(self.running)], self._decode_step)
+            except Exception:  # a bug outside any request's step must not hang every client
+                log.exception("engine scheduler failed")
                 for request in list(self.running.values()):
-                    self._fail(request, f"internal error: {type(e).__name__}: {e}")
+                    self._fail(request, INTERNAL_ERROR)
+
+    def _isolating(self, requests: list[Request], step: Callable[[list[Request]], None]) -> None:
+        """Run `step` over `requests`; when it raises, run it again for each request alone that it
+        had not moved on yet, so a failure fails only the request that caused it.
+
+        (A batch that failed while sampling may have drawn from the random generators of rows
+        before the failing one; sampling raises for no valid parameters, so that is a bug's cost.)
+        """
+        progress = [len(r.output_ids) for r in requests]
+        try:
+            step(requests)
+        except Exception:
+            if len(requests) == 1:
+                log.exception("engine step failed; failing its request")
+                self._fail(requests[0], INTERNAL_ERROR)
+                return
+            log.warning("a step over %d requests failed; stepping them one at a time", len(requests))
+            for request, before in zip(requests, progress):
+                if self.running.get(request.slot) is request and len(request.output_ids) == before:
+                    self._isolating([request], step)
 
     def _drop_cancelled(self) -> None:
         for request in [r for r in self.running.values() if r.cancelled.is_set()]:
@@ -360,7 +384,7 @@ class Engine:
             with self._lock:
                 request = self._waiting.popleft()
             slot, reused = self._place(request.prompt_ids)
-            self._prefill(request, slot, reused)
+            self._isolating([request], lambda alone: self._prefill(alone[0], slot, reused))
 
     def _place(self, ids: list[int]) -> tuple[int, int]:
         """A free slot for `ids` and how many leading tokens of it that slot now holds.
@@ -410,11 +434,10 @@ class Engine:
         request.position = len(ids)
         self._accept(request, self._choose_tokens([request], logits)[0])
 
-    def _decode_step(self) -> None:
-        """One forward over the last token of every running sequence, ordered by slot so that a
+    def _decode_step(self, requests: list[Request]) -> None:
+        """One forward over the last token of each of `requests`, given in slot order so that a
         full batch reads the cache as one slice."""
-        slots = sorted(self.running)
-        requests = [self.running[s] for s in slots]
+        slots = [r.slot for r in requests]
         if self.fast is not None and len(requests) <= MAX_ROWS:
             logits = self.fast.forward([[r.output_ids[-1]] for r in requests], [[r.position - 1] for r in requests],
                                        self._layout, [[s] for s in slots])[:, -1]
@@ -426,8 +449,9 @@ class Engine:
             self._accept(request, token)
 
     def _choose_tokens(self, requests: list[Request], logits: torch.Tensor) -> list[int]:
-        if logits.shape[-1] > self.tokenizer.n_vocab:  # padded embedding rows (Qwen2.5: 151,936 for 151,665 tokens)
-            logits[:, self.tokenizer.n_vocab:] = float("-inf")
+        # Models pad their embedding past the tokenizer (Qwen2.5: 151,936 rows, 151,665 tokens);
+        # the padding rows are never chosen.
+        logits = logits[:, :self.tokenizer.n_vocab]
         for row, request in enumerate(requests):
             if request.logits_processor is not None:
                 logits[row] = request.logits_processor(request, logits[row])

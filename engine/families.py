@@ -8,7 +8,7 @@ model we trained as a Hugging Face directory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -177,23 +177,27 @@ def weight_rules(config: ModelConfig, legacy: bool = False) -> list[Rule]:
     return rules
 
 
-def to_ours(config: ModelConfig, tensor: Callable[[str], torch.Tensor], legacy: bool = False) -> dict[str, torch.Tensor]:
-    """Our state dict from a checkpoint, read one tensor at a time through `tensor(name)` (which
-    raises KeyError for a missing one)."""
-    out = {}
+def iter_ours(config: ModelConfig, tensor: Callable[[str], torch.Tensor], legacy: bool = False
+              ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Our tensors from a checkpoint's, one at a time, read through `tensor(name)`: a caller that
+    keeps only what it makes of each (int8) never holds the whole float model."""
     for rule in weight_rules(config, legacy):
         parts = [tensor(name) for name in rule.theirs]
         if rule.kind == "transpose":
-            out[rule.ours] = parts[0].t().contiguous()
+            yield rule.ours, parts[0].t().contiguous()
         elif rule.kind == "cat":
-            out[rule.ours] = torch.cat(parts, dim=0)
+            yield rule.ours, torch.cat(parts, dim=0)
         elif rule.kind == "heads":
             t = parts[0]
             grouped = t.reshape(config.n_head, 3, config.head_dim, *t.shape[1:])
-            out[rule.ours] = grouped.transpose(0, 1).reshape(t.shape).contiguous()
+            yield rule.ours, grouped.transpose(0, 1).reshape(t.shape).contiguous()
         else:
-            out[rule.ours] = parts[0]
-    return out
+            yield rule.ours, parts[0]
+
+
+def to_ours(config: ModelConfig, tensor: Callable[[str], torch.Tensor], legacy: bool = False) -> dict[str, torch.Tensor]:
+    """Our state dict from a checkpoint (see `iter_ours`)."""
+    return dict(iter_ours(config, tensor, legacy))
 
 
 def to_hf(config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

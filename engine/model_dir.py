@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .families import FamilyError, config_from_hf, to_ours, weight_rules
+from .families import FamilyError, config_from_hf, iter_ours, weight_rules
 from .model import ModelConfig, Transformer
 from .tokenizer import (CODE_PAT_STR, HF_TOKENIZER_FILE, TOKENIZER_FILE, Tokenizer, TokenizerError, load_hf_tokenizer,
                         load_tokenizer, special_token_ids)
@@ -156,29 +156,30 @@ def load_state(model_dir: ModelDir, dtype: torch.dtype = torch.float32,
         stored = checkpoint.names()
         rename = ({r.ours: r.theirs[0] for r in weight_rules(model_dir.config, legacy=True)}
                   if model_dir.legacy else {})
-        state = {}
-        for name in expected:
-            source = rename.get(name, name)
-            state[name] = checkpoint(source)
-            if source + SCALE_SUFFIX in stored:
-                state[name + SCALE_SUFFIX] = checkpoint(source + SCALE_SUFFIX)
+
+        def pairs():
+            for name in expected:
+                source = rename.get(name, name)
+                yield name, checkpoint(source)
+                if source + SCALE_SUFFIX in stored:
+                    yield name + SCALE_SUFFIX, checkpoint(source + SCALE_SUFFIX)
     else:
         def read(name: str) -> torch.Tensor:
             t = checkpoint(name)
             return t.to(dtype) if t.is_floating_point() else t
 
-        state = to_ours(model_dir.config, read, legacy=model_dir.legacy)
-    for name, shape in expected.items():
-        if name not in state:
-            raise ModelDirError(f"{model_dir.path}: the weights have no tensor for {name!r}")
-        if tuple(state[name].shape) != shape:
-            raise ModelDirError(f"{model_dir.path}: tensor {name} has shape {tuple(state[name].shape)}, "
+        pairs = lambda: iter_ours(model_dir.config, read, legacy=model_dir.legacy)  # noqa: E731
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in pairs():
+        shape = expected.get(name)
+        if shape is not None and tuple(tensor.shape) != shape:
+            raise ModelDirError(f"{model_dir.path}: tensor {name} has shape {tuple(tensor.shape)}, "
                                 f"config.json implies {shape}")
-    if transform is not None:
-        out = {}
-        for name in list(state):
-            out.update(transform(name, state.pop(name)))
-        return out
+        state.update(transform(name, tensor) if transform is not None else {name: tensor})
+        del tensor  # the float copy goes before the next one is read
+    missing = [name for name in expected if name not in state]
+    if missing:
+        raise ModelDirError(f"{model_dir.path}: the weights have no tensor for {missing[0]!r}")
     return state
 
 

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from . import kernels
 from .model import Transformer
-from .model_dir import SCALE_SUFFIX, ModelDir, ModelDirError, build_model, load_state, read_model_dir, save_int8_dir
+from .model_dir import (SCALE_SUFFIX, ModelDir, ModelDirError, build_model, load_state, load_tokenizer_from_dir,
+                        read_model_dir, save_int8_dir)
 
 
 QUANTIZATION = {
@@ -148,7 +149,13 @@ def _quantize_as_read(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor
     if tensor.dim() == 2 and tensor.is_floating_point():
         q, scale = quantize_tensor(tensor)
         return {name: q, name + SCALE_SUFFIX: scale}
-    return {name: tensor.float() if tensor.is_floating_point() else tensor}
+    return {name: _own(tensor.float() if tensor.is_floating_point() else tensor)}
+
+
+def _own(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of a tensor safetensors may have mapped from the file: kept, the whole file's mapping
+    stays resident (a 0.5 B-parameter int8 model held 2.6 GB instead of 0.7 GB)."""
+    return tensor.clone()
 
 
 def load_int8_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
@@ -156,7 +163,7 @@ def load_int8_model(path: str | Path, device: str | torch.device = "cpu", dtype:
     """The model of a directory (float or int8) running on int8 weights. Float weights are
     quantized one tensor at a time as they are read."""
     model_dir = read_model_dir(path)
-    state = load_state(model_dir, transform=None if model_dir.int8 else _quantize_as_read)
+    state = load_state(model_dir, transform=(lambda n, t: {n: _own(t)}) if model_dir.int8 else _quantize_as_read)
     quantized = {n[:-len(SCALE_SUFFIX)] for n in state if n.endswith(SCALE_SUFFIX)}
     floats = {n: t.to(dtype) for n, t in state.items() if n not in quantized and not n.endswith(SCALE_SUFFIX)}
     model = build_model(model_dir.config, floats)
@@ -164,13 +171,27 @@ def load_int8_model(path: str | Path, device: str | torch.device = "cpu", dtype:
     left = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
     if left:
         raise ModelDirError(f"{model_dir.path}: no int8 kernel for {left[0]}")
+    del state, floats
+    _return_freed_memory()
     return model.eval(), model_dir
+
+
+def _return_freed_memory() -> None:
+    """Hand the float tensors' freed heap back to the OS: glibc keeps it otherwise (measured on a
+    0.5 B-parameter model: 1.5 GB resident after loading, 0.97 GB after this)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def write_int8_model_dir(src: str | Path, out: str | Path) -> Path:
     model_dir = read_model_dir(src)
     if model_dir.int8:
         raise ModelDirError(f"{src} is already int8")
+    load_tokenizer_from_dir(model_dir)  # copied as it is: check now that the copy will load
     state = load_state(model_dir, transform=_quantize_as_read)
     return save_int8_dir(out, model_dir, state, QUANTIZATION)
 
@@ -187,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         write_int8_model_dir(args.model, args.out)
     except ModelDirError as e:
-        print(f"code-assistant quantize: {e}", file=sys.stderr)
+        print(f"code-assistant quantize: error: {e}", file=sys.stderr)
         return 2
     return 0
 

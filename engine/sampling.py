@@ -10,8 +10,17 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 
 
+# Sampling runs in float32: a positive temperature or top_p below its smallest normal number rounds
+# to 0 (or to a denormal that flush-to-zero makes 0), and dividing by it gives inf and NaN.
+SMALLEST_POSITIVE = float(torch.finfo(torch.float32).tiny)
+
+
 class SamplingError(ValueError):
-    """Invalid sampling parameters; the message names the field and the allowed range."""
+    """Invalid sampling parameters; the message names the field and the allowed range, `field` names it alone."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
 
 
 def _is_int(value) -> bool:
@@ -40,24 +49,27 @@ class SamplingParams:
         elif isinstance(self.stop, (list, tuple)):
             self.stop = list(self.stop)
         else:
-            raise SamplingError(f"stop must be a string or a list of strings, got {type(self.stop).__name__}")
+            raise SamplingError(f"stop must be a string or a list of strings, got {type(self.stop).__name__}",
+                                "stop")
         if not _is_int(self.max_tokens) or self.max_tokens < 1:
-            raise SamplingError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
-        if not _is_number(self.temperature) or not 0.0 <= self.temperature <= 5.0:
-            raise SamplingError(f"temperature must be a number in [0, 5], got {self.temperature!r}")
+            raise SamplingError(f"max_tokens must be a positive integer, got {self.max_tokens!r}", "max_tokens")
+        if (not _is_number(self.temperature) or not 0.0 <= self.temperature <= 5.0
+                or 0.0 < self.temperature < SMALLEST_POSITIVE):
+            raise SamplingError(f"temperature must be 0 (greedy) or a number in [{SMALLEST_POSITIVE:.3g}, 5], "
+                                f"got {self.temperature!r}", "temperature")
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
-            raise SamplingError(f"top_k must be a positive integer or None, got {self.top_k!r}")
-        if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
-            raise SamplingError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+            raise SamplingError(f"top_k must be a positive integer or None, got {self.top_k!r}", "top_k")
+        if not _is_number(self.top_p) or not SMALLEST_POSITIVE <= self.top_p <= 1.0:
+            raise SamplingError(f"top_p must be a number in [{SMALLEST_POSITIVE:.3g}, 1], got {self.top_p!r}", "top_p")
         if len(self.stop) > MAX_STOP_STRINGS:
-            raise SamplingError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
+            raise SamplingError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}", "stop")
         if any(not isinstance(s, str) or not s or len(s) > MAX_STOP_CHARS for s in self.stop):
-            raise SamplingError(f"stop must be non-empty strings of at most {MAX_STOP_CHARS} characters")
+            raise SamplingError(f"stop must be non-empty strings of at most {MAX_STOP_CHARS} characters", "stop")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
-            raise SamplingError(f"seed must be a non-negative integer below 2**63, got {self.seed!r}")
-
+            raise SamplingError(f"seed must be a non-negative integer below 2**63, got {self.seed!r}", "seed")
         if self.cache_weight is not None and (not _is_number(self.cache_weight) or not 0.0 <= self.cache_weight <= 1.0):
-            raise SamplingError(f"cache_weight must be a number in [0, 1] or None, got {self.cache_weight!r}")
+            raise SamplingError(f"cache_weight must be a number in [0, 1] or None, got {self.cache_weight!r}",
+                                "cache_weight")
 
     @property
     def greedy(self) -> bool:
@@ -68,14 +80,18 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
     """Choose the next token from one row of logits (vocab,)."""
     if params.greedy:
         return int(torch.argmax(logits))
-    logits = logits.float() / params.temperature
+    # Scaled after subtracting the maximum: every scaled logit is <= 0, so a small temperature
+    # drives the others towards -inf (probability 0) instead of overflowing to inf (NaN after softmax).
+    logits = logits.float()
+    logits = (logits - logits.max()) / params.temperature
     if params.top_k is not None and params.top_k < logits.numel():
         kth = torch.topk(logits, params.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, 0) - sorted_probs < params.top_p  # always keeps the top token
+        keep = torch.cumsum(sorted_probs, 0) - sorted_probs < params.top_p
+        keep[0] = True  # the most likely token stays however small top_p is (rounding cannot drop it)
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs * keep)
     if generator is not None and probs.device != generator.device:
         probs = probs.to(generator.device)  # per-request generators live on the CPU

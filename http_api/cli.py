@@ -63,23 +63,30 @@ def build_server(app, settings: ServerSettings):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from engine import ModelDirError
-    from engine.model_dir import default_model_dir, read_model_dir
-
-    from .app import create_app
+    from .app import create_app, load_engine
+    from .auth import load_api_keys
     from .logging_setup import configure_logging
 
     settings = settings_from_args(args)
     try:
-        read_model_dir(settings.model_dir or default_model_dir())  # fail now, not in the background loader
-        app = create_app(settings)
-    except (ModelDirError, ValueError) as e:
+        # Before listening: a broken model directory (or keys file) stops the server here with one
+        # line and exit 2, as `lsp` does, instead of a process that runs and never serves.
+        load_api_keys(settings.api_keys_file, settings.api_keys)
+        engine = load_engine(settings)
+    except (OSError, ValueError) as e:  # ModelDirError and TokenizerError are ValueErrors
         print(f"code-assistant serve: error: {e}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
-    server = build_server(app, settings)
-    # uvicorn re-raises the signal it caught once it has shut down gracefully; with the default
-    # SIGTERM action that would end the process with 143. A drained shutdown is a success: exit 0.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run()
+    try:
+        app = create_app(settings, engine=engine)
+        configure_logging(settings.log_level)
+        server = build_server(app, settings)
+        # uvicorn re-raises the signal it caught once it has shut down gracefully; with the default
+        # SIGTERM action that would end the process with 143. A drained shutdown is a success: exit 0.
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        server.run()
+    except (OSError, ValueError) as e:
+        print(f"code-assistant serve: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        engine.close()
     return 0 if server.started else 1

@@ -25,13 +25,29 @@ def get_state(request: Request) -> ServerState:
 StateDep = Annotated[ServerState, Depends(get_state)]
 
 
+def client_id(request: Request) -> str:
+    host = request.client.host if request.client else "unknown"
+    return hashlib.sha256(host.encode()).hexdigest()[:8]
+
+
+def take_budget(state: ServerState, bucket: str) -> None:
+    wait_s = state.limiter.acquire(bucket)
+    if wait_s > 0:
+        raise APIError(429, f"rate limit of {state.limiter.per_minute} requests per minute exceeded",
+                       "rate_limit_error", code="rate_limit_exceeded", headers=retry_after_header(wait_s))
+
+
 def get_caller(request: Request, state: StateDep,
                authorization: Annotated[str | None, Header()] = None) -> str:
-    """The key id of an authenticated caller; without keys configured, an id for the client address."""
-    key = state.keyring.authenticate(authorization)
+    """The key id of an authenticated caller; without keys configured, an id for the client address.
+    Failed attempts draw on a budget per client address, so keys cannot be guessed at full speed."""
+    try:
+        key = state.keyring.authenticate(authorization)
+    except APIError:
+        take_budget(state, "unauthenticated-" + client_id(request))
+        raise
     if key is None:
-        host = request.client.host if request.client else "unknown"
-        key = "anon-" + hashlib.sha256(host.encode()).hexdigest()[:8]
+        key = "anon-" + client_id(request)
     log_fields(request)["key_id"] = key
     return key
 
@@ -40,10 +56,8 @@ CallerDep = Annotated[str, Depends(get_caller)]
 
 
 def get_limited_caller(state: StateDep, caller: CallerDep) -> str:
-    wait_s = state.limiter.acquire(caller)
-    if wait_s > 0:
-        raise APIError(429, f"rate limit of {state.limiter.per_minute} requests per minute exceeded",
-                       "rate_limit_error", code="rate_limit_exceeded", headers=retry_after_header(wait_s))
+    """The caller, once it has taken one request from its per-minute budget (every route that costs work)."""
+    take_budget(state, caller)
     return caller
 
 

@@ -40,7 +40,14 @@ def busy_error(exc: EngineBusy) -> APIError:
 
 
 def sampling_error(exc: SamplingError) -> APIError:
-    return APIError(400, str(exc), code="invalid_sampling_params")
+    return APIError(400, str(exc), param=exc.field, code="invalid_value")
+
+
+def engine_error(exc: EngineError) -> APIError:
+    """The engine failed this request: the details go to the log, the client gets no internal text."""
+    log.error("engine error", extra={"fields": {"event": "engine_error", "error": str(exc)}})
+    return APIError(503, "the engine could not finish this request", "server_error", code="engine_error",
+                    headers={"Retry-After": "1"})
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -82,9 +89,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EngineError)
     async def on_engine_error(request: Request, exc: EngineError) -> JSONResponse:
-        log.error("engine error", extra={"fields": {"event": "engine_error", "error": str(exc)}})
-        return error_response(APIError(503, f"the engine could not finish the request: {exc}", "server_error",
-                                       code="engine_error", headers={"Retry-After": "1"}))
+        return error_response(engine_error(exc))
 
     @app.exception_handler(SamplingError)
     async def on_sampling_error(request: Request, exc: SamplingError) -> JSONResponse:

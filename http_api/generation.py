@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from engine import Engine, SamplingParams
+from engine import Engine, EngineError, SamplingParams
 
 from .metrics import Metrics
 from .response_cache import ResponseCache, cache_key
@@ -93,6 +93,9 @@ class CompletionService:
                     record.finish_reason = chunk.finish_reason
                     break
                 chunk = await chunks.__anext__()
+        except EngineError:
+            record.finish_reason = "error"
+            raise
         finally:
             await chunks.aclose()  # a client gone mid-stream cancels the engine request here
             self.metrics.tokens.labels(self.model).inc(record.completion_tokens)

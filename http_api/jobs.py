@@ -15,19 +15,13 @@ def make_job(settings: ServerSettings, prompt: str, suffix: str | None, *, max_t
              top_p: float = 1.0, top_k: int | None = None, stop: list[str] | None = None, seed: int | None = None,
              cache_weight: float | None = None, extra_context: list[ContextFileIn] | None = None,
              prompt_param: str = "prompt") -> CompletionJob:
-    if not 1 <= max_tokens <= settings.max_tokens_limit:
+    # The server's own policy limits; what sampling can compute is SamplingParams' to say.
+    if max_tokens > settings.max_tokens_limit:
         raise APIError(400, f"max_tokens must be between 1 and {settings.max_tokens_limit}, got {max_tokens}",
                        param="max_tokens", code="invalid_value")
-    if not 0.0 <= temperature <= MAX_TEMPERATURE:
+    if temperature > MAX_TEMPERATURE:
         raise APIError(400, f"temperature must be between 0 and {MAX_TEMPERATURE}, got {temperature}",
                        param="temperature", code="invalid_value")
-    if not 0.0 < top_p <= 1.0:
-        raise APIError(400, f"top_p must be in (0, 1], got {top_p}", param="top_p", code="invalid_value")
-    if top_k is not None and top_k < 1:
-        raise APIError(400, f"top_k must be a positive integer, got {top_k}", param="top_k", code="invalid_value")
-    if cache_weight is not None and not 0.0 <= cache_weight <= 1.0:
-        raise APIError(400, f"cache_weight must be between 0 and 1, got {cache_weight}", param="cache_weight",
-                       code="invalid_value")
     size = len(prompt) + len(suffix or "")
     if size > settings.max_prompt_chars:
         raise APIError(413, f"{prompt_param} and suffix are {size} characters; the limit is "

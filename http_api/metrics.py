@@ -13,6 +13,26 @@ from prometheus_client.registry import Collector
 
 from engine import Engine
 
+# Label values clients choose are folded onto fixed sets, so no client can grow the number of
+# series (each one costs Prometheus memory and every scrape time): anything else counts as OTHER.
+OTHER = "other"
+# VS Code's language identifiers (code.visualstudio.com/docs/languages/identifiers) and the common
+# Neovim filetypes that differ from them.
+KNOWN_LANGUAGES = frozenset("""
+    abap bat bibtex clojure coffeescript c cpp csharp css cuda-cpp d dart diff dockerfile dockercompose
+    erlang fsharp git-commit git-rebase go groovy handlebars haml haskell html ini java javascript
+    javascriptreact json jsonc julia latex less lua makefile markdown objective-c objective-cpp ocaml
+    pascal perl perl6 php plaintext powershell pug python r razor ruby rust scss sass shaderlab
+    shellscript slim sql stylus svelte swift typescript typescriptreact tex vb vue vue-html xml xsl yaml
+    sh bash zsh fish kotlin scala elixir zig nim toml proto terraform cmake nix solidity vim cs
+    unknown""".split())
+
+
+def language_label(language: str) -> str:
+    language = language.lower()
+    return language if language in KNOWN_LANGUAGES else OTHER
+
+
 DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 

@@ -16,8 +16,10 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Characters that may follow the cursor on its line while an automatic completion still makes sense.
+# Characters that may follow the cursor on its line while an automatic completion still makes sense,
+# and how many (auto-closed brackets and quotes; more is code the suggestion would have to fit into).
 CLOSING = set(")]}\"'`;:,. \t")
+MAX_CHARS_AFTER_CURSOR = 4
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,15 @@ class Suggestion:
 
 
 def should_complete(cursor: Cursor, settings: Settings, invoked: bool) -> bool:
-    """Automatic triggers only at the end of a line's code (brackets and quotes may follow)."""
+    """Automatic triggers only at the end of a line's code (a few brackets and quotes may follow),
+    never in the middle of a word."""
     if not settings.enable:
         return False
     if invoked:
         return True
-    return bool(cursor.prefix.strip()) and all(c in CLOSING for c in cursor.line_suffix)
+    rest = cursor.line_suffix.rstrip()
+    return (bool(cursor.prefix.strip()) and all(c in CLOSING for c in rest)
+            and len(rest) <= MAX_CHARS_AFTER_CURSOR)
 
 
 def wants_multiline(settings: Settings, invoked: bool) -> bool:
@@ -76,12 +81,15 @@ def following_lines(cursor: Cursor) -> str:
 
 
 async def complete(cursor: Cursor, settings: Settings, backend: Backend, invoked: bool,
-                   path: str | None = None, neighbours: Iterable[tuple[str, str]] = ()) -> Suggestion | None:
-    """One completion at `cursor`, or None. Cancelling the calling task cancels the generation."""
+                   path: str | None = None, neighbours: Iterable[tuple[str, str]] = (),
+                   debounce_ms: float | None = None) -> Suggestion | None:
+    """One completion at `cursor`, or None. Cancelling the calling task cancels the generation.
+    `debounce_ms` (automatic triggers only): the server's adaptive wait; None: `settings.debounce_ms`."""
     if not should_complete(cursor, settings, invoked):
         return None
-    if not invoked and settings.debounce_ms:
-        await asyncio.sleep(settings.debounce_ms / 1000)  # a newer keystroke cancels us meanwhile
+    wait_ms = settings.debounce_ms if debounce_ms is None else debounce_ms
+    if not invoked and wait_ms:
+        await asyncio.sleep(wait_ms / 1000)  # a newer keystroke cancels us meanwhile
     budget = min(settings.context_tokens, backend.prompt_budget(settings.max_tokens))
     snippets = []
     if settings.neighbours and settings.neighbour_files:

@@ -1,4 +1,14 @@
-"""The remote backend: a shared `code-assistant serve` does the generation; the editor stays light.
+"""Remote backends: a server the team already runs does the generation; the editor stays light.
+
+`HttpBackend` holds what every HTTP dialect shares (the client, the bearer key, the prompt budget
+from the server's context length, failures turned into empty completions); each dialect maps a
+`Prompt` to its request and its response to text:
+
+- `code-assistant` (this module): `code-assistant serve`'s /v1/completions with `suffix`,
+  `extra_context` and /v1/events;
+- `openai` (openai_compat.py): any OpenAI-compatible /v1/completions (vLLM, TGI, LM Studio);
+- `llama.cpp` (llama_cpp.py): llama-server's /infill with `input_extra`;
+- `ollama` (ollama.py): /api/generate with `suffix`.
 
 A server that is down, slow or answers garbage gives an empty completion within the timeout and a
 log line; the editor never hangs on it.
@@ -7,32 +17,139 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Callable
+from typing import Any, Callable
 
 import httpx
 
 from .completer import Generated, GenerationParams, extra_context
-from .context import Prompt
+from .context import Prompt, keep_first_lines, keep_last_lines
 
 log = logging.getLogger(__name__)
 
-# Without the server's model config the prompt budget is a guess; the server trims what is over.
-DEFAULT_PROMPT_TOKENS = 1024
+# When the server does not say its context length (an older server, a proxy that hides it).
+FALLBACK_CONTEXT_TOKENS = 1024
+# The prompt's tokens are estimated from its characters (the server's tokenizer is not here): keep
+# a margin so that an estimate on the low side still fits.
+ESTIMATE_MARGIN = 0.9
+DISCOVERY_TIMEOUT_S = 2.0
 
 
-class RemoteBackend:
+# Servers other than code-assistant take the prompt as text and count it with their own tokenizer,
+# which is not here: it is fitted by an estimate (code BPE averages three to four characters a
+# token), so the prefix cannot overflow their context.
+CHARS_PER_TOKEN_ESTIMATE = 3
+
+
+def text_prompt(prompt: Prompt, budget_tokens: int) -> tuple[str, str]:
+    """(prefix, suffix) for a server that takes no neighbouring files: the snippets as comments
+    opening the prefix (as engine/prompt.py lays them out for families without repository
+    tokens), the whole within `budget_tokens` by the estimate, the suffix at most a quarter."""
+    from engine.prompt import ContextFile, comment_marker, render_comment
+
+    chars = budget_tokens * CHARS_PER_TOKEN_ESTIMATE
+    marker = comment_marker(prompt.path)
+    header = ""
+    for snippet in prompt.snippets:
+        rendered = render_comment(ContextFile(snippet.path, snippet.text), marker)
+        if len(header) + len(rendered) > chars // 3:
+            break
+        header += rendered
+    room = chars - len(header)
+    suffix = keep_first_lines(prompt.suffix, room // 4 if len(prompt.prefix) > room - room // 4 else room - len(prompt.prefix))
+    return header + keep_last_lines(prompt.prefix, room - len(suffix)), suffix
+
+
+class RemoteError(Exception):
+    """The server's answer is not what its API documents."""
+
+
+class HttpBackend:
+    name = "http"
+
     def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 5.0, model: str | None = None):
         self.url = url.rstrip("/")
-        self.model = model  # None: the server's own model
+        self.model = model  # None: the server's own (or first) model
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout_s)
+        self.discovery_timeout_s = min(timeout_s, DISCOVERY_TIMEOUT_S)
+        self.context_tokens: int | None = None  # from the server, once `discover` has asked
 
     def prompt_budget(self, max_tokens: int) -> int:
-        return DEFAULT_PROMPT_TOKENS - max_tokens
+        context = self.context_tokens or FALLBACK_CONTEXT_TOKENS
+        return max(16, int((context - min(max_tokens, context // 2)) * ESTIMATE_MARGIN))
+
+    async def discover(self) -> None:
+        """Ask the server for its context length (and model); failures leave the fallbacks."""
+        try:
+            self.context_tokens = await self.context_length()
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError, RemoteError) as error:
+            log.info("%s at %s did not say its context length (%s); assuming %d tokens", self.name, self.url,
+                     _describe(error), FALLBACK_CONTEXT_TOKENS)
+        if self.context_tokens is not None:
+            log.info("%s at %s: context %d tokens", self.name, self.url, self.context_tokens)
+
+    async def context_length(self) -> int | None:
+        return None
 
     async def generate(self, prompt: Prompt, params: GenerationParams, done: Callable[[str], bool]) -> Generated:
-        body = {"prompt": prompt.prefix, "suffix": prompt.suffix, "max_tokens": params.max_tokens,
-                "temperature": float(params.temperature)}
+        try:
+            return await self.request(prompt, params)
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError, RemoteError) as error:
+            log.warning("remote completion failed (%s %s): %s", self.name, self.url, _describe(error))
+            return Generated("", "")
+
+    async def request(self, prompt: Prompt, params: GenerationParams) -> Generated:
+        raise NotImplementedError
+
+    async def post_json(self, path: str, body: dict, discovery: bool = False) -> Any:
+        response = await self.client.post(path, json=body,
+                                          **({"timeout": self.discovery_timeout_s} if discovery else {}))
+        response.raise_for_status()
+        return response.json()
+
+    async def get_json(self, path: str) -> Any:
+        response = await self.client.get(path, timeout=self.discovery_timeout_s)
+        response.raise_for_status()
+        return response.json()
+
+    async def send_event(self, completion_id: str, event: str, language: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def models_context_length(payload: Any, model: str | None) -> int | None:
+    """The context length in an OpenAI-style /v1/models answer: `context_length` (code-assistant
+    serve), `max_model_len` (vLLM) or `max_context_length` (LM Studio), of `model` or the first."""
+    entries = payload["data"]
+    entry = next((e for e in entries if model and e.get("id") == model), entries[0] if entries else {})
+    for key in ("context_length", "max_model_len", "max_context_length"):
+        value = entry.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def text_of_choice(payload: Any) -> tuple[str, str]:
+    """(id, text) of an OpenAI-style completion answer."""
+    text = payload["choices"][0]["text"]
+    if not isinstance(text, str):
+        raise RemoteError("choices[0].text is not a string")
+    return str(payload.get("id") or uuid.uuid4().hex), text
+
+
+class CodeAssistantBackend(HttpBackend):
+    """`code-assistant serve`: FIM through `suffix`, the cache model's `extra_context`, and events."""
+
+    name = "code-assistant"
+
+    async def context_length(self) -> int | None:
+        return models_context_length(await self.get_json("/v1/models"), self.model)
+
+    async def request(self, prompt: Prompt, params: GenerationParams) -> Generated:
+        body: dict[str, Any] = {"prompt": prompt.prefix, "suffix": prompt.suffix, "max_tokens": params.max_tokens,
+                                "temperature": float(params.temperature)}
         if self.model:
             body["model"] = self.model
         context = extra_context(prompt)
@@ -42,14 +159,8 @@ class RemoteBackend:
             body["stop"] = ["\n"]
         if params.cache_weight is not None:
             body["cache_weight"] = params.cache_weight
-        try:
-            response = await self.client.post("/v1/completions", json=body)
-            response.raise_for_status()
-            payload = response.json()
-            return Generated(str(payload.get("id") or uuid.uuid4().hex), str(payload["choices"][0]["text"]))
-        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as error:
-            log.warning("remote completion failed (%s): %s", self.url, _describe(error))
-            return Generated("", "")
+        completion_id, text = text_of_choice(await self.post_json("/v1/completions", body))
+        return Generated(completion_id, text)
 
     async def send_event(self, completion_id: str, event: str, language: str) -> None:
         body = {"id": completion_id, "event": event, "language": language}
@@ -59,9 +170,6 @@ class RemoteBackend:
             (await self.client.post("/v1/events", json=body)).raise_for_status()
         except httpx.HTTPError as error:
             log.warning("remote event %s failed (%s): %s", event, self.url, _describe(error))
-
-    async def close(self) -> None:
-        await self.client.aclose()
 
 
 def _describe(error: Exception) -> str:

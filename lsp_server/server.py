@@ -15,14 +15,22 @@ from pygls.exceptions import JsonRpcInvalidParams, JsonRpcServerNotInitialized
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
-from .completer import Backend, LocalBackend, Suggestion, complete
-from .documents import MAX_DOCUMENT_CHARS, MAX_LINE_CHARS, BadPosition, Cursor, clean_text, looks_binary, split_at
+from .completer import Backend, LocalBackend, Suggestion, complete, wants_multiline
+from .completion_cache import Cached, CompletionCache, key_of
+from .debounce import AdaptiveDebounce
+from .documents import (MAX_DOCUMENT_CHARS, MAX_LINE_CHARS, BadPosition, Cursor, clean_text, looks_binary, split_at,
+                        utf16_length)
+from .exclusions import Exclusions
+from .prefetch import after_accepting
+from .recent_chunks import RecentChunks
 from .settings import Settings
 
 log = logging.getLogger("lsp_server")
 
 ACCEPT_COMMAND = "codeAssistant.accept"
+PARTIAL_ACCEPT_COMMAND = "codeAssistant.partialAccept"
 STATS_COMMAND = "codeAssistant.stats"
+CHUNK_FLUSH_SECONDS = 0.5     # the recent-chunks ring is updated once the user pauses this long
 RECENT_DOCUMENTS = 8          # closed documents kept as neighbour-snippet sources
 NEIGHBOUR_SCAN_CHARS = 200_000  # of each neighbouring document, so a huge one cannot stall a keystroke
 
@@ -34,6 +42,13 @@ class CodeAssistantServer(LanguageServer):
         self.ready = False
         self.shown: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
+        self.partly_accepted: Counter[str] = Counter()
+        self.cache = CompletionCache()
+        self.debounce = AdaptiveDebounce()
+        self.exclusions = Exclusions(None)
+        self.chunks = RecentChunks()
+        self.prefetching: dict[str, tuple[str, asyncio.Task]] = {}  # uri -> (cache key, generation)
+        self._chunk_flush: asyncio.TimerHandle | None = None
         self.pending: dict[str, asyncio.Task] = {}      # uri -> the generation a newer request supersedes
         self.recent: OrderedDict[str, str] = OrderedDict()  # closed uri -> its last text
         self.last_text: dict[str, str] = {}                 # open uri -> its text (kept for didClose)
@@ -46,13 +61,20 @@ class CodeAssistantServer(LanguageServer):
     async def backend(self) -> Backend:
         s = self.settings
         if s.remote_url:
-            key = (s.remote_url, s.api_key, s.timeout_ms)
+            key = (s.remote_url, s.api_key, s.timeout_ms, s.backend, s.model, s.fim_template)
             if self._remote is None or self._remote_key != key:
-                from .remote import RemoteBackend
+                from .remote import RemoteError
+                from .remote_backends import create_remote_backend
 
                 if self._remote is not None:
                     await self._remote.close()
-                self._remote, self._remote_key = RemoteBackend(s.remote_url, s.api_key, s.timeout_ms / 1000), key
+                    self._remote = None
+                try:
+                    remote = create_remote_backend(s)
+                except RemoteError as error:
+                    raise JsonRpcInvalidParams(str(error)) from None
+                await remote.discover()
+                self._remote, self._remote_key = remote, key
             return self._remote
         if self._local is None:
             if self._load_engine is None:
@@ -73,12 +95,19 @@ class CodeAssistantServer(LanguageServer):
             return None
         return clean_text(source), document.language_id or "plaintext"
 
-    def neighbours(self, uri: str) -> list[tuple[str, str]]:
+    def neighbours(self, uri: str, cursor_line: int = 0) -> list[tuple[str, str]]:
         current = unquote(uri)
         open_docs = [(u, d.source) for u, d in self.workspace.text_documents.items() if u != current]
         closed = [(u, text) for u, text in reversed(self.recent.items()) if u != current]
-        return [(self.display_path(u), clean_text(text[:NEIGHBOUR_SCAN_CHARS]))
-                for u, text in open_docs + closed if not looks_binary(text)]
+        documents = [(self.display_path(u), clean_text(text[:NEIGHBOUR_SCAN_CHARS]))
+                     for u, text in open_docs + closed if not looks_binary(text) and not self.excluded(u)]
+        if self.settings.recent_chunks:
+            documents += self.chunks.documents(current, cursor_line)
+        return documents
+
+    def excluded(self, uri: str) -> bool:
+        """Never completed in, never a neighbour: secrets, git-ignored files, the user's globs."""
+        return self.exclusions.with_globs(self.settings.exclude).is_excluded(to_fs_path(unquote(uri)))
 
     def display_path(self, uri: str) -> str:
         path = to_fs_path(uri) or uri
@@ -87,49 +116,127 @@ class CodeAssistantServer(LanguageServer):
             return os.path.relpath(path, root)
         return os.path.basename(path) or path
 
-    async def suggest(self, uri: str, position: types.Position, invoked: bool,
-                      method: str) -> tuple[Cursor, Suggestion, str] | None:
-        """The completion for a request; a newer request for the same document supersedes this one."""
+    async def suggest(self, uri: str, position: types.Position, invoked: bool, method: str,
+                      selected: tuple[types.Range, str] | None = None) -> tuple[Cursor, Suggestion, str] | None:
+        """The completion for a request; a newer request for the same document supersedes this one.
+        `selected`: the editor's suggest widget will insert this text over this range; complete as if
+        it were there."""
         start = time.perf_counter()
         found = self.document_text(uri)
         if found is None:
             _log_request(method, "unknown-or-unsupported-document", start)
             return None
         source, language = found
+        if self.excluded(uri):
+            _log_request(method, "excluded", start, language=language)
+            return None
+        encoding = self.position_encoding()
         try:
-            cursor = split_at(source, position.line, position.character, self.position_encoding())
+            if selected is not None:
+                source, position = _with_selection(source, selected, encoding)
+            cursor = split_at(source, position.line, position.character, encoding)
         except BadPosition as error:
             raise JsonRpcInvalidParams(str(error)) from None
         if len(cursor.line_prefix) + len(cursor.line_suffix) > MAX_LINE_CHARS:
-            _log_request(method, "line-too-long", start)
+            _log_request(method, "line-too-long", start, language=language)
             return None
         previous = self.pending.get(uri)
         if previous is not None:
             previous.cancel()
         settings = self.settings
         backend = await self.backend()
-        neighbours = self.neighbours(uri) if settings.neighbours else []
-        task = asyncio.create_task(complete(cursor, settings, backend, invoked, self.display_path(uri), neighbours))
+        multiline = wants_multiline(settings, invoked)
+        key = key_of(cursor, multiline)
+        joined = self._prefetched(uri, key)
+        if settings.enable and settings.typed_ahead_reuse and joined is None:
+            hit = self.cache.lookup(cursor, multiline)
+            if hit is not None:
+                return self._shown(method, "cache", start, uri, cursor, Suggestion(hit.id, hit.edit, hit.multiline),
+                                   language, backend)
+        if joined is not None:
+            task = asyncio.shield(joined)  # superseding this request leaves the prefetch running
+        else:
+            neighbours = self.neighbours(uri, cursor.line) if settings.neighbours else []
+            debounce_ms = settings.debounce_ms if settings.debounce_ms is not None else self.debounce.delay_ms(cursor)
+            task = asyncio.create_task(complete(cursor, settings, backend, invoked, self.display_path(uri), neighbours,
+                                                debounce_ms))
         self.pending[uri] = task
         try:
             suggestion = await task
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling():
-                _log_request(method, "cancelled", start)
+                _log_request(method, "cancelled", start, language=language)
                 raise
-            _log_request(method, "superseded", start)
+            _log_request(method, "superseded", start, language=language)
             return None
         finally:
             if self.pending.get(uri) is task:
                 del self.pending[uri]
+        if joined is None and not invoked:
+            self.debounce.measured((time.perf_counter() - start) * 1000 - debounce_ms)
         if suggestion is None:
-            _log_request(method, "empty", start)
+            _log_request(method, "empty", start, language=language)
             return None
+        self.cache.put(key, Cached(suggestion.id, suggestion.edit, suggestion.multiline))
+        return self._shown(method, "prefetched" if joined is not None else "shown", start, uri, cursor, suggestion,
+                           language, backend)
+
+    def _shown(self, method: str, outcome: str, start: float, uri: str, cursor: Cursor, suggestion: Suggestion,
+               language: str, backend: Backend) -> tuple[Cursor, Suggestion, str]:
         self.shown[language] += 1
         if suggestion.id:
             _spawn(backend.send_event(suggestion.id, "shown", language))
-        _log_request(method, "shown", start, suggestion.id, language, len(suggestion.edit.text))
+        _log_request(method, outcome, start, suggestion.id, language, len(suggestion.edit.text))
+        if self.settings.prefetch:
+            self._prefetch(uri, cursor, suggestion, language, backend)
         return cursor, suggestion, language
+
+    def _prefetched(self, uri: str, key: str) -> asyncio.Task | None:
+        """The prefetch running for this place, if any; one for another place is cancelled."""
+        running = self.prefetching.get(uri)
+        if running is None:
+            return None
+        running_key, task = running
+        if running_key == key and not task.cancelled():
+            return task
+        task.cancel()
+        del self.prefetching[uri]
+        return None
+
+    def _prefetch(self, uri: str, cursor: Cursor, suggestion: Suggestion, language: str, backend: Backend) -> None:
+        """Compute, in the background, the completion the user will want after accepting this one."""
+        following = after_accepting(cursor, suggestion)
+        if following is None:
+            return
+        settings = self.settings
+        multiline = wants_multiline(settings, False)
+        key = key_of(following, multiline)
+        if self.cache.get(key) is not None or self._prefetched(uri, key) is not None:
+            return
+        neighbours = self.neighbours(uri, cursor.line) if settings.neighbours else []
+        task = asyncio.create_task(complete(following, settings, backend, False, self.display_path(uri), neighbours, 0))
+        self.prefetching[uri] = (key, task)
+
+        def store(done: asyncio.Task) -> None:
+            if self.prefetching.get(uri, (None, None))[1] is done:
+                del self.prefetching[uri]
+            if not done.cancelled() and done.exception() is None and done.result() is not None:
+                result = done.result()
+                self.cache.put(key, Cached(result.id, result.edit, result.multiline))
+
+        task.add_done_callback(store)
+
+    def forget_completions(self) -> None:
+        self.cache.clear()
+        for _, task in self.prefetching.values():
+            task.cancel()
+        self.prefetching.clear()
+
+    def schedule_chunk_flush(self) -> None:
+        """Cut queued edits and visits into the recent-chunks ring once the user pauses."""
+        if self._chunk_flush is not None:
+            self._chunk_flush.cancel()
+        self._chunk_flush = asyncio.get_running_loop().call_later(CHUNK_FLUSH_SECONDS, self.chunks.flush)
 
     def position_encoding(self) -> str:
         encoding = self.workspace.position_encoding
@@ -142,11 +249,17 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
     @server.feature(types.INITIALIZE)
     def on_initialize(ls: CodeAssistantServer, params: types.InitializeParams) -> None:
         ls.settings = ls.settings.updated(params.initialization_options)
+        root = params.root_path or (to_fs_path(params.root_uri) if params.root_uri else None)
+        folders = params.workspace_folders or []
+        if folders:
+            root = to_fs_path(folders[0].uri) or root
+        ls.exclusions = Exclusions(root)
         ls.ready = True
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def on_configuration(ls: CodeAssistantServer, params: types.DidChangeConfigurationParams) -> None:
         ls.settings = ls.settings.updated(params.settings)
+        ls.forget_completions()  # made with the old settings
         log.info(json.dumps({"event": "settings", "enable": ls.settings.enable, "multiline": ls.settings.multiline,
                              "remote": bool(ls.settings.remote_url)}))
 
@@ -157,7 +270,7 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
         if task is not None:
             task.cancel()
         text = ls.last_text.pop(uri, None)
-        if text is not None:
+        if text is not None and not ls.excluded(uri):
             ls.recent[uri] = text
             ls.recent.move_to_end(uri)
             while len(ls.recent) > RECENT_DOCUMENTS:
@@ -166,23 +279,44 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def on_open(ls: CodeAssistantServer, params: types.DidOpenTextDocumentParams) -> None:
         _remember(ls, params.text_document.uri)
+        ls.excluded(params.text_document.uri)  # asks git now, not on the first keystroke
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def on_change(ls: CodeAssistantServer, params: types.DidChangeTextDocumentParams) -> None:
-        _remember(ls, params.text_document.uri)
+        uri = params.text_document.uri
+        _remember(ls, uri)
+        ls.debounce.keystroke()
+        changes = params.content_changes
+        line = changes[-1].range.start.line if changes and getattr(changes[-1], "range", None) else 0
+        if ls.settings.recent_chunks and not ls.excluded(uri):
+            document = ls.workspace.text_documents.get(unquote(uri))
+            if document is not None:
+                ls.chunks.touch(unquote(uri), ls.display_path(uri), document.source, line)
+                ls.schedule_chunk_flush()
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: CodeAssistantServer,
                                 params: types.InlineCompletionParams) -> types.InlineCompletionList:
         invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
-        found = await ls.suggest(params.text_document.uri, params.position, invoked, "inline")
+        info = params.context.selected_completion_info
+        selected = (info.range, info.text) if info is not None and info.range.start.line == info.range.end.line \
+            and "\n" not in info.text else None
+        found = await ls.suggest(params.text_document.uri, params.position, invoked, "inline", selected)
         if found is None:
             return types.InlineCompletionList(items=[])
         cursor, suggestion, language = found
-        end = cursor.line_end if suggestion.edit.replaces_line_suffix else cursor.character
-        edit_range = types.Range(types.Position(cursor.line, cursor.character), types.Position(cursor.line, end))
+        if selected is not None:
+            # The item must extend what the suggest widget inserts: the same range, its text first.
+            edit_range, text = selected[0], selected[1] + suggestion.edit.text
+            if suggestion.edit.replaces_line_suffix:
+                end = edit_range.end.character + cursor.line_end - cursor.character
+                edit_range = types.Range(edit_range.start, types.Position(edit_range.end.line, end))
+        else:
+            end = cursor.line_end if suggestion.edit.replaces_line_suffix else cursor.character
+            edit_range = types.Range(types.Position(cursor.line, cursor.character), types.Position(cursor.line, end))
+            text = suggestion.edit.text
         return types.InlineCompletionList(items=[types.InlineCompletionItem(
-            insert_text=suggestion.edit.text, range=edit_range, command=accept_command(suggestion.id, language))])
+            insert_text=text, range=edit_range, command=accept_command(suggestion.id, language))])
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "(", " "]))
     async def completion(ls: CodeAssistantServer, params: types.CompletionParams) -> types.CompletionList:
@@ -205,17 +339,32 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
         log.info(json.dumps({"event": "accepted", "id": completion_id, "language": language}))
         return {"accepted": ls.accepted[language]}
 
+    @server.command(PARTIAL_ACCEPT_COMMAND)
+    def partial_accept(ls: CodeAssistantServer, *arguments: Any) -> dict:
+        """The user took part of a suggestion (VS Code: next word / next line; Neovim: its helper)."""
+        info = arguments[0] if arguments and isinstance(arguments[0], dict) else {}
+        language = str(info.get("language") or "plaintext")
+        kind = info.get("kind") if info.get("kind") in ("word", "line", "other") else "other"
+        accepted_chars = info.get("acceptedLength")
+        ls.partly_accepted[language] += 1
+        completion_id = str(info.get("id") or "")
+        # Not sent to a team server: /v1/events knows shown, accepted and dismissed only.
+        log.info(json.dumps({"event": "partially_accepted", "id": completion_id, "language": language, "kind": kind,
+                             "chars": accepted_chars if isinstance(accepted_chars, int) else None}))
+        return {"partlyAccepted": ls.partly_accepted[language]}
+
     @server.command(STATS_COMMAND)
     def stats(ls: CodeAssistantServer, *arguments: Any) -> dict:
         engine = {}
         if ls.engine is not None:
             engine = {"running": len(ls.engine.running), "queue": ls.engine.queue_depth(), **ls.engine.stats}
-        return {"shown": dict(ls.shown), "accepted": dict(ls.accepted), "pending": len(ls.pending),
-                "engine": engine}
+        return {"shown": dict(ls.shown), "accepted": dict(ls.accepted), "partlyAccepted": dict(ls.partly_accepted),
+                "pending": len(ls.pending), "prefetching": len(ls.prefetching), "cacheHits": ls.cache.hits, "debounceMs": round(
+                    ls.debounce.delay_ms(Cursor("", "", 0, 0, 0))), "engine": engine}
 
     @server.feature(types.SHUTDOWN)
     def on_shutdown(ls: CodeAssistantServer, *args: Any) -> None:
-        for task in list(ls.pending.values()):
+        for task in list(ls.pending.values()) + [task for _, task in ls.prefetching.values()]:
             task.cancel()
 
     return server
@@ -263,8 +412,20 @@ def _spawn(coroutine) -> None:
     task.add_done_callback(_background.discard)
 
 
+def _with_selection(source: str, selected: tuple[types.Range, str], encoding: str) -> tuple[str, types.Position]:
+    """The document as it is once the suggest widget's item is inserted, and the cursor after it."""
+    edit_range, text = selected
+    start = split_at(source, edit_range.start.line, edit_range.start.character, encoding)
+    end = split_at(source, edit_range.end.line, edit_range.end.character, encoding)
+    character = start.character + utf16_length(text, encoding)
+    return start.prefix + text + end.suffix, types.Position(edit_range.start.line, character)
+
+
 def _log_request(method: str, outcome: str, start: float, completion_id: str = "", language: str = "",
                  chars: int = 0) -> None:
-    # One line per request, never the user's code.
-    log.info(json.dumps({"event": "completion", "method": method, "outcome": outcome, "id": completion_id,
-                         "language": language, "chars": chars, "ms": round((time.perf_counter() - start) * 1000, 1)}))
+    # One line per request, never the user's code. `id` is the completion's, once there is one.
+    line = {"event": "completion", "method": method, "outcome": outcome, "language": language or "unknown",
+            "chars": chars, "ms": round((time.perf_counter() - start) * 1000, 1)}
+    if completion_id:
+        line["id"] = completion_id
+    log.info(json.dumps(line))

@@ -15,7 +15,7 @@ class Settings:
     max_tokens: int = 48
     temperature: float = 0.0
     multiline: bool = False
-    debounce_ms: int = 75                 # automatic triggers only; invoked ones never wait
+    debounce_ms: int | None = None        # automatic triggers only; None: adaptive (debounce.py)
     remote_url: str | None = None
     api_key: str | None = None
     neighbours: bool = True
@@ -24,6 +24,13 @@ class Settings:
     # Prompt tokens a completion may use (the model's context caps it): more context, slower prefill.
     context_tokens: int = 2048
     timeout_ms: int = 5000                # remote requests: a slow server gives an empty result, not a hang
+    backend: str = "code-assistant"       # what runs at remote_url: see BACKENDS
+    model: str | None = None              # the model name a remote server wants (Ollama, OpenAI-compatible)
+    fim_template: str | None = None       # OpenAI-compatible servers: a FIM_TEMPLATES name or "{prefix}..{suffix}"
+    typed_ahead_reuse: bool = True        # typing the ghost text's first characters shows the rest from cache
+    prefetch: bool = True                 # after a suggestion shows, compute the one that follows accepting it
+    exclude: tuple[str, ...] = ()         # globs (gitignore syntax) of files that never get completions
+    recent_chunks: bool = True            # recently visited/edited lines as context (recent_chunks.py)
 
     def updated(self, raw: Any) -> "Settings":
         """A copy with the recognised keys of `raw` applied; wrong types are logged and ignored."""
@@ -51,9 +58,12 @@ _RANGES: dict[str, tuple[float, float]] = {
     "neighbour_files": (0, 32), "cache_weight": (0.0, 1.0), "context_tokens": (16, 1 << 17),
     "timeout_ms": (50, 120_000),
 }
-_BOOLS = {"enable", "multiline", "neighbours"}
+_BOOLS = {"enable", "multiline", "neighbours", "typed_ahead_reuse", "prefetch", "recent_chunks"}
+_STRINGS = {"remote_url", "api_key", "model", "fim_template"}
+# What `backend` names: the server's HTTP dialect (lsp_server/remote.py maps each to its client).
+BACKENDS = ("code-assistant", "openai", "llama.cpp", "ollama")
 _INTS = {"max_tokens", "debounce_ms", "timeout_ms", "neighbour_files", "context_tokens"}
-_OPTIONAL = {"remote_url", "api_key", "cache_weight"}
+_OPTIONAL = {"remote_url", "api_key", "cache_weight", "debounce_ms", "model", "fim_template"}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -61,8 +71,13 @@ def _coerce(name: str, value: Any) -> Any:
         return None if name in _OPTIONAL else _INVALID
     if name in _BOOLS:
         return value if isinstance(value, bool) else _INVALID
-    if name in ("remote_url", "api_key"):
+    if name in _STRINGS:
         return (value or None) if isinstance(value, str) else _INVALID
+    if name == "backend":
+        return value if value in BACKENDS else _INVALID
+    if name == "exclude":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return tuple(v for v in value if v.strip()) if ok else _INVALID
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return _INVALID
     if name in _INTS:

@@ -4,8 +4,11 @@ parsed into plain dataclasses. Overrides use the same dotted names: `--model.n_l
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import UnionType
+from typing import Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -65,13 +68,61 @@ class TrainConfig:
 SECTIONS = {"trainer": TrainerConfig, "model": ModelConfig, "optim": OptimConfig, "data": DataConfig}
 
 
-def _build(cls, values: dict, where: str):
+# Ranges checked here, so a value out of them is one clear error rather than a traceback from
+# deep inside Lightning or the first training step.
+LIMITS = {
+    **dict.fromkeys(["max_steps", "val_check_interval", "log_every_n_steps", "accumulate_grad_batches",
+                     "batch_size", "val_batches"], (1, math.inf)),
+    **dict.fromkeys(["warmup_steps", "num_workers", "gradient_clip_val", "weight_decay", "max_time_minutes"],
+                    (0, math.inf)),
+    **dict.fromkeys(["fim_rate", "spm_rate", "min_lr_ratio", "dropout", "beta1", "beta2"], (0.0, 1.0)),
+    "learning_rate": (1e-12, math.inf),
+}
+
+
+def _checked(value, hint, name: str):
+    """`value` as the field's type wants it, or a ConfigError naming the field. YAML 1.1 reads `1e-3`
+    as a string, so numeric strings are accepted where a float belongs."""
+    kinds = [kind for kind in get_args(hint)] if get_origin(hint) in (Union, UnionType) else [hint]
+    for kind in kinds:
+        if kind is type(None) and value is None:
+            return None
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and not isinstance(value, bool):
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                return float(value)
+            if isinstance(value, str):
+                try:
+                    number = float(value)
+                except ValueError:
+                    continue
+                if math.isfinite(number):
+                    return number
+        if kind in (str, dict) and isinstance(value, kind):
+            return value
+    wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+    raise ConfigError(f"{name} must be {wanted}, got {value!r}")
+
+
+def _build(cls, values, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"section {where} must be a mapping of keys to values, got {values!r}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"unknown key {where}.{unknown[0]} (known: {', '.join(sorted(names))})")
+    hints = get_type_hints(cls)
+    checked = {}
+    for name, value in values.items():
+        checked[name] = _checked(value, hints[name], f"{where}.{name}")
+        low, high = LIMITS.get(name, (-math.inf, math.inf))
+        if isinstance(checked[name], (int, float)) and not low <= checked[name] <= high:
+            raise ConfigError(f"{where}.{name} must be in [{low}, {high}], got {value!r}")
     try:
-        return cls.for_arch(values) if cls is ModelConfig else cls(**values)
+        return cls.for_arch(checked) if cls is ModelConfig else cls(**checked)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad value in {where}: {e}") from e
 
@@ -107,12 +158,15 @@ def load_config(path: str | Path | None, overrides: dict[str, dict] | None = Non
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping")
-    for section, values in (overrides or {}).items():
-        raw.setdefault(section, {})
-        raw[section] = {**(raw[section] or {}), **values}
+        raise ConfigError(f"config file {path} must hold a mapping (trainer:, model:, optim:, data:)")
     unknown = sorted(set(raw) - set(SECTIONS) - {"seed_everything"})
+    unknown += sorted(set(overrides or {}) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown section {unknown[0]!r} (known: seed_everything, {', '.join(SECTIONS)})")
-    built = {name: _build(cls, raw.get(name) or {}, name) for name, cls in SECTIONS.items()}
-    return TrainConfig(seed_everything=int(raw.get("seed_everything", 1337)), **built)
+    for section, values in (overrides or {}).items():
+        if raw.get(section) is not None and not isinstance(raw[section], dict):
+            raise ConfigError(f"section {section} must be a mapping of keys to values, got {raw[section]!r}")
+        raw[section] = {**(raw.get(section) or {}), **values}
+    built = {name: _build(cls, {} if raw.get(name) is None else raw[name], name) for name, cls in SECTIONS.items()}
+    seed = _checked(raw.get("seed_everything", 1337), int, "seed_everything")
+    return TrainConfig(seed_everything=seed, **built)

@@ -17,21 +17,92 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.fabric.loggers.logger import rank_zero_experiment
 
-from engine.model_dir import save_model_dir
+from engine.model_dir import CONFIG_FILE, save_model_dir
 
 from .config import TrainConfig
 from .datamodule import CodeDataModule
 from .lit_module import CodeLM
 
 
-class ExportBest(Callback):
-    """Write the model directory when val_loss improves (rank 0 only)."""
+class CheckpointError(ValueError):
+    """A checkpoint `--resume` cannot continue from (truncated, foreign, another model's)."""
 
-    def __init__(self, out_dir: Path, datamodule: CodeDataModule, config: TrainConfig):
+
+def read_checkpoint(path: Path, config: TrainConfig) -> dict:
+    """The checkpoint to resume from, loaded as plain tensors and numbers (never arbitrary pickles)
+    and checked against this run's model config, so a bad one is one clear error, not a traceback."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a truncated or foreign file
+        raise CheckpointError(f"cannot resume from {path}: not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(checkpoint, dict) or not {"global_step", "state_dict", "hyper_parameters"} <= set(checkpoint):
+        raise CheckpointError(f"cannot resume from {path}: not a checkpoint written by `code-assistant train`")
+    saved = checkpoint["hyper_parameters"].get("model", {}) if isinstance(checkpoint["hyper_parameters"], dict) else {}
+    for name, value in config.model.to_dict().items():
+        if name in saved and saved[name] != value:
+            raise CheckpointError(f"cannot resume from {path}: it was trained with model.{name}={saved[name]!r}, "
+                                  f"this run has {value!r}")
+    return checkpoint
+
+
+class ContinuedCSVLogger(CSVLogger):
+    """Lightning's CSVLogger starts metrics.csv afresh. A resumed run continues it: the rows logged
+    before the step it resumes from stay, the later ones (steps it does again) go."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None, flush_every: int):
+        super().__init__(run_dir, name="logs", version="", flush_logs_every_n_steps=flush_every)
+        self.resume_step = resume_step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._experiment is not None or self.resume_step is None:
+            return super().experiment
+        path = Path(self.log_dir) / "metrics.csv"
+        kept, fields = [], []
+        if path.is_file():
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                fields = sorted(reader.fieldnames or [])
+                kept = [row for row in reader if row.get("step", "").isdigit() and int(row["step"]) < self.resume_step]
+        writer = super().experiment  # removes the old file
+        if kept:
+            with open(path, "w", newline="") as f:
+                out = csv.DictWriter(f, fieldnames=fields)
+                out.writeheader()
+                out.writerows(kept)
+            writer.metrics_keys = fields
+        return writer
+
+
+class ExportBest(Callback):
+    """Write the model directory when val_loss improves (rank 0 only).
+
+    Its state rides in every checkpoint: the best validation loss (so a resumed run never
+    replaces a better export) and the training seconds of earlier runs (for true throughput).
+    """
+
+    def __init__(self, out_dir: Path, datamodule: CodeDataModule, config: TrainConfig, best: float = float("inf")):
         self.out_dir, self.dm, self.config = out_dir, datamodule, config
-        self.best = float("inf")
+        self.best = best
+        self.runs_seconds: list[float] = []   # earlier runs, each up to its last checkpoint
         self.started = time.time()
+
+    def on_train_start(self, trainer, module):
+        self.started = time.time()
+
+    def seconds(self) -> float:
+        """Training time of every run so far, this one included."""
+        return sum(self.runs_seconds) + time.time() - self.started
+
+    def state_dict(self) -> dict:
+        return {"best_val_loss": self.best, "runs_seconds": self.runs_seconds + [time.time() - self.started]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = min(self.best, float(state.get("best_val_loss", float("inf"))))
+        self.runs_seconds = [float(s) for s in state.get("runs_seconds", [])]
 
     def export(self, trainer: L.Trainer, module: CodeLM, reason: str) -> None:
         if not trainer.is_global_zero:
@@ -41,7 +112,7 @@ class ExportBest(Callback):
                     "val_loss": metrics.get("val_loss"), "val_bpb": metrics.get("val_bpb"),
                     "tokens_seen": trainer.global_step * self.dm.config.batch_size * module.model.config.block_size
                     * trainer.world_size * trainer.accumulate_grad_batches,
-                    "wall_seconds": round(time.time() - self.started, 1), "exported_because": reason,
+                    "wall_seconds": round(self.seconds(), 1), "exported_because": reason,
                     "data": {k: self.dm.meta["splits"][k]["tokens"] for k in ("train", "val")}}
         tokenizer = self.dm.tokenizer
         save_model_dir(self.out_dir, module.model, self.dm.tokenizer_files(module.model.config.block_size),
@@ -50,10 +121,21 @@ class ExportBest(Callback):
     def on_validation_end(self, trainer, module):
         if trainer.sanity_checking:
             return
+        if trainer.logger is not None:
+            trainer.logger.save()  # the validation row reaches the CSV before a crash can lose it
         val = trainer.callback_metrics.get("val_loss")
         if val is not None and float(val) < self.best:
             self.best = float(val)
             self.export(trainer, module, "best_val_loss")
+
+
+def exported_val_loss(out_dir: Path) -> float:
+    """The validation loss recorded with the model directory's weights (inf when there is none)."""
+    try:
+        value = json.loads((out_dir / CONFIG_FILE).read_text())["code_assistant"]["training"]["val_loss"]
+        return float(value) if value is not None else float("inf")
+    except (OSError, ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def plot_loss_curve(metrics_csv: Path, png: Path) -> None:
@@ -107,7 +189,10 @@ def train(config: TrainConfig, data_dir: Path, out_dir: Path, resume: bool = Fal
     run_dir = out_dir / "run"
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=config.trainer.val_check_interval)
-    export = ExportBest(out_dir, dm, config)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    resume_step = read_checkpoint(ckpt, config)["global_step"] if resume and ckpt.exists() else None
+    # Resuming: the export beside may be better than the checkpoint knows (exported after it was written).
+    export = ExportBest(out_dir, dm, config, exported_val_loss(out_dir) if resume_step is not None else float("inf"))
     t = config.trainer
     trainer = L.Trainer(
         **resolve_trainer_args(config),
@@ -119,16 +204,15 @@ def train(config: TrainConfig, data_dir: Path, out_dir: Path, resume: bool = Fal
         check_val_every_n_epoch=None,
         limit_val_batches=config.data.val_batches,
         log_every_n_steps=t.log_every_n_steps,
-        logger=CSVLogger(run_dir, name="logs", version=""),
+        # Every logged row is written at once: a crash loses nothing the resumed run will not redo.
+        logger=ContinuedCSVLogger(run_dir, resume_step, flush_every=t.log_every_n_steps),
         callbacks=[checkpoint, export],
         default_root_dir=run_dir,
         num_sanity_val_steps=0,
         enable_model_summary=True,
     )
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    started = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if resume and ckpt.exists() else None)
-    wall = time.time() - started
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if resume_step is not None else None, weights_only=True)
+    wall = export.seconds()
     trainer.validate(module, datamodule=dm, verbose=False)  # collective: every rank takes part
     if not trainer.is_global_zero:
         return {}
@@ -142,6 +226,8 @@ def train(config: TrainConfig, data_dir: Path, out_dir: Path, resume: bool = Fal
                "val_bpb": float(trainer.callback_metrics["val_bpb"]), "best_val_loss": export.best,
                "tokens_per_second": round(trainer.global_step * config.data.batch_size * config.model.block_size
                                           * trainer.world_size * t.accumulate_grad_batches / max(wall, 1e-9), 1),
-               "params": module.model.num_params(), "world_size": trainer.world_size}
+               "params": module.model.num_params(), "world_size": trainer.world_size,
+               "runs": len(export.runs_seconds) + 1,
+               "runs_seconds": [round(x, 1) for x in export.runs_seconds + [wall - sum(export.runs_seconds)]]}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

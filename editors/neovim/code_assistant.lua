@@ -25,7 +25,9 @@ M.default_settings = {
   maxTokens = 48,
   temperature = 0.0,
   multiline = false,
-  debounceMs = 75,
+  -- debounceMs: unset, the server adapts it to the typing speed and its latency (100-1000 ms).
+  -- exclude = { 'vendor/**' }: globs that never get completions (.env, key files and git-ignored
+  -- files never do).
 }
 
 M.defaults = {

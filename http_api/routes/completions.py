@@ -9,9 +9,11 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from engine import EngineError
+
 from ..client_disconnect import cancel_on_disconnect
 from ..deps import LimitedCallerDep, ServiceDep, StateDep, check_model, log_fields, note_completion
-from ..errors import APIError
+from ..errors import APIError, engine_error, error_body
 from ..generation import CompletionRecord, CompletionService
 from ..jobs import make_job
 from ..schemas import CompletionRequest
@@ -87,6 +89,12 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
                 final["choices"] = []
                 yield _sse(final)
             yield "data: [DONE]\n\n"
+        except EngineError as e:
+            # The 200 and earlier chunks are sent: an error event (what OpenAI's SDK raises on) and
+            # no [DONE], so no client takes the cut-off text for a finished completion.
+            error = engine_error(e)
+            log_fields(request)["error"] = error.code
+            yield _sse(error_body(error.message, error.type, error.param, error.code))
         finally:
             await pieces.aclose()
 

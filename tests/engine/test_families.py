@@ -257,3 +257,20 @@ def test_broken_directories_fail_with_one_clear_line(tmp_path):
         with pytest.raises(ModelDirError, match="."):
             Engine.load(path)
         one_clear_line(cli("quantize", "--model", path, "--out", tmp_path / "q" / path.name), fragment)
+
+
+def test_embedding_rows_past_the_tokenizer_are_never_chosen(tmp_path):
+    """Qwen2.5 pads its embedding past the tokenizer; those ids have no text and must never come out."""
+    out = save_random_model(tmp_path / "padded", FAMILIES["qwen2"], model_vocab=700)
+    model, tokenizer, _ = load_model_dir(out)
+    assert model.config.vocab_size == 700 > tokenizer.n_vocab
+    with torch.no_grad():
+        model.embed.weight[tokenizer.n_vocab:] = 0.0
+        model.embed.weight[tokenizer.n_vocab, 0] = 1e4   # tied head: one of these two rows would win
+        model.embed.weight[tokenizer.n_vocab + 1, 0] = -1e4  # every argmax
+    engine = Engine(model, tokenizer, config=EngineConfig(**ORACLE))
+    try:
+        done = engine.complete("def f(x):\n", params=SamplingParams(max_tokens=16))
+        assert done.finish_reason in ("stop", "length")
+    finally:
+        engine.close()

@@ -43,3 +43,23 @@ def test_choose_tokens_mixes_greedy_and_sampled_rows():
     params = [SamplingParams(), SamplingParams(), SamplingParams(temperature=0.5, seed=1)]
     gens = [None, None, torch.Generator().manual_seed(1)]
     assert choose_tokens(logits, params, gens) == [1, 0, 2]
+
+
+@pytest.mark.parametrize("field, value", [("temperature", 1e-300), ("temperature", 5e-324), ("top_p", 1e-45),
+                                          ("top_p", 1e-300)])
+def test_values_float32_sampling_cannot_compute_are_rejected_naming_the_field(field, value):
+    with pytest.raises(SamplingError) as err:
+        SamplingParams(**{field: value})
+    assert err.value.field == field and field in str(err.value)
+
+
+def test_extreme_allowed_values_sample_without_nan():
+    from engine.sampling import SMALLEST_POSITIVE
+
+    logits = torch.tensor([3.0, 2.9, -50.0, 80.0, 79.9])
+    g = torch.Generator().manual_seed(0)
+    for params in (SamplingParams(temperature=SMALLEST_POSITIVE), SamplingParams(temperature=0.7, top_p=SMALLEST_POSITIVE),
+                   SamplingParams(temperature=SMALLEST_POSITIVE, top_k=2, top_p=SMALLEST_POSITIVE)):
+        assert sample_token(logits, params, g) == 3
+    big = torch.tensor([1e38, -1e38, 3e38])
+    assert sample_token(big, SamplingParams(temperature=5.0), g) in (0, 2)

@@ -14,7 +14,9 @@ import pytest
 
 from tests.conftest import make_model_dir
 
-API_KEYS = ["key-rate-limited", "key-busy", "key-spare"]
+# Each test spends the budget of keys of its own (every route that costs work counts against it).
+API_KEYS = ["key-rate-limited", "key-busy", "key-file-check", "key-spare", "key-env-check"]
+FILE_KEYS, ENV_KEYS = API_KEYS[:3], API_KEYS[3:]
 
 
 def free_port() -> int:
@@ -123,8 +125,39 @@ def guarded_server(tiny_model_dir, tmp_path_factory):
     no response cache, so identical requests all reach the engine."""
     tmp = tmp_path_factory.mktemp("guarded")
     keys = tmp / "keys.txt"
-    keys.write_text("# team keys\n" + "\n".join(API_KEYS[:2]) + "\n\n")
+    keys.write_text("# team keys\n" + "\n".join(FILE_KEYS) + "\n\n")
     proc = ServerProcess(tiny_model_dir, tmp / "server.log", "--api-keys-file", str(keys), "--rate-limit", "5",
-                         "--max-batch", "1", "--max-queue", "1", "--no-response-cache", env={"CODE_ASSISTANT_API_KEYS": API_KEYS[2]})
+                         "--max-batch", "1", "--max-queue", "1", "--no-response-cache", env={"CODE_ASSISTANT_API_KEYS": ",".join(ENV_KEYS)})
     yield proc
     proc.stop()
+
+
+class InProcessServer:
+    """uvicorn serving `create_app(settings, engine)` from a thread of the test process: for tests
+    that hand the server an engine of their own (one with a fault injected, say)."""
+
+    def __init__(self, engine, settings=None):
+        import threading
+
+        import uvicorn
+
+        from http_api.app import create_app
+        from http_api.settings import ServerSettings
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        settings = settings or ServerSettings(port=self.port, response_cache_size=0)
+        self.app = create_app(settings, engine=engine)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None,
+                                                    access_log=False, lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("in-process server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)

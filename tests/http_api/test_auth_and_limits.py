@@ -26,8 +26,8 @@ def test_health_ready_metrics_stay_open(guarded_server):
         assert httpx.get(guarded_server.url + path).status_code == 200
 
 
-def test_keys_from_file_and_environment_work(guarded_server, api_keys):
-    for key in api_keys:
+def test_keys_from_file_and_environment_work(guarded_server):
+    for key in ("key-file-check", "key-env-check"):
         r = httpx.get(guarded_server.url + "/v1/models", headers=bearer(key))
         assert r.status_code == 200, key
 
@@ -44,7 +44,7 @@ def test_per_key_rate_limit_answers_429_with_retry_after(guarded_server, api_key
     assert codes[:5] == [200] * 5 and codes[5:] == [429, 429]
     # Another key has its own budget.
     assert httpx.post(url + "/complete", json={"code": "x", "max_tokens": 2},
-                      headers=bearer(api_keys[2])).status_code == 200
+                      headers=bearer(api_keys[3])).status_code == 200
 
 
 async def test_full_queue_answers_429_quickly(guarded_server, api_keys):

@@ -48,6 +48,7 @@ def test_sigterm_finishes_in_flight_request_and_exits_zero(long_model_dir, start
 
 
 def test_metrics_pass_promtool_and_carry_the_contract_names(server):
+    httpx.post(server.url + "/complete", json={"code": "x", "max_tokens": 2}, timeout=30)  # a labelled series
     httpx.post(server.url + "/v1/events", json={"id": "cmpl-x", "event": "accepted", "language": "python"})
     text = httpx.get(server.url + "/metrics").text
     for name in CONTRACT_METRICS:

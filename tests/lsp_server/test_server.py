@@ -199,7 +199,9 @@ async def test_configuration_change_disables_and_switches_to_multiline(client, o
 async def test_cancel_request_and_newer_request_cancel_the_older_one(client, oracle_engine):
     open_document(client, SOURCE)
     line, character, _ = await first_completing_line(oracle_engine, SOURCE, invoked=False)
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"debounceMs": 3000}))
+    # No prefetch: its background generation is engine work by design (tested on its own).
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"debounceMs": 3000, "prefetch": False}))
 
     # $/cancelRequest while the request waits (debounce): the client gets RequestCancelled, at once.
     started = time.perf_counter()

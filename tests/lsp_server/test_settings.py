@@ -3,7 +3,9 @@ from lsp_server.settings import Settings
 
 def test_defaults_match_the_contract():
     s = Settings()
-    assert (s.enable, s.max_tokens, s.temperature, s.multiline, s.debounce_ms) == (True, 48, 0.0, False, 75)
+    assert (s.enable, s.max_tokens, s.temperature, s.multiline, s.debounce_ms) == (True, 48, 0.0, False, None)
+    assert (s.backend, s.model, s.fim_template, s.typed_ahead_reuse, s.prefetch, s.exclude, s.recent_chunks) == (
+        "code-assistant", None, None, True, True, (), True)
     assert (s.remote_url, s.api_key, s.neighbours, s.neighbour_files, s.cache_weight, s.context_tokens) == (
         None, None, True, 4, None, 2048)
 
@@ -21,3 +23,12 @@ def test_wrong_types_and_ranges_are_ignored_and_the_rest_applied():
     assert (s.max_tokens, s.temperature, s.enable, s.debounce_ms, s.neighbours) == (48, 0.0, True, 10, True)
     assert Settings().updated(None) == Settings() and Settings().updated([1, 2]) == Settings()
     assert Settings(remote_url="http://x").updated({"remoteUrl": None}).remote_url is None
+
+
+def test_backend_exclusions_and_reuse_settings():
+    s = Settings().updated({"backend": "ollama", "model": "qwen2.5-coder:1.5b", "exclude": ["secret/**", "*.gen.py"],
+                            "typedAheadReuse": False, "prefetch": False, "fimTemplate": "qwen", "debounceMs": None})
+    assert (s.backend, s.model, s.exclude, s.typed_ahead_reuse, s.prefetch, s.fim_template, s.debounce_ms) == (
+        "ollama", "qwen2.5-coder:1.5b", ("secret/**", "*.gen.py"), False, False, "qwen", None)
+    bad = Settings().updated({"backend": "gpt", "exclude": "secret/**", "prefetch": "no"})
+    assert (bad.backend, bad.exclude, bad.prefetch) == ("code-assistant", (), True)

@@ -1,10 +1,15 @@
 // The VS Code side: starts `code-assistant lsp`, keeps its settings in step with VS Code's, and
-// shows its state in the status bar. Inline completions themselves come from vscode-languageclient's
-// LSP 3.18 inline completion feature; the server puts `codeAssistant.accept` on every item, and VS
-// Code runs that command when the user accepts the item.
+// shows its state in the status bar. Inline completions come from the server's LSP 3.18
+// textDocument/inlineCompletion through our InlineProvider; the server puts `codeAssistant.accept`
+// on every item, and VS Code runs that command when the user accepts the item.
+import { type ChildProcess, spawn } from "node:child_process";
+import * as readline from "node:readline";
+
 import * as vscode from "vscode";
 import {
+  CloseAction,
   DidChangeConfigurationNotification,
+  ErrorAction,
   ExecuteCommandRequest,
   LanguageClient,
   type LanguageClientOptions,
@@ -12,6 +17,9 @@ import {
   type ServerOptions,
   State,
 } from "vscode-languageclient/node";
+
+import { InlineProvider, registerInlineProvider } from "./inlineProvider";
+import { classifyServerLine, failureReason, shouldRestart } from "./serverLog";
 
 import { buildServerLaunch } from "./serverLaunch";
 import {
@@ -21,6 +29,7 @@ import {
   type ExtensionSettings,
   needsRestart,
   readSettings,
+  toggleUpdate,
   toServerSettings,
 } from "./settings";
 import { formatStats, isServerStats } from "./stats";
@@ -29,6 +38,17 @@ import { nextServerState, type ServerState, statusView } from "./status";
 const API_KEY_SECRET = "codeAssistant.apiKey";
 const ACCEPT_COMMAND = "codeAssistant.accept";
 const STATS_COMMAND = "codeAssistant.stats";
+const RESTART_WINDOW_MS = 3 * 60 * 1000;
+const STDERR_TAIL = 20;
+
+/** vscode-languageclient shows some failures as popups of its own, whatever the error handler
+ * says (a start failure: "couldn't create connection to server ... -32097"). This extension shows
+ * one notification with the server's reason instead; the client's messages go to the log. */
+class CodeAssistantClient extends LanguageClient {
+  override error(message: string, data?: unknown): void {
+    super.error(message, data, false);
+  }
+}
 
 class CodeAssistant implements vscode.Disposable {
   private client: LanguageClient | undefined;
@@ -36,6 +56,11 @@ class CodeAssistant implements vscode.Disposable {
   private serverState: ServerState = "stopped";
   private lastError: string | undefined;
   private acceptFallback: vscode.Disposable | undefined;
+  private inlineProvider: vscode.Disposable | undefined;
+  private process: ChildProcess | undefined;
+  private stderrTail: string[] = [];
+  private everRunning = false;
+  private restarts: number[] = [];
 
   constructor(
     private readonly context: vscode.ExtensionContext,
@@ -62,25 +87,46 @@ class CodeAssistant implements vscode.Disposable {
     this.started = true;
     const workspaceFolder = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
     const launch = buildServerLaunch(this.settings, workspaceFolder);
-    this.log.info(`starting ${launch.command} ${launch.args.join(" ")}`);
-    const serverOptions: ServerOptions = launch;
+    this.stderrTail = [];
+    this.everRunning = false;
+    // Spawned here, not by the client, to keep the exit code; stderr goes through `stdioOptions`.
+    const serverOptions: ServerOptions = () => {
+      this.log.info(`starting ${launch.command} ${launch.args.join(" ")}`);
+      const child = spawn(launch.command, launch.args, { cwd: launch.options.cwd, stdio: "pipe" });
+      child.on("error", (error) => { this.stderrTail.push(`code-assistant: ${error.message}`); });
+      this.process = child;
+      return Promise.resolve(child);
+    };
     const initialSettings = toServerSettings(this.settings, await this.apiKey());
     const clientOptions: LanguageClientOptions = {
       documentSelector: documentSelector(this.settings),
       initializationOptions: initialSettings,
       outputChannel: this.log,
       revealOutputChannelOn: RevealOutputChannelOn.Never,
+      stdioOptions: {
+        stdout: (input) => { readline.createInterface({ input }).on("line", (line) => { this.log.info(line); }); },
+        stderr: (input) => {
+          readline.createInterface({ input }).on("line", (line) => { this.serverLine(line); });
+        },
+      },
+      // One clear notification (ours) instead of the client's restarts and "-32097" popups.
+      initializationFailedHandler: () => false,
+      errorHandler: {
+        error: () => ({ action: ErrorAction.Shutdown, handled: true }),
+        closed: () => this.onServerClosed(),
+      },
       middleware: {
         // The server also answers textDocument/completion for editors without inline completion;
         // in VS Code the same text would show twice (ghost text and the suggest list).
         provideCompletionItem: () => undefined,
-        // Turned off: answer at once instead of a round trip to a server that returns nothing.
-        provideInlineCompletionItems: (document, position, context, token, next) =>
-          this.settings.enable ? next(document, position, context, token) : undefined,
+        // InlineProvider asks the server instead (it also reports partial accepts).
+        provideInlineCompletionItems: () => undefined,
       },
     };
-    const client = new LanguageClient("codeAssistant", "Code Assistant", serverOptions, clientOptions);
+    const client = new CodeAssistantClient("codeAssistant", "Code Assistant", serverOptions, clientOptions);
     this.client = client;
+    this.inlineProvider ??= registerInlineProvider(documentSelector(this.settings),
+      new InlineProvider(() => this.client, () => this.settings.enable, this.log), this.log);
     client.onDidChangeState((event) => {
       const happened = event.newState === State.Running ? "running"
         : event.newState === State.Starting ? "starting" : "stopped";
@@ -89,13 +135,61 @@ class CodeAssistant implements vscode.Disposable {
     this.setServerState("starting");
     try {
       await client.start();
+      this.everRunning = true;
       this.ensureAcceptCommand(client);
     } catch (error) {
-      this.lastError = error instanceof Error ? error.message : String(error);
-      this.log.error(`the language server did not start: ${this.lastError}. Check that '${launch.command}' runs ` +
+      const reason = await this.exitReason() ?? (error instanceof Error ? error.message : String(error));
+      this.lastError = reason;
+      this.log.error(`the language server did not start: ${reason}. Check that '${launch.command}' runs ` +
         "(setting codeAssistant.serverPath) and that the model directory exists (codeAssistant.model).");
       this.setServerState("error");
+      void this.notifyFailure(reason);
     }
+  }
+
+  private serverLine(line: string): void {
+    const { level, text } = classifyServerLine(line);
+    this.stderrTail.push(text);
+    if (this.stderrTail.length > STDERR_TAIL) this.stderrTail.shift();
+    this.log[level](text);
+  }
+
+  /** The server's own reason, once its process has exited (its stderr may trail the closed pipe). */
+  private async exitReason(): Promise<string | undefined> {
+    const child = this.process;
+    if (child !== undefined && child.exitCode === null && child.signalCode === null) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 2000);
+        child.once("exit", () => { clearTimeout(timer); setTimeout(resolve, 50); });
+      });
+    }
+    return failureReason(this.stderrTail);
+  }
+
+  private onServerClosed(): { action: CloseAction; handled: true } {
+    const now = Date.now();
+    this.restarts = this.restarts.filter((time) => now - time < RESTART_WINDOW_MS);
+    const reason = failureReason(this.stderrTail);
+    if (shouldRestart({ everRunning: this.everRunning, reason, recentRestarts: this.restarts.length })) {
+      this.restarts.push(now);
+      this.log.warn("the language server stopped; starting it again");
+      return { action: CloseAction.Restart, handled: true };
+    }
+    if (this.everRunning) {
+      // It ran and then stopped for good: say so once (a failed start is reported by start()).
+      const why = reason ?? "it stopped repeatedly";
+      this.lastError = why;
+      this.setServerState("error");
+      void this.notifyFailure(why);
+    }
+    return { action: CloseAction.DoNotRestart, handled: true };
+  }
+
+  private async notifyFailure(reason: string): Promise<void> {
+    const choice = await vscode.window.showErrorMessage(
+      `Code Assistant: the language server stopped: ${reason}`, "Show Log", "Open Settings");
+    if (choice === "Show Log") this.log.show();
+    if (choice === "Open Settings") await vscode.commands.executeCommand("workbench.action.openSettings", CONFIG_SECTION);
   }
 
   /** VS Code runs `codeAssistant.accept` when an item is accepted; the client registers it for the
@@ -118,6 +212,8 @@ class CodeAssistant implements vscode.Disposable {
     this.statusItem.hide();
     this.acceptFallback?.dispose();
     this.acceptFallback = undefined;
+    this.inlineProvider?.dispose();  // registered again for the languages of the next start
+    this.inlineProvider = undefined;
     if (client === undefined) return;
     try {
       if (client.needsStop()) await client.stop();
@@ -169,11 +265,10 @@ class CodeAssistant implements vscode.Disposable {
 
   async toggle(): Promise<void> {
     const config = vscode.workspace.getConfiguration(CONFIG_SECTION);
-    // Where the effective value comes from: a user-level change would not override a workspace's.
-    const target = config.inspect<boolean>("enable")?.workspaceValue !== undefined
-      ? vscode.ConfigurationTarget.Workspace : vscode.ConfigurationTarget.Global;
+    const { target, value } = toggleUpdate(config.inspect<boolean>("enable"), this.settings.enable);
     // The onDidChangeConfiguration listener sends the new value to the server.
-    await config.update("enable", !this.settings.enable, target);
+    await config.update("enable", value, target === "workspace"
+      ? vscode.ConfigurationTarget.Workspace : vscode.ConfigurationTarget.Global);
   }
 
   private setServerState(state: ServerState): void {
@@ -198,6 +293,7 @@ class CodeAssistant implements vscode.Disposable {
 
   dispose(): void {
     this.acceptFallback?.dispose();
+    this.inlineProvider?.dispose();
   }
 }
 

@@ -7,8 +7,17 @@ export interface ExtensionSettings {
   maxTokens: number;
   temperature: number;
   multiline: boolean;
-  debounceMs: number;
+  /** null: the server adapts it to the typing speed and its latency. */
+  debounceMs: number | null;
   remoteUrl: string | null;
+  /** The HTTP dialect of the server at remoteUrl. */
+  backend: Backend;
+  /** The model name a remote server wants (Ollama, vLLM); null: its own. */
+  remoteModel: string | null;
+  /** Globs (gitignore syntax) of files that never get completions. */
+  exclude: string[];
+  typedAheadReuse: boolean;
+  prefetch: boolean;
   model: string | null;
   serverPath: string;
   serverArgs: string[];
@@ -23,11 +32,19 @@ export interface ServerSettings {
   maxTokens: number;
   temperature: number;
   multiline: boolean;
-  debounceMs: number;
+  debounceMs: number | null;
+  exclude: string[];
+  typedAheadReuse: boolean;
+  prefetch: boolean;
   remoteUrl?: string;
+  backend?: Backend;
+  model?: string | null;
   /** Sent whenever `remoteUrl` is: null after the key is cleared, so the server forgets the old one. */
   apiKey?: string | null;
 }
+
+export const BACKENDS = ["code-assistant", "openai", "llama.cpp", "ollama"] as const;
+export type Backend = (typeof BACKENDS)[number];
 
 // The server's defaults, repeated so that a setting the user never touched still says what it means.
 export const DEFAULT_SETTINGS: Readonly<ExtensionSettings> = Object.freeze({
@@ -35,8 +52,13 @@ export const DEFAULT_SETTINGS: Readonly<ExtensionSettings> = Object.freeze({
   maxTokens: 48,
   temperature: 0.0,
   multiline: false,
-  debounceMs: 75,
+  debounceMs: null,
   remoteUrl: null,
+  backend: "code-assistant",
+  remoteModel: null,
+  exclude: [],
+  typedAheadReuse: true,
+  prefetch: true,
   model: null,
   serverPath: "code-assistant",
   serverArgs: [],
@@ -82,8 +104,13 @@ export function readSettings(get: SettingReader): ExtensionSettings {
     maxTokens: asInteger(get("maxTokens"), d.maxTokens, 1, 512),
     temperature: asNumber(get("temperature"), d.temperature, 0, 2),
     multiline: asBoolean(get("multiline"), d.multiline),
-    debounceMs: asInteger(get("debounceMs"), d.debounceMs, 0, 2000),
+    debounceMs: Number.isFinite(get("debounceMs")) ? asInteger(get("debounceMs"), 0, 0, 2000) : null,
     remoteUrl: asOptionalString(get("remoteUrl")),
+    backend: BACKENDS.find((name) => name === get("backend")) ?? d.backend,
+    remoteModel: asOptionalString(get("remoteModel")),
+    exclude: asStringList(get("exclude"), d.exclude).filter((glob) => glob.trim() !== ""),
+    typedAheadReuse: asBoolean(get("typedAheadReuse"), d.typedAheadReuse),
+    prefetch: asBoolean(get("prefetch"), d.prefetch),
     model: asOptionalString(get("model")),
     serverPath: asOptionalString(get("serverPath")) ?? d.serverPath,
     serverArgs: asStringList(get("serverArgs"), d.serverArgs),
@@ -100,9 +127,14 @@ export function toServerSettings(settings: ExtensionSettings, apiKey: string | u
     temperature: settings.temperature,
     multiline: settings.multiline,
     debounceMs: settings.debounceMs,
+    exclude: settings.exclude,
+    typedAheadReuse: settings.typedAheadReuse,
+    prefetch: settings.prefetch,
   };
   if (settings.remoteUrl !== null) {
     server.remoteUrl = settings.remoteUrl;
+    server.backend = settings.backend;
+    server.model = settings.remoteModel;
     server.apiKey = apiKey ? apiKey : null;
   }
   return server;
@@ -127,4 +159,27 @@ export function documentSelector(settings: ExtensionSettings): { scheme: string;
     { scheme: "file", language },
     { scheme: "untitled", language },
   ]);
+}
+
+/** What `codeAssistant.enable` looks like at each level (VS Code's `inspect`). */
+export interface EnableInspection {
+  defaultValue?: boolean;
+  globalValue?: boolean;
+  workspaceValue?: boolean;
+}
+
+/**
+ * How to turn completions off or on: at the level the effective value comes from (a user-level
+ * change would not override a workspace's), and by removing the key where the new value is what
+ * the level below gives anyway, so that toggling twice leaves settings.json as it was.
+ */
+export function toggleUpdate(inspection: EnableInspection | undefined, current: boolean):
+{ target: "workspace" | "global"; value: boolean | undefined } {
+  const wanted = !current;
+  if (inspection?.workspaceValue !== undefined) {
+    const below = inspection.globalValue ?? inspection.defaultValue ?? true;
+    return { target: "workspace", value: wanted === below ? undefined : wanted };
+  }
+  const below = inspection?.defaultValue ?? true;
+  return { target: "global", value: wanted === below ? undefined : wanted };
 }

@@ -8,6 +8,7 @@ import {
   type ExtensionSettings,
   needsRestart,
   readSettings,
+  toggleUpdate,
   toServerSettings,
 } from "../settings";
 
@@ -24,12 +25,14 @@ describe("readSettings", () => {
     const settings = readSettings(reader({
       enable: false, maxTokens: 128, temperature: 0.4, multiline: true, debounceMs: 0,
       remoteUrl: "https://ca.example.com", serverPath: ".venv/bin/code-assistant", serverArgs: ["--tcp", "0"],
-      languages: ["python", "typescript"], model: "models/small",
+      languages: ["python", "typescript"], model: "models/small", backend: "ollama", remoteModel: "qwen2.5-coder",
+      exclude: ["secret/**", " "], typedAheadReuse: false, prefetch: false,
     }));
     assert.deepEqual(settings, {
       enable: false, maxTokens: 128, temperature: 0.4, multiline: true, debounceMs: 0,
       remoteUrl: "https://ca.example.com", serverPath: ".venv/bin/code-assistant", serverArgs: ["--tcp", "0"],
-      languages: ["python", "typescript"], model: "models/small",
+      languages: ["python", "typescript"], model: "models/small", backend: "ollama", remoteModel: "qwen2.5-coder",
+      exclude: ["secret/**"], typedAheadReuse: false, prefetch: false,
     });
   });
 
@@ -41,7 +44,7 @@ describe("readSettings", () => {
     assert.equal(settings.enable, true);
     assert.equal(settings.maxTokens, 512);
     assert.equal(settings.temperature, 0);
-    assert.equal(settings.debounceMs, DEFAULT_SETTINGS.debounceMs);
+    assert.equal(settings.debounceMs, null, "not a number: the server adapts it");
     assert.equal(settings.multiline, false);
     assert.deepEqual(settings.serverArgs, ["--x"]);
     assert.deepEqual(settings.languages, ["python"]);
@@ -58,7 +61,8 @@ describe("toServerSettings", () => {
   it("maps to the names the server reads", () => {
     const settings = readSettings(reader({ maxTokens: 64, multiline: true }));
     assert.deepEqual(toServerSettings(settings, undefined), {
-      enable: true, maxTokens: 64, temperature: 0, multiline: true, debounceMs: 75,
+      enable: true, maxTokens: 64, temperature: 0, multiline: true, debounceMs: null, exclude: [],
+      typedAheadReuse: true, prefetch: true,
     });
   });
 
@@ -67,8 +71,9 @@ describe("toServerSettings", () => {
     assert.equal(toServerSettings(local, "secret").apiKey, undefined);
     const remote = readSettings(reader({ remoteUrl: "http://team:8000" }));
     assert.deepEqual(toServerSettings(remote, "secret"), {
-      enable: true, maxTokens: 48, temperature: 0, multiline: false, debounceMs: 75,
-      remoteUrl: "http://team:8000", apiKey: "secret",
+      enable: true, maxTokens: 48, temperature: 0, multiline: false, debounceMs: null, exclude: [],
+      typedAheadReuse: true, prefetch: true, remoteUrl: "http://team:8000", backend: "code-assistant", model: null,
+      apiKey: "secret",
     });
     assert.equal(toServerSettings(remote, "").apiKey, null, "a cleared key must reach the server as null");
     assert.equal(toServerSettings(remote, undefined).apiKey, null);
@@ -103,5 +108,21 @@ describe("documentSelector", () => {
       { scheme: "file", language: "python" }, { scheme: "untitled", language: "python" },
       { scheme: "file", language: "rust" }, { scheme: "untitled", language: "rust" },
     ]);
+  });
+});
+
+describe("toggleUpdate", () => {
+  it("removes the key when the new value is the default, so toggling twice changes nothing", () => {
+    assert.deepEqual(toggleUpdate({ defaultValue: true }, true), { target: "global", value: false });
+    assert.deepEqual(toggleUpdate({ defaultValue: true, globalValue: false }, false), { target: "global", value: undefined });
+  });
+
+  it("changes the level the effective value comes from", () => {
+    assert.deepEqual(toggleUpdate({ defaultValue: true, workspaceValue: true }, true),
+      { target: "workspace", value: false });
+    assert.deepEqual(toggleUpdate({ defaultValue: true, globalValue: false, workspaceValue: true }, true),
+      { target: "workspace", value: undefined });
+    assert.deepEqual(toggleUpdate({ defaultValue: true, workspaceValue: false }, false),
+      { target: "workspace", value: undefined });
   });
 });

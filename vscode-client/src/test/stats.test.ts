@@ -25,4 +25,11 @@ describe("isServerStats", () => {
     assert.ok(!isServerStats({ shown: { python: "1" }, accepted: {} }));
     assert.ok(!isServerStats({ shown: {} }));
   });
+
+  it("adds partial accepts where there were some", () => {
+    assert.equal(formatStats({ shown: { python: 4 }, accepted: { python: 2 }, partlyAccepted: { python: 1 } }),
+      "python: 4 shown, 2 accepted (50%), 1 partly");
+    assert.ok(isServerStats({ shown: {}, accepted: {}, partlyAccepted: { python: 1 } }));
+    assert.ok(!isServerStats({ shown: {}, accepted: {}, partlyAccepted: { python: "1" } }));
+  });
 });
