@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,20 @@ def missing(engine: str) -> str | None:
     except ImportError:
         return f"{module} is not installed ({INSTALL})"
     return None
+
+
+def cpu_s() -> float:
+    """CPU seconds of this process, every thread: on a shared machine this, not the wall clock,
+    says what a decode step costs."""
+    return time.process_time()  # CLOCK_PROCESS_CPUTIME_ID: exact, where getrusage counts in ticks
+
+
+def peak_rss_mb() -> float:
+    """VmHWM: this process's own high-water mark (getrusage's ru_maxrss keeps the parent's across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def rss_mb() -> float:
@@ -59,14 +72,23 @@ class Ours:
         import threading
 
         finished = threading.Event()
+        cpu = []
+
+        def on_chunk(chunk) -> None:
+            if not cpu:
+                cpu.append(cpu_s())
+            if chunk.finish_reason:
+                cpu.append(cpu_s())
+                finished.set()
+
         start = time.perf_counter()
-        request = self.engine.submit(text, None, self.params(max_tokens=n), lambda c: c.finish_reason and finished.set())
+        request = self.engine.submit(text, None, self.params(max_tokens=n), on_chunk)
         finished.wait()
         total = time.perf_counter() - start
-        if request.prompt_ids != ids:
+        if ids and request.prompt_ids != ids:
             raise RuntimeError(f"our prompt has {len(request.prompt_ids)} tokens, the others got {len(ids)}")
         return {"tokens": list(request.output_ids), "ttft_s": request.first_token_at - request.submitted,
-                "total_s": total}
+                "total_s": total, "decode_cpu_s": cpu[-1] - cpu[0]}
 
     def streams(self, ids: list[list[int]], texts: list[str], n: int) -> dict:
         import threading
@@ -114,6 +136,7 @@ class Transformers:
 
             def put(self, value):
                 self.times.append(time.perf_counter())
+                self.cpu = getattr(self, "cpu", []) + [cpu_s()]
 
             def end(self):
                 pass
@@ -122,7 +145,8 @@ class Transformers:
         start = time.perf_counter()
         out = self._generate(self.torch.tensor([ids]), n, clock)
         total = time.perf_counter() - start
-        return {"tokens": out[0, len(ids):].tolist(), "ttft_s": clock.times[1] - start, "total_s": total}
+        return {"tokens": out[0, len(ids):].tolist(), "ttft_s": clock.times[1] - start, "total_s": total,
+                "decode_cpu_s": cpu_s() - clock.cpu[1]}
 
     def streams(self, ids: list[list[int]], texts: list[str], n: int) -> dict:
         width = max(map(len, ids))  # left-padded into one batched generate
@@ -145,14 +169,21 @@ class CTranslate2:
         self.max_batch = max_batch
 
     def generate(self, ids: list[int], text: str, n: int) -> dict:
-        times = []  # the callback runs on the generating thread as each token is chosen
+        times, cpu = [], []  # the callback runs on the generating thread as each token is chosen
+
+        def callback(step) -> bool:
+            times.append(time.perf_counter())
+            if not cpu:
+                cpu.append(cpu_s())
+            return False
 
         start = time.perf_counter()
         result = self.generator.generate_batch([[self.vocab[i] for i in ids]], max_length=n, min_length=n,
                                                sampling_topk=1, end_token=[], include_prompt_in_result=False,
-                                               callback=lambda step: times.append(time.perf_counter()) and False)
+                                               callback=callback)
         total = time.perf_counter() - start
-        return {"tokens": result[0].sequences_ids[0], "ttft_s": times[0] - start, "total_s": total}
+        return {"tokens": result[0].sequences_ids[0], "ttft_s": times[0] - start, "total_s": total,
+                "decode_cpu_s": cpu_s() - cpu[0]}
 
     def streams(self, ids: list[list[int]], texts: list[str], n: int) -> dict:
         start = time.perf_counter()
@@ -174,11 +205,12 @@ class LlamaCpp:
         first, tokens = None, []
         for token in self.llm.generate(ids, top_k=1, temp=0.0, reset=True):
             if first is None:
-                first = time.perf_counter()
+                first, cpu = time.perf_counter(), cpu_s()
             tokens.append(token)
             if len(tokens) == n:
                 break
-        return {"tokens": tokens, "ttft_s": first - start, "total_s": time.perf_counter() - start}
+        return {"tokens": tokens, "ttft_s": first - start, "total_s": time.perf_counter() - start,
+                "decode_cpu_s": cpu_s() - cpu}
 
     def streams(self, ids: list[list[int]], texts: list[str], n: int) -> dict:
         """One after another: llama-cpp-python's Llama holds one sequence (its server's parallel
@@ -211,8 +243,7 @@ def serve(engine: str, artifacts: dict, threads: int, max_batch: int) -> None:
             elif cmd["op"] == "streams":
                 reply = runner.streams(cmd["ids"], cmd["texts"], cmd["n"])
             elif cmd["op"] == "rss":
-                reply = {"rss_mb": round(rss_mb(), 1),
-                         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+                reply = {"rss_mb": round(rss_mb(), 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
             else:
                 reply = {"error": f"unknown op {cmd['op']!r}"}
         except Exception as e:  # reported to the driver, which records it beside the engine's numbers

@@ -108,8 +108,12 @@ class Worker:
 
 
 def decode_rate(r: dict) -> float:
-    n = len(r["tokens"]) if isinstance(r["tokens"], list) else r["tokens"]
-    return (n - 1) / max(1e-9, r["total_s"] - r["ttft_s"])
+    return (len(r["tokens"]) - 1) / max(1e-9, r["total_s"] - r["ttft_s"])
+
+
+def decode_cpu_ms(r: dict) -> float:
+    """CPU milliseconds (all the engine's threads) per token after the first."""
+    return 1e3 * r["decode_cpu_s"] / max(1, len(r["tokens"]) - 1)
 
 
 def bench_model(model: str, engines: list[str], threads_list: list[int], args, work: Path, bandwidth: float) -> dict:
@@ -153,7 +157,7 @@ def bench_model(model: str, engines: list[str], threads_list: list[int], args, w
         first = {}
         for engine, w in workers.items():  # warm-up, and the first tokens each engine chooses
             text, ids = prompts[-1]
-            first[engine] = w.ask(op="generate", ids=ids, text=text, n=min(16, args.new_tokens))
+            first[engine] = w.ask(op="generate", ids=ids, text=text, n=args.new_tokens)
         runs: dict[str, list[dict]] = {e: [] for e in workers}
         for rep in range(args.repeats):
             text, ids = prompts[rep]
@@ -161,11 +165,13 @@ def bench_model(model: str, engines: list[str], threads_list: list[int], args, w
             for engine in order:
                 runs[engine].append(workers[engine].ask(op="generate", ids=ids, text=text, n=args.new_tokens))
             print(f"{model} x{threads}: prompt {rep + 1}/{args.repeats} " + ", ".join(
-                f"{e} {decode_rate(runs[e][-1]):.0f} tok/s" for e in workers), file=sys.stderr, flush=True)
+                f"{e} {decode_rate(runs[e][-1]):.0f} tok/s ({decode_cpu_ms(runs[e][-1]):.2f} cpu ms/token)"
+                for e in workers), file=sys.stderr, flush=True)
         for engine, rs in runs.items():
             rates = [decode_rate(r) for r in rs]
             entry = report["batch1"].setdefault(engine, {})
             entry[str(threads)] = {"decode_tokens_per_s": round(statistics.median(rates), 1),
+                                   "decode_cpu_ms_per_token": round(statistics.median(decode_cpu_ms(r) for r in rs), 3),
                                    "ttft_ms": round(1e3 * statistics.median(r["ttft_s"] for r in rs), 1),
                                    "runs": [round(x, 1) for x in rates]}
         if "ours" in first:  # same weights, so greedy starts alike until int8 rounding tips a near tie
@@ -221,6 +227,10 @@ def table(report: dict) -> str:
             cells = [f"{m['batch1'][e][t]['decode_tokens_per_s']:,.0f}" if t in m["batch1"].get(e, {}) else "-"
                      for e in engines]
             lines.append(f"| {m['model']} | batch 1, {t} thread{'s' * (t != '1')}: decode tok/s | " + " | ".join(cells) + " |")
+        for t in threads:
+            cells = [f"{m['batch1'][e][t]['decode_cpu_ms_per_token']:.2f}" if t in m["batch1"].get(e, {}) else "-"
+                     for e in engines]
+            lines.append(f"| {m['model']} | batch 1, {t} thread{'s' * (t != '1')}: CPU ms per token | " + " | ".join(cells) + " |")
         for t in threads:
             cells = [f"{m['batch1'][e][t]['ttft_ms']:,.0f}" if t in m["batch1"].get(e, {}) else "-" for e in engines]
             lines.append(f"| {m['model']} | time to first token, {t} thread{'s' * (t != '1')}: ms | " + " | ".join(cells) + " |")

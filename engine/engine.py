@@ -21,7 +21,7 @@ from typing import AsyncIterator, Callable
 import torch
 
 from .cache_model import DEFAULT_WEIGHT, CacheModel, NgramCache
-from .fast_decode import MAX_QUERIES, MAX_ROWS, FastDecoder, slot_cache_layout
+from .fast_decode import MAX_QUERIES, FastDecoder, slot_cache_layout
 from .healing import HealingMasks, split_heal
 from .kv_cache import KVCache
 from .model import Transformer
@@ -438,7 +438,7 @@ class Engine:
         """One forward over the last token of each of `requests`, given in slot order so that a
         full batch reads the cache as one slice."""
         slots = [r.slot for r in requests]
-        if self.fast is not None and len(requests) <= MAX_ROWS:
+        if self.fast is not None and len(requests) <= self.fast.max_rows:
             logits = self.fast.forward([[r.output_ids[-1]] for r in requests], [[r.position - 1] for r in requests],
                                        self._layout, [[s] for s in slots])[:, -1]
         else:

@@ -25,9 +25,11 @@ from .quantize import Int8Embedding, Int8Linear
 log = logging.getLogger("engine")
 
 ACTIVATION_CODES = {"gelu_tanh": 0, "gelu": 1, "silu": 2, "relu": 3}
-# Rows (tokens) a call takes: beyond, the step is compute-bound and oneDNN's int8 GEMM (AMX here)
-# behind the PyTorch forward does more (the 0.5B shape at 64 rows: 301 vs 435 ms a step, measured).
-MAX_ROWS = 32
+# Multiply-adds a call may take (rows x int8 weights): beyond, a step is compute-bound and oneDNN's
+# int8 GEMM (AMX here) behind the PyTorch forward does more. Measured, one thread: the 0.5B shape
+# (494 M weights) at 16 rows 160 vs 210 ms a step here, at 64 rows 435 vs 301; the shipped model
+# (3.3 M) at 64 rows 13 vs 18 ms. So about 32 rows of the 0.5B shape.
+MAX_STEP_MACS = 16e9
 MAX_QUERIES = 16  # new tokens a row; a longer prompt is prefilled by the PyTorch forward
 
 
@@ -64,6 +66,8 @@ class FastDecoder:
             ptr(model.rope_cos) if rope else None, ptr(model.rope_sin) if rope else None, *norm(model.norm),
             linear(model.head), layers)
         self._layers = layers
+        weights = sum(m.weight.numel() for m in self._keep if isinstance(m, Int8Linear))
+        self.max_rows = max(1, int(MAX_STEP_MACS // weights))  # the engine runs bigger steps in PyTorch
 
     @classmethod
     def build(cls, model: Transformer, device: torch.device) -> "FastDecoder | None":
