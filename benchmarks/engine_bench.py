@@ -76,6 +76,15 @@ def int8_weight_bytes(hf_raw: dict) -> int:
     return c.n_layer * per_layer + c.vocab_size * c.n_embd
 
 
+def check_weights(model_dir: Path) -> None:
+    """Every weights file opens (its header and size agree); ModelDirError otherwise."""
+    from engine.model_dir import _Checkpoint
+
+    checkpoint = _Checkpoint(model_dir)
+    for path in set(checkpoint.files.values()) | set((checkpoint.where or {}).values()):
+        checkpoint._open(path)
+
+
 class Worker:
     """One engine in its own process (benchmarks/bench_engines.py)."""
 
@@ -121,6 +130,7 @@ def bench_model(model: str, engines: list[str], threads_list: list[int], args, w
     raw = json.loads((hf / "config.json").read_text())
     info = read_model_dir(hf)
     tokenizer = load_tokenizer_from_dir(info)
+    check_weights(hf)  # a broken directory is one clear error here, not a worker dying later
     block = info.config.block_size
     builder = PromptBuilder(tokenizer, block, 0)
     n_prompts = args.repeats + 1
@@ -196,7 +206,7 @@ def bench_model(model: str, engines: list[str], threads_list: list[int], args, w
     return report
 
 
-def run(args) -> dict:
+def run(args, save=None) -> dict:
     torch.set_grad_enabled(False)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -213,6 +223,8 @@ def run(args) -> dict:
               "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work")}, "models": []}
     for model in args.models.split(","):
         report["models"].append(bench_model(model.strip(), engines, threads_list, args, work, bandwidth))
+        if save:
+            save(report)  # each model's numbers are kept as soon as they exist
     report["machine"]["load_average_at_end"] = os.getloadavg()[0]
     return report
 
@@ -308,9 +320,12 @@ def main(argv: list[str] | None = None) -> int:
         args.new_tokens, args.repeats, args.streams = min(args.new_tokens, 8), 1, min(args.streams, 2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = run(args)
-    report["table"] = table(report)
-    (out / "engine_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    def save(report: dict) -> None:
+        report["table"] = table(report)
+        (out / "engine_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    report = run(args, save)
+    save(report)
     plot(report, out / "engine_bench.png")
     print(report["table"])
     print(json.dumps({"json": str(out / "engine_bench.json"), "png": str(out / "engine_bench.png")}))

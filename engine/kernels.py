@@ -2,9 +2,9 @@
 
 A source is compiled once per machine (`cc -O3 -march=native ...`, a few seconds) into
 ~/.cache/code-assistant (or $CODE_ASSISTANT_CACHE), named by a hash of the source, the flags and
-the CPU, and loaded with ctypes. Without a compiler, when the build fails, on a CPU other than x86,
-or with CODE_ASSISTANT_NO_KERNELS set, `library()` returns None and logs why once; callers then run
-their PyTorch path (the tests run both).
+the CPU, and loaded with ctypes. Without a compiler, when the build fails, or with
+CODE_ASSISTANT_NO_KERNELS set, `library()` returns None and logs why once; callers then run their
+PyTorch path (the tests run both). The C code has AVX-512 VNNI paths and plain C beside them.
 """
 from __future__ import annotations
 
@@ -130,3 +130,9 @@ def decode_profile(lib: ctypes.CDLL, on: bool) -> dict[str, int]:
     out = (ctypes.c_uint64 * len(PROFILE_PHASES))()
     lib.decode_profile(int(on), out)
     return dict(zip(PROFILE_PHASES, out))
+
+
+if __name__ == "__main__":  # `python -m engine.kernels`: build now (make test does, before the tests)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    lib = decode_kernel()
+    print(f"engine/decode_kernel.c: {lib._name if lib is not None else 'not built, the PyTorch path runs (reason above)'}")
