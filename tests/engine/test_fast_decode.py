@@ -2,7 +2,8 @@
 decode step against the model's forward, and whole engines token for token with and without them."""
 from __future__ import annotations
 
-import logging
+import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from benchmarks.hf_models import FAMILIES, TINY, save_random_model
 from engine import Engine, EngineConfig, SamplingParams
 from engine import kernels
-from engine.fast_decode import FastDecoder, slot_cache_layout
+from engine.fast_decode import FastDecoder, block_pool_layout, slot_cache_layout
 from engine.kv_cache import KVCache
 from engine.quantize import Int8Linear, load_int8_model, quantize_tensor
 
@@ -150,6 +151,35 @@ def test_engine_runs_in_pytorch_when_kernels_are_off(tiny_model_dir):
             "assert e.fast is None\n"
             "print(repr(e.complete('def f():\\n', params=SamplingParams(max_tokens=4)).text)); e.close()\n")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                         env={**__import__("os").environ, "CODE_ASSISTANT_NO_KERNELS": "1"})
+                         env={**os.environ, "CODE_ASSISTANT_NO_KERNELS": "1"})
     assert run.returncode == 0, run.stderr
     assert "runs in PyTorch" in run.stdout and "fast decode off" in run.stdout
+
+
+def test_a_paged_block_pool_gives_the_same_logits_as_the_slot_cache(hf_dirs):
+    """The layout a paged KV pool uses (token-major blocks, scattered block tables) reads the same
+    keys as the slot cache: the same logits, bit for bit."""
+    require_kernel()
+    torch.set_grad_enabled(False)
+    model, _ = load_int8_model(hf_dirs["qwen2"])
+    c = model.config
+    fast = FastDecoder.build(model, torch.device("cpu"))
+    slots = KVCache(c.n_layer, 1, c.n_kv_head, c.head_dim, c.block_size)
+    prompt = [(5 * i) % 300 + 2 for i in range(37)]
+    pos = torch.arange(len(prompt)).unsqueeze(0)
+    model(torch.tensor([prompt]), pos, slots.view([0], pos), last_only=True)
+    bt, n_blocks = 8, 24
+    shape = (c.n_layer, n_blocks, bt, c.n_kv_head, c.head_dim)
+    k, v = torch.zeros(shape), torch.zeros(shape)
+    table = random.Random(0).sample(range(1, n_blocks), 8)  # scattered, as a pool hands them out
+    for p in range(len(prompt)):
+        k[:, table[p // bt], p % bt] = slots.k[:, 0, :, p]
+        v[:, table[p // bt], p % bt] = slots.v[:, 0, :, p]
+    pool = block_pool_layout(k, v)
+    token = 9
+    for step in range(8):  # across a block boundary (position 40)
+        p = len(prompt) + step
+        a = fast.forward([[token]], [[p]], slot_cache_layout(slots), [[0]])[0, -1]
+        b = fast.forward([[token]], [[p]], pool, [table])[0, -1]
+        assert torch.equal(a, b), step
+        token = int(a.argmax())
