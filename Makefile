@@ -20,7 +20,7 @@ serve: setup
 lsp: setup
 	$(BIN)/code-assistant lsp
 
-# Debian tools the tests drive for real: promtool (prometheus), neovim, nginx.
+# Debian tools the tests drive for real: promtool (prometheus), neovim, nginx, dockerd (docker.io), debootstrap.
 system-deps:
 	bash scripts/install-system-deps.sh
 

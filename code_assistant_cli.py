@@ -12,7 +12,8 @@ def cmd_data(args, extra):
     from training.data import CollectOptions, build_dataset, default_sources
 
     sources = [Path(s) for s in args.src] if args.src else default_sources()
-    options = CollectOptions(skip_tests=not args.keep_tests, val_fraction=args.val_fraction)
+    extensions = tuple("." + e.lstrip(".") for e in args.ext) if args.ext else (".py",)
+    options = CollectOptions(skip_tests=not args.keep_tests, val_fraction=args.val_fraction, extensions=extensions)
     meta = build_dataset(sources, Path(args.out), args.vocab_size, options, args.tokenizer)
     print(json.dumps({"out": args.out, **{k: {kk: v[kk] for kk in ("files", "bytes", "tokens")}
                                           for k, v in meta["splits"].items()}, "skipped": meta["skipped"]}))
@@ -27,8 +28,9 @@ def cmd_train(args, extra):
         overrides.setdefault("trainer", {})["devices"] = args.devices
     if args.max_steps is not None:
         overrides.setdefault("trainer", {})["max_steps"] = args.max_steps
-    config = load_config(args.config, overrides)
-    summary = train(config, Path(args.data), Path(args.out), resume=args.resume)
+    config = load_config(args.config, overrides, pretrained=args.init is not None)
+    summary = train(config, Path(args.data), Path(args.out), resume=args.resume,
+                    init=Path(args.init) if args.init else None)
     if summary:
         print(json.dumps(summary))
 
@@ -39,14 +41,38 @@ def cmd_eval(args, extra):
     if bool(args.data) == bool(args.src):
         raise ValueError("give exactly one of --data DATA_DIR or --src DIR")
     result = evaluate(Path(args.model), Path(args.data) if args.data else None,
-                      [Path(s) for s in args.src] if args.src else None, max_windows=args.max_windows)
+                      [Path(s) for s in args.src] if args.src else None, max_windows=args.max_windows,
+                      seq_len=args.seq_len)
     if args.line_completion:
-        from training.line_completion import line_completion_report
+        from training.line_completion import line_completion_report, tune_mix
 
         folders = [Path(f) for f in args.line_completion]
-        result["line_completion"] = line_completion_report(Path(args.model), folders, args.lines_per_file,
-                                                           args.quantize, args.variant)
+        if args.tune_mix:
+            result["tune_mix"] = tune_mix(Path(args.model), folders, args.tuning_lines_per_file, args.quantize,
+                                          args.lines_per_file)
+        else:
+            result["line_completion"] = line_completion_report(Path(args.model), folders, args.lines_per_file,
+                                                               args.quantize, args.variant, loops=not args.no_loops)
     print(json.dumps(result))
+
+
+def cmd_index(args, extra):
+    from tqdm import tqdm
+
+    from engine.model_dir import default_model_dir, load_tokenizer_from_dir
+    from engine.workspace import WorkspaceSettings, open_workspace
+
+    folders = [Path(f) for f in args.folder]
+    if any(not f.is_dir() for f in folders):
+        raise ValueError(f"not a folder: {next(f for f in folders if not f.is_dir())}")
+    tokenizer = load_tokenizer_from_dir(Path(args.model) if args.model else default_model_dir())
+    settings = WorkspaceSettings(max_total_bytes=args.max_megabytes << 20)
+    with tqdm(desc="index", unit="file") as bar:
+        index = open_workspace(folders, tokenizer, settings, progress=lambda files, _: bar.update(files - bar.n))
+    index.save(args.out)
+    print(json.dumps({"out": args.out, "files": index.report.files, "bytes": index.report.bytes,
+                      "tokens": index.n_tokens, "index_bytes": Path(args.out).stat().st_size,
+                      "seconds": round(index.build_seconds, 2), "skipped": index.report.skipped}))
 
 
 # Jobs that own their arguments: `code-assistant JOB ...` hands the rest of argv to MODULE.main(argv).
@@ -62,12 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="code-assistant", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("data", help="collect Python sources, train the tokenizer, write train/val .bin")
+    p = sub.add_parser("data", help="collect source files, tokenize them, write train/val .bin")
     p.add_argument("--src", action="append", help="source folder (repeatable; default: this Python's stdlib)")
     p.add_argument("--out", required=True, help="output data directory")
     p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--tokenizer", choices=["code-bpe", "gpt2"], default="code-bpe",
-                   help="train our code BPE, or use tiktoken's gpt2 (must be in tiktoken's cache)")
+    p.add_argument("--tokenizer", default="code-bpe", metavar="code-bpe|gpt2|MODEL_DIR",
+                   help="train our code BPE (default), use tiktoken's gpt2 (must be in tiktoken's cache), or a "
+                        "model directory's own tokenizer (to fine-tune that model with `train --init MODEL_DIR`)")
+    p.add_argument("--ext", action="append", metavar="EXT",
+                   help="file extension to collect (repeatable: --ext py --ext ts; default: py)")
     p.add_argument("--keep-tests", action="store_true", help="keep test folders and test_*.py files")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.set_defaults(func=cmd_data)
@@ -77,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--resume", action="store_true", help="continue from OUT/run/checkpoints/last.ckpt")
+    p.add_argument("--init", metavar="MODEL_DIR",
+                   help="fine-tune this model directory (Hugging Face or ours) instead of a fresh model; its "
+                        "config, tokenizer and FIM tokens are kept (the data must come from `data --tokenizer`)")
     p.add_argument("--devices", type=int)
     p.add_argument("--max-steps", type=int)
     p.set_defaults(func=cmd_train)
@@ -86,13 +118,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data")
     p.add_argument("--src", action="append")
     p.add_argument("--max-windows", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=0,
+                   help="tokens per window (default: the model's context, at most 2048)")
     p.add_argument("--line-completion", action="append", metavar="PROJECT_DIR",
                    help="also score line completion on a held-out project folder (repeatable); "
-                        "the project's other files serve as neighbours")
+                        "the project's other files serve as neighbours, the folder as the workspace")
     p.add_argument("--lines-per-file", type=int, default=10)
     p.add_argument("--quantize", choices=["int8", "none"], default="int8", help="engine weights for line completion")
     p.add_argument("--variant", action="append", help="only these line-completion variants")
+    p.add_argument("--no-loops", action="store_true", help="skip the loop rate of 64-token multi-line completions")
+    p.add_argument("--tune-mix", action="store_true",
+                   help="grid-search the cache mix on the tuning lines (never the reported ones) instead")
+    p.add_argument("--tuning-lines-per-file", type=int, default=10)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("index", help="index a repository ahead, for `serve --workspace FILE`")
+    p.add_argument("folder", nargs="+", help="repository folders (gitignored, binary and generated files are skipped)")
+    p.add_argument("--out", required=True, help="index file to write (safetensors)")
+    p.add_argument("--model", help="the model whose tokenizer the index uses (default: the default model)")
+    p.add_argument("--max-megabytes", type=int, default=32, help="source text indexed at most")
+    p.set_defaults(func=cmd_index)
 
     for name, (_, help_text) in DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)

@@ -64,8 +64,10 @@ class Ours:
 
         torch.set_num_threads(threads)
         self.params = SamplingParams
-        # The network alone, as the other engines run: healing and the context cache model off.
-        config = EngineConfig(max_batch=max_batch, token_healing=False, cache_weight=0.0, kernels=kernels)
+        # The network alone, as the other engines run: healing, the context cache model, the loop
+        # guard and drafts (speculative decoding: benchmarks/speculative_bench.py) off.
+        config = EngineConfig(max_batch=max_batch, token_healing=False, cache_weight=0.0, stop_loops=False,
+                              draft_tokens=0, kernels=kernels)
         self.engine = Engine.load(artifacts["hf"], quantize="int8", config=config)
 
     def generate(self, ids: list[int], text: str, n: int) -> dict:

@@ -17,7 +17,7 @@ import torch
 
 def run(model_dir: str, tokens: int, threads: int, context: int) -> dict:
     from engine import kernels
-    from engine.fast_decode import FastDecoder, slot_cache_layout
+    from engine.fast_decode import FastDecoder, block_pool_layout
     from engine.kv_cache import KVCache
     from engine.quantize import load_int8_model
 
@@ -29,19 +29,21 @@ def run(model_dir: str, tokens: int, threads: int, context: int) -> dict:
         c = model.config
         context = min(context, c.block_size - 2 * tokens - 8)
         report["context_tokens"] = context
-        cache = KVCache(c.n_layer, 1, c.n_kv_head, c.head_dim, c.block_size)
+        bt = 16
+        cache = KVCache(c.n_layer, c.block_size // bt + 2, bt, c.n_kv_head, c.head_dim)
+        table = list(range(1, c.block_size // bt + 2))
         prompt = [(7 * i) % c.vocab_size for i in range(context)]
         pos = torch.arange(context).unsqueeze(0)
-        model(torch.tensor([prompt]), pos, cache.view([0], pos), last_only=True)
+        model(torch.tensor([prompt]), pos, cache.batch([table], pos), last_only=True)
         fast = FastDecoder.build(model, torch.device("cpu")) if use_kernels else None
-        layout = slot_cache_layout(cache) if fast else None
+        layout = block_pool_layout(cache.k, cache.v) if fast else None
 
         def step(p: int) -> None:
             if fast is not None:
-                fast.forward([[5]], [[p]], layout, [[0]])
+                fast.forward([[5]], [[p]], layout, [table])
             else:
                 positions = torch.tensor([[p]])
-                model(torch.tensor([[5]]), positions, cache.view([0], positions))
+                model(torch.tensor([[5]]), positions, cache.batch([table], positions))
 
         for i in range(3):
             step(context + i)

@@ -1,159 +1,122 @@
-"""A cache model mixed into decoding: token n-grams from the request's own context.
+"""A cache model mixed into decoding: what followed the longest earlier occurrence of the history.
 
-A small network trained on a CPU cannot know a project's names, but the open file and its
-neighbours hold them (Hellendoorn and Devanbu, FSE 2017: a local n-gram cache made n-gram models
-competitive with neural ones on source code). Each request gets its own cache, built from its
-context tokens (prefix, suffix, extra snippets); the tokens it generates extend the history it matches. At each
-step the cache's next-token distribution for the longest context it has seen is interpolated with
-the network's:
+A small network trained on a CPU cannot know a project's names, but the open file, its neighbours
+and the rest of the repository hold them (Hellendoorn and Devanbu, FSE 2017: a local n-gram cache
+made n-gram models competitive with neural ones on source code). Each source is a token suffix
+array (engine/suffix_index.py): the text before the cursor, the text after it, each neighbouring
+snippet, and the workspace index. At every step each source reports the longest tail of the
+history it holds and the tokens that followed it; the longest match decides (sources tied at that
+length pool their counts), and its weight grows with the evidence:
 
     p = (1 - lambda) * p_network + lambda * p_cache
+    lambda = weight * sigmoid(slope * (length - half_length - penalty[source]) + frequency * ln(top count))
 
-where lambda grows with the length of the matched context (up to FULL_TRUST_ORDER tokens). With
-weight 0 the cache is never built and decoding is the plain engine's, token for token.
+so a one-token match (after `return`, whatever followed the last `return`) gets little weight and
+the network decides, while a match of a dozen tokens (a name, a call pattern the project repeats)
+gets nearly all of it. The fixed weight this replaces (0.97 from a one-token match on) copied what
+followed the last `return` again and again: the loops of issue 16.
+
+Generated tokens extend the history the sources match, never the sources themselves: counted into
+them, the model's own repetitions would become self-reinforcing.
 """
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 
-MAX_ORDER = 8          # longest context (tokens) the cache matches
-# Tuned on stdlib validation-split files, never on the held-out projects (MODEL_CARD.md): with a
-# network this small, trusting any match almost fully and letting the network break ties and fill
-# gaps scored best (edit similarity 0.32 vs 0.31 for the cache alone, 0.27-0.31 for lower weights).
-FULL_TRUST_ORDER = 1   # a match this long or longer gets the full weight
-DEFAULT_WEIGHT = 0.97
-SEPARATOR = -1         # between sequences, so no context spans two of them
-ORDERS = (1, 2, 3, 4, 6, 8)  # context lengths the cache matches, longest first at query time
-HASH_BASE = 1_000_003
-MASK64 = (1 << 64) - 1
+from .suffix_index import MAX_MATCH, Match, SuffixIndex
+
+DEFAULT_WEIGHT = 0.97  # the most the cache gets: the network always keeps a share
 
 
-class NgramCache:
-    """The next tokens after every earlier occurrence of a context of 1 to 8 tokens (ORDERS).
+@dataclass(frozen=True)
+class MixConfig:
+    """How much a match is trusted. Tuned on the held-out projects' tuning lines (never the lines
+    the model card reports) with `code-assistant eval --tune-mix`: over 48 points edit similarity
+    ranged 0.376-0.405, and these values tie for the best (MODEL_CARD.md). With a network this
+    weak the exact curve matters little; what matters is that a one-token match gets ~10 %, not 97 %."""
+    weight: float = DEFAULT_WEIGHT
+    half_length: float = 4.0     # match length (tokens) at which the cache gets half of `weight`
+    slope: float = 0.75          # trust gained per token of match, in logits
+    frequency: float = 0.5       # trust gained per e-fold of occurrences of the most frequent next token
+    # Tokens taken off a source's match length before it is trusted: the text after the cursor is
+    # what the user is about to replace or already has, a copy of it is often a duplicate.
+    penalty: dict[str, float] = field(default_factory=lambda: {"suffix": 1.0})
 
-    Nothing is counted ahead: for each order the hash of the tokens before every position is kept
-    in an array (vectorised with numpy), and a query compares the history's hash against all of
-    them at once, longest order first. Appending a token updates one position per order.
-    """
-
-    def __init__(self, max_order: int = MAX_ORDER):
-        self.max_order = max_order
-        self.orders = [k for k in ORDERS if k <= max_order]
-        self.tokens = np.full(256, SEPARATOR, dtype=np.int64)
-        self.hashes = {k: np.zeros(256, dtype=np.int64) for k in self.orders}
-        self.size = 0
-
-    def _grow(self, end: int) -> None:
-        if end <= len(self.tokens):
-            return
-        n = max(end, 2 * len(self.tokens))
-        tokens = np.full(n, SEPARATOR, dtype=np.int64)
-        tokens[:self.size] = self.tokens[:self.size]
-        self.tokens = tokens
-        for k, h in self.hashes.items():
-            grown = np.zeros(n, dtype=np.int64)
-            grown[:self.size] = h[:self.size]
-            self.hashes[k] = grown
-
-    def add_sequence(self, ids: list[int]) -> None:
-        start, ids = self.size, [SEPARATOR] + list(ids)
-        end = start + len(ids)
-        self._grow(end)
-        self.tokens[start:end] = ids
-        self.size = end
-        with np.errstate(over="ignore"):  # the hashes wrap around modulo 2**64 on purpose
-            for k, h in self.hashes.items():
-                # position i's context is tokens[i-k:i]; padded[i + j] is tokens[i - k + j]
-                padded = np.concatenate([np.full(k, SEPARATOR, dtype=np.int64), self.tokens[:end]])
-                window = np.zeros(end - start, dtype=np.int64)
-                for j in range(k):
-                    window = window * HASH_BASE + padded[start + j:end + j]
-                h[start:end] = window
-
-    def append(self, token: int) -> None:
-        """Extend the last sequence (the request's own text grows as it generates)."""
-        self._grow(self.size + 1)
-        self.tokens[self.size] = token
-        for k, h in self.hashes.items():
-            h[self.size] = context_hash(self.tokens[max(0, self.size - k):self.size].tolist(), k)
-        self.size += 1
-
-    def predict(self, history: list[int]) -> tuple[int, np.ndarray | None]:
-        """(order, the tokens that followed each occurrence) for the longest context of `history`
-        seen before; (0, None) when even its last token never occurred."""
-        for k in reversed(self.orders):
-            if len(history) < k:
-                continue
-            found = np.flatnonzero(self.hashes[k][:self.size] == context_hash(history[-k:], k))
-            nxt = self.tokens[found]
-            nxt = nxt[nxt != SEPARATOR]
-            if len(nxt):
-                return k, nxt
-        return 0, None
+    def trust(self, source: str, length: int, top_count: int) -> float:
+        """The logit of the cache's share for a match (before `weight`)."""
+        return (self.slope * (length - self.half_length - self.penalty.get(source, 0.0))
+                + self.frequency * math.log(max(1, top_count)))
 
 
-def context_hash(ids: list[int], k: int) -> int:
-    """The same polynomial hash as the vectorised one, for k tokens (padded on the left)."""
-    h = 0
-    for token in [SEPARATOR] * (k - len(ids)) + list(ids):
-        h = (h * HASH_BASE + token) & MASK64
-    return h - (1 << 64) if h >= 1 << 63 else h
+# A source answers: the longest tail of this history you hold (its length for the history one
+# token shorter bounds the search), and what followed it.
+Source = Callable[..., Match]
 
 
 class CacheModel:
-    """The engine's per-request logits processor: mixes the n-gram cache into the network's output.
+    """The engine's per-request logits processor. `sources` are (kind, query) pairs; `history` is
+    the tokens before the cursor, which generated tokens extend."""
 
-    `contexts` are token sequences this request's own cache learns from (prefix, suffix);
-    `shared` are read-only caches of extra snippets (neighbouring files), built once and reused
-    across requests; `history` is what precedes the cursor, which generated tokens extend.
-    """
-
-    def __init__(self, contexts: list[list[int]], history: list[int], weight: float = DEFAULT_WEIGHT,
-                 max_order: int = MAX_ORDER, shared: list[NgramCache] | None = None):
-        self.weight = weight
-        self.cache = NgramCache(max_order)
-        for ids in contexts:
-            self.cache.add_sequence(ids)
-        self.caches = [self.cache] + list(shared or [])
-        self.history = list(history[-max_order:])
+    def __init__(self, sources: list[tuple[str, Source]], history: list[int], config: MixConfig | None = None):
+        self.config = config or MixConfig()
+        self.sources = sources
+        self.history = list(history[-MAX_MATCH:])
+        self.previous: list[int | None] = [None] * len(sources)
         self.seen_outputs = 0
 
-    def predict(self) -> tuple[int, np.ndarray | None, np.ndarray | None]:
-        """(order, token ids, counts) for the longest context any of the caches has seen, pooling
-        the caches that saw a context that long."""
-        best, found = 0, []
-        for cache in self.caches:
-            order, nxt = cache.predict(self.history)
-            if nxt is None or order < best:
-                continue
-            if order > best:
-                best, found = order, []
-            found.append(nxt)
-        if not found:
-            return 0, None, None
-        ids, counts = np.unique(np.concatenate(found) if len(found) > 1 else found[0], return_counts=True)
-        return best, ids, counts
+    @classmethod
+    def from_contexts(cls, contexts: list[list[int]], history: list[int], config: MixConfig | None = None,
+                      kind: str = "prefix") -> "CacheModel":
+        """A cache model over plain token sequences (tests, the cache-only line completer)."""
+        index = SuffixIndex.build(contexts)
+        return cls([(kind, index.longest_match)], history, config)
 
-    def mixture_weight(self, order: int, counts: np.ndarray) -> float:
-        """Grows with the matched context's length; below 1 always (the network keeps a share)."""
-        return min(self.weight * min(1.0, order / FULL_TRUST_ORDER), 0.999)
+    def predict(self) -> tuple[int, np.ndarray | None, np.ndarray | None, float]:
+        """(length, next token ids, counts, trust logit) of the longest match over the sources,
+        pooling the sources tied at that length; (0, None, None, 0) when nothing matches."""
+        found: list[tuple[str, Match]] = []
+        for i, (kind, query) in enumerate(self.sources):
+            match = query(self.history, previous=self.previous[i])
+            self.previous[i] = match.length
+            if match.found:
+                found.append((kind, match))
+        if not found:
+            return 0, None, None, 0.0
+        best = max(m.length for _, m in found)
+        tied = [(k, m) for k, m in found if m.length == best]
+        if len(tied) == 1:
+            ids, counts = tied[0][1].ids, tied[0][1].counts
+        else:
+            ids, inverse = np.unique(np.concatenate([m.ids for _, m in tied]), return_inverse=True)
+            counts = np.zeros(len(ids), np.int64)
+            np.add.at(counts, inverse, np.concatenate([m.counts for _, m in tied]))
+        trust = max(self.config.trust(k, m.length, int(m.counts.max())) for k, m in tied)
+        return best, ids, counts, trust
+
+    def mixture_weight(self, trust: float) -> float:
+        return min(self.config.weight / (1.0 + math.exp(-trust)), 0.999)
 
     def observe(self, output_ids: list[int]) -> None:
         """Append newly generated tokens to the history the next query matches."""
-        # Generated tokens extend the history only: counted into the cache too, they would make
-        # the model's own repetitions self-reinforcing (measured: loops like "'url', 'url', ...").
-        for token in output_ids[self.seen_outputs:]:
-            self.history.append(token)
+        new = output_ids[self.seen_outputs:]
+        if len(new) != 1:  # a previous length bounds the next one only for one appended token
+            self.previous = [None] * len(self.sources)
+        self.history.extend(new)
         self.seen_outputs = len(output_ids)
-        del self.history[:-self.cache.max_order]
+        del self.history[:-MAX_MATCH]
 
     def __call__(self, request, logits: torch.Tensor) -> torch.Tensor:
-        self.observe(request.output_ids)
-        order, ids, counts = self.predict()
+        if len(request.output_ids) != self.seen_outputs:
+            self.observe(request.output_ids)
+        length, ids, counts, trust = self.predict()
         if ids is None:
             return logits
-        lam = self.mixture_weight(order, counts)
+        lam = self.mixture_weight(trust)
         if lam <= 0.0:
             return logits
         # p = (1 - lam) * p_net + lam * p_cache. Softmax ignores a shared shift, so every logit

@@ -113,16 +113,6 @@ class FastDecoder:
         return logits
 
 
-def slot_cache_layout(cache) -> kernels.KVLayout:
-    """engine/kv_cache.py's slot cache: k, v (n_layer, n_slots, n_head, max_len, head_dim); a row's
-    one "block" is its slot, max_len positions long."""
-    k, s = cache.k, cache.k_scale
-    ss = s.stride() if s is not None else (0, 0, 0, 0, 0)
-    return kernels.KVLayout(cache.k.data_ptr(), cache.v.data_ptr(), kernels.address(cache.k_scale),
-                            kernels.address(cache.v_scale), k.stride(0), k.stride(1), k.stride(3), k.stride(2),
-                            ss[0], ss[1], ss[3], ss[2], cache.max_len, int(cache.int8))
-
-
 def block_pool_layout(k: torch.Tensor, v: torch.Tensor, k_scale: torch.Tensor | None = None,
                       v_scale: torch.Tensor | None = None) -> kernels.KVLayout:
     """A paged pool: k, v (n_layer, n_blocks, block_tokens, n_kv_head, head_dim), token-major, fp32

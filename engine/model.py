@@ -99,15 +99,16 @@ class ModelConfig:
 
 
 class KVCacheLike(Protocol):
-    """What attention needs from a cache (the engine's KV cache implements it).
+    """What attention needs from a cache (the engine's kv_cache.PagedBatch implements it).
 
-    `update` stores this step's keys/values for `layer` at `positions` (B, T) and returns the keys
-    and values to attend over, (B, n_kv_head, S, head_dim) with key index == position, plus an
-    additive mask (B, 1, T, S) or None when every query may see every key.
+    `attend` stores this step's keys/values (B, n_kv_head, T, head_dim) for `layer` at the
+    positions the cache was given for this forward, and returns the attention of q (B, n_head, T,
+    head_dim) over every key each row may see: its own earlier positions, within the sliding
+    window if the model has one (the cache is told the window), query heads grouped over key heads.
+    The cache chooses how to read its layout.
     """
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]: ...
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
 
 
 def rope_frequencies(config: ModelConfig) -> tuple[torch.Tensor, float]:
@@ -195,11 +196,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                                dropout_p=dropout, enable_gqa=gqa)
         else:
-            k, v, cache_mask = kv_cache.update(self.layer_idx, k, v, positions)
-            if mask is not None:  # the window's mask, which already holds the causal one
-                cache_mask = mask
-            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=cache_mask,
-                                               enable_gqa=gqa)
+            y = kv_cache.attend(self.layer_idx, q, k, v)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.out(y))
 
@@ -300,7 +297,7 @@ class Transformer(nn.Module):
         rope = None
         if self.config.position == "rope":
             rope = (self.rope_cos[positions].unsqueeze(1).to(x.dtype), self.rope_sin[positions].unsqueeze(1).to(x.dtype))
-        mask = self._window_mask(positions, kv_cache is not None, x.dtype)
+        mask = self._window_mask(positions, x.dtype) if kv_cache is None else None  # a cache masks itself
         for block in self.layers:
             x = block(x, positions, rope, mask, kv_cache)
         x = self.norm(x)
@@ -308,14 +305,13 @@ class Transformer(nn.Module):
             x = x[:, -1:, :]
         return self.head(x)
 
-    def _window_mask(self, positions: torch.Tensor, cached: bool, dtype: torch.dtype) -> torch.Tensor | None:
-        """The additive (B, 1, T, S) mask of sliding-window attention (None without a window): a
-        query at position p sees keys at positions p - W < j <= p. Keys are indexed by position,
-        with S = the furthest position + 1 when cached, T otherwise."""
+    def _window_mask(self, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """The additive (B, 1, T, T) mask of sliding-window attention without a cache (None
+        without a window): a query at position p sees keys at positions p - W < j <= p."""
         window = self.config.sliding_window
         if not window:
             return None
-        keys = torch.arange(int(positions.max()) + 1 if cached else positions.shape[1], device=positions.device)
+        keys = torch.arange(positions.shape[1], device=positions.device)
         query = positions[:, None, :, None]
         allowed = (keys <= query) & (keys > query - window)
         return torch.zeros(allowed.shape, dtype=dtype, device=positions.device).masked_fill_(~allowed, float("-inf"))

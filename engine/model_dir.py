@@ -248,9 +248,11 @@ def load_model_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> tupl
 
 
 def save_model_dir(out: str | Path, model: Transformer, tokenizer_files: dict[str, str], bos_id: int | None,
-                   eos_id: int | None, training: dict | None = None) -> Path:
+                   eos_id: int | None, training: dict | None = None, base_config: dict | None = None) -> Path:
     """Write a model as a Hugging Face directory (config.json in its class's terms, the weights
-    under its names, the tokenizer files) that transformers, vLLM or llama.cpp's converter load."""
+    under its names, the tokenizer files) that transformers, vLLM or llama.cpp's converter load.
+    A fine-tuned model passes its base model's config.json as `base_config`: it is kept as it is
+    (every field the family's loaders read), but for the dtype of the weights written here."""
     from .families import hf_config, to_hf
 
     out = Path(out)
@@ -258,7 +260,10 @@ def save_model_dir(out: str | Path, model: Transformer, tokenizer_files: dict[st
     state = {k: v for k, v in model.state_dict().items() if not (model.config.tie_embeddings and k == "head.weight")}
     tensors = to_hf(model.config, {k: v.float() for k, v in state.items()})
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
-    raw = hf_config(model.config, bos_id, eos_id)
+    if base_config is not None:
+        raw = {**base_config, **{k: "float32" for k in ("torch_dtype", "dtype") if k in base_config}}
+    else:
+        raw = hf_config(model.config, bos_id, eos_id)
     raw["code_assistant"] = {"format": FORMAT, "quantization": None, "training": training or {}}
     (out / CONFIG_FILE).write_text(json.dumps(raw, indent=2) + "\n")
     for file_name, text in tokenizer_files.items():

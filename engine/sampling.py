@@ -40,6 +40,11 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None        # with temperature > 0: the same seed gives the same tokens
     cache_weight: float | None = None  # the context cache model's weight: None = default, 0 = off
+    # OpenAI's: each generated token's logit is lowered by frequency_penalty times how often it was
+    # generated so far, plus presence_penalty once it was generated at all. In [-2, 2].
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    stop_loops: bool | None = None     # stop where the text starts repeating (engine/repetition.py); None = default
 
     def __post_init__(self) -> None:
         if self.stop is None:
@@ -67,6 +72,13 @@ class SamplingParams:
             raise SamplingError(f"stop must be non-empty strings of at most {MAX_STOP_CHARS} characters", "stop")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
             raise SamplingError(f"seed must be a non-negative integer below 2**63, got {self.seed!r}", "seed")
+
+        for name in ("frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if not _is_number(value) or not -2.0 <= value <= 2.0:
+                raise SamplingError(f"{name} must be a number in [-2, 2], got {value!r}", name)
+        if self.stop_loops is not None and not isinstance(self.stop_loops, bool):
+            raise SamplingError(f"stop_loops must be true, false or None, got {self.stop_loops!r}", "stop_loops")
         if self.cache_weight is not None and (not _is_number(self.cache_weight) or not 0.0 <= self.cache_weight <= 1.0):
             raise SamplingError(f"cache_weight must be a number in [0, 1] or None, got {self.cache_weight!r}",
                                 "cache_weight")
@@ -76,8 +88,15 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
-def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """Choose the next token from one row of logits (vocab,)."""
+def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
+                 draft: int | None = None) -> int:
+    """Choose the next token from one row of logits (vocab,).
+
+    With a `draft` token (speculative decoding), the token is still distributed exactly as without
+    it: the draft is kept with probability p(draft), else a token is drawn from p with the draft
+    taken out (speculative sampling, Leviathan et al. 2023, for a draft that proposes one token
+    with certainty). Greedy keeps the draft only when it is the argmax.
+    """
     if params.greedy:
         return int(torch.argmax(logits))
     # Scaled after subtracting the maximum: every scaled logit is <= 0, so a small temperature
@@ -95,11 +114,29 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs * keep)
     if generator is not None and probs.device != generator.device:
         probs = probs.to(generator.device)  # per-request generators live on the CPU
+    if draft is not None:
+        if float(torch.rand((), generator=generator)) * float(probs.sum()) < float(probs[draft]):  # top-p left it unnormalised
+            return draft
+        probs[draft] = 0.0
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def choose_tokens(logits: torch.Tensor, params: list[SamplingParams],
-                  generators: list[torch.Generator | None]) -> list[int]:
-    """One token per row of (B, vocab) logits: one argmax call for all greedy rows, then the sampled rows."""
+def apply_penalties(logits: torch.Tensor, params: SamplingParams, generated: list[int]) -> None:
+    """OpenAI's frequency and presence penalties on one row, in place, from the tokens generated so far."""
+    if not generated or (params.frequency_penalty == 0.0 and params.presence_penalty == 0.0):
+        return
+    ids, counts = torch.unique(torch.tensor(generated, dtype=torch.long), return_counts=True)
+    ids = ids.to(logits.device)
+    penalty = counts.to(device=logits.device, dtype=logits.dtype) * params.frequency_penalty + params.presence_penalty
+    logits[ids] -= penalty
+
+
+def choose_tokens(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+                  generated: list[list[int]] | None = None) -> list[int]:
+    """One token per row of (B, vocab) logits: one argmax call for all greedy rows, then the sampled
+    rows. `generated`: each row's tokens so far, for the penalties."""
+    if generated is not None:
+        for i, p in enumerate(params):
+            apply_penalties(logits[i], p, generated[i])
     greedy = torch.argmax(logits, dim=-1).tolist()
     return [greedy[i] if p.greedy else sample_token(logits[i], p, generators[i]) for i, p in enumerate(params)]

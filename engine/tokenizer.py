@@ -218,7 +218,9 @@ class HFTokenizer(Tokenizer):
         return self._vocab.get(name)
 
     def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
+        # encode_batch releases the GIL while it runs and encode does not: a 60,000-character prompt
+        # (~200 ms) would otherwise stall every other thread, the HTTP server's event loop included.
+        return self.backend.encode_batch([text], add_special_tokens=False)[0].ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]

@@ -19,6 +19,7 @@ from .errors import install_error_handlers
 from .generation import CompletionService
 from .metrics import Metrics
 from .middleware import RequestObserver
+from .openapi import install_openapi
 from .rate_limit import RateLimiter
 from .response_cache import make_response_cache
 from .routes import completions, events, health, models, simple
@@ -47,7 +48,9 @@ def model_version(model_dir: Path | None) -> str:
 def load_engine(settings: ServerSettings) -> Engine:
     quantize = {} if settings.quantize is None else {"quantize": settings.quantize}
     return Engine.load(settings.model_dir, device=settings.device,
-                       config=EngineConfig(max_batch=settings.max_batch, max_queue=settings.max_queue), **quantize)
+                       config=EngineConfig(max_batch=settings.max_batch, max_queue=settings.max_queue,
+                                           stop_loops=settings.stop_loops, draft_tokens=settings.draft_tokens),
+                       **quantize)
 
 
 def create_app(settings: ServerSettings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -63,6 +66,12 @@ def create_app(settings: ServerSettings | None = None, engine: Engine | None = N
         version = settings.model_version or model_version(Path(model_dir))
         state.service = CompletionService(loaded, state.cache, metrics, loaded.model_name, version)
         metrics.model_info.labels(loaded.model_name, version).set(1)
+        if settings.workspace:
+            from engine.workspace import WorkspaceService, WorkspaceSettings
+
+            holder["workspace"] = WorkspaceService(
+                loaded, settings.workspace, WorkspaceSettings(max_total_bytes=settings.workspace_max_megabytes << 20),
+                settings.workspace_rescan_s).start()
         log.info("model loaded", extra={"fields": {"event": "model_loaded", "model": loaded.model_name,
                                                    "version": version, "device": settings.device}})
 
@@ -86,6 +95,8 @@ def create_app(settings: ServerSettings | None = None, engine: Engine | None = N
             yield
         finally:
             state.draining = True
+            if "workspace" in holder:
+                holder["workspace"].stop()
             if loading is not None:
                 await loading
             if engine is None and state.service is not None:
@@ -93,7 +104,10 @@ def create_app(settings: ServerSettings | None = None, engine: Engine | None = N
             if state.cache is not None:
                 await state.cache.close()
 
-    app = FastAPI(title="code-assistant", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No trailing-slash redirects: Starlette builds their Location from the client's Host header.
+    app = FastAPI(title="code-assistant", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  redirect_slashes=False)
+    install_openapi(app, settings)
     app.state.server = state
     install_error_handlers(app)
     for module in (completions, simple, events, models, health):

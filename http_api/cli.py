@@ -28,8 +28,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-url", help="share the temperature-0 response cache through Redis")
     p.add_argument("--no-response-cache", action="store_true", help="turn the response cache off")
     p.add_argument("--drain-timeout", type=float, help="seconds in-flight requests get after SIGTERM (default 30)")
+    p.add_argument("--header-timeout", type=float, help="seconds a request's headers may take to arrive (default 10)")
+    p.add_argument("--body-timeout", type=float, help="seconds a request's body may take after its headers (default 30)")
+    p.add_argument("--max-connections", type=int, help="open connections beyond which new ones get a 503 (default 1000)")
     p.add_argument("--debug-log-code", action="store_true", help="log prompts and completions (private code!)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--workspace", type=Path, action="append",
+                   help="a repository folder whose files are context for every request (repeatable), "
+                        "or one index file from `code-assistant index`")
+    p.add_argument("--workspace-rescan", type=float, help="seconds between rescans for changed files (0: never; default 30)")
+    p.add_argument("--workspace-max-megabytes", type=int, help="source text indexed at most (default 32)")
+    p.add_argument("--no-stop-loops", action="store_true",
+                   help="return the model's text even where it repeats itself (no loop guard)")
+    p.add_argument("--draft-tokens", type=int, help="speculative decoding: tokens drafted from the context "
+                                                    "per step (0: off; default 8)")
     return p
 
 
@@ -37,12 +49,33 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     flags = {"model_dir": args.model, "host": args.host, "port": args.port, "device": args.device,
              "quantize": args.quantize, "max_batch": args.max_batch,
              "max_queue": args.max_queue, "api_keys_file": args.api_keys_file, "rate_limit": args.rate_limit,
-             "redis_url": args.redis_url, "drain_timeout_s": args.drain_timeout, "log_level": args.log_level}
+             "redis_url": args.redis_url, "drain_timeout_s": args.drain_timeout, "log_level": args.log_level,
+             "workspace": args.workspace, "workspace_rescan_s": args.workspace_rescan,
+             "workspace_max_megabytes": args.workspace_max_megabytes,
+             "header_timeout_s": args.header_timeout, "body_timeout_s": args.body_timeout,
+             "max_connections": args.max_connections}
     if args.no_response_cache:
         flags["response_cache_size"] = 0
     if args.debug_log_code:
         flags["debug_log_code"] = True
+    if args.no_stop_loops:
+        flags["stop_loops"] = False
+    if args.draft_tokens is not None:
+        flags["draft_tokens"] = args.draft_tokens
     return ServerSettings(**{k: v for k, v in flags.items() if v is not None})
+
+
+def check_workspace(paths: list[Path]) -> None:
+    """Fail at start, not in the background indexer: a missing path, or a file that is no index."""
+    from engine.suffix_index import SuffixIndex
+
+    for path in paths:
+        if not path.exists():
+            raise ValueError(f"--workspace {path} does not exist")
+        if path.is_file():
+            SuffixIndex.read_header(path)
+    if any(p.is_file() for p in paths) and len(paths) > 1:
+        raise ValueError("--workspace takes folders, or one index file")
 
 
 def build_server(app, settings: ServerSettings):
@@ -56,8 +89,11 @@ def build_server(app, settings: ServerSettings):
             state.draining = True  # /ready answers 503 from now on
             super().handle_exit(sig, frame)
 
+    from .connection_guard import guarded_protocol
+
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=settings.drain_timeout_s, lifespan="on")
+                            timeout_graceful_shutdown=settings.drain_timeout_s, lifespan="on",
+                            http=guarded_protocol(settings.header_timeout_s, settings.max_connections))
     return DrainingServer(config)
 
 
@@ -72,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         # Before listening: a broken model directory (or keys file) stops the server here with one
         # line and exit 2, as `lsp` does, instead of a process that runs and never serves.
         load_api_keys(settings.api_keys_file, settings.api_keys)
+        check_workspace(settings.workspace)
         engine = load_engine(settings)
     except (OSError, ValueError) as e:  # ModelDirError and TokenizerError are ValueErrors
         print(f"code-assistant serve: error: {e}", file=sys.stderr)

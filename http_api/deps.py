@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 
 from .errors import APIError
 from .generation import CompletionService
@@ -37,12 +37,12 @@ def take_budget(state: ServerState, bucket: str) -> None:
                        "rate_limit_error", code="rate_limit_exceeded", headers=retry_after_header(wait_s))
 
 
-def get_caller(request: Request, state: StateDep,
-               authorization: Annotated[str | None, Header()] = None) -> str:
+def get_caller(request: Request, state: StateDep) -> str:
     """The key id of an authenticated caller; without keys configured, an id for the client address.
-    Failed attempts draw on a budget per client address, so keys cannot be guessed at full speed."""
+    Failed attempts draw on a budget per client address, so keys cannot be guessed at full speed.
+    (The header is read here, not declared: the OpenAPI document names it as a bearer scheme.)"""
     try:
-        key = state.keyring.authenticate(authorization)
+        key = state.keyring.authenticate(request.headers.get("authorization"))
     except APIError:
         take_budget(state, "unauthenticated-" + client_id(request))
         raise

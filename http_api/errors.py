@@ -58,6 +58,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if first.get("type") == "json_invalid":
         return f"request body is not valid JSON: {first.get('ctx', {}).get('error', message)}", None
     if first.get("type") == "missing":
+        if param is None:  # the body itself
+            return "the request body is missing: send a JSON object", None
         return f"missing required parameter {param!r}", param
     if first.get("type") == "extra_forbidden":
         return f"unrecognized request argument {param!r}", param
@@ -80,7 +82,7 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(exc.detail)
         if isinstance(exc.__cause__, UnicodeError):
             message = "request body is not valid UTF-8 JSON"
-        code = {413: "request_too_large", 405: "method_not_allowed"}.get(exc.status_code)
+        code = {408: "request_timeout", 413: "request_too_large", 405: "method_not_allowed"}.get(exc.status_code)
         return error_response(APIError(exc.status_code, message, kind, code=code, headers=dict(exc.headers or {})))
 
     @app.exception_handler(EngineBusy)

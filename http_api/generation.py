@@ -55,7 +55,9 @@ class CompletionService:
             return None
         # Every sampling field but the seed (greedy decoding ignores it) decides the answer.
         params = {k: v for k, v in dataclasses.asdict(job.params).items() if k != "seed"}
+        workspace = self.engine.workspace  # a changed workspace file changes the answer
         return cache_key(self.model, self.version, {
+            "workspace": None if workspace is None else [id(workspace), workspace.version],
             "prompt": job.prompt, "suffix": job.suffix, "params": params,
             "extra_context": [[c.path, c.text] for c in job.extra_context]})
 
@@ -69,7 +71,6 @@ class CompletionService:
             record.finish_reason, record.cached, record.text = hit["finish_reason"], True, hit["text"]
             record.time_to_first_token_s = 0.0
             return _replay(hit["text"]), record
-        record.prompt_tokens = len(self.engine.build_prompt(job.prompt, job.suffix, job.params.max_tokens))
         started = time.perf_counter()
         chunks = self.engine.stream(job.prompt, job.suffix, job.params, **context_for_engine(job.extra_context))
         try:
@@ -78,6 +79,7 @@ class CompletionService:
             await chunks.aclose()
             raise
         record.time_to_first_token_s = time.perf_counter() - started
+        record.prompt_tokens = first.prompt_tokens
         self.metrics.ttft.labels(self.model).observe(record.time_to_first_token_s)
         return self._follow(first, chunks, record, key), record
 

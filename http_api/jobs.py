@@ -14,7 +14,8 @@ MAX_TEMPERATURE = 2.0  # OpenAI's range; the engine would take more, but nothing
 def make_job(settings: ServerSettings, prompt: str, suffix: str | None, *, max_tokens: int, temperature: float,
              top_p: float = 1.0, top_k: int | None = None, stop: list[str] | None = None, seed: int | None = None,
              cache_weight: float | None = None, extra_context: list[ContextFileIn] | None = None,
-             prompt_param: str = "prompt") -> CompletionJob:
+             prompt_param: str = "prompt", frequency_penalty: float = 0.0,
+             presence_penalty: float = 0.0) -> CompletionJob:
     # The server's own policy limits; what sampling can compute is SamplingParams' to say.
     if max_tokens > settings.max_tokens_limit:
         raise APIError(400, f"max_tokens must be between 1 and {settings.max_tokens_limit}, got {max_tokens}",
@@ -28,7 +29,8 @@ def make_job(settings: ServerSettings, prompt: str, suffix: str | None, *, max_t
                             f"{settings.max_prompt_chars}", param=prompt_param, code="prompt_too_large")
     try:
         params = SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_k=top_k,
-                                top_p=float(top_p), stop=list(stop or []), seed=seed, cache_weight=cache_weight)
+                                top_p=float(top_p), stop=list(stop or []), seed=seed, cache_weight=cache_weight,
+                                frequency_penalty=float(frequency_penalty), presence_penalty=float(presence_penalty))
     except SamplingError as e:
         raise sampling_error(e) from e
     return CompletionJob(prompt, suffix, params, check_extra_context(settings, extra_context))

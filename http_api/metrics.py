@@ -1,7 +1,7 @@
 """Prometheus metrics. The names are a contract: deploy/'s dashboards and alert rules use exactly these.
 
 Each app gets its own registry (tests build several apps in one process). Engine state (queue,
-batch, KV cache, prefix cache) is read at scrape time, so the numbers are never stale.
+batch, KV cache, prefix cache, draft tokens) is read at scrape time, so the numbers are never stale.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 def engine_load(engine: Engine) -> dict[str, float]:
-    """Queue depth, running batch, KV-cache use and prefix-cache counters from the engine's public stats."""
+    """Queue depth, running batch, KV-cache use, prefix-cache and draft counters from the engine's public stats."""
     stats = engine.stats
     return {
         "queue_depth": float(stats.get("queue_depth", engine.queue_depth())),
@@ -46,6 +46,9 @@ def engine_load(engine: Engine) -> dict[str, float]:
         "kv_cache_usage": float(min(1.0, max(0.0, stats.get("kv_cache_usage_ratio", 0.0)))),
         "prefix_hits": float(stats.get("prefix_cache_hits", 0)),
         "prefix_lookups": float(stats.get("prefix_cache_lookups", 0)),
+        "draft_proposed": float(stats.get("draft_tokens_proposed", 0)),
+        "draft_accepted": float(stats.get("draft_tokens_accepted", 0)),
+        "draft_accepted_by_position": [float(n) for n in stats.get("draft_accepted_by_position", [])],
     }
 
 
@@ -56,7 +59,8 @@ class EngineCollector(Collector):
     def collect(self):
         engine = self.get_engine()
         load = engine_load(engine) if engine is not None else {
-            "queue_depth": 0.0, "running": 0.0, "kv_cache_usage": 0.0, "prefix_hits": 0.0, "prefix_lookups": 0.0}
+            "queue_depth": 0.0, "running": 0.0, "kv_cache_usage": 0.0, "prefix_hits": 0.0, "prefix_lookups": 0.0,
+            "draft_proposed": 0.0, "draft_accepted": 0.0, "draft_accepted_by_position": []}
         yield GaugeMetricFamily("engine_queue_depth", "Requests waiting for a batch slot.", value=load["queue_depth"])
         yield GaugeMetricFamily("engine_running_batch_size", "Sequences decoded together in the current step.",
                                 value=load["running"])
@@ -66,6 +70,17 @@ class EngineCollector(Collector):
                                   value=load["prefix_hits"])
         yield CounterMetricFamily("engine_prefix_cache_lookups", "Requests that looked for a cached prompt prefix.",
                                   value=load["prefix_lookups"])
+        yield CounterMetricFamily("engine_draft_tokens_proposed",
+                                  "Draft tokens from the context checked by speculative decoding.",
+                                  value=load["draft_proposed"])
+        yield CounterMetricFamily("engine_draft_tokens_accepted", "Draft tokens the model agreed with.",
+                                  value=load["draft_accepted"])
+        by_position = CounterMetricFamily("engine_draft_tokens_accepted_per_position",
+                                          "Accepted draft tokens by their index in the draft (0 = first).",
+                                          labels=["position"])
+        for position, n in enumerate(load["draft_accepted_by_position"]):
+            by_position.add_metric([str(position)], n)
+        yield by_position
 
 
 class Metrics:

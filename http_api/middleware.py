@@ -2,6 +2,7 @@
 request id, model headers, body-size limit, completion metrics and the one JSON log line."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -47,12 +48,23 @@ class RequestObserver:
             self._finish(state, scope, fields, sizes, status[0], started, request_id, is_completion)
             return
 
+        body_timeout = state.settings.body_timeout_s
+        body_deadline = time.monotonic() + body_timeout
+        body_done = [False]
+
         async def counting_receive() -> Message:
-            message = await receive()
+            if body_done[0]:  # after the body only a disconnect comes, whenever it comes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, body_deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"the request body did not arrive within {body_timeout:g} s",
+                                    headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 sizes["request_bytes"] += len(message.get("body", b""))
                 if sizes["request_bytes"] > limit:
                     raise HTTPException(413, f"request body is over the limit of {limit} bytes")
+                body_done[0] = not message.get("more_body", False)
             return message
 
         async def observing_send(message: Message) -> None:

@@ -1,9 +1,17 @@
 """Request bodies. Strict types: a string where a number belongs is a 400, not a silent coercion."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+
+def _integral(value):
+    # JSON Schema counts 5.0 as an integer (the OpenAPI document says "integer"); "5" stays a 400.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
 
 
 def _must_be_utf8(value: str) -> str:
@@ -35,21 +43,21 @@ class CompletionRequest(BaseModel):
     model: str | None = None
     prompt: str | list[str]
     suffix: str | None = None
-    max_tokens: int = 16
+    max_tokens: Integer = 16
     temperature: float = 1.0
     top_p: float = 1.0
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
-    n: int = 1
+    seed: Integer | None = None
+    n: Integer = 1
     user: str | None = Field(None, max_length=256)
+    presence_penalty: float = 0.0    # OpenAI's, in [-2, 2] (engine/sampling.py)
+    frequency_penalty: float = 0.0
     # Accepted so standard clients work, but only their neutral values are supported.
     echo: bool = False
-    best_of: int | None = None
-    logprobs: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    best_of: Integer | None = None
+    logprobs: Integer | None = None
     logit_bias: dict[str, float] | None = None
     cache_weight: float | None = None  # the language server's cacheWeight setting (see jobs.py)
     extra_context: list[ContextFileIn] | None = None
@@ -80,12 +88,12 @@ class SimpleCompleteRequest(BaseModel):
 
     code: str
     suffix: str | None = None
-    max_tokens: int = 50
+    max_tokens: Integer = 50
     temperature: float = 0.8
-    top_k: int | None = 200
+    top_k: Integer | None = 200
     top_p: float = 1.0
     stop: list[str] = Field(default_factory=list, max_length=4)
-    seed: int | None = None
+    seed: Integer | None = None
     model: str | None = None
     cache_weight: float | None = None
     extra_context: list[ContextFileIn] | None = None
@@ -102,3 +110,86 @@ class EventRequest(BaseModel):
     # Label values: kept short and plain so a client cannot blow up the metrics' cardinality.
     language: str = Field("unknown", pattern=r"^[A-Za-z0-9_+#.\-]{1,32}$")
     model: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:@/\-]{1,128}$")
+
+
+# Responses: what the OpenAPI document says the server sends (openapi.py); the routes build plain dicts.
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every error, in OpenAI's shape."""
+    error: ErrorDetail
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class CompletionResponse(BaseModel):
+    """A completion; streamed, each `data:` event holds one of these (usage on the last) and then `[DONE]`."""
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class SimpleCompleteResponse(BaseModel):
+    id: str
+    completion: str
+    tokens: int
+    finish_reason: Literal["stop", "length"]
+    latency_ms: float
+    model: str
+    model_version: str
+
+
+class EventResponse(BaseModel):
+    status: Literal["recorded"]
+    id: str
+    event: Literal["shown", "accepted", "dismissed"]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    version: str
+    context_length: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["healthy", "unhealthy"]
+    model_loaded: bool
+    device: str
+    model: str
+    version: str
+    error: str | None = None
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    model: str | None = None
+    version: str | None = None
+    reasons: list[str] | None = None

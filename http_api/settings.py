@@ -17,6 +17,7 @@ class ServerSettings(BaseSettings):
     quantize: str | None = None    # "int8" | "none"; None: the engine's default
     max_batch: int = 32
     max_queue: int = 256
+    draft_tokens: int = 8          # speculative decoding from the context (engine/draft.py); 0: off
 
     api_keys_file: Path | None = None
     api_keys: str = ""             # CODE_ASSISTANT_API_KEYS: comma-separated
@@ -36,5 +37,19 @@ class ServerSettings(BaseSettings):
     max_extra_context_items: int = 8
     max_extra_context_bytes: int = 64 * 1024
 
+    # Slow or too many clients (see connection_guard.py): a request's headers must arrive within
+    # header_timeout_s, its body within body_timeout_s after them; connections beyond
+    # max_connections get a 503 at once.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 1000
+
     drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
+
+    # The team's repository as context for every request (engine/workspace.py): folders, or one
+    # index file from `code-assistant index`; rescanned for changed files every workspace_rescan_s.
+    workspace: list[Path] = Field(default_factory=list)
+    workspace_rescan_s: float = 30.0
+    workspace_max_megabytes: int = 32
+    stop_loops: bool = True        # the engine's loop guard (engine/repetition.py); off: the raw text
     model_version: str | None = None  # overrides the version derived from the model directory

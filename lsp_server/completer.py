@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Protocol
 
 from .context import Prompt, build_prompt, select_neighbours, snippet_query
 from .documents import Cursor
-from .postprocess import Edit, block_end, postprocess
+from .postprocess import BLOCK_OPENERS, Edit, block_end, indent_of, postprocess
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,9 +63,29 @@ def should_complete(cursor: Cursor, settings: Settings, invoked: bool) -> bool:
             and len(rest) <= MAX_CHARS_AFTER_CURSOR)
 
 
-def wants_multiline(settings: Settings, invoked: bool) -> bool:
-    """A block for multi-line mode or when the user asked explicitly; one line while typing."""
-    return settings.multiline or invoked
+def wants_multiline(settings: Settings, invoked: bool, cursor: Cursor) -> bool:
+    """A block for multi-line mode or when the user asked explicitly, and only where the block is
+    still empty; one line otherwise (a block written into existing code repeats what is there)."""
+    return (settings.multiline or invoked) and block_is_empty(cursor)
+
+
+def block_is_empty(cursor: Cursor) -> bool:
+    """The cursor ends a block opener's line (`def f(x):|`, `if (a) {|`), or sits on a blank line
+    right after one, and no body follows (the next code line is not indented deeper)."""
+    line = cursor.line_prefix
+    if cursor.line_suffix.strip() and not all(c in CLOSING for c in cursor.line_suffix):
+        return False
+    if line.strip():
+        opener, indent = line, indent_of(line)
+    else:
+        above = [l for l in cursor.prefix[:len(cursor.prefix) - len(line)].split("\n")[-50:] if l.strip()]
+        if not above:
+            return False
+        opener, indent = above[-1], indent_of(above[-1])
+    if not opener.rstrip().endswith(BLOCK_OPENERS):
+        return False
+    below = next((l for l in following_lines(cursor).split("\n") if l.strip()), None)
+    return below is None or indent_of(below) <= indent
 
 
 def generation_done(multiline: bool, line_prefix: str) -> Callable[[str], bool]:
@@ -95,10 +115,11 @@ async def complete(cursor: Cursor, settings: Settings, backend: Backend, invoked
     if settings.neighbours and settings.neighbour_files:
         snippets = select_neighbours(snippet_query(cursor.prefix), neighbours, settings.neighbour_files)
     prompt = build_prompt(cursor.prefix, cursor.suffix, budget, snippets, path)
-    multiline = wants_multiline(settings, invoked)
+    multiline = wants_multiline(settings, invoked, cursor)
     params = GenerationParams(settings.max_tokens, settings.temperature, multiline, settings.cache_weight, budget)
     generated = await backend.generate(prompt, params, generation_done(multiline, cursor.line_prefix))
-    edit = postprocess(generated.text, cursor.line_prefix, cursor.line_suffix, following_lines(cursor), multiline)
+    edit = postprocess(generated.text, cursor.line_prefix, cursor.line_suffix, following_lines(cursor), multiline,
+                       cursor.prefix)
     return Suggestion(generated.id, edit, multiline) if edit else None
 
 
@@ -121,8 +142,10 @@ class LocalBackend:
     async def generate(self, prompt: Prompt, params: GenerationParams, done: Callable[[str], bool]) -> Generated:
         from engine import EngineBusy, EngineError, SamplingParams
 
+        # One line: the engine stops at its end, so that its loop guard judges that line alone (held
+        # back as the start of a repeated block, it would otherwise be cut with the block).
         sampling = SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature,
-                                  cache_weight=params.cache_weight)
+                                  cache_weight=params.cache_weight, stop=[] if params.multiline else ["\n"])
         completion_id = f"lsp-{uuid.uuid4().hex[:16]}"
         text = ""
         chunks = self.engine.stream(prompt.prefix, prompt.suffix, sampling, extra_context=extra_context(prompt),

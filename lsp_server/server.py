@@ -11,7 +11,7 @@ from typing import Any, Callable
 from urllib.parse import unquote
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidParams, JsonRpcServerNotInitialized
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcServerNotInitialized
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
@@ -22,8 +22,10 @@ from .documents import (MAX_DOCUMENT_CHARS, MAX_LINE_CHARS, BadPosition, Cursor,
                         utf16_length)
 from .exclusions import Exclusions
 from .prefetch import after_accepting
+from .protocol import CodeAssistantProtocol
 from .recent_chunks import RecentChunks
 from .settings import Settings
+from .workspace import EditorWorkspace, folders_of
 
 log = logging.getLogger("lsp_server")
 
@@ -37,7 +39,8 @@ NEIGHBOUR_SCAN_CHARS = 200_000  # of each neighbouring document, so a huge one c
 
 class CodeAssistantServer(LanguageServer):
     def __init__(self, settings: Settings, load_engine: Callable[[], Any] | None = None, engine=None):
-        super().__init__("code-assistant", "0.1.0", text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        super().__init__("code-assistant", "0.1.0", text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+                         protocol_cls=CodeAssistantProtocol)
         self.settings = settings
         self.ready = False
         self.shown: Counter[str] = Counter()
@@ -57,6 +60,8 @@ class CodeAssistantServer(LanguageServer):
         self._local: LocalBackend | None = LocalBackend(engine) if engine is not None else None
         self._remote = None
         self._remote_key: tuple | None = None
+        self.editor_workspace = EditorWorkspace()
+        self.watch_files = False          # the client registers file watchers for us on request
 
     async def backend(self) -> Backend:
         s = self.settings
@@ -81,6 +86,7 @@ class CodeAssistantServer(LanguageServer):
                 raise JsonRpcInvalidParams("no local model and no remoteUrl configured")
             self.engine = await asyncio.to_thread(self._load_engine)
             self._local = LocalBackend(self.engine)
+        self.editor_workspace.attach(self.engine)
         return self._local
 
     def document_text(self, uri: str) -> tuple[str, str] | None:
@@ -145,7 +151,7 @@ class CodeAssistantServer(LanguageServer):
             previous.cancel()
         settings = self.settings
         backend = await self.backend()
-        multiline = wants_multiline(settings, invoked)
+        multiline = wants_multiline(settings, invoked, cursor)
         key = key_of(cursor, multiline)
         joined = self._prefetched(uri, key)
         if settings.enable and settings.typed_ahead_reuse and joined is None:
@@ -191,6 +197,14 @@ class CodeAssistantServer(LanguageServer):
             self._prefetch(uri, cursor, suggestion, language, backend)
         return cursor, suggestion, language
 
+    def report_server_error(self, error: Exception, source) -> None:
+        # pygls reports a frame it could not read as a JsonRpcException, with a popup in the editor;
+        # it gets a JSON-RPC error instead (protocol.py). Other errors keep pygls' default.
+        if source is JsonRpcException:
+            self.protocol.answer_unreadable(error)
+        else:
+            super().report_server_error(error, source)
+
     def _prefetched(self, uri: str, key: str) -> asyncio.Task | None:
         """The prefetch running for this place, if any; one for another place is cancelled."""
         running = self.prefetching.get(uri)
@@ -209,7 +223,7 @@ class CodeAssistantServer(LanguageServer):
         if following is None:
             return
         settings = self.settings
-        multiline = wants_multiline(settings, False)
+        multiline = wants_multiline(settings, False, following)
         key = key_of(following, multiline)
         if self.cache.get(key) is not None or self._prefetched(uri, key) is not None:
             return
@@ -255,6 +269,30 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
             root = to_fs_path(folders[0].uri) or root
         ls.exclusions = Exclusions(root)
         ls.ready = True
+        s = ls.settings
+        if s.workspace_index and not s.remote_url:
+            ls.editor_workspace = EditorWorkspace(s.workspace_max_files, s.workspace_max_megabytes << 20)
+            ls.editor_workspace.set_folders(folders_of(params))
+            ls.watch_files = bool(params.capabilities.workspace and params.capabilities.workspace.did_change_watched_files
+                                  and params.capabilities.workspace.did_change_watched_files.dynamic_registration)
+
+    @server.feature(types.INITIALIZED)
+    async def on_initialized(ls: CodeAssistantServer, params: types.InitializedParams) -> None:
+        if not ls.editor_workspace.folders:
+            return
+        if ls.watch_files:
+            _spawn(_watch_files(ls))
+        # Load the model now rather than at the first keystroke; the index is built once it is in.
+        _spawn(ls.backend())
+
+    @server.feature(types.TEXT_DOCUMENT_DID_SAVE, types.SaveOptions(include_text=True))
+    def on_save(ls: CodeAssistantServer, params: types.DidSaveTextDocumentParams) -> None:
+        ls.editor_workspace.saved(params.text_document.uri, params.text)
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+    def on_watched_files(ls: CodeAssistantServer, params: types.DidChangeWatchedFilesParams) -> None:
+        for change in params.changes:
+            ls.editor_workspace.watched(change.uri, change.type == types.FileChangeType.Deleted)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def on_configuration(ls: CodeAssistantServer, params: types.DidChangeConfigurationParams) -> None:
@@ -284,7 +322,9 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def on_change(ls: CodeAssistantServer, params: types.DidChangeTextDocumentParams) -> None:
         uri = params.text_document.uri
-        _remember(ls, uri)
+        text = _remember(ls, uri)
+        if text is not None:
+            ls.editor_workspace.changed(uri, text)
         ls.debounce.keystroke()
         changes = params.content_changes
         line = changes[-1].range.start.line if changes and getattr(changes[-1], "range", None) else 0
@@ -360,12 +400,14 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
             engine = {"running": len(ls.engine.running), "queue": ls.engine.queue_depth(), **ls.engine.stats}
         return {"shown": dict(ls.shown), "accepted": dict(ls.accepted), "partlyAccepted": dict(ls.partly_accepted),
                 "pending": len(ls.pending), "prefetching": len(ls.prefetching), "cacheHits": ls.cache.hits, "debounceMs": round(
-                    ls.debounce.delay_ms(Cursor("", "", 0, 0, 0))), "engine": engine}
+                    ls.debounce.delay_ms(Cursor("", "", 0, 0, 0))), "engine": engine,
+                "workspace": ls.editor_workspace.stats()}
 
     @server.feature(types.SHUTDOWN)
     def on_shutdown(ls: CodeAssistantServer, *args: Any) -> None:
         for task in list(ls.pending.values()) + [task for _, task in ls.prefetching.values()]:
             task.cancel()
+        ls.editor_workspace.close()
 
     return server
 
@@ -396,10 +438,23 @@ def _word_before(line_prefix: str) -> str:
     return line_prefix[i:]
 
 
-def _remember(ls: CodeAssistantServer, uri: str) -> None:
+async def _watch_files(ls: CodeAssistantServer) -> None:
+    """Ask the client to report file changes on disk (workspace/didChangeWatchedFiles)."""
+    try:
+        await ls.client_register_capability_async(types.RegistrationParams(registrations=[types.Registration(
+            id="code-assistant-watch", method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES,
+            register_options=types.DidChangeWatchedFilesRegistrationOptions(
+                watchers=[types.FileSystemWatcher(glob_pattern="**/*")]))]))
+    except Exception as error:  # a client that claims the capability but refuses: saves still arrive
+        log.warning("file watching not registered: %s", error)
+
+
+def _remember(ls: CodeAssistantServer, uri: str) -> str | None:
     document = ls.workspace.text_documents.get(unquote(uri))
     if document is not None:
         ls.last_text[unquote(uri)] = document.source
+        return document.source
+    return None
 
 
 _background: set[asyncio.Task] = set()

@@ -31,6 +31,9 @@ class Settings:
     prefetch: bool = True                 # after a suggestion shows, compute the one that follows accepting it
     exclude: tuple[str, ...] = ()         # globs (gitignore syntax) of files that never get completions
     recent_chunks: bool = True            # recently visited/edited lines as context (recent_chunks.py)
+    workspace_index: bool = True          # index the workspace folders for the engine's cache model (local mode)
+    workspace_max_files: int = 100_000
+    workspace_max_megabytes: int = 32     # of source text indexed at most (~8 M tokens, ~70 MB of index)
 
     def updated(self, raw: Any) -> "Settings":
         """A copy with the recognised keys of `raw` applied; wrong types are logged and ignored."""
@@ -56,13 +59,14 @@ _INVALID = object()
 _RANGES: dict[str, tuple[float, float]] = {
     "max_tokens": (1, 1024), "temperature": (0.0, 5.0), "debounce_ms": (0, 5000),
     "neighbour_files": (0, 32), "cache_weight": (0.0, 1.0), "context_tokens": (16, 1 << 17),
-    "timeout_ms": (50, 120_000),
+    "timeout_ms": (50, 120_000), "workspace_max_files": (0, 10_000_000), "workspace_max_megabytes": (0, 4096),
 }
-_BOOLS = {"enable", "multiline", "neighbours", "typed_ahead_reuse", "prefetch", "recent_chunks"}
+_BOOLS = {"enable", "multiline", "neighbours", "typed_ahead_reuse", "prefetch", "recent_chunks", "workspace_index"}
 _STRINGS = {"remote_url", "api_key", "model", "fim_template"}
 # What `backend` names: the server's HTTP dialect (lsp_server/remote.py maps each to its client).
 BACKENDS = ("code-assistant", "openai", "llama.cpp", "ollama")
-_INTS = {"max_tokens", "debounce_ms", "timeout_ms", "neighbour_files", "context_tokens"}
+_INTS = {"max_tokens", "debounce_ms", "timeout_ms", "neighbour_files", "context_tokens", "workspace_max_files",
+         "workspace_max_megabytes"}
 _OPTIONAL = {"remote_url", "api_key", "cache_weight", "debounce_ms", "model", "fim_template"}
 
 

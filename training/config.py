@@ -36,6 +36,21 @@ class DataConfig:
     spm_rate: float = 0.5
     num_workers: int = 0
     val_batches: int = 20
+    seq_len: int = 0              # tokens per training window; 0: see window_length
+
+
+# The default window of a pretrained model whose context is longer (Qwen2.5-Coder's 32 K
+# positions): the cost of a step grows with the window, and most code files are shorter.
+MAX_SEQ_LEN = 2048
+
+
+def window_length(seq_len: int, block_size: int, pretrained: bool = True) -> int:
+    """Tokens per training or evaluation window of a model with `block_size` positions: `seq_len`,
+    or when 0 the whole context of a model trained from scratch (its learned positions all get
+    trained) and at most MAX_SEQ_LEN of a pretrained one."""
+    if seq_len < 0 or seq_len > block_size:
+        raise ConfigError(f"data.seq_len must be between 1 and the model's context ({block_size}), got {seq_len}")
+    return seq_len or (min(block_size, MAX_SEQ_LEN) if pretrained else block_size)
 
 
 @dataclass
@@ -44,7 +59,8 @@ class TrainerConfig:
     max_time_minutes: float | None = None
     devices: int | str = 1
     accelerator: str = "auto"
-    strategy: str = "auto"        # "auto": ddp when devices > 1
+    strategy: str = "auto"        # "auto": ddp when devices > 1; "fsdp": sharded, one block a unit
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
     precision: str = "auto"       # "auto": bf16-mixed on CUDA, 32-true on the CPU
     accumulate_grad_batches: int = 1
     gradient_clip_val: float = 1.0
@@ -73,8 +89,8 @@ SECTIONS = {"trainer": TrainerConfig, "model": ModelConfig, "optim": OptimConfig
 LIMITS = {
     **dict.fromkeys(["max_steps", "val_check_interval", "log_every_n_steps", "accumulate_grad_batches",
                      "batch_size", "val_batches"], (1, math.inf)),
-    **dict.fromkeys(["warmup_steps", "num_workers", "gradient_clip_val", "weight_decay", "max_time_minutes"],
-                    (0, math.inf)),
+    **dict.fromkeys(["warmup_steps", "num_workers", "gradient_clip_val", "weight_decay", "max_time_minutes",
+                     "seq_len"], (0, math.inf)),
     **dict.fromkeys(["fim_rate", "spm_rate", "min_lr_ratio", "dropout", "beta1", "beta2"], (0.0, 1.0)),
     "learning_rate": (1e-12, math.inf),
 }
@@ -148,7 +164,9 @@ def parse_overrides(args: list[str]) -> dict[str, dict]:
     return out
 
 
-def load_config(path: str | Path | None, overrides: dict[str, dict] | None = None) -> TrainConfig:
+def load_config(path: str | Path | None, overrides: dict[str, dict] | None = None,
+                pretrained: bool = False) -> TrainConfig:
+    """`pretrained`: the model comes from a directory (`train --init`), so a model section is an error."""
     raw: dict = {}
     if path is not None:
         try:
@@ -167,6 +185,9 @@ def load_config(path: str | Path | None, overrides: dict[str, dict] | None = Non
         if raw.get(section) is not None and not isinstance(raw[section], dict):
             raise ConfigError(f"section {section} must be a mapping of keys to values, got {raw[section]!r}")
         raw[section] = {**(raw.get(section) or {}), **values}
+    if pretrained and raw.get("model"):
+        raise ConfigError(f"model.{sorted(raw['model'])[0]}: with --init the model comes from its directory; "
+                          f"leave out the model section")
     built = {name: _build(cls, {} if raw.get(name) is None else raw[name], name) for name, cls in SECTIONS.items()}
     seed = _checked(raw.get("seed_everything", 1337), int, "seed_everything")
     return TrainConfig(seed_everything=seed, **built)

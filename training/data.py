@@ -1,7 +1,12 @@
-"""`code-assistant data`: collect Python sources, train the tokenizer, write train.bin/val.bin.
+"""`code-assistant data`: collect source files, tokenize them, write train.bin/val.bin.
 
 Files are filtered (UTF-8, size, generated-looking), exact duplicates dropped, and split into
-train/val by a stable hash of each file's path, so no file is cut between the splits.
+train/val by a stable hash of each file's path, so no file is cut between the splits. The
+tokenizer is our code BPE trained on the train split, or a pretrained model's own (`--tokenizer
+DIR`, for fine-tuning); its files are copied into the data directory, which describes itself in
+meta.json. Format 2 adds the tokenizer's kind and how documents sit in the token stream (the
+model's BOS before each, its end-of-text after); format 1 directories (a tiktoken rank file) keep
+loading.
 """
 from __future__ import annotations
 
@@ -15,10 +20,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from engine.tokenizer import TOKENIZER_FILE, Tokenizer
+from engine.model_dir import CONFIG_FILE, ModelDir, ModelDirError, load_tokenizer_from_dir, read_model_dir
+from engine.tokenizer import (CODE_PAT_STR, HF_TOKENIZER_FILE, SPECIAL_TOKENS, TOKENIZER_FILE, Tokenizer,
+                              TokenizerError, load_hf_tokenizer, load_tokenizer, special_token_ids)
 
 META_FILE = "meta.json"
-DATA_FORMAT = "code-assistant-data/1"
+DATA_FORMAT = "code-assistant-data/2"
+LEGACY_DATA_FORMAT = "code-assistant-data/1"   # a tiktoken rank file, documents end with <|endoftext|>
+# The files of a Hugging Face tokenizer a data directory keeps (tokenizer.json is required).
+HF_TOKENIZER_FILES = (HF_TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json")
 SKIP_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".venv", "venv", "env", ".env", ".tox",
                        ".nox", ".mypy_cache", ".pytest_cache", "node_modules", "build", "dist",
                        "site-packages", "dist-packages", "idlelib", "turtledemo"})
@@ -37,6 +47,7 @@ class CollectOptions:
     skip_tests: bool = True
     skip_dirs: frozenset[str] = SKIP_DIRS
     val_fraction: float = 0.05
+    extensions: tuple[str, ...] = (".py",)
 
 
 @dataclass
@@ -64,12 +75,12 @@ def looks_generated(text: str) -> bool:
     return max(map(len, lines)) > 1000 or len(text) / len(lines) > 120
 
 
-def iter_python_files(root: Path, options: CollectOptions):
+def iter_source_files(root: Path, options: CollectOptions):
     skip = options.skip_dirs | (TEST_DIRS if options.skip_tests else frozenset())
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in skip and not d.endswith(".egg-info"))
         for name in sorted(filenames):
-            if name.endswith(".py") and not (options.skip_tests and name.startswith("test_")):
+            if name.endswith(options.extensions) and not (options.skip_tests and name.startswith("test_")):
                 yield Path(dirpath) / name
 
 
@@ -88,7 +99,7 @@ def collect(sources: list[Path], options: CollectOptions) -> Corpus:
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"source folder {root} does not exist or is not a folder")
-        for path in iter_python_files(root, options):
+        for path in iter_source_files(root, options):
             try:
                 raw = path.read_bytes()
             except OSError:
@@ -114,7 +125,7 @@ def collect(sources: list[Path], options: CollectOptions) -> Corpus:
             split = corpus.val if is_val(rel, options.val_fraction) else corpus.train
             split.append(SourceFile(rel, text))
     if not corpus.train:
-        raise DataError(f"no usable Python files under {', '.join(map(str, sources))}")
+        raise DataError(f"no usable {'/'.join(options.extensions)} files under {', '.join(map(str, sources))}")
     return corpus
 
 
@@ -122,13 +133,21 @@ def token_dtype(n_vocab: int):
     return np.uint16 if n_vocab <= 2**16 else np.uint32
 
 
-def tokenize_files(files: list[SourceFile], tokenizer: Tokenizer, desc: str) -> np.ndarray:
-    """Concatenate the files' tokens, each followed by <|endoftext|>."""
+@dataclass(frozen=True)
+class Documents:
+    """How files sit in a token stream: the tokenizer's BOS ids before each, `eos_id` after."""
+    bos_ids: tuple[int, ...]
+    eos_id: int
+
+
+def tokenize_files(files: list[SourceFile], tokenizer: Tokenizer, desc: str,
+                   documents: Documents | None = None) -> np.ndarray:
+    """Concatenate the files' tokens, each one a document (by default: no BOS, <|endoftext|> after)."""
+    documents = documents or Documents((), tokenizer.eot_id)
     chunks, dtype = [], token_dtype(tokenizer.n_vocab)
     for i in tqdm(range(0, len(files), 64), desc=f"tokenize {desc}", unit="batch", leave=False):
         for ids in tokenizer.encode_batch([f.text for f in files[i:i + 64]]):
-            ids.append(tokenizer.eot_id)
-            chunks.append(np.asarray(ids, dtype=dtype))
+            chunks.append(np.asarray([*documents.bos_ids, *ids, documents.eos_id], dtype=dtype))
     return np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
 
 
@@ -137,6 +156,7 @@ def write_split(out_dir: Path, name: str, tokens: np.ndarray) -> None:
 
 
 def read_meta(data_dir: str | Path) -> dict:
+    """meta.json of a data directory, a format 1 one brought to format 2's shape."""
     data_dir = Path(data_dir)
     try:
         meta = json.loads((data_dir / META_FILE).read_text())
@@ -144,9 +164,33 @@ def read_meta(data_dir: str | Path) -> dict:
         raise DataError(f"{data_dir} has no {META_FILE}: run `code-assistant data` first") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{data_dir / META_FILE} is not valid JSON: {e}") from None
-    if meta.get("format") != DATA_FORMAT:
-        raise DataError(f"{data_dir / META_FILE}: unknown format {meta.get('format')!r}")
+    if not isinstance(meta, dict) or meta.get("format") not in (DATA_FORMAT, LEGACY_DATA_FORMAT):
+        raise DataError(f"{data_dir / META_FILE}: unknown format "
+                        f"{meta.get('format') if isinstance(meta, dict) else None!r}, expected {DATA_FORMAT!r}")
+    if meta["format"] == LEGACY_DATA_FORMAT:
+        info = meta["tokenizer"]
+        meta["tokenizer"] = {"kind": "tiktoken", "n_vocab": info["n_ranks"] + len(info["special_tokens"]), **info}
+        meta["documents"] = {"bos_ids": [], "eos_id": info["special_tokens"]["<|endoftext|>"]}
     return meta
+
+
+def documents_of(meta: dict) -> Documents:
+    return Documents(tuple(meta["documents"]["bos_ids"]), int(meta["documents"]["eos_id"]))
+
+
+def load_data_tokenizer(data_dir: str | Path, meta: dict | None = None) -> Tokenizer:
+    """The tokenizer a data directory was made with, from the files it keeps."""
+    data_dir = Path(data_dir)
+    meta = meta or read_meta(data_dir)
+    info = meta["tokenizer"]
+    try:
+        if info["kind"] == "tiktoken":
+            return load_tokenizer(data_dir / info["file"], pat_str=info["pat_str"], name=info["name"])
+        if info["kind"] == "hugging-face":
+            return load_hf_tokenizer(data_dir, (int(meta["documents"]["eos_id"]),))
+    except TokenizerError as e:
+        raise DataError(f"{data_dir}: {e}") from None
+    raise DataError(f"{data_dir / META_FILE}: unknown tokenizer kind {info['kind']!r}")
 
 
 def load_split(data_dir: str | Path, split: str, n_vocab: int | None = None) -> np.ndarray:
@@ -161,7 +205,7 @@ def load_split(data_dir: str | Path, split: str, n_vocab: int | None = None) -> 
         raise DataError(f"{path} is corrupted: {path.stat().st_size} bytes, meta.json says "
                         f"{expected} tokens of {dtype.itemsize} bytes")
     tokens = np.memmap(path, dtype=dtype, mode="r")
-    n_vocab = n_vocab or meta["tokenizer"]["n_ranks"] + len(meta["tokenizer"]["special_tokens"])
+    n_vocab = n_vocab or meta["tokenizer"]["n_vocab"]
     if len(tokens) and int(tokens.max()) >= n_vocab:
         raise DataError(f"{path} is corrupted: token id {int(tokens.max())} is outside the vocabulary ({n_vocab})")
     return tokens
@@ -171,24 +215,64 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def pretrained_tokenizer(source: Path, out_dir: Path) -> tuple[Tokenizer, dict, Documents]:
+    """A model directory's tokenizer (or a folder holding just tokenizer.json), its files copied to
+    `out_dir`: (tokenizer, meta.json's tokenizer section, documents in the model's own framing)."""
+    if not source.is_dir():
+        raise DataError(f"--tokenizer {source}: not code-bpe, gpt2 or a model directory")
+    try:
+        model_dir = read_model_dir(source) if (source / CONFIG_FILE).is_file() else None
+        tokenizer = load_tokenizer_from_dir(model_dir) if model_dir else load_hf_tokenizer(source)
+    except (ModelDirError, TokenizerError) as e:
+        raise DataError(f"--tokenizer {source}: {e}") from None
+    if model_dir is not None and model_dir.legacy:  # this project's first format: a tiktoken rank file
+        (out_dir / TOKENIZER_FILE).write_bytes((source / TOKENIZER_FILE).read_bytes())
+        own, n_ranks = model_dir.raw.get("tokenizer", {}), tokenizer.n_vocab - len(SPECIAL_TOKENS)
+        info = {"kind": "tiktoken", "name": own.get("name", "code-bpe"), "pat_str": own.get("pat_str", CODE_PAT_STR),
+                "n_ranks": n_ranks, "special_tokens": special_token_ids(n_ranks), "file": TOKENIZER_FILE}
+        return tokenizer, info, Documents((), tokenizer.eot_id)
+    files = [name for name in HF_TOKENIZER_FILES if (source / name).is_file()]
+    for name in files:
+        (out_dir / name).write_bytes((source / name).read_bytes())
+    info = {"kind": "hugging-face", "file": HF_TOKENIZER_FILE, "files": files, "from": str(source)}
+    return tokenizer, info, model_documents(model_dir, tokenizer)
+
+
+def model_documents(model_dir: ModelDir | None, tokenizer: Tokenizer) -> Documents:
+    """Documents as a model saw them in pretraining: its tokenizer's BOS before each, config.json's
+    eos_token_id (the first, if a list) after, else the tokenizer's end of text."""
+    eos = model_dir.raw.get("eos_token_id") if model_dir and not model_dir.legacy else None
+    eos = eos[0] if isinstance(eos, list) and eos else eos
+    return Documents(tuple(tokenizer.bos_ids), eos if isinstance(eos, int) else tokenizer.eot_id)
+
+
 def build_dataset(sources: list[Path], out_dir: Path, vocab_size: int, options: CollectOptions,
                   tokenizer_kind: str = "code-bpe") -> dict:
+    """`tokenizer_kind`: "code-bpe" (trained here on the train split), "gpt2" (tiktoken's), or the
+    path of a model directory whose tokenizer to use."""
     from .tokenizer import gpt2_ranks, save_tokenizer, tokenizer_from_ranks, train_bpe
 
     corpus = collect(sources, options)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if tokenizer_kind == "gpt2":
-        ranks = gpt2_ranks()
+    if tokenizer_kind in ("code-bpe", "gpt2"):
+        if tokenizer_kind == "gpt2":
+            ranks = gpt2_ranks()
+        else:
+            print(f"training a {vocab_size}-token BPE on {len(corpus.train)} files", flush=True)
+            ranks = train_bpe((f.text for f in corpus.train), vocab_size)
+        info = {"kind": "tiktoken", **save_tokenizer(ranks, out_dir / TOKENIZER_FILE, tokenizer_kind),
+                "file": TOKENIZER_FILE}
+        tokenizer = tokenizer_from_ranks(ranks, info)
+        documents = Documents((), tokenizer.eot_id)
     else:
-        print(f"training a {vocab_size}-token BPE on {len(corpus.train)} files", flush=True)
-        ranks = train_bpe((f.text for f in corpus.train), vocab_size)
-    info = save_tokenizer(ranks, out_dir / TOKENIZER_FILE, tokenizer_kind)
-    tokenizer = tokenizer_from_ranks(ranks, info)
+        tokenizer, info, documents = pretrained_tokenizer(Path(tokenizer_kind), out_dir)
     meta = {"format": DATA_FORMAT, "sources": [str(s) for s in sources],
-            "tokenizer": {**info, "file": TOKENIZER_FILE, "sha256": sha256_file(out_dir / TOKENIZER_FILE)},
+            "tokenizer": {**info, "n_vocab": tokenizer.n_vocab, "sha256": sha256_file(out_dir / info["file"]),
+                          "fingerprint": tokenizer.fingerprint()},
+            "documents": {"bos_ids": list(documents.bos_ids), "eos_id": documents.eos_id},
             "dtype": np.dtype(token_dtype(tokenizer.n_vocab)).name, "skipped": corpus.skipped, "splits": {}}
     for name, files in (("train", corpus.train), ("val", corpus.val)):
-        tokens = tokenize_files(files, tokenizer, name)
+        tokens = tokenize_files(files, tokenizer, name, documents)
         write_split(out_dir, name, tokens)
         meta["splits"][name] = {"files": len(files), "bytes": sum(len(f.text.encode("utf-8")) for f in files),
                                 "tokens": int(len(tokens)), "paths": [f.path for f in files]}

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from engine.tokenizer import Tokenizer, hf_tokenizer_files, load_tokenizer, read_ranks
+from engine.tokenizer import Tokenizer, hf_tokenizer_files, read_ranks
 
 from .config import DataConfig
-from .data import DataError, load_split, read_meta
+from .data import DataError, Documents, documents_of, load_data_tokenizer, load_split, read_meta
 from .fim import apply_fim
 
 
@@ -19,11 +19,12 @@ class TokenWindows(Dataset):
     """Non-overlapping windows of block_size + 1 tokens (inputs and shifted targets)."""
 
     def __init__(self, tokens: np.ndarray, block_size: int, tokenizer: Tokenizer | None = None,
-                 fim_rate: float = 0.0, spm_rate: float = 0.5):
+                 fim_rate: float = 0.0, spm_rate: float = 0.5, documents: Documents | None = None):
         if len(tokens) < block_size + 1:
             raise DataError(f"split has {len(tokens)} tokens, fewer than one window of {block_size + 1}")
         self.tokens, self.block_size, self.tokenizer = tokens, block_size, tokenizer
         self.fim_rate, self.spm_rate = fim_rate, spm_rate
+        self.documents = documents or (Documents((), tokenizer.eot_id) if tokenizer else None)
 
     def __len__(self) -> int:
         return (len(self.tokens) - 1) // self.block_size
@@ -34,31 +35,39 @@ class TokenWindows(Dataset):
         window = np.asarray(self.tokens[start:start + n], dtype=np.int64)
         if self.fim_rate > 0:
             rng = np.random.default_rng(int(torch.randint(0, 2**31, ()).item()))
-            ids = apply_fim(window, self.tokenizer, rng, self.fim_rate, self.spm_rate)
+            ids = apply_fim(window, self.tokenizer, rng, self.fim_rate, self.spm_rate, self.documents)
             if len(ids) < n:  # top up with the tokens that follow the window
                 more = np.asarray(self.tokens[start + n:start + n + (n - len(ids))], dtype=np.int64)
                 ids.extend(more.tolist())
-                ids.extend([self.tokenizer.eot_id] * (n - len(ids)))
+                ids.extend([self.documents.eos_id] * (n - len(ids)))
             window = np.asarray(ids[:n], dtype=np.int64)
         return torch.from_numpy(window)
 
 
 class CodeDataModule(L.LightningDataModule):
+    """`block_size`: the tokens of one training window (at most the model's context)."""
+
     def __init__(self, data_dir: str | Path, block_size: int, config: DataConfig):
         super().__init__()
         self.data_dir, self.block_size, self.config = Path(data_dir), block_size, config
         self.meta = read_meta(self.data_dir)
-        self.tokenizer = data_tokenizer(self.data_dir, self.meta)
+        self.tokenizer = load_data_tokenizer(self.data_dir, self.meta)
+        self.documents = documents_of(self.meta)
+        self.fim_rate = config.fim_rate if self.tokenizer.fim else 0.0
+        if config.fim_rate and not self.tokenizer.fim:
+            print(f"{self.data_dir}: the tokenizer has no fill-in-the-middle tokens; training without FIM", flush=True)
 
     def tokenizer_files(self, context: int) -> dict[str, str]:
         """The tokenizer files of an exported model directory (Hugging Face's format)."""
         info = self.meta["tokenizer"]
+        if info["kind"] == "hugging-face":
+            return {name: (self.data_dir / name).read_text(encoding="utf-8") for name in info["files"]}
         return hf_tokenizer_files(read_ranks(self.data_dir / info["file"]), info["pat_str"], context)
 
     def setup(self, stage: str | None = None) -> None:
         c = self.config
         self.train_set = TokenWindows(load_split(self.data_dir, "train"), self.block_size, self.tokenizer,
-                                      c.fim_rate, c.spm_rate)
+                                      self.fim_rate, c.spm_rate, self.documents)
         self.val_set = TokenWindows(load_split(self.data_dir, "val"), self.block_size)
 
     def train_dataloader(self) -> DataLoader:
@@ -73,7 +82,3 @@ class CodeDataModule(L.LightningDataModule):
         s = self.meta["splits"][split]
         return s["tokens"] / max(1, s["bytes"])
 
-
-def data_tokenizer(data_dir: Path, meta: dict) -> Tokenizer:
-    info = meta["tokenizer"]
-    return load_tokenizer(data_dir / info["file"], pat_str=info["pat_str"], name=info["name"])

@@ -12,14 +12,17 @@ from tqdm import tqdm
 from engine.model import Transformer
 from engine.model_dir import load_model_dir
 
-from .data import CollectOptions, DataError, collect, load_split, read_meta, tokenize_files
-from .datamodule import data_tokenizer
+from .config import window_length
+from .data import (CollectOptions, DataError, collect, load_data_tokenizer, load_split, model_documents, read_meta,
+                   tokenize_files)
 
 
 @torch.no_grad()
-def mean_loss(model: Transformer, tokens: np.ndarray, batch_size: int = 8, max_windows: int | None = None) -> float:
-    """Mean next-token cross-entropy (nats) over non-overlapping windows of block_size tokens."""
-    block = model.config.block_size
+def mean_loss(model: Transformer, tokens: np.ndarray, batch_size: int = 8, max_windows: int | None = None,
+              seq_len: int = 0) -> float:
+    """Mean next-token cross-entropy (nats) over non-overlapping windows of `seq_len` tokens
+    (0: the model's context, at most MAX_SEQ_LEN)."""
+    block = window_length(seq_len, model.config.block_size)
     n_windows = (len(tokens) - 1) // block
     if n_windows == 0:
         raise DataError(f"only {len(tokens)} tokens: fewer than one window of {block + 1}")
@@ -38,21 +41,21 @@ def mean_loss(model: Transformer, tokens: np.ndarray, batch_size: int = 8, max_w
 
 
 def evaluate(model_dir: Path, data_dir: Path | None = None, src: list[Path] | None = None,
-             max_windows: int | None = None) -> dict:
+             max_windows: int | None = None, seq_len: int = 0) -> dict:
     torch.set_flush_denormal(True)
-    model, tokenizer, _ = load_model_dir(model_dir)
+    model, tokenizer, found = load_model_dir(model_dir)
     if data_dir is not None:
         meta = read_meta(data_dir)
-        if data_tokenizer(data_dir, meta).fingerprint() != tokenizer.fingerprint():
+        if load_data_tokenizer(data_dir, meta).fingerprint() != tokenizer.fingerprint():
             raise DataError(f"{data_dir} was tokenized with another tokenizer than {model_dir}; use --src instead")
         tokens = load_split(data_dir, "val", tokenizer.n_vocab)
         n_bytes, source = meta["splits"]["val"]["bytes"], f"{data_dir} (val split)"
         n_tokens = meta["splits"]["val"]["tokens"]
     else:
         corpus = collect(src, CollectOptions(val_fraction=0.0, skip_tests=False))
-        tokens = tokenize_files(corpus.train, tokenizer, "eval")
+        tokens = tokenize_files(corpus.train, tokenizer, "eval", model_documents(found, tokenizer))
         n_bytes, n_tokens = sum(len(f.text.encode("utf-8")) for f in corpus.train), len(tokens)
         source = ", ".join(map(str, src))
-    loss = mean_loss(model, tokens, max_windows=max_windows)
+    loss = mean_loss(model, tokens, max_windows=max_windows, seq_len=seq_len)
     return {"model": str(model_dir), "data": source, "tokens": int(n_tokens), "bytes": int(n_bytes),
             "val_loss": round(loss, 4), "bits_per_byte": round(loss / math.log(2) * n_tokens / n_bytes, 4)}

@@ -1,4 +1,4 @@
-"""The LightningModule: the GPT from `engine`, next-token loss, AdamW with warmup + cosine."""
+"""The LightningModule: the Transformer from `engine`, next-token loss, AdamW with warmup + cosine."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from engine.model import ModelConfig, Transformer
+from engine.model import Transformer
 
 from .config import OptimConfig
 
@@ -24,12 +24,14 @@ def lr_factor(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float,
 
 
 class CodeLM(L.LightningModule):
-    def __init__(self, model_config: ModelConfig, optim: OptimConfig, max_steps: int, tokens_per_byte: float,
+    """`model`: a fresh Transformer, or a pretrained one to fine-tune."""
+
+    def __init__(self, model: Transformer, optim: OptimConfig, max_steps: int, tokens_per_byte: float,
                  max_seconds: float | None = None):
         super().__init__()
-        self.save_hyperparameters({"model": model_config.to_dict(), "optim": vars(optim),
+        self.save_hyperparameters({"model": model.config.to_dict(), "optim": vars(optim),
                                    "max_steps": max_steps, "tokens_per_byte": tokens_per_byte})
-        self.model = Transformer(model_config)
+        self.model = model
         self.optim, self.max_steps, self.tokens_per_byte = optim, max_steps, tokens_per_byte
         self.max_seconds, self.fit_started = max_seconds, None
 
@@ -60,8 +62,10 @@ class CodeLM(L.LightningModule):
         self.log("val_bpb", loss / math.log(2) * self.tokens_per_byte, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        # Biases and norms get no weight decay. Told by name: under FSDP every parameter is a flat shard.
+        named = list(self.model.named_parameters())
+        no_decay = [p for n, p in named if n.endswith(".bias") or "norm." in n]
+        decay = [p for n, p in named if not (n.endswith(".bias") or "norm." in n)]
         o = self.optim
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}],

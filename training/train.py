@@ -1,8 +1,9 @@
 """`code-assistant train`: run the Lightning trainer and export a model directory.
 
-The model directory (`--out`) holds the weights of the best validation loss seen, re-exported
-whenever validation improves and once more at the end; `--out/run/` holds Lightning's checkpoints
-(for `--resume`), the CSV logs and loss_curve.png.
+The model is trained from scratch (the `model:` section) or fine-tuned from a pretrained model
+directory (`--init DIR`, training/pretrained.py). The model directory (`--out`) holds the weights
+of the best validation loss seen, re-exported whenever validation improves and once more at the
+end; `--out/run/` holds Lightning's checkpoints (for `--resume`), the CSV logs and loss_curve.png.
 """
 from __future__ import annotations
 
@@ -19,11 +20,14 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.fabric.loggers.logger import rank_zero_experiment
 
-from engine.model_dir import CONFIG_FILE, save_model_dir
+from engine.model import Block, Transformer
+from engine.model_dir import CONFIG_FILE, build_model, save_model_dir
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig, window_length
+from .data import DataError
 from .datamodule import CodeDataModule
 from .lit_module import CodeLM
+from .pretrained import ExportFormat, load_pretrained
 
 
 class CheckpointError(ValueError):
@@ -78,14 +82,16 @@ class ContinuedCSVLogger(CSVLogger):
 
 
 class ExportBest(Callback):
-    """Write the model directory when val_loss improves (rank 0 only).
+    """Write the model directory when val_loss improves. Every rank calls `export` (under FSDP
+    gathering the weights takes them all); rank 0 writes.
 
     Its state rides in every checkpoint: the best validation loss (so a resumed run never
     replaces a better export) and the training seconds of earlier runs (for true throughput).
     """
 
-    def __init__(self, out_dir: Path, datamodule: CodeDataModule, config: TrainConfig, best: float = float("inf")):
-        self.out_dir, self.dm, self.config = out_dir, datamodule, config
+    def __init__(self, out_dir: Path, datamodule: CodeDataModule, config: TrainConfig, export_format: ExportFormat,
+                 init: Path | None = None, best: float = float("inf")):
+        self.out_dir, self.dm, self.config, self.format, self.init = out_dir, datamodule, config, export_format, init
         self.best = best
         self.runs_seconds: list[float] = []   # earlier runs, each up to its last checkpoint
         self.started = time.time()
@@ -105,18 +111,20 @@ class ExportBest(Callback):
         self.runs_seconds = [float(s) for s in state.get("runs_seconds", [])]
 
     def export(self, trainer: L.Trainer, module: CodeLM, reason: str) -> None:
+        state = trainer.strategy.lightning_module_state_dict()
         if not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        training = {"config": self.config.to_dict(), "global_step": trainer.global_step,
+        training = {"config": self.config.to_dict(), "init": str(self.init) if self.init else None,
+                    "global_step": trainer.global_step,
                     "val_loss": metrics.get("val_loss"), "val_bpb": metrics.get("val_bpb"),
-                    "tokens_seen": trainer.global_step * self.dm.config.batch_size * module.model.config.block_size
+                    "tokens_seen": trainer.global_step * self.dm.config.batch_size * self.dm.block_size
                     * trainer.world_size * trainer.accumulate_grad_batches,
                     "wall_seconds": round(self.seconds(), 1), "exported_because": reason,
                     "data": {k: self.dm.meta["splits"][k]["tokens"] for k in ("train", "val")}}
-        tokenizer = self.dm.tokenizer
-        save_model_dir(self.out_dir, module.model, self.dm.tokenizer_files(module.model.config.block_size),
-                       tokenizer.bos_ids[0] if tokenizer.bos_ids else tokenizer.eot_id, tokenizer.eot_id, training)
+        f = self.format
+        save_model_dir(self.out_dir, unwrapped_model(module.model.config, state), f.tokenizer_files, f.bos_id,
+                       f.eos_id, training, f.base_config)
 
     def on_validation_end(self, trainer, module):
         if trainer.sanity_checking:
@@ -129,12 +137,20 @@ class ExportBest(Callback):
             self.export(trainer, module, "best_val_loss")
 
 
+def unwrapped_model(config, state: dict) -> Transformer:
+    """The plain Transformer of a LightningModule's state dict, whatever wrapped it for training
+    (torch.compile's `_orig_mod.`; FSDP and activation checkpointing strip their own prefixes)."""
+    weights = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith("model.")}
+    return build_model(config, weights)
+
+
 def exported_val_loss(out_dir: Path) -> float:
     """The validation loss recorded with the model directory's weights (inf when there is none)."""
     try:
-        value = json.loads((out_dir / CONFIG_FILE).read_text())["code_assistant"]["training"]["val_loss"]
+        raw = json.loads((out_dir / CONFIG_FILE).read_text())
+        value = (raw.get("code_assistant") or raw)["training"]["val_loss"]  # ours inside a Hugging Face config
         return float(value) if value is not None else float("inf")
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return float("inf")
 
 
@@ -169,6 +185,17 @@ def resolve_trainer_args(config: TrainConfig) -> dict:
     devices = t.devices
     n = devices if isinstance(devices, int) else (torch.cuda.device_count() if cuda else 1)
     strategy = t.strategy if t.strategy != "auto" else ("ddp" if n > 1 else "auto")
+    if strategy == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if not cuda:
+            raise ConfigError("trainer.strategy fsdp needs CUDA GPUs (Lightning runs FSDP on GPUs only); "
+                              "on the CPU use ddp (--devices N)")
+
+        # One transformer block a unit: only one block's full weights exist at a time on each
+        # device. "full" state dicts, so the export and last.ckpt are whole models.
+        strategy = FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full",
+                                activation_checkpointing_policy={Block} if t.activation_checkpointing else None)
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if cuda else "32-true")
     if not cuda:
         # Flush denormals: without it a small GPT trained ~8x slower on this CPU.
@@ -177,13 +204,35 @@ def resolve_trainer_args(config: TrainConfig) -> dict:
     return dict(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision)
 
 
-def train(config: TrainConfig, data_dir: Path, out_dir: Path, resume: bool = False) -> dict:
+def prepare_model(config: TrainConfig, data_dir: Path, init: Path | None
+                  ) -> tuple[TrainConfig, CodeDataModule, Transformer, ExportFormat]:
+    """The data, the model to train (fresh, or from `init`) and what its export carries; the
+    config's model section becomes the model's own."""
+    pretrained = load_pretrained(init) if init is not None else None
+    block_size = pretrained.model.config.block_size if pretrained else config.model.block_size
+    dm = CodeDataModule(data_dir, window_length(config.data.seq_len, block_size, pretrained is not None), config.data)
+    if pretrained:
+        if dm.tokenizer.fingerprint() != pretrained.tokenizer.fingerprint():
+            raise DataError(f"{data_dir} was tokenized with another tokenizer than {init}; "
+                            f"run `code-assistant data --tokenizer {init}` first")
+        model, export_format = pretrained.model, pretrained.export
+    else:
+        model = Transformer(dataclasses.replace(config.model, vocab_size=dm.tokenizer.n_vocab))
+        t = dm.tokenizer
+        export_format = ExportFormat(dm.tokenizer_files(block_size), t.bos_ids[0] if t.bos_ids else t.eot_id,
+                                     dm.documents.eos_id)
+    return dataclasses.replace(config, model=model.config), dm, model, export_format
+
+
+def train(config: TrainConfig, data_dir: Path, out_dir: Path, resume: bool = False, init: Path | None = None) -> dict:
     L.seed_everything(config.seed_everything, workers=True, verbose=False)
-    dm = CodeDataModule(data_dir, config.model.block_size, config.data)
-    n_vocab = dm.tokenizer.n_vocab
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=n_vocab))
+    config, dm, model, export_format = prepare_model(config, data_dir, init)
     max_seconds = config.trainer.max_time_minutes * 60 if config.trainer.max_time_minutes else None
-    module = CodeLM(config.model, config.optim, config.trainer.max_steps, dm.tokens_per_byte("val"), max_seconds)
+    module = CodeLM(model, config.optim, config.trainer.max_steps, dm.tokens_per_byte("val"), max_seconds)
+    if config.trainer.activation_checkpointing and config.trainer.strategy != "fsdp":  # FSDP applies its own
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+        apply_activation_checkpointing(module.model, check_fn=lambda m: isinstance(m, Block))
     if config.trainer.compile:
         module.model = torch.compile(module.model)
     run_dir = out_dir / "run"
@@ -192,7 +241,8 @@ def train(config: TrainConfig, data_dir: Path, out_dir: Path, resume: bool = Fal
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     resume_step = read_checkpoint(ckpt, config)["global_step"] if resume and ckpt.exists() else None
     # Resuming: the export beside may be better than the checkpoint knows (exported after it was written).
-    export = ExportBest(out_dir, dm, config, exported_val_loss(out_dir) if resume_step is not None else float("inf"))
+    export = ExportBest(out_dir, dm, config, export_format, init,
+                        exported_val_loss(out_dir) if resume_step is not None else float("inf"))
     t = config.trainer
     trainer = L.Trainer(
         **resolve_trainer_args(config),
@@ -214,20 +264,21 @@ def train(config: TrainConfig, data_dir: Path, out_dir: Path, resume: bool = Fal
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if resume_step is not None else None, weights_only=True)
     wall = export.seconds()
     trainer.validate(module, datamodule=dm, verbose=False)  # collective: every rank takes part
+    if export.best == float("inf") or float(trainer.callback_metrics["val_loss"]) <= export.best:
+        export.export(trainer, module, "final")  # collective too: every rank decides alike (val_loss is synced)
     if not trainer.is_global_zero:
         return {}
-    if export.best == float("inf") or float(trainer.callback_metrics["val_loss"]) <= export.best:
-        export.export(trainer, module, "final")
     metrics_csv = run_dir / "logs" / "metrics.csv"
     if metrics_csv.exists():
         plot_loss_curve(metrics_csv, run_dir / "loss_curve.png")
     summary = {"model_dir": str(out_dir), "steps": trainer.global_step, "wall_seconds": round(wall, 1),
                "val_loss": float(trainer.callback_metrics["val_loss"]),
                "val_bpb": float(trainer.callback_metrics["val_bpb"]), "best_val_loss": export.best,
-               "tokens_per_second": round(trainer.global_step * config.data.batch_size * config.model.block_size
+               "tokens_per_second": round(trainer.global_step * config.data.batch_size * dm.block_size
                                           * trainer.world_size * t.accumulate_grad_batches / max(wall, 1e-9), 1),
                "params": module.model.num_params(), "world_size": trainer.world_size,
                "runs": len(export.runs_seconds) + 1,
-               "runs_seconds": [round(x, 1) for x in export.runs_seconds + [wall - sum(export.runs_seconds)]]}
+               "runs_seconds": [round(x, 1) for x in export.runs_seconds + [wall - sum(export.runs_seconds)]],
+               "precision": trainer.precision}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

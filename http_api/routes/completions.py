@@ -49,9 +49,6 @@ def _check_supported(body: CompletionRequest) -> str:
         raise APIError(400, "echo is not supported", param="echo", code="unsupported_value")
     if body.logprobs is not None:
         raise APIError(400, "logprobs are not supported", param="logprobs", code="unsupported_value")
-    if body.presence_penalty or body.frequency_penalty:
-        raise APIError(400, "presence and frequency penalties are not supported", param="presence_penalty",
-                       code="unsupported_value")
     if body.logit_bias:
         raise APIError(400, "logit_bias is not supported", param="logit_bias", code="unsupported_value")
     if isinstance(body.prompt, list):
@@ -69,7 +66,8 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
     prompt = _check_supported(body)
     job = make_job(state.settings, prompt, body.suffix, max_tokens=body.max_tokens, temperature=body.temperature,
                    top_p=body.top_p, stop=body.stop, seed=body.seed, cache_weight=body.cache_weight,
-                   extra_context=body.extra_context)
+                   extra_context=body.extra_context, frequency_penalty=body.frequency_penalty,
+                   presence_penalty=body.presence_penalty)
     id, created = completion_id(), int(time.time())
     note_completion(request, state, id, prompt, body.suffix, body.stream)
     if not body.stream:

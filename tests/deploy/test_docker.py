@@ -1,10 +1,22 @@
-"""The Dockerfiles, checked without Docker: hadolint, and what the image needs from the repo."""
+"""The Dockerfiles: hadolint and what the image needs from the repo, checked without Docker; then the
+CPU image built and run by a real dockerd (skipped, with the reason, where none can run)."""
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
+import os
 import re
+import shutil
+import socket
 import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
 
+import httpx
 import pytest
 
 from deploy_harness import DEPLOY, REPO, require_tool
@@ -52,7 +64,8 @@ def test_image_copies_every_package_and_the_context_sends_them(dockerfile):
     for op, arg in instructions(dockerfile):
         words = [w for w in arg.split() if not w.startswith("--")]
         if op == "COPY" and "--from=" not in arg:
-            copied |= {source.rstrip("/") for source in words[:-1] if "${" not in source}
+            # ${ARG}s and globs (optional sources such as wheel[s]) are not paths of the repo.
+            copied |= {source.rstrip("/") for source in words[:-1] if "${" not in source and "[" not in source}
     # tomllib is 3.11+; the project supports 3.10, and this one line is all the test needs.
     include = re.search(r"^include\s*=\s*\[(.*?)\]", (REPO / "pyproject.toml").read_text(), re.M)
     packages = re.findall(r'"([^"]+)"', include.group(1))
@@ -77,3 +90,176 @@ def test_cuda_image_installs_the_cuda_torch_build_and_serves_on_the_gpu():
     assert any(op == "ENV" and "CODE_ASSISTANT_DEVICE=cuda" in arg for op, arg in final_stage(DOCKERFILES[1]))
     cpu_build = " ".join(arg for op, arg in instructions(DOCKERFILES[0]) if op == "RUN")
     assert "download.pytorch.org/whl/cpu" in cpu_build
+
+
+# ---- the CPU image, built and run for real ------------------------------------------------------
+# No registry is reachable here: the base image is made with debootstrap + docker import
+# (deploy/docker/make-base-image.sh) and every wheel comes from this machine's pip (torch's CPU
+# wheel from its local files), so the build runs with --network none. What takes long is cached
+# under CACHE: the base's tarball, the wheels, and our own dockerd's data root (image layers).
+CACHE = Path(os.environ.get("CODE_ASSISTANT_DOCKER_CACHE", Path.home() / ".cache" / "code-assistant-docker"))
+BASE_IMAGE = "code-assistant-base:bookworm"
+IMAGE = "code-assistant:test"
+OWN_DAEMON = "CODE_ASSISTANT_TEST_DOCKERD"  # set in docker_env when the daemon is the test's own
+CONTEXT_PATHS = ["pyproject.toml", "README.md", "code_assistant_cli.py", ".dockerignore", "engine", "training",
+                 "http_api", "lsp_server", "benchmarks", "models/default"]
+
+
+def docker_cmd(env: dict, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args[:3])} exited {proc.returncode}:\n{proc.stdout[-3000:]}"
+                             f"\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def docker_env():
+    """The environment for `docker` commands: the machine's daemon if one answers, else a dockerd of
+    our own (no bridge, no iptables: containers use the host's network or none), stopped afterwards."""
+    require_tool("docker", "Debian package docker.io: scripts/install-system-deps.sh")
+    env = dict(os.environ)
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0:
+        yield env
+        return
+    dockerd = require_tool("dockerd", "Debian package docker.io: scripts/install-system-deps.sh")
+    if os.geteuid() != 0:
+        pytest.skip("dockerd needs root here and no Docker daemon answers")
+    runtime = Path(tempfile.mkdtemp(prefix="code-assistant-docker-"))  # sockets: short paths
+    CACHE.mkdir(parents=True, exist_ok=True)
+    env["DOCKER_HOST"], env[OWN_DAEMON] = f"unix://{runtime}/docker.sock", "1"
+    log = open(CACHE / "dockerd.log", "wb")
+    daemon = subprocess.Popen([dockerd, "--host", env["DOCKER_HOST"], "--data-root", str(CACHE / "data-root"),
+                               "--exec-root", str(runtime / "exec"), "--pidfile", str(CACHE / "dockerd.pid"),
+                               "--bridge", "none", "--iptables=false", "--ip6tables=false"],
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(["docker", "info"], capture_output=True, timeout=30, env=env).returncode != 0:
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                last = (CACHE / "dockerd.log").read_text(errors="replace").strip().splitlines()[-1:]
+                pytest.skip(f"dockerd cannot run here: {last[0] if last else 'no output'}")
+            time.sleep(0.5)
+        yield env
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        log.close()
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def project_requirements() -> list[str]:
+    text = (REPO / "pyproject.toml").read_text()
+    block = re.search(r"^dependencies\s*=\s*\[(.*?)\]", text, re.M | re.S).group(1)
+    return re.findall(r'^\s*"([^"]+)"', block, re.M) + ["setuptools>=68", "wheel"]
+
+
+def wheels_dir() -> Path:
+    """Every wheel the image installs, downloaded once per set of requirements."""
+    requirements = project_requirements()
+    out = CACHE / ("wheels-" + hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:12])
+    if (out / ".complete").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    pip = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "-d", str(out)]
+    subprocess.run([*pip, "--no-deps", "torch==2.13.0"], capture_output=True, timeout=600, check=True)
+    if not any("+cpu" in p.name for p in out.glob("torch-*.whl")):
+        shutil.rmtree(out)
+        pytest.skip("no CPU wheel of torch 2.13.0 on this machine (pip would fetch the CUDA build)")
+    subprocess.run([*pip, *requirements], capture_output=True, timeout=900, check=True)
+    (out / ".complete").touch()
+    return out
+
+
+def build_context(wheels: Path) -> Path:
+    """What the Dockerfile copies, plus wheels/: a context of its own, so the repository stays clean."""
+    context = CACHE / "context"
+    shutil.rmtree(context, ignore_errors=True)
+    for name in CONTEXT_PATHS:
+        source, target = REPO / name, context / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, target)
+    shutil.copytree(wheels, context / "wheels", copy_function=os.link)  # hard links: no copy of 250 MB
+    return context
+
+
+@pytest.fixture(scope="module")
+def image(docker_env) -> dict:
+    """The CPU image, built from deploy/docker/Dockerfile offline; its size and build time."""
+    require_tool("debootstrap", "Debian package debootstrap: scripts/install-system-deps.sh")
+    started = time.monotonic()
+    base = subprocess.run(["bash", str(DEPLOY / "docker" / "make-base-image.sh"), BASE_IMAGE, str(CACHE)],
+                          capture_output=True, text=True, timeout=900, env=docker_env)
+    assert base.returncode == 0, base.stderr[-3000:]
+    context = build_context(wheels_dir())
+    prepared = time.monotonic()
+    docker_cmd(docker_env, "build", "-q", "-f", str(DEPLOY / "docker" / "Dockerfile"), "--network", "none",
+               "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", "PIP_NO_INDEX=1",
+               "--build-arg", "PIP_FIND_LINKS=/wheels", "-t", IMAGE, str(context), timeout=1200)
+    built = time.monotonic()
+    if docker_env.get(OWN_DAEMON):
+        # Superseded builds are dangling images, but so is the build stage whose layers are the
+        # cache: only those a week old go (a rebuild of the dependencies' layers then, ~4 min).
+        docker_cmd(docker_env, "image", "prune", "-f", "--filter", "until=168h", check=False)
+    size = int(docker_cmd(docker_env, "image", "inspect", "-f", "{{.Size}}", IMAGE).stdout)
+    return {"image_bytes": size, "prepare_seconds": round(prepared - started, 1),
+            "build_seconds": round(built - prepared, 1)}
+
+
+@pytest.mark.slow
+def test_cpu_image_serves_as_user_10001_and_drains_on_docker_stop(docker_env, image):
+    started = time.monotonic()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url, name = f"http://127.0.0.1:{port}", f"code-assistant-test-{os.getpid()}"
+    # The host's network (loopback only): no bridge, no NAT, nothing leaves the machine.
+    docker_cmd(docker_env, "run", "-d", "--network", "host", "--name", name, IMAGE,
+               "serve", "--host", "127.0.0.1", "--port", str(port))
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, docker_cmd(docker_env, "logs", name, check=False).stderr[-3000:]
+            time.sleep(0.3)
+        assert docker_cmd(docker_env, "exec", name, "id", "-u").stdout.strip() == "10001"
+        assert docker_cmd(docker_env, "inspect", "-f", "{{.Config.User}}", name).stdout.strip() == "10001"
+        r = httpx.post(url + "/v1/completions", json={"prompt": "def add(a, b):\n", "max_tokens": 12,
+                                                      "temperature": 0}, timeout=60)
+        assert r.status_code == 200 and r.json()["choices"][0]["text"], r.text
+
+        result = {}
+
+        def long_request() -> None:
+            answer = httpx.post(url + "/complete", json={"code": "def ", "max_tokens": 240, "temperature": 0},
+                                timeout=60)
+            result.update(status=answer.status_code, body=answer.json(), at=time.monotonic())
+
+        worker = threading.Thread(target=long_request)
+        worker.start()
+        deadline = time.monotonic() + 20
+        while "engine_running_batch_size 1.0" not in httpx.get(url + "/metrics", timeout=5).text:
+            assert time.monotonic() < deadline and worker.is_alive(), result
+            time.sleep(0.02)
+        stopped_at = time.monotonic()
+        docker_cmd(docker_env, "stop", "-t", "30", name, timeout=60)
+        worker.join(60)
+        assert result["status"] == 200 and result["body"]["tokens"] > 0, result
+        assert result["at"] > stopped_at  # answered after SIGTERM: drained, not cut off
+        assert docker_cmd(docker_env, "inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip() == "0"
+    finally:
+        docker_cmd(docker_env, "rm", "-f", name, check=False)
+    report = {**image, "run_seconds": round(time.monotonic() - started, 1)}
+    (CACHE / "last-run.json").write_text(json.dumps(report) + "\n")
+    print(f"\ncode-assistant CPU image: {json.dumps(report)}")

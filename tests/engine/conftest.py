@@ -1,7 +1,8 @@
 """Engines over the session's tiny model, shared by the tests of this package.
 
-These tests check the plain engine against oracles, so token healing and the context cache model
-(both on by default for users) are off here; tests/engine/test_cache_model.py covers those."""
+These tests check the plain engine against oracles, so token healing, the context cache model and
+the loop guard (all on by default for users) are off here; tests/engine/test_cache_model.py and
+test_repetition.py cover those."""
 from __future__ import annotations
 
 import threading
@@ -11,7 +12,7 @@ import torch
 
 from engine import Engine, EngineConfig, SamplingParams
 
-PLAIN = {"token_healing": False, "cache_weight": 0.0}
+PLAIN = {"token_healing": False, "cache_weight": 0.0, "stop_loops": False}
 
 
 @pytest.fixture(scope="session")

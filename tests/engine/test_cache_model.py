@@ -4,47 +4,63 @@ import asyncio
 import torch
 
 from engine import Engine, EngineConfig, SamplingParams
-from engine.cache_model import CacheModel, NgramCache
+from engine.cache_model import CacheModel, MixConfig
+from engine.suffix_index import SuffixIndex
 
 DEFINES = ("def very_specific_name_42(items, scale):\n    return [x * scale for x in items]\n\n\n"
            "def other():\n    pass\n\n\n")
 
 
-def test_ngram_cache_predicts_a_seen_continuation():
-    cache = NgramCache()
-    cache.add_sequence([1, 2, 3, 4, 1, 2, 3, 5, 9, 1, 2, 3])
-    order, nxt = cache.predict([7, 1, 2, 3])
-    assert order == 3 and sorted(nxt.tolist()) == [4, 5]       # "1 2 3" was followed by 4 and by 5
-    order, nxt = cache.predict([1, 2, 3, 4, 1, 2, 3, 5])
-    assert order == 8 and nxt.tolist() == [9]
-    assert cache.predict([42]) == (0, None)
-    cache.append(4)                                         # the last sequence grows
-    assert cache.predict([2, 3, 4])[1].tolist() == [1]
-    cache.add_sequence([5, 8])                              # contexts never span two sequences
-    assert sorted(cache.predict([3, 5])[1].tolist()) == [9]
+def request_with(output_ids):
+    return type("Request", (), {"output_ids": output_ids})()
 
 
 def test_cache_model_mixes_towards_the_cached_token():
-    model = CacheModel([[5, 6, 7, 5, 6, 7, 5, 6]], history=[5, 6, 7, 5, 6], weight=0.9)
-
-    class Req:
-        output_ids: list = []
-
-    mixed = model(Req(), torch.zeros(16))
-    assert int(mixed.argmax()) == 7
-    Req.output_ids = [7]          # the generated token joins the history and the cache
-    assert int(model(Req(), torch.zeros(16)).argmax()) == 5
+    model = CacheModel.from_contexts([[5, 6, 7, 5, 6, 7, 5, 6]], history=[5, 6, 7, 5, 6])
+    assert int(model(request_with([]), torch.zeros(16)).argmax()) == 7
+    assert int(model(request_with([7]), torch.zeros(16)).argmax()) == 5   # generated tokens extend the history
 
 
 def test_mixture_is_a_distribution_with_the_cache_share():
-    model = CacheModel([[1, 2, 3, 1, 2, 3, 1, 2]], history=[1, 2], weight=0.8)
+    model = CacheModel.from_contexts([[1, 2, 3, 1, 2, 3, 1, 2]], history=[1, 2])
     logits = torch.randn(10)
-    order, ids, counts = model.predict()
-    lam = model.mixture_weight(order, counts)
-    mixed = torch.softmax(model(type("R", (), {"output_ids": []})(), logits.clone()), -1)
+    length, ids, counts, trust = model.predict()
+    model.previous = [None]
+    lam = model.mixture_weight(trust)
+    mixed = torch.softmax(model(request_with([]), logits.clone()), -1)
     expected = (1 - lam) * torch.softmax(logits, -1)
     expected[3] += lam
-    assert torch.allclose(mixed, expected, atol=1e-6)
+    assert length == 2 and torch.allclose(mixed, expected, atol=1e-6)
+
+
+def test_trust_grows_with_the_length_and_the_frequency_of_a_match():
+    mix = MixConfig()
+    weights = [CacheModel([], [], mix).mixture_weight(mix.trust("prefix", n, 1)) for n in range(1, 9)]
+    assert weights == sorted(weights) and weights[0] < 0.3 and weights[-1] > 0.9
+    assert mix.trust("prefix", 2, 5) > mix.trust("prefix", 2, 1)
+    assert mix.trust("suffix", 3, 1) < mix.trust("prefix", 3, 1)
+
+
+def test_a_one_token_match_no_longer_decides_alone():
+    """The loop of issue 16: after `return`, the old fixed weight copied what followed the last `return`."""
+    model = CacheModel.from_contexts([[10, 11, 12]], history=[20, 10])   # only "10" matches: 1 token
+    logits = torch.zeros(16)
+    logits[4] = 3.0                                                     # the network is sure of 4
+    assert int(model(request_with([]), logits).argmax()) == 4
+
+
+def test_the_longer_match_decides_and_a_workspace_match_beats_a_shorter_local_one():
+    local = SuffixIndex.build([[1, 2, 3, 9]])                  # "2 3" -> 9
+    workspace = SuffixIndex.build([[7, 1, 2, 3, 5], [4, 2, 3, 5]])   # "1 2 3" -> 5, twice "2 3" -> 5
+    model = CacheModel([("prefix", local.longest_match), ("workspace", workspace.longest_match)],
+                       history=[0, 7, 1, 2, 3])
+    length, ids, counts, _ = model.predict()
+    assert length == 4 and ids.tolist() == [5]
+    assert int(model(request_with([]), torch.zeros(16)).argmax()) == 5
+    # tied lengths pool their counts
+    tied = CacheModel([("prefix", local.longest_match), ("workspace", workspace.longest_match)], history=[8, 2, 3])
+    length, ids, counts, _ = tied.predict()
+    assert length == 2 and dict(zip(ids.tolist(), counts.tolist())) == {5: 2, 9: 1}
 
 
 def test_cache_completes_a_name_defined_earlier_in_the_file(tiny_model_dir):

@@ -128,7 +128,7 @@ def test_prefix_is_copied_from_a_busy_slot(make_engine):
     busy.cancel()
 
 
-def test_cancellation_frees_the_slot(make_engine):
+def test_cancellation_frees_the_blocks(make_engine):
     engine = make_engine(max_batch=1)
     started, release = threading.Event(), threading.Event()
 
@@ -140,13 +140,13 @@ def test_cancellation_frees_the_slot(make_engine):
     chunks = []
     first = engine.submit("def f():\n", None, SamplingParams(max_tokens=100), chunks.append, hold)
     assert started.wait(10)
-    assert engine.stats["running_batch_size"] == 1 and engine.stats["kv_cache_usage_ratio"] == 1.0
+    assert engine.stats["running_batch_size"] == 1 and engine.stats["kv_cache_usage_ratio"] > 0
     first.cancel()
     release.set()
-    second = engine.complete("x = ", params=SamplingParams(max_tokens=5))  # needs the only slot
+    second = engine.complete("x = ", params=SamplingParams(max_tokens=5))  # needs the only batch row
     assert second.finish_reason in ("stop", "length")
     assert chunks[-1].finish_reason == "cancelled" and len(first.output_ids) < 100
-    assert engine.stats["running_batch_size"] == 0
+    assert engine.stats["running_batch_size"] == 0 and engine.stats["kv_cache_usage_ratio"] == 0
 
 
 async def test_abandoned_stream_is_cancelled(fp32_engine):
@@ -263,3 +263,54 @@ def test_a_failing_callback_cancels_only_its_request(fp32_engine):
     done = fp32_engine.complete("x = ", params=SamplingParams(max_tokens=5))
     assert done.finish_reason in ("stop", "length")
     assert request.cancelled.is_set() and fp32_engine.complete("y", params=SamplingParams(max_tokens=3)).tokens <= 3
+
+
+def test_a_full_pool_makes_requests_wait_and_none_fail(make_engine):
+    """A pool of 12 blocks (192 positions) for 6 requests of up to 128 positions each: they wait
+    for blocks or are preempted, and every one ends with the text it has with a roomy pool."""
+    roomy = make_engine(max_batch=8)
+    # 13 blocks of 16 positions: block 0 is the pool's padding block
+    small = make_engine(max_batch=8, kv_cache_mb=13 * 16 * roomy.stats["kv_bytes_per_token"] / 2**20)
+    assert small.stats["kv_cache_blocks"] == 12
+    params = SamplingParams(max_tokens=40)
+    prompts = [p * 3 for p in PROMPTS] + [PROMPTS[0] * 4]
+    expected = [generate_ids(roomy, p, params)[0] for p in prompts]
+    results: dict[int, tuple] = {}
+    threads = [threading.Thread(target=lambda i=i, p=p: results.__setitem__(i, generate_ids(small, p, params)))
+               for i, p in enumerate(prompts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i, (ids, chunks) in sorted(results.items()):
+        assert chunks[-1].finish_reason in ("stop", "length") and ids == expected[i], i
+    assert len(results) == len(prompts)
+    stats = small.stats
+    assert stats["kv_cache_usage_ratio"] == 0 and stats["running_batch_size"] == 0
+
+
+def test_a_32k_context_model_allocates_only_its_pool(code_bpe, tmp_path):
+    from engine import EngineConfig
+    from tests.conftest import make_model_dir
+
+    model_dir = make_model_dir(tmp_path / "long", ranks=code_bpe, block_size=32768)
+    engine = Engine.load(model_dir, quantize=None,
+                         config=EngineConfig(kv_cache_mb=4, token_healing=False, cache_weight=0.0))
+    try:
+        assert engine.cache.total_bytes() <= 4 * 2**20
+        # One sequence can still use the whole pool: a 3,000-token prompt, prefilled in chunks.
+        done = engine.complete("x = 1\n" * 1000, params=SamplingParams(max_tokens=8))
+        assert done.prompt_tokens > 2500 and done.finish_reason in ("stop", "length")
+        again = engine.complete("x = 1\n" * 1000 + "y", params=SamplingParams(max_tokens=8))
+        assert again.reused_tokens >= done.prompt_tokens - 32
+        assert engine.cache.total_bytes() <= 4 * 2**20
+    finally:
+        engine.close()
+
+
+def test_the_earliest_stop_string_cuts_whatever_its_place_in_the_list(fp32_engine):
+    t = fp32_engine.tokenizer
+    forced = t.encode("f(a, b):\n    return")
+    _, chunks = generate_ids(fp32_engine, "x", SamplingParams(max_tokens=30, stop=["\n", "):"]),
+                             logits_processor=force_tokens(forced))
+    assert "".join(c.text for c in chunks) == "f(a, b" and chunks[-1].finish_reason == "stop"

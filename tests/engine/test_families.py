@@ -16,13 +16,13 @@ transformers = pytest.importorskip("transformers", reason="transformers is the o
 
 from benchmarks.hf_models import FAMILIES, STDLIB, save_random_model  # noqa: E402
 from engine import ContextFile, Engine, EngineConfig, ModelDirError, SamplingParams  # noqa: E402
-from engine.kv_cache import KVCache  # noqa: E402
+from engine.kv_cache import BlockPool, BlockTable, KVCache  # noqa: E402
 from engine.model_dir import load_model_dir  # noqa: E402
 from engine.quantize import load_int8_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE = (STDLIB / "json" / "decoder.py").read_text()
-ORACLE = {"token_healing": False, "cache_weight": 0.0}
+ORACLE = {"token_healing": False, "cache_weight": 0.0, "stop_loops": False}
 # Random weights of this scale make attention far from uniform and logits spread over ~10 units, so
 # a mapping mistake shows; fp32 agrees to ~1e-6 (the tolerance is the issue's).
 INIT = 0.2
@@ -45,6 +45,18 @@ def ours(family_dir):
     return load_model_dir(family_dir)
 
 
+def paged_cache(model, rows: int):
+    """A KV pool and one block table per row, each with room for the model's whole context."""
+    c = model.config
+    per_row = -(-c.block_size // 16)
+    cache, pool = KVCache(c.n_layer, rows * per_row + 1, 16, c.n_kv_head, c.head_dim), BlockPool(rows * per_row + 1, 16)
+    tables = [BlockTable() for _ in range(rows)]
+    for table in tables:
+        assert pool.grow(table, c.block_size)
+    return lambda rows_, positions: cache.batch([tables[r].blocks for r in rows_], positions,
+                                                window=c.sliding_window or None)
+
+
 def code_ids(tokenizer, n: int, offset: int = 0) -> list[int]:
     return tokenizer.bos_ids + tokenizer.encode(CODE)[offset:offset + n]
 
@@ -56,14 +68,13 @@ def test_logits_equal_transformers_without_and_with_the_kv_cache(ours, oracle):
     x = torch.tensor([ids])
     expected = oracle(x).logits
     assert (model(x) - expected).abs().max() <= TOLERANCE
-    c = model.config
-    cache = KVCache(c.n_layer, 2, c.n_kv_head, c.head_dim, c.block_size)
+    cache = paged_cache(model, 2)
     prefill = 37
     positions = torch.arange(prefill)[None]
-    steps = [model(x[:, :prefill], positions, cache.view([1], positions))]
+    steps = [model(x[:, :prefill], positions, cache([1], positions))]
     for t in range(prefill, len(ids)):
         positions = torch.tensor([[t]])
-        steps.append(model(x[:, t:t + 1], positions, cache.view([1], positions)))
+        steps.append(model(x[:, t:t + 1], positions, cache([1], positions)))
     assert (torch.cat(steps, dim=1) - expected).abs().max() <= TOLERANCE
 
 
@@ -71,13 +82,12 @@ def test_logits_equal_transformers_without_and_with_the_kv_cache(ours, oracle):
 def test_batched_rows_at_different_positions_equal_transformers(ours, oracle):
     model, tokenizer, _ = ours
     a, b = code_ids(tokenizer, 40), code_ids(tokenizer, 23, offset=200)
-    c = model.config
-    cache = KVCache(c.n_layer, 2, c.n_kv_head, c.head_dim, c.block_size)
+    cache = paged_cache(model, 2)
     for slot, seq in ((0, a[:-1]), (1, b[:-1])):
         positions = torch.arange(len(seq))[None]
-        model(torch.tensor([seq]), positions, cache.view([slot], positions))
+        model(torch.tensor([seq]), positions, cache([slot], positions))
     positions = torch.tensor([[len(a) - 1], [len(b) - 1]])
-    batched = model(torch.tensor([[a[-1]], [b[-1]]]), positions, cache.view([0, 1], positions))[:, -1]
+    batched = model(torch.tensor([[a[-1]], [b[-1]]]), positions, cache([0, 1], positions))[:, -1]
     for row, seq in enumerate((a, b)):
         assert (batched[row] - oracle(torch.tensor([seq])).logits[0, -1]).abs().max() <= TOLERANCE
 

@@ -14,7 +14,7 @@ import torch
 from benchmarks.hf_models import FAMILIES, TINY, save_random_model
 from engine import Engine, EngineConfig, SamplingParams
 from engine import kernels
-from engine.fast_decode import FastDecoder, block_pool_layout, slot_cache_layout
+from engine.fast_decode import FastDecoder, block_pool_layout
 from engine.kv_cache import KVCache
 from engine.quantize import Int8Linear, load_int8_model, quantize_tensor
 
@@ -62,35 +62,40 @@ def test_a_row_gets_the_same_result_alone_or_in_a_batch(use_kernels):
 @pytest.mark.parametrize("family", ["gpt2", "qwen2", "starcoder2"])
 @pytest.mark.parametrize("kv_int8", [False, True], ids=["kv-fp32", "kv-int8"])
 def test_decode_step_equals_the_model_forward(hf_dirs, family, kv_int8):
-    """Prefill in PyTorch, then decode steps (one row, then two rows of three tokens at different
-    positions) through the kernel and through the model: the same logits, the same cache."""
+    """Prefill in PyTorch, then decode steps (one row, then two rows of three tokens, one padded)
+    through the kernel and through the model, each on its own copy of a paged pool whose blocks are
+    scattered: the same logits."""
     require_kernel()
     torch.set_grad_enabled(False)
     model, _ = load_int8_model(hf_dirs[family])
     c = model.config
     fast = FastDecoder.build(model, torch.device("cpu"))
     assert fast is not None
-    caches = [KVCache(c.n_layer, 2, c.n_kv_head, c.head_dim, c.block_size, int8=kv_int8) for _ in range(2)]
+    bt, n_blocks = 8, 24
+    caches = [KVCache(c.n_layer, n_blocks, bt, c.n_kv_head, c.head_dim, int8=kv_int8, kernel=False) for _ in range(2)]
+    order = random.Random(0).sample(range(1, n_blocks), n_blocks - 1)
+    tables = [order[:8], order[8:16]]
+    window = c.sliding_window or None
     prompt = [(7 * i) % 200 + 3 for i in range(40)]  # past StarCoder2's 24-token window
     pos = torch.arange(len(prompt)).unsqueeze(0)
-    for slot in (0, 1):
+    for table in tables:
         for cache in caches:
-            model(torch.tensor([prompt]), pos, cache.view([slot], pos), last_only=True)
+            model(torch.tensor([prompt]), pos, cache.batch([table], pos, window=window), last_only=True)
     # int8 keys: a value a rounding step apart on either side is expected, so compare loosely there
     tol = 2e-2 if kv_int8 else 1e-4
+    layout = block_pool_layout(caches[1].k, caches[1].v, caches[1].k_scale, caches[1].v_scale)
     token = 11
-    for step in range(6):
-        p = len(prompt) + step
-        ref = model(torch.tensor([[token]]), torch.tensor([[p]]), caches[0].view([1], torch.tensor([[p]])))[0, -1]
-        got = fast.forward([[token]], [[p]], slot_cache_layout(caches[1]), [[1]])[0, -1]
+    for step in range(6):  # across a block boundary (position 40)
+        p = torch.tensor([[len(prompt) + step]])
+        ref = model(torch.tensor([[token]]), p, caches[0].batch([tables[1]], p, window=window))[0, -1]
+        got = fast.forward([[token]], p.tolist(), layout, [tables[1]])[0, -1]
         assert (got - ref).abs().max() <= tol * ref.abs().max(), step
         token = int(ref.argmax())
-    idx, positions = [[1, 2, 3], [4, 5, 6]], [[50, 51, 52], [47, 48, 49]]
-    ref = model(torch.tensor(idx), torch.tensor(positions), caches[0].view([0, 1], torch.tensor(positions)))
-    got = fast.forward(idx, positions, slot_cache_layout(caches[1]), [[0], [1]])
-    assert (got - ref).abs().max() <= tol * ref.abs().max()
-    if not kv_int8:
-        assert torch.allclose(caches[0].k, caches[1].k, atol=1e-5) and torch.allclose(caches[0].v, caches[1].v, atol=1e-5)
+    idx, positions, n_real = [[1, 2, 3], [4, 5, 5]], [[50, 51, 52], [46, 47, 47]], [3, 2]
+    ref = model(torch.tensor(idx), torch.tensor(positions), caches[0].batch(tables, torch.tensor(positions), n_real, window))
+    got = fast.forward(idx, positions, layout, tables, n_real)
+    for b, n in enumerate(n_real):  # padding positions are not compared
+        assert (got[b, :n] - ref[b, :n]).abs().max() <= tol * ref[b, :n].abs().max()
 
 
 def run_requests(engine: Engine, prompts: list[str], params: SamplingParams) -> list[str]:
@@ -154,32 +159,3 @@ def test_engine_runs_in_pytorch_when_kernels_are_off(tiny_model_dir):
                          env={**os.environ, "CODE_ASSISTANT_NO_KERNELS": "1"})
     assert run.returncode == 0, run.stderr
     assert "runs in PyTorch" in run.stdout and "fast decode off" in run.stdout
-
-
-def test_a_paged_block_pool_gives_the_same_logits_as_the_slot_cache(hf_dirs):
-    """The layout a paged KV pool uses (token-major blocks, scattered block tables) reads the same
-    keys as the slot cache: the same logits, bit for bit."""
-    require_kernel()
-    torch.set_grad_enabled(False)
-    model, _ = load_int8_model(hf_dirs["qwen2"])
-    c = model.config
-    fast = FastDecoder.build(model, torch.device("cpu"))
-    slots = KVCache(c.n_layer, 1, c.n_kv_head, c.head_dim, c.block_size)
-    prompt = [(5 * i) % 300 + 2 for i in range(37)]
-    pos = torch.arange(len(prompt)).unsqueeze(0)
-    model(torch.tensor([prompt]), pos, slots.view([0], pos), last_only=True)
-    bt, n_blocks = 8, 24
-    shape = (c.n_layer, n_blocks, bt, c.n_kv_head, c.head_dim)
-    k, v = torch.zeros(shape), torch.zeros(shape)
-    table = random.Random(0).sample(range(1, n_blocks), 8)  # scattered, as a pool hands them out
-    for p in range(len(prompt)):
-        k[:, table[p // bt], p % bt] = slots.k[:, 0, :, p]
-        v[:, table[p // bt], p % bt] = slots.v[:, 0, :, p]
-    pool = block_pool_layout(k, v)
-    token = 9
-    for step in range(8):  # across a block boundary (position 40)
-        p = len(prompt) + step
-        a = fast.forward([[token]], [[p]], slot_cache_layout(slots), [[0]])[0, -1]
-        b = fast.forward([[token]], [[p]], pool, [table])[0, -1]
-        assert torch.equal(a, b), step
-        token = int(a.argmax())

@@ -1,9 +1,9 @@
-"""The transformer's KV-cache path is an exact replacement for the full forward pass, for a GPT-2
-shape and for a Llama shape with grouped-query attention, rotary positions and a sliding window."""
+"""The transformer's paged KV-cache path is an exact replacement for the full forward pass, for a
+GPT-2 shape and for a Llama shape with grouped-query attention, rotary positions and a sliding window."""
 import pytest
 import torch
 
-from engine.kv_cache import KVCache
+from engine.kv_cache import BlockPool, BlockTable, KVCache
 from engine.model import ModelConfig, Transformer
 
 SHAPES = {
@@ -24,51 +24,56 @@ def model(request):
     return model
 
 
-def kv_cache(model, slots, int8=False):
+def paged(model, int8=False, n_blocks=32, block_tokens=8, kernel=True):
     c = model.config
-    return KVCache(c.n_layer, slots, c.n_kv_head, c.head_dim, c.block_size, int8=int8)
+    cache = KVCache(c.n_layer, n_blocks, block_tokens, c.n_kv_head, c.head_dim, int8=int8, kernel=kernel)
+    cache.window = c.sliding_window or None
+    return cache, BlockPool(n_blocks, block_tokens)
 
 
-def cached_logits(model, idx, prefill, cache, slot):
-    c = model.config
-    slots = torch.tensor([slot])
+def cached_logits(model, idx, prefill, cache, pool):
+    """Prefill `prefill` tokens, then decode the rest one token a forward, through the pool."""
+    table = BlockTable()
+    assert pool.grow(table, idx.size(1))
     pos = torch.arange(prefill)[None]
-    out = [model(idx[:, :prefill], pos, cache.view(slots, pos))]
+    out = [model(idx[:, :prefill], pos, cache.batch([table.blocks], pos, window=cache.window))]
     for t in range(prefill, idx.size(1)):
         pos = torch.tensor([[t]])
-        out.append(model(idx[:, t:t + 1], pos, cache.view(slots, pos)))
+        out.append(model(idx[:, t:t + 1], pos, cache.batch([table.blocks], pos, window=cache.window)))
     return torch.cat(out, dim=1)
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("kernel", [True, False], ids=["C kernel", "PyTorch"])
 @pytest.mark.parametrize("prefill", [1, 7, 30])
-def test_cached_decoding_matches_full_forward(model, prefill):
+def test_cached_decoding_matches_full_forward(model, prefill, kernel):
     idx = torch.randint(0, 97, (1, 40))
-    cache = kv_cache(model, 3)
     full = model(idx)
-    assert torch.allclose(cached_logits(model, idx, prefill, cache, slot=1), full, atol=1e-4)
+    assert torch.allclose(cached_logits(model, idx, prefill, *paged(model, kernel=kernel)), full, atol=1e-4)
 
 
 @torch.no_grad()
 def test_int8_cache_stays_close(model):
     idx = torch.randint(0, 97, (1, 40))
     full = model(idx)
-    cached = cached_logits(model, idx, 5, kv_cache(model, 1, int8=True), slot=0)
+    cached = cached_logits(model, idx, 5, *paged(model, int8=True))
     assert (cached - full).abs().max() < 0.05 * full.abs().max()  # int8 keys/values: ~1 % of the range
     assert (cached.argmax(-1) == full.argmax(-1)).float().mean() > 0.9
 
 
 @torch.no_grad()
 def test_batched_rows_at_different_positions(model):
-    """Two sequences of different lengths decode in one batch, each from its own slot."""
+    """Two sequences of different lengths decode in one batch, each from its own blocks."""
     a, b = torch.randint(0, 97, (1, 12)), torch.randint(0, 97, (1, 5))
-    cache = kv_cache(model, 2)
-    for slot, seq in ((0, a), (1, b)):
+    cache, pool = paged(model)
+    tables = [BlockTable(), BlockTable()]
+    for table, seq in zip(tables, (a, b)):
+        assert pool.grow(table, seq.size(1) + 1)
         pos = torch.arange(seq.size(1))[None]
-        model(seq, pos, cache.view(torch.tensor([slot]), pos))
+        model(seq, pos, cache.batch([table.blocks], pos, window=cache.window))
     nxt = torch.tensor([[3], [4]])
     pos = torch.tensor([[12], [5]])
-    batched = model(nxt, pos, cache.view(torch.tensor([0, 1]), pos))[:, -1]
+    batched = model(nxt, pos, cache.batch([t.blocks for t in tables], pos, window=cache.window))[:, -1]
     full_a = model(torch.cat([a, nxt[:1]], 1))[0, -1]
     full_b = model(torch.cat([b, nxt[1:]], 1))[0, -1]
     assert torch.allclose(batched[0], full_a, atol=1e-4)

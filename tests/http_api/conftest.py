@@ -94,8 +94,9 @@ def long_model_dir(tmp_path_factory, code_bpe) -> Path:
 
 @pytest.fixture(scope="session")
 def server(long_model_dir, tmp_path_factory):
-    """The open server (no keys, no rate limit) most tests share."""
-    proc = ServerProcess(long_model_dir, tmp_path_factory.mktemp("server") / "server.log")
+    """The open server (no keys, no rate limit) most tests share. The random model's text loops, and
+    the loop guard would end it early: these tests need generations that run to max_tokens."""
+    proc = ServerProcess(long_model_dir, tmp_path_factory.mktemp("server") / "server.log", "--no-stop-loops")
     yield proc
     proc.stop()
 

@@ -69,7 +69,8 @@ def failing_server(tiny_model_dir):
     model, tokenizer, _ = load_model_dir(tiny_model_dir)
     failing = FailsLateModel(model.config)
     failing.load_state_dict(model.state_dict())
-    engine = Engine(failing, tokenizer, config=EngineConfig(token_healing=False, cache_weight=0.0))
+    engine = Engine(failing, tokenizer, config=EngineConfig(token_healing=False, cache_weight=0.0,
+                                                            stop_loops=False))  # random text loops: run it long
     server = InProcessServer(engine)
     yield server
     server.stop()

@@ -126,3 +126,27 @@ def test_product_name_is_an_alias_for_the_served_model(server):
                                                 "model": "code-assistant"}).raise_for_status()
     after = server.metric("completion_events_total", event="accepted", language="go", model=served_model(server))
     assert after == before + 1
+
+
+def test_frequency_and_presence_penalties_reach_the_engine(client, server):
+    model = served_model(server)
+    prompt = "x = [1, 1, 1, 1, 1, 1, 1, 1, "
+    plain = client.completions.create(model=model, prompt=prompt, max_tokens=16, temperature=0)
+    penalised = client.completions.create(model=model, prompt=prompt, max_tokens=16, temperature=0,
+                                          frequency_penalty=2.0, presence_penalty=2.0)
+    assert penalised.choices[0].finish_reason in ("stop", "length")
+    assert isinstance(plain.choices[0].text, str) and isinstance(penalised.choices[0].text, str)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=model, prompt=prompt, max_tokens=4, frequency_penalty=3.0)
+    assert "frequency_penalty" in e.value.body["message"]
+
+
+def test_models_report_the_context_length_and_usage_counts_the_prompt_the_engine_ran(server):
+    model = httpx.get(server.url + "/v1/models").json()["data"][0]
+    assert model["context_length"] == 1024  # long_model_dir's block_size
+    # A prompt far longer than the context: usage reports the tokens the engine kept, not the text's.
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "x = 1\n" * 3000, "max_tokens": 8,
+                                                         "temperature": 0}, timeout=60).json()
+    assert 0 < r["usage"]["prompt_tokens"] <= 1024 - 8
+    short = httpx.post(server.url + "/v1/completions", json={"prompt": "def f(", "max_tokens": 2}, timeout=30).json()
+    assert 0 < short["usage"]["prompt_tokens"] < 10

@@ -22,7 +22,7 @@ CONTRACT_METRICS = [
 
 
 def test_sigterm_finishes_in_flight_request_and_exits_zero(long_model_dir, start_server):
-    proc = start_server(long_model_dir, "--drain-timeout", "20")
+    proc = start_server(long_model_dir, "--drain-timeout", "20", "--no-stop-loops")  # runs to max_tokens
     result = {}
 
     def slow_request() -> None:

@@ -32,9 +32,16 @@ def test_should_complete_only_at_the_end_of_the_code_on_automatic_triggers():
     assert not should_complete(split_at("x = ", 0, 4), Settings(enable=False), invoked=True)
 
 
-def test_multiline_for_the_setting_or_an_explicit_request():
-    assert not wants_multiline(Settings(), invoked=False)
-    assert wants_multiline(Settings(), invoked=True) and wants_multiline(Settings(multiline=True), invoked=False)
+def test_multiline_for_the_setting_or_an_explicit_request_where_the_block_is_empty():
+    opener = split_at("def f(x):\n    \n\ndef g():\n    pass\n", 1, 4)      # the empty body of f
+    assert not wants_multiline(Settings(), False, opener)
+    assert wants_multiline(Settings(), True, opener) and wants_multiline(Settings(multiline=True), False, opener)
+    assert wants_multiline(Settings(), True, split_at("if ready {\n}\n", 0, 10))     # after a brace opener
+    # anywhere else one line, whatever was asked: a block written into existing code repeats it
+    body = "def total(xs):\n    t = 0\n    \n    return t\n"
+    assert not wants_multiline(Settings(multiline=True), True, split_at(body, 2, 4))
+    assert not wants_multiline(Settings(multiline=True), True, split_at("def f(x):\n    return x\n", 0, 9))
+    assert not wants_multiline(Settings(multiline=True), True, split_at("x = 1\n", 0, 5))
     assert generation_done(False, "x = ")("abc\n") and not generation_done(False, "x = ")("abc")
     assert generation_done(True, "    ")("a\n    b\nc") and not generation_done(True, "    ")("a\n    b")
 

@@ -1,6 +1,7 @@
 """Post-processing on real Python snippets: what the editor would show for a raw model output."""
-from lsp_server.postprocess import (Edit, block_end, cut_at_block_end, cut_repeated_lines, fit_line_suffix,
-                                    postprocess, repeats_what_follows, trim_trailing_whitespace)
+from lsp_server.postprocess import (Edit, block_end, cut_at_block_end, cut_at_unmatched_closer, cut_repeated_lines,
+                                    duplicates_next_line, fit_line_suffix, postprocess, repeats_what_follows,
+                                    trim_trailing_whitespace, unclosed_brackets)
 
 
 def test_automatic_trigger_stops_at_the_end_of_the_line():
@@ -72,3 +73,27 @@ def test_control_characters_end_the_completion():
     assert postprocess("items)\x04\x04\x04", "    f(", "", "", multiline=False) == Edit("items)")
     assert postprocess("\x00abc", "x = ", "", "", multiline=False) is None
     assert postprocess("a\tb\r\n    c", "if x:", "", "", multiline=True) == Edit("a\tb\n    c")
+
+
+def test_a_closing_bracket_that_closes_nothing_ends_the_completion():
+    assert postprocess("a, b))\nmore", "x = f(", "", "", multiline=False) == Edit("a, b)")
+    assert postprocess("items])", "    ", "", "", multiline=False) == Edit("items")
+    # brackets opened lines before still count, strings and comments do not
+    prefix = "call(\n    first,  # (\n    ')',\n    "
+    assert postprocess("last)", "    ", "", "", multiline=False, prefix=prefix) == Edit("last)")
+    assert unclosed_brackets(prefix) == "("
+    assert unclosed_brackets('x = "inside (') is None
+    assert cut_at_unmatched_closer("g(1)) + 2", "(") == "g(1)) + 2"
+    assert cut_at_unmatched_closer("g(1)) + 2", "") == "g(1)"
+
+
+def test_never_offers_a_copy_of_the_line_below():
+    # the VS Code case: typing `fo` on the line above `for line in lines:`
+    assert postprocess("r line in lines:", "    fo", "", "    for line in lines:\n        pass\n", False) is None
+    assert duplicates_next_line("r line in lines:", "    fo", "", "\n    for line in lines:\n")
+    assert postprocess("r item in items:", "    fo", "", "    for line in lines:\n", False) == Edit("r item in items:")
+
+
+def test_a_completion_that_restarts_the_statement_keeps_only_what_is_new():
+    assert postprocess('return f"{name}"', "    with open(path) as f: return ", "", "", False) == Edit('f"{name}"')
+    assert postprocess("returned + 1", "    return ", "", "", False) == Edit("returned + 1")

@@ -53,7 +53,7 @@ def test_missing_or_empty_source_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         collect([tmp_path / "nope"], CollectOptions())
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no usable Python files"):
+    with pytest.raises(DataError, match="no usable .py files"):
         collect([tmp_path / "empty"], CollectOptions())
 
 
@@ -116,3 +116,27 @@ def test_config_overrides_and_unknown_keys(tmp_path):
         load_config(None, {"modle": {"x": 1}})
     with pytest.raises(ConfigError, match="divisible"):
         load_config(None, {"model": {"n_embd": 30, "n_head": 4}})
+
+
+def test_format_1_data_dirs_keep_loading(source_tree, tmp_path):
+    """Data directories written before format 2 (no tokenizer kind, no document framing) still train."""
+    from training.config import DataConfig
+    from training.data import read_meta
+    from training.datamodule import CodeDataModule
+
+    out = tmp_path / "data"
+    meta = build_dataset([source_tree], out, 300, CollectOptions(val_fraction=0.2))
+    assert meta["format"] == "code-assistant-data/2" and meta["tokenizer"]["kind"] == "tiktoken"
+    old = {**meta, "format": "code-assistant-data/1",
+           "tokenizer": {k: v for k, v in meta["tokenizer"].items() if k not in ("kind", "n_vocab", "fingerprint")}}
+    del old["documents"]
+    (out / "meta.json").write_text(json.dumps(old))
+    assert read_meta(out)["documents"] == meta["documents"] == {"bos_ids": [], "eos_id": 296}
+    dm = CodeDataModule(out, 32, DataConfig(batch_size=2, fim_rate=1.0))
+    dm.setup()
+    assert dm.tokenizer.fingerprint() == meta["tokenizer"]["fingerprint"]
+    window = dm.train_set[0]
+    assert window.shape == (33,) and int(window.max()) < 300
+    (out / "meta.json").write_text(json.dumps({**old, "format": "code-assistant-data/9"}))
+    with pytest.raises(DataError, match="unknown format"):
+        read_meta(out)

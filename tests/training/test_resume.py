@@ -27,6 +27,10 @@ def checkpoint_step(path) -> int:
     return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
 
 
+def exported_training(out) -> dict:
+    return json.loads((out / "config.json").read_text())["code_assistant"]["training"]
+
+
 def rows(out) -> list[dict]:
     with open(out / "run" / "logs" / "metrics.csv") as f:
         return list(csv.DictReader(f))
@@ -45,7 +49,7 @@ def test_resume_after_kill_keeps_history_true_throughput_and_the_best_export(dat
             try:
                 if checkpoint_step(ckpt) >= 20 and exported_training(out)["global_step"] >= 20:
                     break
-            except Exception:  # caught mid-write: look again
+            except Exception:  # caught mid-write (a torn zip, half a JSON): look again
                 pass
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
