@@ -24,5 +24,7 @@ lsp: setup
 system-deps:
 	bash scripts/install-system-deps.sh
 
+# The C kernels build at first use; building them here keeps that out of the tests' timeouts.
 test: setup system-deps
+	$(BIN)/python -m engine.kernels
 	bash scripts/run-tests.sh

@@ -5,7 +5,8 @@ import importlib
 import sys
 
 BENCHMARKS = {
-    "engine": ("benchmarks.engine_bench", "the engine against Hugging Face transformers on the same weights"),
+    "engine": ("benchmarks.engine_bench", "the engine beside transformers, CTranslate2 and llama.cpp on the same weights"),
+    "profile": ("benchmarks.decode_profile", "where a batch-1 decode step's time goes, PyTorch path and kernel"),
     "http": ("benchmarks.http_bench", "the HTTP server under concurrent load"),
     "soak": ("benchmarks.soak", "many editor-like clients for a long time: errors, latency and memory over time"),
     "load": ("benchmarks.load_bench", "load time and resident memory of a model directory, float and int8"),

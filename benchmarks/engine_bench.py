@@ -1,37 +1,45 @@
-"""`code-assistant bench engine`: our engine (fp32 and int8) against Hugging Face transformers.
+"""`code-assistant bench engine`: our engine beside transformers, CTranslate2 and llama.cpp on the same weights.
 
-All in one process, on the same weights: HF `GPT2LMHeadModel` with our weights loaded (greedy
-`generate`, one request after another: what a user would pick) as the baseline, and the engine with
-fp32 and int8 weights. Reports batch-1 tokens/s; aggregate tokens/s at 1, 8, 32, 100 concurrent
-streams; p50/p95 latency of a 50-token completion; time to first token with and without prefix
-reuse; memory; KV-cache bytes per token; and the memory-bandwidth floor of batch-1 decode
-(weight bytes / measured copy bandwidth). Writes engine_bench.json and engine_bench.png into --out.
+For each model (the shipped one, a named random shape such as qwen2-0.5b, or a directory) every
+engine runs in its own process on the same float weights, each with its own int8 scheme: ours
+(int8 weights with per-row scales, the compiled decode step; `ours-pytorch` is the same engine
+with the kernels off), transformers + torch's quantize_dynamic, CTranslate2 int8, llama.cpp q8_0
+(through llama-cpp-python). An engine that is not installed is skipped with the reason printed.
+Engines take turns on each prompt (A, B, C, D, A, B, ...) so that the load of a shared machine
+falls on all of them alike; medians are reported.
+
+Measured per model and thread count: batch-1 decode tokens/s (greedy, the time after the first
+token) and time to first token; aggregate tokens/s with many streams (each engine's own way:
+our continuous batching, batched generate, generate_batch, llama.cpp one request after another);
+resident memory of each engine's process. Beside them: the memory-bandwidth bound of batch-1
+decode (int8 weight bytes read per token / measured copy bandwidth). Writes engine_bench.json and
+engine_bench.png into --out and prints a Markdown table.
 """
 from __future__ import annotations
 
-import dataclasses
 import argparse
 import json
 import os
 import platform
-import resource
 import statistics
+import subprocess
 import sys
 import sysconfig
-import threading
 import time
 from pathlib import Path
 
 import torch
 
-from engine import Engine, EngineConfig, SamplingParams
-from engine.families import hf_config, to_hf
-from engine.kv_cache import bytes_per_token
-from engine.model import Transformer
-from engine.model_dir import default_model_dir, load_model_dir
+from engine.families import config_from_hf
+from engine.model_dir import load_tokenizer_from_dir, read_model_dir
+from engine.prompt import PromptBuilder
+
+from . import bench_engines
+from .bench_models import ctranslate2_dir, describe, gguf_file, hf_dir
 
 # Real Python to cut prompts from: the standard library, so the benchmark needs no data.
 PROMPT_SOURCES = ["json/decoder.py", "json/encoder.py", "email/utils.py", "argparse.py", "textwrap.py"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def code_prompts(n: int, chars: int) -> list[str]:
@@ -46,45 +54,8 @@ def code_prompts(n: int, chars: int) -> list[str]:
     return prompts
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# ---- the baseline -------------------------------------------------------------------------------
-def to_transformers(model: Transformer, hf_config_json: dict | None):
-    """The transformers model of the same family carrying our weights (for our first format's
-    models, GPT2LMHeadModel)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    raw = dict(hf_config_json or hf_config(model.config, None, None))
-    raw.pop("code_assistant", None)
-    raw.pop("architectures", None)
-    config = AutoConfig.for_model(raw.pop("model_type"), **{k: v for k, v in raw.items() if not k.endswith("pdrop")})
-    hf = AutoModelForCausalLM.from_config(config).eval()
-    state = {k: v for k, v in model.state_dict().items() if not (model.config.tie_embeddings and k == "head.weight")}
-    missing, unexpected = hf.load_state_dict(to_hf(model.config, state), strict=False)
-    if unexpected or any(not k.endswith(("attn.bias", "attn.masked_bias")) and k != "lm_head.weight" for k in missing):
-        raise RuntimeError(f"weights do not map onto {type(hf).__name__}: missing {missing}, unexpected {unexpected}")
-    hf.tie_weights()
-    return hf
-
-
-def hf_generate(hf, ids: list[int], max_tokens: int) -> list[int]:
-    """Greedy generate with the KV cache, exactly `max_tokens` new tokens."""
-    x = torch.tensor([ids])
-    with torch.no_grad():
-        out = hf.generate(x, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False)
-    return out[0, len(ids):].tolist()
-
-
-# ---- measurements -------------------------------------------------------------------------------
-def copy_bandwidth_gbs(mb: int = 256) -> float:
-    """Best of a few large copies: bytes read + bytes written per second."""
+def copy_bandwidth_gbs(mb: int) -> float:
+    """Best of a few large copies on every thread: bytes read + bytes written per second."""
     src = torch.ones(mb * 2**20 // 4)
     dst = torch.empty_like(src)
     best = float("inf")
@@ -95,207 +66,198 @@ def copy_bandwidth_gbs(mb: int = 256) -> float:
     return 2 * src.numel() * 4 / best / 1e9
 
 
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes the weights occupy in memory (parameters, buffers and FBGEMM packed int8 weights)."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    total += sum(b.numel() * b.element_size() for b in model.buffers())
-    for m in model.modules():
-        if hasattr(m, "_packed_params") and hasattr(m, "weight") and callable(m.weight):
-            total += m.weight().numel() + 4 * m.weight().size(0)  # int8 values + per-row scale
-            if m.bias() is not None:
-                total += 4 * m.bias().numel()
-    return total
+def int8_weight_bytes(hf_raw: dict) -> int:
+    """Bytes of int8 weights one decode step reads: every linear layer and the head (the
+    embedding's rows are looked up, not read whole)."""
+    c = config_from_hf(hf_raw)
+    qkv = (c.n_head + 2 * c.n_kv_head) * c.head_dim
+    up = c.intermediate_size * (2 if c.mlp == "swiglu" else 1)
+    per_layer = c.n_embd * qkv + c.n_head * c.head_dim * c.n_embd + c.n_embd * up + c.intermediate_size * c.n_embd
+    return c.n_layer * per_layer + c.vocab_size * c.n_embd
 
 
-def batch1(engine: Engine, prompts: list[str], max_tokens: int) -> dict:
-    """One request at a time, each a prompt no slot holds (prefill included, as for the baseline)."""
-    params = SamplingParams(max_tokens=max_tokens)
-    engine.complete(prompts[0][:200], params=params)  # warm-up
-    rates = []
-    for prompt in prompts:
-        t = time.perf_counter()
-        done = engine.complete(prompt, params=params)
-        rates.append(done.tokens / (time.perf_counter() - t))
-    return {"tokens_per_s": round(max(rates), 1), "runs": [round(r, 1) for r in rates]}
+def check_weights(model_dir: Path) -> None:
+    """Every weights file opens (its header and size agree); ModelDirError otherwise."""
+    from engine.model_dir import _Checkpoint
+
+    checkpoint = _Checkpoint(model_dir)
+    for path in set(checkpoint.files.values()) | set((checkpoint.where or {}).values()):
+        checkpoint._open(path)
 
 
-def hf_batch1(hf, encode, prompts: list[str], max_tokens: int) -> dict:
-    hf_generate(hf, encode(prompts[0][:200], 4), 4)  # warm-up
-    rates = []
-    for prompt in prompts:
-        t = time.perf_counter()
-        tokens = hf_generate(hf, encode(prompt, max_tokens), max_tokens)
-        rates.append(len(tokens) / (time.perf_counter() - t))
-    return {"tokens_per_s": round(max(rates), 1), "runs": [round(r, 1) for r in rates]}
+class Worker:
+    """One engine in its own process (benchmarks/bench_engines.py)."""
+
+    def __init__(self, engine: str, artifacts: dict, threads: int, max_batch: int):
+        self.engine = engine
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.bench_engines", engine, json.dumps({k: str(v) if isinstance(v, Path) else v
+                                                                                    for k, v in artifacts.items()}),
+             str(threads), str(max_batch)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        self.ready = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.engine} exited with {self.proc.wait()} (its stderr is above)")
+        return json.loads(line)
+
+    def ask(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        reply = self._read()
+        if "error" in reply:
+            raise RuntimeError(f"{self.engine}: {reply['error']}")
+        return reply
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
-def concurrent(engine: Engine, prompts: list[str], max_tokens: int) -> dict:
-    """Submit every prompt at once; aggregate tokens/s until the last one finishes."""
-    params = SamplingParams(max_tokens=max_tokens)
-    left = threading.Semaphore(0)
-    latencies: list[float] = []
-    tokens = [0]
-
-    def submit(prompt: str) -> None:
-        start = time.perf_counter()
-
-        def on_chunk(chunk) -> None:
-            if chunk.finish_reason:
-                latencies.append(time.perf_counter() - start)
-                tokens[0] += chunk.tokens
-                left.release()
-        engine.submit(prompt, None, params, on_chunk)
-
-    t = time.perf_counter()
-    for prompt in prompts:
-        submit(prompt)
-    for _ in prompts:
-        left.acquire()
-    wall = time.perf_counter() - t
-    return {"streams": len(prompts), "tokens": tokens[0], "seconds": round(wall, 3),
-            "tokens_per_s": round(tokens[0] / wall, 1), "p50_latency_s": round(statistics.median(latencies), 3)}
+def decode_rate(r: dict) -> float:
+    return (len(r["tokens"]) - 1) / max(1e-9, r["total_s"] - r["ttft_s"])
 
 
-def hf_sequential(hf, encode, prompts: list[str], max_tokens: int) -> dict:
-    t = time.perf_counter()
-    n = sum(len(hf_generate(hf, encode(p, max_tokens), max_tokens)) for p in prompts)
-    wall = time.perf_counter() - t
-    return {"requests": len(prompts), "tokens": n, "seconds": round(wall, 3), "tokens_per_s": round(n / wall, 1)}
+def decode_cpu_ms(r: dict) -> float:
+    """CPU milliseconds (all the engine's threads) per token after the first."""
+    return 1e3 * r["decode_cpu_s"] / max(1, len(r["tokens"]) - 1)
 
 
-def latency(engine: Engine, prompts: list[str], max_tokens: int) -> dict:
-    params = SamplingParams(max_tokens=max_tokens)
-    times, tokens = [], []
-    for prompt in prompts:
-        t = time.perf_counter()
-        done = engine.complete(prompt, params=params)
-        times.append(time.perf_counter() - t)
-        tokens.append(done.tokens)
-    times.sort()
-    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-    return {"requests": len(prompts), "mean_tokens": round(statistics.mean(tokens), 1),
-            "p50_ms": round(1e3 * statistics.median(times), 1), "p95_ms": round(1e3 * p95, 1)}
-
-
-def time_to_first_token(engine: Engine, prompts: list[str]) -> dict:
-    """Cold: a prompt no slot holds. Reused: the same prompt plus one more line (the next keystrokes)."""
-    params = SamplingParams(max_tokens=4)
-    cold, warm, reused = [], [], []
-    for prompt in prompts:
-        first = engine.complete(prompt, params=params)
-        cold.append(first.time_to_first_token)
-        again = engine.complete(prompt + "    return", params=params)
-        warm.append(again.time_to_first_token)
-        reused.append(again.reused_tokens / max(1, again.prompt_tokens))
-    return {"prompt_tokens": first.prompt_tokens, "without_reuse_ms": round(1e3 * statistics.median(cold), 2),
-            "with_reuse_ms": round(1e3 * statistics.median(warm), 2),
-            "reused_fraction": round(statistics.mean(reused), 3)}
-
-
-def hf_ttft(hf, encode, prompts: list[str]) -> dict:
-    firsts = []
-    for prompt in prompts:
-        t = time.perf_counter()
-        hf_generate(hf, encode(prompt, 4), 1)
-        firsts.append(time.perf_counter() - t)
-    return {"ms": round(1e3 * statistics.median(firsts), 2)}
-
-
-# ---- the run ------------------------------------------------------------------------------------
-def run(model_dir: Path, quick: bool, max_batch: int) -> dict:
-    torch.set_grad_enabled(False)
-    streams = [1, 8] if quick else [1, 8, 32, 100]
-    gen_tokens = 16 if quick else 64
-    repeats = 1 if quick else 3
-    baseline_requests = 2 if quick else 8
-    n_latency = 3 if quick else 20
-    n_ttft = 2 if quick else 5
-
-    rss0 = rss_mb()
-    fp32_model, tokenizer, info = load_model_dir(model_dir)
-    c = fp32_model.config
-    # The network alone, decoding as the baseline does; the context cache model is measured apart.
-    config = EngineConfig(max_batch=max_batch, token_healing=False, cache_weight=0.0)
-    engines = {"fp32": Engine.load(model_dir, quantize=None, config=config)}
-    rss_fp32 = rss_mb()
-    engines["int8"] = Engine.load(model_dir, quantize="int8", config=config)
-    rss_int8 = rss_mb()
-    report: dict = {
-        "model": str(model_dir), "config": c.to_dict(), "quick": quick,
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
-                    "load_average_at_start": os.getloadavg()[0]},
-        "engine_config": dataclasses.asdict(config),
-        "parameters": sum(p.numel() for p in fp32_model.parameters()),
-    }
-    try:
-        hf = to_transformers(fp32_model, None if info.legacy else info.raw)
-        probe = torch.tensor([tokenizer.encode(code_prompts(1, 400)[0])[:64]])
-        report["baseline"] = {"name": f"transformers {type(hf).__name__}.generate (greedy, KV cache)",
-                              "max_abs_logit_diff_vs_ours": float((hf(probe).logits - fp32_model(probe)).abs().max())}
-    except ImportError:
-        hf = None
-        report["baseline"] = {"name": "transformers not installed (pip install 'code-assistant[bench]')"}
-
-    def encode(prompt: str, max_tokens: int) -> list[int]:  # the same trimmed prompt the engine uses
-        return engines["fp32"].build_prompt(prompt, None, max_tokens)
-
-    b1_prompts = code_prompts(repeats, 300)
-    b1 = {name: batch1(e, b1_prompts, gen_tokens * 2) for name, e in engines.items()}
-    if hf is not None:
-        b1["hf_baseline"] = hf_batch1(hf, encode, b1_prompts, gen_tokens * 2)
-    with_cache = Engine.load(model_dir, quantize="int8", config=EngineConfig(max_batch=max_batch))
-    cached = batch1(with_cache, b1_prompts, gen_tokens * 2)
-    with_cache.close()
-    report["cache_model_batch1"] = {
-        "what": "int8 engine with the defaults on (context cache model, token healing) vs the network alone",
-        "tokens_per_s": cached["tokens_per_s"],
-        "time_per_token_overhead": round(b1["int8"]["tokens_per_s"] / cached["tokens_per_s"] - 1, 3)}
-    bandwidth = copy_bandwidth_gbs(64 if quick else 256)
-    floors = {}
-    for name, e in engines.items():
-        wb = weight_bytes(e.model)
-        floors[name] = {"weight_bytes": wb, "floor_tokens_per_s": round(bandwidth * 1e9 / wb, 1),
-                        "fraction_of_floor": round(b1[name]["tokens_per_s"] / (bandwidth * 1e9 / wb), 3)}
-    report["batch1"] = {"prompt_tokens": len(encode(b1_prompts[0], gen_tokens * 2)), "new_tokens": gen_tokens * 2, **b1}
-    report["bandwidth_floor"] = {"copy_bandwidth_gb_s": round(bandwidth, 1), **floors}
-    if hf is not None:
-        for name in engines:
-            report["batch1"][f"{name}_speedup"] = round(b1[name]["tokens_per_s"] / b1["hf_baseline"]["tokens_per_s"], 2)
-
-    agg: dict = {name: [] for name in engines}
-    for n in streams:
-        prompts = code_prompts(n, 200)
-        for name, e in engines.items():
-            agg[name].append(concurrent(e, prompts, gen_tokens))
-    if hf is not None:
-        agg["hf_sequential"] = hf_sequential(hf, encode, code_prompts(baseline_requests, 200), gen_tokens)
-        for name in engines:
-            for row in agg[name]:
-                row["speedup_vs_baseline"] = round(row["tokens_per_s"] / agg["hf_sequential"]["tokens_per_s"], 2)
-    report["aggregate"] = {"new_tokens_per_request": gen_tokens, **agg}
-
-    lat_prompts = code_prompts(n_latency, 240)
-    report["latency_50_tokens"] = {name: latency(e, lat_prompts, 50) for name, e in engines.items()}
-
-    # Prompts of about 3/4 of the context, the rest left for the keystroke and the completion.
-    ttft_prompts = [tokenizer.decode(tokenizer.encode(p)[:c.block_size * 3 // 4]) for p in code_prompts(n_ttft, 2000)]
-    report["time_to_first_token"] = {name: time_to_first_token(e, ttft_prompts) for name, e in engines.items()}
-    if hf is not None:
-        report["time_to_first_token"]["hf_baseline"] = hf_ttft(hf, encode, ttft_prompts)
-
-    kv = {}
-    for name, int8 in (("fp32", False), ("int8", True)):
-        per_token = bytes_per_token(c.n_layer, c.n_kv_head, c.head_dim, torch.float32, int8)
-        kv[name] = {"bytes_per_token": per_token,
-                    "cache_mb_for_config": round(per_token * c.block_size * max_batch / 2**20, 1)}
-    report["kv_cache"] = kv
-    report["memory"] = {"rss_before_load_mb": round(rss0, 1), "rss_fp32_engine_mb": round(rss_fp32 - rss0, 1),
-                        "rss_int8_engine_mb": round(rss_int8 - rss_fp32, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
-                        "weights_mb": {n: round(f["weight_bytes"] / 2**20, 2) for n, f in floors.items()}}
-    for e in engines.values():
-        e.close()
+def bench_model(model: str, engines: list[str], threads_list: list[int], args, work: Path, bandwidth: float) -> dict:
+    hf = hf_dir(model, work)
+    raw = json.loads((hf / "config.json").read_text())
+    info = read_model_dir(hf)
+    tokenizer = load_tokenizer_from_dir(info)
+    check_weights(hf)  # a broken directory is one clear error here, not a worker dying later
+    block = info.config.block_size
+    builder = PromptBuilder(tokenizer, block, 0)
+    n_prompts = args.repeats + 1
+    texts = code_prompts(n_prompts + args.streams, args.prompt_chars)
+    prompts = [(t, builder.build(t, None, args.new_tokens, (), None, None)) for t in texts]
+    artifacts = {"hf": hf, "context": min(block, max(len(ids) for _, ids in prompts) + args.new_tokens + 8)}
+    report = {"model": model, "hf_dir": str(hf), "shape": describe(hf), "skipped": {},
+              "prompt_tokens": statistics.median(len(ids) for _, ids in prompts[:n_prompts]),
+              "new_tokens": args.new_tokens, "batch1": {}, "streams": {}, "rss_mb": {}}
+    runnable = []
+    for engine in engines:
+        reason = bench_engines.missing(engine)
+        if reason is None:
+            try:
+                if engine == "ctranslate2":
+                    artifacts["ctranslate2"] = ctranslate2_dir(hf, work)
+                elif engine == "llama.cpp":
+                    artifacts["gguf"] = gguf_file(hf, work)
+            except Exception as e:  # a converter that fails skips its engine, not the run
+                reason = f"conversion failed: {type(e).__name__}: {e}"
+        if reason:
+            print(f"skipping {engine}: {reason}", file=sys.stderr, flush=True)
+            report["skipped"][engine] = reason
+        else:
+            runnable.append(engine)
+    wb = int8_weight_bytes(raw)
+    report["bandwidth_bound"] = {"int8_weight_mb_per_token": round(wb / 2**20, 1),
+                                 "tokens_per_s": round(bandwidth * 1e9 / wb, 1)}
+    for threads in threads_list:
+        workers = {}
+        for engine in runnable:
+            print(f"{model}: starting {engine} ({threads} thread{'s' * (threads > 1)})", file=sys.stderr, flush=True)
+            workers[engine] = Worker(engine, artifacts, threads, max(1, args.streams))
+        first = {}
+        for engine, w in workers.items():  # warm-up, and the first tokens each engine chooses
+            text, ids = prompts[-1]
+            first[engine] = w.ask(op="generate", ids=ids, text=text, n=args.new_tokens)
+        runs: dict[str, list[dict]] = {e: [] for e in workers}
+        for rep in range(args.repeats):
+            text, ids = prompts[rep]
+            order = list(workers)[rep % len(workers):] + list(workers)[:rep % len(workers)]
+            for engine in order:
+                runs[engine].append(workers[engine].ask(op="generate", ids=ids, text=text, n=args.new_tokens))
+            print(f"{model} x{threads}: prompt {rep + 1}/{args.repeats} " + ", ".join(
+                f"{e} {decode_rate(runs[e][-1]):.0f} tok/s ({decode_cpu_ms(runs[e][-1]):.2f} cpu ms/token)"
+                for e in workers), file=sys.stderr, flush=True)
+        for engine, rs in runs.items():
+            rates = [decode_rate(r) for r in rs]
+            entry = report["batch1"].setdefault(engine, {})
+            entry[str(threads)] = {"decode_tokens_per_s": round(statistics.median(rates), 1),
+                                   "decode_cpu_ms_per_token": round(statistics.median(decode_cpu_ms(r) for r in rs), 3),
+                                   "ttft_ms": round(1e3 * statistics.median(r["ttft_s"] for r in rs), 1),
+                                   "runs": [round(x, 1) for x in rates]}
+        if "ours" in first:  # same weights, so greedy starts alike until int8 rounding tips a near tie
+            ours = first["ours"]["tokens"]
+            report.setdefault("greedy_prefix_agreeing_with_ours", {})[str(threads)] = {
+                e: next((i for i, (a, b) in enumerate(zip(ours, f["tokens"])) if a != b), min(len(ours), len(f["tokens"])))
+                for e, f in first.items() if isinstance(f["tokens"], list)}
+        if args.streams and threads == max(threads_list):
+            many = prompts[n_prompts:n_prompts + args.streams]
+            for engine, w in workers.items():
+                # One request after another costs the same per token however many there are: 8 tell it.
+                sub = many if engine != "llama.cpp" else many[:min(8, len(many))]
+                r = w.ask(op="streams", ids=[ids for _, ids in sub], texts=[t for t, _ in sub], n=args.new_tokens)
+                report["streams"][engine] = {"streams": len(many) if engine != "llama.cpp" else f"{len(sub)}, one by one",
+                                             "tokens": r["tokens"], "seconds": round(r["seconds"], 2),
+                                             "tokens_per_s": round(r["tokens"] / r["seconds"], 1), "threads": threads}
+                print(f"{model}: {engine} {len(sub)} streams {r['tokens'] / r['seconds']:.0f} tok/s", file=sys.stderr, flush=True)
+        for engine, w in workers.items():
+            rss = w.ask(op="rss")
+            report["rss_mb"].setdefault(engine, {})[str(threads)] = {"after_load": w.ready["rss_load_mb"], **rss}
+            w.close()
     return report
+
+
+def run(args, save=None) -> dict:
+    torch.set_grad_enabled(False)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = [e for e in engines if e not in bench_engines.ENGINES]
+    if unknown:
+        raise SystemExit(f"code-assistant bench engine: unknown engine {unknown[0]!r} (known: {', '.join(bench_engines.ENGINES)})")
+    threads_list = [int(t) for t in args.threads.split(",")]
+    bandwidth = copy_bandwidth_gbs(64 if args.quick else 1024)
+    report = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                          "torch": torch.__version__, "python": platform.python_version(),
+                          "load_average_at_start": os.getloadavg()[0],
+                          "copy_bandwidth_gb_s": round(bandwidth, 1)},
+              "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work")}, "models": []}
+    for model in args.models.split(","):
+        report["models"].append(bench_model(model.strip(), engines, threads_list, args, work, bandwidth))
+        if save:
+            save(report)  # each model's numbers are kept as soon as they exist
+    report["machine"]["load_average_at_end"] = os.getloadavg()[0]
+    return report
+
+
+def table(report: dict) -> str:
+    """The side-by-side as Markdown: decode tokens/s at batch 1 per thread count, many streams, RSS."""
+    engines = [e for e in bench_engines.ENGINES if any(e in m["batch1"] for m in report["models"])]
+    lines = ["| model | measure | " + " | ".join(engines) + " |", "| --- | --- | " + " | ".join("---" for _ in engines) + " |"]
+    for m in report["models"]:
+        threads = sorted({t for e in m["batch1"].values() for t in e}, key=int)
+        for t in threads:
+            cells = [f"{m['batch1'][e][t]['decode_tokens_per_s']:,.0f}" if t in m["batch1"].get(e, {}) else "-"
+                     for e in engines]
+            lines.append(f"| {m['model']} | batch 1, {t} thread{'s' * (t != '1')}: decode tok/s | " + " | ".join(cells) + " |")
+        for t in threads:
+            cells = [f"{m['batch1'][e][t]['decode_cpu_ms_per_token']:.2f}" if t in m["batch1"].get(e, {}) else "-"
+                     for e in engines]
+            lines.append(f"| {m['model']} | batch 1, {t} thread{'s' * (t != '1')}: CPU ms per token | " + " | ".join(cells) + " |")
+        for t in threads:
+            cells = [f"{m['batch1'][e][t]['ttft_ms']:,.0f}" if t in m["batch1"].get(e, {}) else "-" for e in engines]
+            lines.append(f"| {m['model']} | time to first token, {t} thread{'s' * (t != '1')}: ms | " + " | ".join(cells) + " |")
+        if m["streams"]:
+            cells = [f"{m['streams'][e]['tokens_per_s']:,.0f}" if e in m["streams"] else "-" for e in engines]
+            n = next(iter(m["streams"].values()))
+            lines.append(f"| {m['model']} | {report['settings']['streams']} streams, {n['threads']} threads: tok/s | "
+                         + " | ".join(cells) + " |")
+        cells = [f"{max(r['peak_rss_mb'] for r in m['rss_mb'][e].values()):,.0f}" if e in m["rss_mb"] else "-"
+                 for e in engines]
+        lines.append(f"| {m['model']} | peak RSS, MB | " + " | ".join(cells) + " |")
+        lines.append(f"| {m['model']} | bandwidth bound (batch 1) | {m['bandwidth_bound']['tokens_per_s']:,.0f} tok/s "
+                     f"({m['bandwidth_bound']['int8_weight_mb_per_token']} MB/token at "
+                     f"{report['machine']['copy_bandwidth_gb_s']} GB/s) |" + " |" * (len(engines) - 1))
+    return "\n".join(lines)
 
 
 def plot(report: dict, path: Path) -> None:
@@ -304,44 +266,28 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    names = [n for n in ("hf_baseline", "fp32", "int8") if n in report["batch1"]]
-    ax = axes[0][0]
-    ax.bar(names, [report["batch1"][n]["tokens_per_s"] for n in names], color=["grey", "tab:blue", "tab:orange"][:len(names)])
-    for n in ("fp32", "int8"):
-        ax.axhline(report["bandwidth_floor"][n]["floor_tokens_per_s"], ls="--",
-                   color="tab:blue" if n == "fp32" else "tab:orange", label=f"{n} bandwidth floor")
-    ax.set_title("batch-1 decode, tokens/s")
-    ax.legend(fontsize=8)
-    ax = axes[0][1]
-    for n in ("fp32", "int8"):
-        rows = report["aggregate"][n]
-        ax.plot([r["streams"] for r in rows], [r["tokens_per_s"] for r in rows], marker="o", label=f"engine {n}")
-    if "hf_sequential" in report["aggregate"]:
-        ax.axhline(report["aggregate"]["hf_sequential"]["tokens_per_s"], color="grey", ls="--",
-                   label="transformers, one at a time")
-    ax.set_xscale("log")
-    ax.set_xlabel("concurrent streams")
-    ax.set_title("aggregate tokens/s")
-    ax.legend(fontsize=8)
-    ax = axes[1][0]
-    lat = report["latency_50_tokens"]
-    x = range(len(lat))
-    ax.bar([i - 0.2 for i in x], [v["p50_ms"] for v in lat.values()], width=0.4, label="p50")
-    ax.bar([i + 0.2 for i in x], [v["p95_ms"] for v in lat.values()], width=0.4, label="p95")
-    ax.set_xticks(list(x), list(lat))
-    ax.set_title("50-token completion latency, ms")
-    ax.legend(fontsize=8)
-    ax = axes[1][1]
-    ttft = {k: v for k, v in report["time_to_first_token"].items() if k != "hf_baseline"}
-    x = range(len(ttft))
-    ax.bar([i - 0.2 for i in x], [v["without_reuse_ms"] for v in ttft.values()], width=0.4, label="no reuse")
-    ax.bar([i + 0.2 for i in x], [v["with_reuse_ms"] for v in ttft.values()], width=0.4, label="prefix reuse")
-    ax.set_xticks(list(x), list(ttft))
-    ax.set_title(f"time to first token, ms ({next(iter(ttft.values()))['prompt_tokens']}-token prompt)")
-    ax.legend(fontsize=8)
-    fig.suptitle(f"code-assistant engine, {report['parameters'] / 1e6:.1f}M parameters, "
-                 f"{report['machine']['cpus']} CPUs")
+    models = report["models"]
+    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
+    for col, m in enumerate(models):
+        ax = axes[0][col]
+        engines = list(m["batch1"])
+        threads = sorted({t for e in m["batch1"].values() for t in e}, key=int)
+        width = 0.8 / max(1, len(threads))
+        for i, t in enumerate(threads):
+            ax.bar([j + i * width for j in range(len(engines))],
+                   [m["batch1"][e].get(t, {}).get("decode_tokens_per_s", 0) for e in engines], width=width,
+                   label=f"{t} thread{'s' * (t != '1')}")
+        ax.axhline(m["bandwidth_bound"]["tokens_per_s"], ls="--", color="grey", label="memory-bandwidth bound")
+        ax.set_xticks([j + width * (len(threads) - 1) / 2 for j in range(len(engines))], engines, fontsize=8)
+        ax.set_title(f"{m['model']}: batch-1 decode, tokens/s")
+        ax.legend(fontsize=8)
+        ax = axes[1][col]
+        names = list(m["streams"])
+        ax.bar(names, [m["streams"][e]["tokens_per_s"] for e in names], color="tab:green")
+        ax.set_title(f"{m['model']}: {report['settings']['streams']} streams, aggregate tokens/s", fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"same weights, int8 in each engine; {report['machine']['cpus']} CPUs, "
+                 f"load average {report['machine']['load_average_at_start']:.1f} at start")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -350,23 +296,39 @@ def plot(report: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="code-assistant bench engine", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="model directory (default: the default model)")
+    parser.add_argument("--models", default="default,qwen2-0.5b",
+                        help="comma-separated: default (the shipped model), qwen2-0.5b (its shape, random), or directories")
+    parser.add_argument("--model", default=None, help="one model directory (overrides --models)")
+    parser.add_argument("--engines", default=",".join(e for e in bench_engines.ENGINES if e != "ours-pytorch"),
+                        help=f"comma-separated, of: {', '.join(bench_engines.ENGINES)}")
+    parser.add_argument("--threads", default="1,2", help="thread counts to run each engine with")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--prompt-chars", type=int, default=800, help="prompt length in characters (~200 tokens)")
+    parser.add_argument("--repeats", type=int, default=5, help="prompts per engine at batch 1 (medians)")
+    parser.add_argument("--streams", type=int, default=64, help="concurrent streams for the aggregate (0: skip)")
+    parser.add_argument("--work", default=str(Path.home() / ".cache" / "code-assistant" / "bench"),
+                        help="where converted models are kept between runs")
     parser.add_argument("--out", default="bench-results", help="where to write engine_bench.json/.png")
-    parser.add_argument("--quick", action="store_true", help="a short run (smoke test): fewer streams and tokens")
-    parser.add_argument("--max-batch", type=int, default=EngineConfig.max_batch, help="engine KV-cache slots")
+    parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    model_dir = Path(args.model) if args.model else default_model_dir()
-    if not model_dir.is_dir():
-        print(f"code-assistant bench engine: no model directory at {model_dir}; pass --model DIR", file=sys.stderr)
-        return 2
+    if args.model:
+        if not Path(args.model).is_dir():
+            print(f"code-assistant bench engine: no model directory at {args.model}", file=sys.stderr)
+            return 2
+        args.models = args.model
+    if args.quick:
+        args.new_tokens, args.repeats, args.streams = min(args.new_tokens, 8), 1, min(args.streams, 2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = run(model_dir, args.quick, args.max_batch)
-    (out / "engine_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    def save(report: dict) -> None:
+        report["table"] = table(report)
+        (out / "engine_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    report = run(args, save)
+    save(report)
     plot(report, out / "engine_bench.png")
-    summary = {"batch1_tokens_per_s": {k: v["tokens_per_s"] for k, v in report["batch1"].items() if isinstance(v, dict)},
-               "json": str(out / "engine_bench.json"), "png": str(out / "engine_bench.png")}
-    print(json.dumps(summary))
+    print(report["table"])
+    print(json.dumps({"json": str(out / "engine_bench.json"), "png": str(out / "engine_bench.png")}))
     return 0
 
 

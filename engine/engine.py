@@ -25,6 +25,7 @@ import torch
 
 from .cache_model import DEFAULT_WEIGHT, CacheModel, MixConfig
 from .draft import DraftSource, LiveIndex, PromptLookup, propose
+from .fast_decode import MAX_QUERIES, FastDecoder, block_pool_layout
 from .healing import HealingMasks, split_heal
 from .kv_cache import BlockPool, BlockTable, KVCache
 from .model import Transformer
@@ -96,6 +97,10 @@ class EngineConfig:
     # Stop a completion where it starts repeating lines (engine/repetition.py) when
     # SamplingParams.stop_loops is None.
     stop_loops: bool = True
+    # The compiled CPU kernels (engine/decode_kernel.c, built at first use): the int8 matmul and a
+    # decode step in one call (engine/fast_decode.py). False runs the same int8 arithmetic in
+    # PyTorch; without a compiler that happens anyway, with the reason logged.
+    kernels: bool = True
 
 
 # Maps (request, one row of next-token logits) -> logits row; called for every step of that request
@@ -178,6 +183,9 @@ class Engine:
         self.cache = KVCache.sized(cfg.kv_cache_mb, c.n_layer, cfg.kv_block_tokens, c.n_kv_head, c.head_dim,
                                    dtype=dtype, device=self.device, int8=cfg.kv_int8)
         self.pool = BlockPool(self.cache.n_blocks, cfg.kv_block_tokens)
+        self.fast = FastDecoder.build(model, self.device) if cfg.kernels else None
+        if self.fast is not None:  # the kernel reads and writes the pool where it lies
+            self._layout = block_pool_layout(self.cache.k, self.cache.v, self.cache.k_scale, self.cache.v_scale)
         self.window = c.sliding_window or None
         # The longest sequence the engine runs: the model's positions, or the pool when smaller.
         self._context_length = min(c.block_size, (self.pool.n_blocks - 1) * cfg.kv_block_tokens)
@@ -216,7 +224,7 @@ class Engine:
         if quantize == "int8":
             from .quantize import load_int8_model
 
-            model, info = load_int8_model(model_dir, device, dtype)
+            model, info = load_int8_model(model_dir, device, dtype, use_kernels=(config or EngineConfig()).kernels)
             tokenizer = load_tokenizer_from_dir(info)
         else:
             model, tokenizer, info = load_model_dir(model_dir, dtype)
@@ -502,6 +510,10 @@ class Engine:
         tokens, chunk = request.tokens, self.config.prefill_chunk
         for start in range(reused, len(tokens), chunk):
             end = min(start + chunk, len(tokens))
+            if self.fast is not None and end - start <= MAX_QUERIES:  # a keystroke after a reused prefix
+                logits = self.fast.forward([tokens[start:end]], [list(range(start, end))], self._layout,
+                                           [table.blocks], last_only=True)[0, -1]
+                continue
             idx = torch.tensor([tokens[start:end]], device=self.device)
             positions = torch.arange(start, end, device=self.device).unsqueeze(0)
             batch = self.cache.batch([table.blocks], positions, window=self.window)
@@ -524,9 +536,13 @@ class Engine:
             idx.append(row + [row[-1]] * (width - len(row)))
             positions.append([first + min(t, len(row) - 1) for t in range(width)])
             n_real.append(len(row))
-        positions_t = torch.tensor(positions, device=self.device)
-        batch = self.cache.batch([r.table.blocks for r, _ in rows], positions_t, n_real, self.window)
-        logits = self.model(torch.tensor(idx, device=self.device), positions_t, batch)
+        tables = [r.table.blocks for r, _ in rows]
+        if self.fast is not None and len(rows) * width <= self.fast.max_rows:
+            logits = self.fast.forward(idx, positions, self._layout, tables, n_real)
+        else:
+            positions_t = torch.tensor(positions, device=self.device)
+            batch = self.cache.batch(tables, positions_t, n_real, self.window)
+            logits = self.model(torch.tensor(idx, device=self.device), positions_t, batch)
         for (request, draft), row_logits in zip(rows, logits):
             self._verify(request, draft, row_logits)
 

@@ -233,7 +233,8 @@ def hf_config(config: ModelConfig, bos_id: int | None, eos_id: int | None) -> di
               "torch_dtype": "float32"}
     activation = {v: k for k, v in reversed(list(ACTIVATION_NAMES.items()))}[config.activation]
     if config.arch == "gpt2":
-        return {**common, "n_positions": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
+        # n_ctx beside n_positions: llama.cpp's converter reads the older name
+        return {**common, "n_positions": config.block_size, "n_ctx": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
                 "n_head": config.n_head, "n_inner": config.intermediate_size, "activation_function": activation,
                 "layer_norm_epsilon": config.norm_eps, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
                 "scale_attn_weights": True}

@@ -2,12 +2,15 @@
 
 Two phases, as in gpt-fast: `quantize_tensor` turns each float weight into our stored format
 (every 2-D weight as int8 plus one float32 scale per output row, `<name>.scale`; biases and
-norms stay float), applied one tensor at a time as a checkpoint is read, and `swap_in_int8` replaces the model's modules with int8 ones built from
-those stored integers. The kernel is chosen at load, so it can change without a new checkpoint:
+norms stay float), applied one tensor at a time as a checkpoint is read, and `swap_in_int8`
+replaces the model's modules with int8 ones built from those stored integers. The kernel is
+chosen at load, so it can change without a new checkpoint:
 
-- CPU: FBGEMM dynamic int8 linear (`torch.ao.nn.quantized.dynamic.Linear`), built from our int8
-  values and scales. Measured in docs/engine.md; `torch._weight_int8pack_mm` was 10-50x slower on
-  this CPU, so it is not used.
+- CPU: `Int8Linear`: each input row is quantized to int8 with its own scale and multiplied with
+  the int8 weights exactly in int32 (engine/decode_kernel.c where it builds, AVX-512 VNNI here;
+  else `torch._int_mm`, the same integers and rounding bit for bit). One scale per row keeps a
+  sequence's result independent of the others in its batch (FBGEMM's dynamic linear, used before,
+  quantized the whole batch with one range, in 7 bits).
 - CUDA: weight-only int8 (`WeightOnlyInt8Linear`): int8 weights in memory, dequantized into the
   matmul in the activation dtype.
 
@@ -16,20 +19,18 @@ The embedding is quantized per row too; a tied head is a linear layer over the s
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import kernels
 from .model import Transformer
 from .model_dir import (SCALE_SUFFIX, ModelDir, ModelDirError, build_model, load_state, load_tokenizer_from_dir,
                         read_model_dir, save_int8_dir)
 
-log = logging.getLogger("engine.quantize")
 
 QUANTIZATION = {
     "method": "int8-per-channel",
@@ -75,32 +76,59 @@ class Int8Embedding(nn.Module):
         return self.weight[idx].to(self.dtype) * self.scale[idx].unsqueeze(-1).to(self.dtype)
 
 
-def fbgemm_linear(weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
-    """FBGEMM's dynamic int8 linear over our stored integers (activations quantized per call)."""
-    out_features, in_features = weight_int8.shape
-    with warnings.catch_warnings():  # quantized-tensor constructors warn that they are deprecated
-        warnings.simplefilter("ignore")
-        qweight = torch._make_per_channel_quantized_tensor(
-            weight_int8.cpu(), scale.double().cpu(), torch.zeros(out_features, dtype=torch.long), 0)
-        module = torch.ao.nn.quantized.dynamic.Linear(in_features, out_features, bias_=bias is not None,
-                                                      dtype=torch.qint8)
-        module.set_weight_bias(qweight, None if bias is None else bias.detach().float().cpu())
-    return module
+# From ~32 rows on (prefill), oneDNN's int8 GEMM behind torch._int_mm is faster than the kernel's
+# (3.5x at 128 rows, measured); the two give the same integers, so the result is the same.
+KERNEL_MAX_ROWS = 32
+
+
+class Int8Linear(nn.Module):
+    """int8 weights (per-row scales) times int8 activations (one scale per input row), on the CPU."""
+
+    def __init__(self, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                 use_kernels: bool = True):
+        super().__init__()
+        self.out_features, self.in_features = weight_int8.shape
+        self.register_buffer("weight", weight_int8.contiguous())
+        self.register_buffer("scale", scale.float().contiguous())
+        # VNNI multiplies unsigned activations (xq + 128) by signed weights; 128 * this undoes it.
+        self.register_buffer("weight_sum", weight_int8.sum(dim=1, dtype=torch.int32))
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+        self.kernel = kernels.decode_kernel() if use_kernels else None
+
+    def native(self) -> kernels.QLinear:
+        """This layer as the C kernel's struct (pointers into the buffers: valid while they live)."""
+        return kernels.QLinear(self.weight.data_ptr(), self.scale.data_ptr(), self.weight_sum.data_ptr(),
+                               kernels.address(self.bias), self.out_features, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).float().contiguous()
+        if self.kernel is not None and rows.shape[0] < KERNEL_MAX_ROWS:
+            y = torch.empty(rows.shape[0], self.out_features)
+            self.kernel.int8_linear(rows.data_ptr(), rows.shape[0], self.native(), y.data_ptr(),
+                                    torch.get_num_threads())
+        else:
+            y = int8_matmul(rows, self.weight, self.scale, self.bias)
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+def int8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The arithmetic of decode_kernel.c's int8_linear in PyTorch, rounding step for rounding step."""
+    x_scale = (x.abs().amax(dim=1, keepdim=True) / 127.0).clamp_(min=1e-12)
+    xq = torch.round(x / x_scale).clamp_(-127, 127).to(torch.int8)
+    y = torch._int_mm(xq, weight.t()).float().mul_(x_scale).mul_(scale)
+    return y if bias is None else y.add_(bias)
 
 
 def swap_in_int8(model: Transformer, int8_state: dict[str, torch.Tensor], device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> Transformer:
+                 dtype: torch.dtype = torch.float32, use_kernels: bool = True) -> Transformer:
     """Replace every linear layer and the embeddings with int8 modules built from the stored integers
-    (a tied head runs on the embedding's integers)."""
+    (a tied head runs on the embedding's integers). `use_kernels=False` keeps the CPU on PyTorch."""
     cpu = torch.device(device).type == "cpu"
 
     def linear(weight_name: str, bias: torch.Tensor | None) -> nn.Module:
         q, scale = int8_state[weight_name], int8_state[weight_name + SCALE_SUFFIX]
         if cpu:
-            try:
-                return fbgemm_linear(q, scale, bias)
-            except (RuntimeError, AttributeError):  # no FBGEMM/x86 backend here (ARM), or a torch without it
-                log.warning("FBGEMM int8 linear unavailable; using weight-only int8", exc_info=True)
+            return Int8Linear(q, scale, bias, use_kernels)
         return WeightOnlyInt8Linear(q, scale, bias).to(device)
 
     for name, module in list(model.named_modules()):
@@ -130,8 +158,8 @@ def _own(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.clone()
 
 
-def load_int8_model(path: str | Path, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32) -> tuple[Transformer, ModelDir]:
+def load_int8_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                    use_kernels: bool = True) -> tuple[Transformer, ModelDir]:
     """The model of a directory (float or int8) running on int8 weights. Float weights are
     quantized one tensor at a time as they are read."""
     model_dir = read_model_dir(path)
@@ -139,7 +167,7 @@ def load_int8_model(path: str | Path, device: str | torch.device = "cpu",
     quantized = {n[:-len(SCALE_SUFFIX)] for n in state if n.endswith(SCALE_SUFFIX)}
     floats = {n: t.to(dtype) for n, t in state.items() if n not in quantized and not n.endswith(SCALE_SUFFIX)}
     model = build_model(model_dir.config, floats)
-    model = swap_in_int8(model, state, device, dtype).to(device)
+    model = swap_in_int8(model, state, device, dtype, use_kernels).to(device)
     left = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
     if left:
         raise ModelDirError(f"{model_dir.path}: no int8 kernel for {left[0]}")

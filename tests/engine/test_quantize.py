@@ -10,7 +10,7 @@ import torch
 
 from engine import Engine, ModelDirError, SamplingParams
 from engine.model_dir import WEIGHTS_FILE, load_model_dir, read_model_dir
-from engine.quantize import WeightOnlyInt8Linear, fbgemm_linear, main, quantize_tensor, write_int8_model_dir
+from engine.quantize import Int8Linear, WeightOnlyInt8Linear, main, quantize_tensor, write_int8_model_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["def add(a, b):\n", "import json\n\nclass Decoder:\n", "for i in range(10):\n    print(",
@@ -75,7 +75,8 @@ def test_int8_greedy_agrees_with_fp32(fp32_engine, int8_engine):
     assert rate >= 0.85
 
 
-@pytest.mark.parametrize("make", [fbgemm_linear, WeightOnlyInt8Linear])
+@pytest.mark.parametrize("make", [Int8Linear, lambda q, s, b: Int8Linear(q, s, b, use_kernels=False),
+                                  WeightOnlyInt8Linear], ids=["kernel", "pytorch", "weight-only"])
 def test_int8_linear_matches_dequantized(make):
     torch.manual_seed(0)
     w, bias, x = torch.randn(48, 32) * 0.05, torch.randn(48) * 0.01, torch.randn(3, 32)

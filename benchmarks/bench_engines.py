@@ -1,0 +1,257 @@
+"""One inference engine per process, driven by `code-assistant bench engine` over stdin/stdout.
+
+Each engine runs in its own process so that its memory is its own (RSS is measured per engine),
+its threads are set before it starts and never meet another engine's, and one that crashes
+takes nothing else down. Commands are JSON lines:
+
+  {"op": "generate", "ids": [...], "text": "...", "n": 64}
+      -> {"tokens": [...], "ttft_s": ..., "total_s": ...}   greedy, batch 1
+  {"op": "streams", "ids": [[...], ...], "texts": [...], "n": 64}
+      -> {"tokens": N, "seconds": ...}                     the engine's own way to serve many
+  {"op": "rss"} -> {"rss_mb": ..., "peak_rss_mb": ...}
+
+Every engine gets the same prompt token ids (ours builds them from the same text) and makes
+exactly `n` new tokens where it can (ours stops at an end-of-text token, as it does for users).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ENGINES = ("ours", "ours-pytorch", "transformers", "ctranslate2", "llama.cpp")
+INSTALL = "pip install -e '.[bench-engines]' (llama-cpp-python builds from source: docs/engine.md)"
+
+
+def missing(engine: str) -> str | None:
+    """Why `engine` cannot run here, or None."""
+    module = {"transformers": "transformers", "ctranslate2": "ctranslate2", "llama.cpp": "llama_cpp"}.get(engine)
+    if module is None:
+        return None
+    try:
+        __import__(module)
+    except ImportError:
+        return f"{module} is not installed ({INSTALL})"
+    return None
+
+
+def cpu_s() -> float:
+    """CPU seconds of this process, every thread: on a shared machine this, not the wall clock,
+    says what a decode step costs."""
+    return time.process_time()  # CLOCK_PROCESS_CPUTIME_ID: exact, where getrusage counts in ticks
+
+
+def peak_rss_mb() -> float:
+    """VmHWM: this process's own high-water mark (getrusage's ru_maxrss keeps the parent's across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class Ours:
+    def __init__(self, artifacts: dict, threads: int, max_batch: int, kernels: bool = True):
+        import torch
+
+        from engine import Engine, EngineConfig, SamplingParams
+
+        torch.set_num_threads(threads)
+        self.params = SamplingParams
+        # The network alone, as the other engines run: healing, the context cache model, the loop
+        # guard and drafts (speculative decoding: benchmarks/speculative_bench.py) off.
+        config = EngineConfig(max_batch=max_batch, token_healing=False, cache_weight=0.0, stop_loops=False,
+                              draft_tokens=0, kernels=kernels)
+        self.engine = Engine.load(artifacts["hf"], quantize="int8", config=config)
+
+    def generate(self, ids: list[int], text: str, n: int) -> dict:
+        import threading
+
+        finished = threading.Event()
+        cpu = []
+
+        def on_chunk(chunk) -> None:
+            if not cpu:
+                cpu.append(cpu_s())
+            if chunk.finish_reason:
+                cpu.append(cpu_s())
+                finished.set()
+
+        start = time.perf_counter()
+        request = self.engine.submit(text, None, self.params(max_tokens=n), on_chunk)
+        finished.wait()
+        total = time.perf_counter() - start
+        if ids and request.prompt_ids != ids:
+            raise RuntimeError(f"our prompt has {len(request.prompt_ids)} tokens, the others got {len(ids)}")
+        return {"tokens": list(request.output_ids), "ttft_s": request.first_token_at - request.submitted,
+                "total_s": total, "decode_cpu_s": cpu[-1] - cpu[0]}
+
+    def streams(self, ids: list[list[int]], texts: list[str], n: int) -> dict:
+        import threading
+
+        left = threading.Semaphore(0)
+        count = [0]
+
+        def on_chunk(chunk) -> None:
+            if chunk.finish_reason:
+                count[0] += chunk.tokens
+                left.release()
+
+        start = time.perf_counter()
+        for text in texts:
+            self.engine.submit(text, None, self.params(max_tokens=n), on_chunk)
+        for _ in texts:
+            left.acquire()
+        return {"tokens": count[0], "seconds": time.perf_counter() - start}
+
+
+class Transformers:
+    """transformers' generate (greedy, its KV cache) on the float model with its linear layers
+    through torch's quantize_dynamic (FBGEMM int8): what a PyTorch user reaches for first."""
+
+    def __init__(self, artifacts: dict, threads: int, max_batch: int):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(threads)
+        model = AutoModelForCausalLM.from_pretrained(artifacts["hf"], torch_dtype=torch.float32).eval()
+        self.model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        self.torch = torch
+
+    def _generate(self, batch, n: int, streamer=None, attention_mask=None):
+        with self.torch.no_grad():
+            return self.model.generate(batch, attention_mask=attention_mask, max_new_tokens=n, min_new_tokens=n,
+                                       do_sample=False, streamer=streamer, pad_token_id=0)
+
+    def generate(self, ids: list[int], text: str, n: int) -> dict:
+        from transformers.generation.streamers import BaseStreamer
+
+        class Clock(BaseStreamer):
+            def __init__(self):
+                self.times = []
+
+            def put(self, value):
+                self.times.append(time.perf_counter())
+                self.cpu = getattr(self, "cpu", []) + [cpu_s()]
+
+            def end(self):
+                pass
+
+        clock = Clock()
+        start = time.perf_counter()
+        out = self._generate(self.torch.tensor([ids]), n, clock)
+        total = time.perf_counter() - start
+        return {"tokens": out[0, len(ids):].tolist(), "ttft_s": clock.times[1] - start, "total_s": total,
+                "decode_cpu_s": cpu_s() - clock.cpu[1]}
+
+    def streams(self, ids: list[list[int]], texts: list[str], n: int) -> dict:
+        width = max(map(len, ids))  # left-padded into one batched generate
+        batch = self.torch.tensor([[0] * (width - len(r)) + r for r in ids])
+        mask = self.torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])
+        start = time.perf_counter()
+        out = self._generate(batch, n, attention_mask=mask)
+        return {"tokens": (out.shape[1] - width) * len(ids), "seconds": time.perf_counter() - start}
+
+
+class CTranslate2:
+    def __init__(self, artifacts: dict, threads: int, max_batch: int):
+        import ctranslate2
+
+        self.generator = ctranslate2.Generator(str(artifacts["ctranslate2"]), device="cpu", compute_type="int8",
+                                               intra_threads=threads, inter_threads=1)
+        vocab = Path(artifacts["ctranslate2"]) / "vocabulary.json"
+        self.vocab = json.loads(vocab.read_text())
+        self.index = {t: i for i, t in enumerate(self.vocab)}
+        self.max_batch = max_batch
+
+    def generate(self, ids: list[int], text: str, n: int) -> dict:
+        times, cpu = [], []  # the callback runs on the generating thread as each token is chosen
+
+        def callback(step) -> bool:
+            times.append(time.perf_counter())
+            if not cpu:
+                cpu.append(cpu_s())
+            return False
+
+        start = time.perf_counter()
+        result = self.generator.generate_batch([[self.vocab[i] for i in ids]], max_length=n, min_length=n,
+                                               sampling_topk=1, end_token=[], include_prompt_in_result=False,
+                                               callback=callback)
+        total = time.perf_counter() - start
+        return {"tokens": result[0].sequences_ids[0], "ttft_s": times[0] - start, "total_s": total,
+                "decode_cpu_s": cpu_s() - cpu[0]}
+
+    def streams(self, ids: list[list[int]], texts: list[str], n: int) -> dict:
+        start = time.perf_counter()
+        results = self.generator.generate_batch([[self.vocab[i] for i in r] for r in ids], max_length=n,
+                                                min_length=n, sampling_topk=1, end_token=[],
+                                                include_prompt_in_result=False, max_batch_size=self.max_batch)
+        return {"tokens": sum(len(r.sequences_ids[0]) for r in results), "seconds": time.perf_counter() - start}
+
+
+class LlamaCpp:
+    def __init__(self, artifacts: dict, threads: int, max_batch: int):
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(model_path=str(artifacts["gguf"]), n_ctx=artifacts["context"], n_threads=threads,
+                                   n_threads_batch=threads, n_batch=512, verbose=False)
+
+    def generate(self, ids: list[int], text: str, n: int) -> dict:
+        start = time.perf_counter()
+        first, tokens = None, []
+        for token in self.llm.generate(ids, top_k=1, temp=0.0, reset=True):
+            if first is None:
+                first, cpu = time.perf_counter(), cpu_s()
+            tokens.append(token)
+            if len(tokens) == n:
+                break
+        return {"tokens": tokens, "ttft_s": first - start, "total_s": time.perf_counter() - start,
+                "decode_cpu_s": cpu_s() - cpu}
+
+    def streams(self, ids: list[list[int]], texts: list[str], n: int) -> dict:
+        """One after another: llama-cpp-python's Llama holds one sequence (its server's parallel
+        slots are another setup)."""
+        start = time.perf_counter()
+        count = sum(len(self.generate(r, "", n)["tokens"]) for r in ids)
+        return {"tokens": count, "seconds": time.perf_counter() - start}
+
+
+def make(engine: str, artifacts: dict, threads: int, max_batch: int):
+    if engine == "ours":
+        return Ours(artifacts, threads, max_batch)
+    if engine == "ours-pytorch":
+        return Ours(artifacts, threads, max_batch, kernels=False)
+    return {"transformers": Transformers, "ctranslate2": CTranslate2, "llama.cpp": LlamaCpp}[engine](
+        artifacts, threads, max_batch)
+
+
+def serve(engine: str, artifacts: dict, threads: int, max_batch: int) -> None:
+    rss0 = rss_mb()
+    runner = make(engine, artifacts, threads, max_batch)
+    out = sys.stdout
+    sys.stdout = sys.stderr  # engines that print must not break the protocol
+    print(json.dumps({"ready": True, "rss_load_mb": round(rss_mb() - rss0, 1)}), file=out, flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        try:
+            if cmd["op"] == "generate":
+                reply = runner.generate(cmd["ids"], cmd["text"], cmd["n"])
+            elif cmd["op"] == "streams":
+                reply = runner.streams(cmd["ids"], cmd["texts"], cmd["n"])
+            elif cmd["op"] == "rss":
+                reply = {"rss_mb": round(rss_mb(), 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
+            else:
+                reply = {"error": f"unknown op {cmd['op']!r}"}
+        except Exception as e:  # reported to the driver, which records it beside the engine's numbers
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        print(json.dumps(reply), file=out, flush=True)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

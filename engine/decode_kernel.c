@@ -1,0 +1,669 @@
+/* The int8 CPU kernels: a matmul over our stored int8 weights, and a whole decode forward in one call.
+ *
+ * Built by engine/kernels.py with the machine's C compiler (-O3 -march=native -ffp-contract=off
+ * -fopenmp-simd -pthread) and called through ctypes; engine/quantize.py and engine/fast_decode.py fall back to
+ * PyTorch without it, and the tests run both.
+ *
+ * int8 matmul (`int8_linear`): every input row x is quantized on the fly to int8 with its own scale
+ * (sx = max|x| / 127, xq = round-half-even(x / sx)), multiplied exactly in int32 with the int8
+ * weight rows, then y = (float(acc) * sx) * sw[n] (+ bias[n]). One scale per row keeps a row's
+ * result independent of the other rows of a batch. The PyTorch fallback (engine/quantize.py) does
+ * the same integer arithmetic with torch._int_mm and the same float epilogue in the same order
+ * (FMA contraction is off), so the two agree bit for bit. AVX-512 VNNI multiplies unsigned by
+ * signed bytes: xq + 128 goes in, and 128 * sum(w[n]) (precomputed) comes out.
+ *
+ * Decode forward (`decode_forward`): embedding, every block (norm, fused qkv, rotary positions,
+ * K/V written into the cache, attention over the row's cached keys, output projection, norm,
+ * MLP) and the head, for B rows of T new tokens each: no Python, one call per step. The KV cache is
+ * described by strides, so the same code reads the engine's slot cache and a paged block pool:
+ * position p of row b lives in block tables[b][p / block_tokens] at offset p % block_tokens.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+
+#define ALIGN 64
+
+/* ---- the model, as pointers into the PyTorch tensors (engine/fast_decode.py builds these) ---- */
+typedef struct {
+    const int8_t *w;       /* (n, k) row-major */
+    const float *scale;    /* (n,) */
+    const int32_t *wsum;   /* (n,) sum of each row's int8 weights */
+    const float *bias;     /* (n,) or NULL */
+    int64_t n, k;
+} qlinear;
+
+typedef struct {
+    const float *attn_norm_w, *attn_norm_b, *mlp_norm_w, *mlp_norm_b;  /* b: NULL for RMSNorm */
+    qlinear qkv, out, up, down;
+} layer_weights;
+
+typedef struct {
+    int64_t n_layer, n_embd, n_head, n_kv_head, head_dim, intermediate, vocab, block_size;
+    int64_t rms_norm;       /* 0: LayerNorm, 1: RMSNorm */
+    float norm_eps;
+    int64_t activation;     /* 0 gelu_tanh, 1 gelu (erf), 2 silu, 3 relu */
+    int64_t gated;          /* SwiGLU: up holds [gate | up] */
+    int64_t sliding_window; /* 0: full attention */
+    const int8_t *embed; const float *embed_scale;   /* (vocab, n_embd) */
+    const int8_t *pos_embed; const float *pos_scale; /* (block_size, n_embd) or NULL */
+    const float *rope_cos, *rope_sin;                /* (block_size, head_dim) or NULL */
+    const float *norm_w, *norm_b;
+    qlinear head;
+    const layer_weights *layers;
+} model_weights;
+
+typedef struct {
+    void *k, *v;                 /* layer 0's keys/values, float32 or int8 */
+    float *k_scale, *v_scale;    /* int8: one scale per (token, head); else NULL */
+    int64_t layer_stride, block_stride, token_stride, head_stride;            /* elements of k, v */
+    int64_t s_layer_stride, s_block_stride, s_token_stride, s_head_stride;    /* elements of the scales */
+    int64_t block_tokens, int8;
+} kv_layout;
+
+/* ---- scratch: grown, never shrunk; one per thread that calls in (the scheduler) ---- */
+static __thread void *scratch_buf = NULL;
+static __thread size_t scratch_size = 0;
+
+static void *scratch(size_t bytes) {
+    if (bytes > scratch_size) {
+        free(scratch_buf);
+        scratch_size = (bytes + 4095) & ~(size_t)4095;
+        scratch_buf = aligned_alloc(ALIGN, scratch_size);
+    }
+    return scratch_buf;
+}
+
+/* Where a decode step's time goes: the calling thread's CPU nanoseconds per phase, summed over calls while profiling is on. */
+enum { P_EMBED, P_NORM, P_QKV, P_ROPE_STORE, P_ATTENTION, P_OUT, P_UP, P_ACT, P_DOWN, P_HEAD, P_N };
+static uint64_t profile_cycles[P_N];
+static int profiling = 0;
+
+static inline uint64_t now(void) {  /* the calling thread's CPU time (ns): preemption is not counted */
+    struct timespec ts;
+    if (!profiling) return 0;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+#define MARK(phase) do { if (profiling) { uint64_t t_ = now(); profile_cycles[phase] += t_ - t0; t0 = t_; } } while (0)
+
+/* on: 1 starts (and zeroes) the counters, 0 stops; out (P_N) gets the cycles so far. */
+void decode_profile(int64_t on, uint64_t *out) {
+    if (out) memcpy(out, profile_cycles, sizeof profile_cycles);
+    if (on && !profiling) memset(profile_cycles, 0, sizeof profile_cycles);
+    profiling = (int)on;
+}
+
+static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+/* ---- threads: a parallel-for that never waits for a thread that has not started ----
+ *
+ * OpenMP (and llama.cpp's pool) end every parallel region at a barrier that waits for every
+ * thread. On a machine whose cores are shared with other work, a helper that is not scheduled
+ * stalls that barrier for a time slice: measured here, two OpenMP threads made a decode step of
+ * the 0.5B shape 10-15x slower than one. Here the calling thread and the helpers take chunks from
+ * one counter; the caller waits only for chunks a helper has actually taken, so a helper that
+ * never wakes costs nothing and the region runs at one thread's speed. The counter packs the
+ * region's number, its chunk count and the next chunk into one word, so a late helper can never
+ * take a chunk of a region that is over. */
+#define SPIN_ROUNDS 20000
+typedef void (*chunk_fn)(void *ctx, int64_t chunk);
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    _Atomic uint64_t ticket;     /* region (24 bits) | chunks (20 bits) | next chunk (20 bits) */
+    _Atomic int64_t done;
+    _Atomic int sleeping, helpers_wanted;
+    int helpers;
+    chunk_fn fn;
+    void *ctx;
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+#define TICKET(region, n, next) (((uint64_t)(region) << 40) | ((uint64_t)(n) << 20) | (uint64_t)(next))
+#define T_REGION(t) ((t) >> 40)
+#define T_CHUNKS(t) (((t) >> 20) & 0xFFFFF)
+#define T_NEXT(t) ((t) & 0xFFFFF)
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__)
+    _mm_pause();
+#endif
+}
+
+/* Take and run chunks of the current region until none is left; returns when the region is taken. */
+static void take_chunks(uint64_t region) {
+    uint64_t t = atomic_load(&pool.ticket);
+    for (;;) {
+        if (T_REGION(t) != region || T_NEXT(t) >= T_CHUNKS(t)) return;
+        if (!atomic_compare_exchange_weak(&pool.ticket, &t, t + 1)) continue;
+        pool.fn(pool.ctx, (int64_t)T_NEXT(t));  /* a claimed chunk keeps the region (and fn, ctx) alive */
+        atomic_fetch_add(&pool.done, 1);
+        t = atomic_load(&pool.ticket);
+    }
+}
+
+static void *helper_main(void *arg) {
+    const int id = (int)(intptr_t)arg;
+    uint64_t seen = T_REGION(atomic_load(&pool.ticket));
+    for (;;) {
+        uint64_t region;
+        int spins = 0;
+        while ((region = T_REGION(atomic_load(&pool.ticket))) == seen) {
+            if (++spins < SPIN_ROUNDS) { cpu_relax(); continue; }
+            pthread_mutex_lock(&pool.lock);
+            atomic_fetch_add(&pool.sleeping, 1);
+            while ((region = T_REGION(atomic_load(&pool.ticket))) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+            atomic_fetch_sub(&pool.sleeping, 1);
+            pthread_mutex_unlock(&pool.lock);
+            break;
+        }
+        seen = region;
+        if (id < atomic_load(&pool.helpers_wanted)) take_chunks(region);
+    }
+    return NULL;
+}
+
+/* fn(ctx, c) for c in 0..n_chunks-1 on the calling thread and up to n_threads - 1 helpers.
+ * Called from one thread at a time (the engine's scheduler). */
+static void parallel_for(int64_t n_chunks, chunk_fn fn, void *ctx, int64_t n_threads) {
+    if (n_threads <= 1 || n_chunks <= 1 || n_chunks >= (1 << 20)) {
+        for (int64_t c = 0; c < n_chunks; c++) fn(ctx, c);
+        return;
+    }
+    while (pool.helpers < n_threads - 1 && pool.helpers < 63) {
+        pthread_t th;
+        if (pthread_create(&th, NULL, helper_main, (void *)(intptr_t)pool.helpers)) break;
+        pthread_detach(th);
+        pool.helpers++;
+    }
+    atomic_store(&pool.helpers_wanted, (int)(n_threads - 1));
+    pool.fn = fn;
+    pool.ctx = ctx;
+    atomic_store(&pool.done, 0);
+    const uint64_t region = (T_REGION(atomic_load(&pool.ticket)) + 1) & 0xFFFFFF;
+    atomic_store(&pool.ticket, TICKET(region, n_chunks, 0));
+    if (atomic_load(&pool.sleeping)) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    take_chunks(region);
+    for (int spins = 0; atomic_load(&pool.done) < n_chunks; spins++) {  /* only chunks a helper holds */
+        if (spins < SPIN_ROUNDS) cpu_relax();
+        else sched_yield();
+    }
+}
+
+/* ---- activation quantization: the PyTorch fallback must match this exactly ---- */
+static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t stride, uint8_t *xu, int64_t Kp, float *sx) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *r = x + m * K;
+        float amax = 0.0f;
+        for (int64_t i = 0; i < K; i++) { float a = fabsf(r[i]); amax = a > amax ? a : amax; }
+        float s = amax / 127.0f;
+        if (s < 1e-12f) s = 1e-12f;
+        sx[m] = s;
+        uint8_t *o = xu + m * stride;
+        for (int64_t i = 0; i < K; i++) {
+            float q = nearbyintf(r[i] / s);
+            q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+            o[i] = (uint8_t)((int)q + 128);
+        }
+        for (int64_t i = K; i < Kp; i++) o[i] = 128;  /* zero, times zero-padded weights */
+    }
+}
+
+/* Integer dot products of up to 4 activation rows with 4 weight rows, and the float epilogue:
+ * y[m][j] = (float(sum xu[m] * w[j] - 128 * wsum[j]) * sx[m]) * scale[j] (+ bias[j]). */
+static void tile_4x4(const uint8_t *xu, int64_t xstride, int64_t nm, const qlinear *L, int64_t n, int64_t nj,
+                     const float *sx, float *y, int64_t ystride) {
+    const int8_t *w0 = L->w + n * L->k;
+    const int64_t K = L->k;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    __m512i a[4][4];
+    for (int m = 0; m < 4; m++) for (int j = 0; j < 4; j++) a[m][j] = _mm512_setzero_si512();
+    for (int64_t k = 0; k < K; k += 64) {
+        __mmask64 mask = K - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - k)) - 1);
+        __m512i w[4];
+        for (int j = 0; j < 4; j++)
+            w[j] = j < nj ? _mm512_maskz_loadu_epi8(mask, w0 + j * K + k) : _mm512_setzero_si512();
+        for (int m = 0; m < nm; m++) {
+            __m512i x = _mm512_loadu_si512((const void *)(xu + m * xstride + k));
+            for (int j = 0; j < 4; j++) a[m][j] = _mm512_dpbusd_epi32(a[m][j], x, w[j]);
+        }
+    }
+    __mmask8 cols = (__mmask8)((1u << nj) - 1);
+    __m128i wsum = _mm_maskz_loadu_epi32(cols, L->wsum + n);
+    __m128 scale = _mm_maskz_loadu_ps(cols, L->scale + n);
+    __m128 bias = L->bias ? _mm_maskz_loadu_ps(cols, L->bias + n) : _mm_setzero_ps();
+    __m128i offset = _mm_slli_epi32(wsum, 7);  /* 128 * wsum */
+    for (int m = 0; m < nm; m++) {
+        /* the four rows' sums side by side: pairwise interleave and add, then fold the 128-bit lanes */
+        __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[m][0], a[m][1]), _mm512_unpackhi_epi32(a[m][0], a[m][1]));
+        __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[m][2], a[m][3]), _mm512_unpackhi_epi32(a[m][2], a[m][3]));
+        __m512i s = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+        __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+        __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        __m128 v = _mm_cvtepi32_ps(_mm_sub_epi32(sums, offset));
+        v = _mm_mul_ps(v, _mm_set1_ps(sx[m]));
+        v = _mm_mul_ps(v, scale);
+        if (L->bias) v = _mm_add_ps(v, bias);
+        _mm_mask_storeu_ps(y + m * ystride + n, cols, v);
+    }
+#else
+    for (int m = 0; m < nm; m++)
+        for (int j = 0; j < nj; j++) {
+            const uint8_t *x = xu + m * xstride;
+            const int8_t *w = w0 + j * K;
+            int32_t acc = 0;
+            for (int64_t k = 0; k < K; k++) acc += (int32_t)x[k] * (int32_t)w[k];
+            float v = (float)(acc - 128 * L->wsum[n + j]);
+            v = v * sx[m];
+            v = v * L->scale[n + j];
+            if (L->bias) v = v + L->bias[n + j];
+            y[m * ystride + n + j] = v;
+        }
+#endif
+}
+
+/* Output columns n0..n1 of every row: activation rows in tiles of 4 (kept in L1), the chunk's
+ * weight rows (n1 - n0 of them, kept in L2) read once per tile. */
+static void gemm_rows(const uint8_t *xu, int64_t xstride, const float *sx, int64_t M, const qlinear *L,
+                      float *y, int64_t ystride, int64_t n0, int64_t n1) {
+    for (int64_t m = 0; m < M; m += 4) {
+        int64_t nm = M - m < 4 ? M - m : 4;
+        for (int64_t n = n0; n < n1; n += 4)
+            tile_4x4(xu + m * xstride, xstride, nm, L, n, n1 - n < 4 ? n1 - n : 4, sx + m, y + m * ystride, ystride);
+    }
+}
+
+typedef struct {
+    const uint8_t *xu;
+    const float *sx;
+    int64_t M, Kp;
+    const qlinear *L;
+    float *y;
+} linear_job;
+
+#define LINEAR_CHUNK 64  /* output rows a chunk */
+
+static void linear_chunk(void *ctx, int64_t c) {
+    const linear_job *j = ctx;
+    int64_t n0 = c * LINEAR_CHUNK, n1 = n0 + LINEAR_CHUNK < j->L->n ? n0 + LINEAR_CHUNK : j->L->n;
+    gemm_rows(j->xu, j->Kp, j->sx, j->M, j->L, j->y, j->L->n, n0, n1);
+}
+
+/* y (M, n) = x (M, k) through the int8 linear; output rows split over threads when there is enough work. */
+static void linear(const float *x, int64_t M, const qlinear *L, float *y, int64_t n_threads) {
+    int64_t Kp = round_up(L->k, 64);
+    uint8_t *xu = scratch((size_t)(M * Kp + M * 4 + ALIGN));
+    float *sx = (float *)(xu + round_up(M * Kp, ALIGN));
+    quantize_rows(x, M, L->k, Kp, xu, Kp, sx);
+    linear_job job = {xu, sx, M, Kp, L, y};
+    /* Below ~64K multiply-adds a second thread costs more than it brings (measured). */
+    parallel_for((L->n + LINEAR_CHUNK - 1) / LINEAR_CHUNK, linear_chunk, &job,
+                 M * L->n * L->k >= (1 << 16) ? n_threads : 1);
+}
+
+void int8_linear(const float *x, int64_t M, const qlinear *L, float *y, int64_t n_threads) {
+    linear(x, M, L, y, n_threads);
+}
+
+/* ---- elementwise pieces ---- */
+#if defined(__AVX512F__)
+/* exp for x <= ~88 (Cephes' expf polynomial, ~2 ulp); inputs below -87.3 give ~0. */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+    x = _mm512_min_ps(x, _mm512_set1_ps(88.3f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+#endif
+
+/* x[i] = exp(x[i]) */
+static void exp_inplace(float *x, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, exp512(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(x + i, m, exp512(_mm512_maskz_loadu_ps(m, x + i)));
+        return;
+    }
+#endif
+    for (; i < n; i++) x[i] = expf(x[i]);
+}
+
+/* act(x) in place; activation codes as in model_weights */
+static void activate(float *x, int64_t n, int64_t activation) {
+    if (activation == 3) { for (int64_t i = 0; i < n; i++) x[i] = x[i] > 0 ? x[i] : 0.0f; return; }
+    if (activation == 1) { for (int64_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f)); return; }
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_loadu_ps(x + i), one = _mm512_set1_ps(1.0f);
+        if (activation == 2) {  /* silu: x / (1 + exp(-x)) */
+            v = _mm512_div_ps(v, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+        } else {  /* gelu_tanh: 0.5 x (1 + tanh(u)), tanh(u) = 1 - 2 / (1 + exp(2u)) */
+            __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
+                                     _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), v), _mm512_mul_ps(v, v), v));
+            __m512 t = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f),
+                                                        _mm512_add_ps(one, exp512(_mm512_add_ps(u, u)))));
+            v = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(one, t));
+        }
+        _mm512_storeu_ps(x + i, v);
+    }
+#endif
+    for (; i < n; i++) {
+        float v = x[i];
+        if (activation == 2) x[i] = v / (1.0f + expf(-v));
+        else x[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    }
+}
+
+static void norm_rows(const float *x, float *y, int64_t M, int64_t E, const float *w, const float *b, int rms, float eps) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *r = x + m * E;
+        float *o = y + m * E;
+        if (rms) {
+            float ss = 0.0f;
+#pragma omp simd reduction(+:ss)
+            for (int64_t i = 0; i < E; i++) ss += r[i] * r[i];
+            float inv = 1.0f / sqrtf(ss / (float)E + eps);
+            for (int64_t i = 0; i < E; i++) o[i] = r[i] * inv * w[i];
+        } else {
+            float sum = 0.0f;
+#pragma omp simd reduction(+:sum)
+            for (int64_t i = 0; i < E; i++) sum += r[i];
+            float mean = sum / (float)E, var = 0.0f;
+#pragma omp simd reduction(+:var)
+            for (int64_t i = 0; i < E; i++) var += (r[i] - mean) * (r[i] - mean);
+            float inv = 1.0f / sqrtf(var / (float)E + eps);
+            for (int64_t i = 0; i < E; i++) o[i] = (r[i] - mean) * inv * w[i] + b[i];
+        }
+    }
+}
+
+/* Rotary positions, half-split layout: out[i] = x[i] cos[i] - x[i+h] sin[i], out[i+h] = x[i+h] cos[i+h] + x[i] sin[i+h]. */
+static void rotate(float *x, const float *cos, const float *sin, int64_t D) {
+    int64_t h = D / 2;
+    for (int64_t i = 0; i < h; i++) {
+        float a = x[i], b = x[i + h];
+        x[i] = a * cos[i] - b * sin[i];
+        x[i + h] = b * cos[i + h] + a * sin[i + h];
+    }
+}
+
+/* ---- the KV cache ---- */
+static inline int64_t kv_offset(const kv_layout *c, int64_t layer, int64_t block, int64_t off, int64_t head) {
+    return layer * c->layer_stride + block * c->block_stride + off * c->token_stride + head * c->head_stride;
+}
+
+static inline int64_t scale_offset(const kv_layout *c, int64_t layer, int64_t block, int64_t off, int64_t head) {
+    return layer * c->s_layer_stride + block * c->s_block_stride + off * c->s_token_stride + head * c->s_head_stride;
+}
+
+/* One head's key or value (D floats) into the cache; int8: scale = max(max|x|, 1e-8) / 127, as kv_cache.py. */
+static void store_head(const kv_layout *c, void *base, float *scales, int64_t layer, int64_t block, int64_t off,
+                       int64_t head, const float *x, int64_t D) {
+    int64_t o = kv_offset(c, layer, block, off, head);
+    if (!c->int8) { memcpy((float *)base + o, x, (size_t)D * sizeof(float)); return; }
+    float amax = 0.0f;
+    for (int64_t d = 0; d < D; d++) { float a = fabsf(x[d]); amax = a > amax ? a : amax; }
+    float s = (amax < 1e-8f ? 1e-8f : amax) / 127.0f;
+    scales[scale_offset(c, layer, block, off, head)] = s;
+    int8_t *dst = (int8_t *)base + o;
+    for (int64_t d = 0; d < D; d++) dst[d] = (int8_t)nearbyintf(x[d] / s);
+}
+
+/* scores[i] = scale * q . key_i (times the key's int8 scale) for n keys `ts` elements apart. */
+static void key_scores(const float *q, const void *keys, const float *kscale, int64_t sts, int64_t int8, int64_t n,
+                       int64_t ts, int64_t D, float scale, float *scores) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    if (D % 16 == 0 && D <= 256) {
+        __m512 qv[16];
+        for (int64_t d = 0; d < D / 16; d++) qv[d] = _mm512_loadu_ps(q + 16 * d);
+        for (; i + 4 <= n; i += 4) {
+            __m512 a[4];
+            for (int r = 0; r < 4; r++) {
+                a[r] = _mm512_setzero_ps();
+                if (int8) {
+                    const int8_t *k = (const int8_t *)keys + (i + r) * ts;
+                    for (int64_t d = 0; d < D / 16; d++)
+                        a[r] = _mm512_fmadd_ps(qv[d], _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                                   _mm_loadu_si128((const __m128i *)(k + 16 * d)))), a[r]);
+                } else {
+                    const float *k = (const float *)keys + (i + r) * ts;
+                    for (int64_t d = 0; d < D / 16; d++) a[r] = _mm512_fmadd_ps(qv[d], _mm512_loadu_ps(k + 16 * d), a[r]);
+                }
+            }
+            for (int r = 0; r < 4; r++)
+                scores[i + r] = _mm512_reduce_add_ps(a[r]) * (int8 ? kscale[(i + r) * sts] : 1.0f) * scale;
+        }
+    }
+#endif
+    for (; i < n; i++) {
+        float dot = 0.0f;
+        if (int8) {
+            const int8_t *k = (const int8_t *)keys + i * ts;
+#pragma omp simd reduction(+:dot)
+            for (int64_t d = 0; d < D; d++) dot += q[d] * (float)k[d];
+            dot *= kscale[i * sts];
+        } else {
+            const float *k = (const float *)keys + i * ts;
+#pragma omp simd reduction(+:dot)
+            for (int64_t d = 0; d < D; d++) dot += q[d] * k[d];
+        }
+        scores[i] = dot * scale;
+    }
+}
+
+/* out += sum_i w[i] * value_i (times the value's int8 scale) over n values `ts` elements apart. */
+static void add_values(const float *w, const void *values, const float *vscale, int64_t sts, int64_t int8, int64_t n,
+                       int64_t ts, int64_t D, float *out) {
+#if defined(__AVX512F__)
+    if (D % 16 == 0 && D <= 256) {
+        __m512 acc[16];
+        for (int64_t d = 0; d < D / 16; d++) acc[d] = _mm512_loadu_ps(out + 16 * d);
+        for (int64_t i = 0; i < n; i++) {
+            const __m512 wi = _mm512_set1_ps(int8 ? w[i] * vscale[i * sts] : w[i]);
+            if (int8) {
+                const int8_t *v = (const int8_t *)values + i * ts;
+                for (int64_t d = 0; d < D / 16; d++)
+                    acc[d] = _mm512_fmadd_ps(wi, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                                 _mm_loadu_si128((const __m128i *)(v + 16 * d)))), acc[d]);
+            } else {
+                const float *v = (const float *)values + i * ts;
+                for (int64_t d = 0; d < D / 16; d++) acc[d] = _mm512_fmadd_ps(wi, _mm512_loadu_ps(v + 16 * d), acc[d]);
+            }
+        }
+        for (int64_t d = 0; d < D / 16; d++) _mm512_storeu_ps(out + 16 * d, acc[d]);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++) {
+        const float wi = int8 ? w[i] * vscale[i * sts] : w[i];
+        if (int8) {
+            const int8_t *v = (const int8_t *)values + i * ts;
+#pragma omp simd
+            for (int64_t d = 0; d < D; d++) out[d] += wi * (float)v[d];
+        } else {
+            const float *v = (const float *)values + i * ts;
+#pragma omp simd
+            for (int64_t d = 0; d < D; d++) out[d] += wi * v[d];
+        }
+    }
+}
+
+/* Attention of one query head over keys start..p of one row (its block table); out: D floats.
+ * Keys are visited block by block: one table lookup per block, pointer steps within it. */
+static void attend_one(const kv_layout *c, int64_t layer, const int64_t *table, int64_t g, const float *q,
+                       int64_t start, int64_t p, int64_t D, float *scores, float *out) {
+    const float scale = 1.0f / sqrtf((float)D);
+    const int64_t bt = c->block_tokens, ts = c->token_stride, sts = c->s_token_stride;
+    float top = -INFINITY;
+    const size_t esize = c->int8 ? 1 : sizeof(float);
+    for (int64_t j = start; j <= p;) {
+        const int64_t block = table[j / bt], first = j % bt, n = bt - first < p - j + 1 ? bt - first : p - j + 1;
+        const char *keys = (const char *)c->k + kv_offset(c, layer, block, first, g) * esize;
+        const float *ks = c->int8 ? c->k_scale + scale_offset(c, layer, block, first, g) : NULL;
+        float *sc = scores + (j - start);
+        key_scores(q, keys, ks, sts, c->int8, n, ts, D, scale, sc);
+        for (int64_t i = 0; i < n; i++) top = sc[i] > top ? sc[i] : top;
+        j += n;
+    }
+    const int64_t n_keys = p - start + 1;
+    for (int64_t i = 0; i < n_keys; i++) scores[i] -= top;
+    exp_inplace(scores, n_keys);
+    float total = 0.0f;
+    for (int64_t i = 0; i < n_keys; i++) total += scores[i];
+    for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
+    for (int64_t j = start; j <= p;) {
+        const int64_t block = table[j / bt], first = j % bt, n = bt - first < p - j + 1 ? bt - first : p - j + 1;
+        const char *values = (const char *)c->v + kv_offset(c, layer, block, first, g) * esize;
+        const float *vs = c->int8 ? c->v_scale + scale_offset(c, layer, block, first, g) : NULL;
+        add_values(scores + (j - start), values, vs, sts, c->int8, n, ts, D, out);
+        j += n;
+    }
+    const float inv = 1.0f / total;
+    for (int64_t d = 0; d < D; d++) out[d] *= inv;
+}
+
+/* ---- the forward ---- */
+typedef struct {
+    const model_weights *mw;
+    const kv_layout *c;
+    int64_t layer;
+    const int64_t *positions, T, *n_real, *tables, max_blocks;
+    const float *qkv;
+    float *att, *scores;
+    int64_t scores_stride;
+} attention_job;
+
+/* One (row, head) of a layer's attention; scores go to a buffer per task slot, not per thread. */
+static void attention_chunk(void *ctx, int64_t task) {
+    const attention_job *j = ctx;
+    const model_weights *mw = j->mw;
+    const int64_t H = mw->n_head, D = mw->head_dim, group = H / mw->n_kv_head, qkv_n = (H + 2 * mw->n_kv_head) * D;
+    const int64_t i = task / H, hd = task % H, b = i / j->T, t = i % j->T, p = j->positions[i];
+    float *o = j->att + i * H * D + hd * D;
+    if (j->n_real && t >= j->n_real[b]) { memset(o, 0, (size_t)D * sizeof(float)); return; }
+    const int64_t start = mw->sliding_window > 0 && p - mw->sliding_window + 1 > 0 ? p - mw->sliding_window + 1 : 0;
+    attend_one(j->c, j->layer, j->tables + b * j->max_blocks, hd / group, j->qkv + i * qkv_n + hd * D, start, p, D,
+               j->scores + task * j->scores_stride, o);
+}
+
+/* idx, positions: (B, T); n_real: (B,) real tokens of each row (the rest pad it: not stored, zero
+ * attention) or NULL; tables: (B, max_blocks). logits: (B * T, vocab), or (B, vocab) with last_only
+ * (each row's last real token). Returns 0, or -1 when a position is outside the model's range. */
+int decode_forward(const model_weights *mw, const int64_t *idx, const int64_t *positions, int64_t B, int64_t T,
+                   const int64_t *n_real, const kv_layout *c, const int64_t *tables, int64_t max_blocks,
+                   float *logits, int64_t last_only, int64_t n_threads) {
+    const int64_t M = B * T, E = mw->n_embd, H = mw->n_head, Hkv = mw->n_kv_head, D = mw->head_dim;
+    const int64_t qkv_n = (H + 2 * Hkv) * D, up_n = mw->layers[0].up.n, I = mw->intermediate;
+    int64_t kv_max = 0;
+    for (int64_t i = 0; i < M; i++) {
+        if (positions[i] < 0 || positions[i] >= mw->block_size || idx[i] < 0 || idx[i] >= mw->vocab) return -1;
+        kv_max = positions[i] + 1 > kv_max ? positions[i] + 1 : kv_max;
+    }
+    /* activations of the step, one allocation kept across calls */
+    static __thread float *work = NULL;
+    static __thread size_t work_size = 0;
+    size_t need = (size_t)(M * (2 * E + qkv_n + H * D + up_n) + M * H * (kv_max + 16) + 64);
+    if (need > work_size) { free(work); work = aligned_alloc(ALIGN, round_up((int64_t)need * 4, 4096)); work_size = need; }
+    float *x = work, *h = x + M * E, *qkv = h + M * E, *att = qkv + M * qkv_n, *mlp = att + M * H * D;
+    float *scores_all = mlp + M * up_n;
+    uint64_t t0 = now();
+
+    for (int64_t i = 0; i < M; i++) {
+        const int8_t *er = mw->embed + idx[i] * E;
+        float es = mw->embed_scale[idx[i]];
+        for (int64_t e = 0; e < E; e++) x[i * E + e] = (float)er[e] * es;
+        if (mw->pos_embed) {
+            const int8_t *pr = mw->pos_embed + positions[i] * E;
+            float ps = mw->pos_scale[positions[i]];
+            for (int64_t e = 0; e < E; e++) x[i * E + e] = x[i * E + e] + (float)pr[e] * ps;
+        }
+    }
+    MARK(P_EMBED);
+    for (int64_t l = 0; l < mw->n_layer; l++) {
+        const layer_weights *L = mw->layers + l;
+        norm_rows(x, h, M, E, L->attn_norm_w, L->attn_norm_b, (int)mw->rms_norm, mw->norm_eps);
+        MARK(P_NORM);
+        linear(h, M, &L->qkv, qkv, n_threads);
+        MARK(P_QKV);
+        for (int64_t i = 0; i < M; i++) {
+            int64_t b = i / T, t = i % T, p = positions[i];
+            float *row = qkv + i * qkv_n;
+            if (mw->rope_cos)
+                for (int64_t hd = 0; hd < H + Hkv; hd++)
+                    rotate(row + hd * D, mw->rope_cos + p * D, mw->rope_sin + p * D, D);
+            if (n_real && t >= n_real[b]) continue;
+            const int64_t *table = tables + b * max_blocks;
+            int64_t block = table[p / c->block_tokens], off = p % c->block_tokens;
+            for (int64_t g = 0; g < Hkv; g++) {
+                store_head(c, c->k, c->k_scale, l, block, off, g, row + (H + g) * D, D);
+                store_head(c, c->v, c->v_scale, l, block, off, g, row + (H + Hkv + g) * D, D);
+            }
+        }
+        MARK(P_ROPE_STORE);
+        attention_job job = {mw, c, l, positions, T, n_real, tables, max_blocks, qkv, att, scores_all, kv_max + 16};
+        parallel_for(M * H, attention_chunk, &job, M * H * kv_max * D >= (1 << 15) ? n_threads : 1);
+        MARK(P_ATTENTION);
+        linear(att, M, &L->out, h, n_threads);
+        for (int64_t i = 0; i < M * E; i++) x[i] = x[i] + h[i];
+        MARK(P_OUT);
+        norm_rows(x, h, M, E, L->mlp_norm_w, L->mlp_norm_b, (int)mw->rms_norm, mw->norm_eps);
+        MARK(P_NORM);
+        linear(h, M, &L->up, mlp, n_threads);
+        MARK(P_UP);
+        if (mw->gated) {
+            for (int64_t i = 0; i < M; i++) {
+                float *r = mlp + i * up_n;
+                activate(r, I, mw->activation);
+                for (int64_t j = 0; j < I; j++) r[j] = r[j] * r[I + j];
+                if (i) memmove(mlp + i * I, r, (size_t)I * sizeof(float));  /* pack rows to (M, I) */
+            }
+        } else {
+            activate(mlp, M * I, mw->activation);
+        }
+        MARK(P_ACT);
+        linear(mlp, M, &L->down, h, n_threads);
+        for (int64_t i = 0; i < M * E; i++) x[i] = x[i] + h[i];
+        MARK(P_DOWN);
+    }
+    int64_t rows = M;
+    if (last_only) {  /* each row's last real token */
+        for (int64_t b = 0; b < B; b++) {
+            int64_t t = (n_real ? n_real[b] : T) - 1;
+            memmove(x + b * E, x + (b * T + t) * E, (size_t)E * sizeof(float));
+        }
+        rows = B;
+    }
+    norm_rows(x, h, rows, E, mw->norm_w, mw->norm_b, (int)mw->rms_norm, mw->norm_eps);
+    MARK(P_NORM);
+    linear(h, rows, &mw->head, logits, n_threads);
+    MARK(P_HEAD);
+    return 0;
+}

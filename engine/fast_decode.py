@@ -1,0 +1,123 @@
+"""A decode step of an int8 model in one call: engine/decode_kernel.c's `decode_forward`.
+
+Eager PyTorch spends a small model's decode step in per-op overhead (the shipped 4 x 192 model:
+~540 dispatcher calls and 1.4 ms of CPU a token; the kernel takes ~0.25 ms), and a larger one in
+reading weights through a matmul that was not made for one row. `FastDecoder` hands the C
+kernel pointers to the model's own int8 buffers once (no copy) and then runs embedding, blocks and
+head for a few tokens per row, reading and writing the engine's KV cache where it lies.
+
+It is an optimisation, never a different model: the same int8 arithmetic as `Int8Linear` (bit for
+bit in the matmuls), tested token for token against the PyTorch forward. `FastDecoder.build`
+returns None, with the reason logged, for anything it does not cover (float weights, CUDA, a
+model whose layers are not `Int8Linear`, no compiler); the engine then runs the model's forward.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+
+import torch
+
+from . import kernels
+from .model import Transformer
+from .quantize import Int8Embedding, Int8Linear
+
+log = logging.getLogger("engine")
+
+ACTIVATION_CODES = {"gelu_tanh": 0, "gelu": 1, "silu": 2, "relu": 3}
+# Multiply-adds a call may take (rows x int8 weights): beyond, a step is compute-bound and oneDNN's
+# int8 GEMM (AMX here) behind the PyTorch forward does more. Measured, one thread: the 0.5B shape
+# (494 M weights) at 16 rows 160 vs 210 ms a step here, at 64 rows 435 vs 301; the shipped model
+# (3.3 M) at 64 rows 13 vs 18 ms. So about 32 rows of the 0.5B shape.
+MAX_STEP_MACS = 16e9
+MAX_QUERIES = 16  # new tokens a row; a longer prompt is prefilled by the PyTorch forward
+
+
+class FastDecoder:
+    def __init__(self, model: Transformer, lib: ctypes.CDLL):
+        self.model, self.lib, c = model, lib, model.config
+        self._keep: list[torch.Tensor] = []  # every tensor the structs point into stays alive
+
+        def ptr(t: torch.Tensor | None) -> int | None:
+            if t is None:
+                return None
+            t = t.detach().float().contiguous() if t.is_floating_point() else t.contiguous()
+            self._keep.append(t)
+            return t.data_ptr()
+
+        def norm(module) -> tuple[int | None, int | None]:
+            return ptr(module.weight), ptr(getattr(module, "bias", None))
+
+        def linear(module: Int8Linear) -> kernels.QLinear:
+            self._keep.append(module)
+            return module.native()
+
+        layers = (kernels.LayerWeights * c.n_layer)()
+        for i, block in enumerate(model.layers):
+            layers[i] = kernels.LayerWeights(*norm(block.attn_norm), *norm(block.mlp_norm), linear(block.attn.qkv),
+                                             linear(block.attn.out), linear(block.mlp.up), linear(block.mlp.down))
+        pos = model.pos_embed
+        rope = c.position == "rope"
+        self.weights = kernels.ModelWeights(
+            c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.head_dim, c.intermediate_size, c.vocab_size,
+            c.block_size, int(c.norm == "rmsnorm"), c.norm_eps, ACTIVATION_CODES[c.activation],
+            int(c.mlp == "swiglu"), c.sliding_window, ptr(model.embed.weight), ptr(model.embed.scale),
+            ptr(pos.weight) if pos is not None else None, ptr(pos.scale) if pos is not None else None,
+            ptr(model.rope_cos) if rope else None, ptr(model.rope_sin) if rope else None, *norm(model.norm),
+            linear(model.head), layers)
+        self._layers = layers
+        weights = sum(m.weight.numel() for m in self._keep if isinstance(m, Int8Linear))
+        self.max_rows = max(1, int(MAX_STEP_MACS // weights))  # the engine runs bigger steps in PyTorch
+
+    @classmethod
+    def build(cls, model: Transformer, device: torch.device) -> "FastDecoder | None":
+        """The fast path for this model, or None (logged) where it does not apply."""
+        reason = None
+        if device.type != "cpu":
+            reason = f"it runs on the CPU only (device {device})"
+        elif not all(isinstance(m, Int8Linear) and m.kernel is not None
+                     for m in [model.head] + [l for b in model.layers for l in (b.attn.qkv, b.attn.out, b.mlp.up, b.mlp.down)]):
+            reason = "the model's linear layers are not int8 with the compiled kernel"
+        elif not isinstance(model.embed, Int8Embedding) or (model.pos_embed is not None and not isinstance(model.pos_embed, Int8Embedding)):
+            reason = "the embeddings are not int8"
+        elif model.config.activation not in ACTIVATION_CODES:
+            reason = f"activation {model.config.activation} is not in the kernel"
+        if reason is None:
+            lib = kernels.decode_kernel()
+            if lib is not None:
+                return cls(model, lib)
+            reason = "the kernel did not build"
+        log.info("fast decode off: %s; decoding through the model's PyTorch forward", reason)
+        return None
+
+    def forward(self, idx: list[list[int]], positions: list[list[int]], layout: kernels.KVLayout,
+                tables: list[list[int]], n_real: list[int] | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab), or (B, 1, vocab) with last_only, of B rows of T new tokens at
+        `positions`, whose keys and values are written into and read from the cache `layout`
+        describes (row b's position p in block tables[b][p // block_tokens])."""
+        B, T = len(idx), len(idx[0])
+        width = max(len(t) for t in tables)
+        longs = ctypes.c_int64 * (B * T)
+        idx_a = longs(*[i for row in idx for i in row])
+        pos_a = longs(*[p for row in positions for p in row])
+        tables_a = (ctypes.c_int64 * (B * width))(*[b for t in tables for b in t + [0] * (width - len(t))])
+        n_real_a = (ctypes.c_int64 * B)(*n_real) if n_real is not None else None
+        logits = torch.empty(B, 1 if last_only else T, self.model.config.vocab_size)
+        rc = self.lib.decode_forward(ctypes.byref(self.weights), ctypes.addressof(idx_a), ctypes.addressof(pos_a), B, T,
+                                     ctypes.addressof(n_real_a) if n_real_a is not None else None, ctypes.byref(layout),
+                                     ctypes.addressof(tables_a), width, logits.data_ptr(), int(last_only),
+                                     torch.get_num_threads())
+        if rc != 0:
+            raise ValueError(f"token ids or positions out of the model's range (vocab {self.model.config.vocab_size}, "
+                             f"{self.model.config.block_size} positions)")
+        return logits
+
+
+def block_pool_layout(k: torch.Tensor, v: torch.Tensor, k_scale: torch.Tensor | None = None,
+                      v_scale: torch.Tensor | None = None) -> kernels.KVLayout:
+    """A paged pool: k, v (n_layer, n_blocks, block_tokens, n_kv_head, head_dim), token-major, fp32
+    or int8 with scales (n_layer, n_blocks, block_tokens, n_kv_head, 1); rows pass block tables."""
+    ss = k_scale.stride() if k_scale is not None else (0, 0, 0, 0, 0)
+    return kernels.KVLayout(k.data_ptr(), v.data_ptr(), kernels.address(k_scale), kernels.address(v_scale),
+                            k.stride(0), k.stride(1), k.stride(2), k.stride(3), ss[0], ss[1], ss[2], ss[3],
+                            k.shape[2], int(k.dtype == torch.int8))
