@@ -34,12 +34,12 @@ def _cpu_name() -> str:
         return platform.processor()
 
 
-def build(source: Path, compiler: str | None = None) -> tuple[Path | None, str]:
-    """The shared library compiled from `source` (built now unless cached), or None and the reason."""
+def build(source: Path, flags: tuple[str, ...] = tuple(FLAGS), compiler: str | None = None) -> tuple[Path | None, str]:
+    """The shared library compiled from `source` with `flags` (built now unless cached), or None and the reason."""
     compiler = compiler or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None or shutil.which(compiler) is None:
         return None, f"no C compiler found ({compiler or 'cc'})"
-    key = hashlib.sha256(source.read_bytes() + " ".join(FLAGS).encode() + _cpu_name().encode()).hexdigest()[:16]
+    key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode() + _cpu_name().encode()).hexdigest()[:16]
     cache = Path(os.environ.get("CODE_ASSISTANT_CACHE", Path.home() / ".cache" / "code-assistant"))
     built = cache / f"{source.stem}-{key}.so"
     if built.exists():
@@ -48,7 +48,7 @@ def build(source: Path, compiler: str | None = None) -> tuple[Path | None, str]:
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache) as tmp:  # several processes may build at once
             out = Path(tmp) / built.name
-            subprocess.run([compiler, *FLAGS, str(source), "-o", str(out), "-lm"], check=True,
+            subprocess.run([compiler, *flags, str(source), "-o", str(out), "-lm"], check=True,
                            capture_output=True, text=True, timeout=300)
             os.replace(out, built)
     except subprocess.CalledProcessError as e:
@@ -59,12 +59,12 @@ def build(source: Path, compiler: str | None = None) -> tuple[Path | None, str]:
 
 
 @lru_cache(maxsize=None)
-def library(name: str) -> ctypes.CDLL | None:
+def library(name: str, flags: tuple[str, ...] = tuple(FLAGS)) -> ctypes.CDLL | None:
     """engine/<name>.c, built and loaded; None (logged once) where it cannot be."""
     if os.environ.get("CODE_ASSISTANT_NO_KERNELS"):
         log.info("CODE_ASSISTANT_NO_KERNELS is set: %s runs in PyTorch", name)
         return None
-    path, reason = build(HERE / f"{name}.c")
+    path, reason = build(HERE / f"{name}.c", flags)
     if path is None:
         log.warning("%s runs in PyTorch: %s", name, reason)
         return None
@@ -134,5 +134,7 @@ def decode_profile(lib: ctypes.CDLL, on: bool) -> dict[str, int]:
 
 if __name__ == "__main__":  # `python -m engine.kernels`: build now (make test does, before the tests)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    lib = decode_kernel()
-    print(f"engine/decode_kernel.c: {lib._name if lib is not None else 'not built, the PyTorch path runs (reason above)'}")
+    from . import paged_attention
+
+    for name, lib in (("decode_kernel", decode_kernel()), ("paged_attention", paged_attention.library())):
+        print(f"engine/{name}.c: {lib._name if lib is not None else 'not built, the PyTorch path runs (reason above)'}")
