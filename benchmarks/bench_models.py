@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -23,17 +24,18 @@ from engine.tokenizer import hf_tokenizer_files, read_ranks
 from .hf_models import FAMILIES, QWEN_0_5B, save_random_model
 
 # Named models: the shipped one, and Qwen2.5-Coder-0.5B's shape with random weights (no hub here),
-# with 1,024 positions instead of 32,768: the engine's slot cache preallocates every slot's whole
-# context, and 64 slots of 32,768 positions would not fit in memory.
-SHAPES = {"qwen2-0.5b": (FAMILIES["qwen2"], {**QWEN_0_5B, "positions": 1024}, 151936)}
+# its 32,768 positions included (the paged pool holds what the streams use, not every context).
+SHAPES = {"qwen2-0.5b": (FAMILIES["qwen2"], QWEN_0_5B, 151936)}
 
 
 def hf_dir(name_or_path: str, work: Path) -> Path:
     """A Hugging Face directory for `default`, a SHAPES name or a model directory."""
     if name_or_path in SHAPES:
         out = work / name_or_path / "hf"
-        if not (out / "config.json").is_file():
-            family, shape, vocab = SHAPES[name_or_path]
+        family, shape, vocab = SHAPES[name_or_path]
+        config = out / "config.json"
+        if not config.is_file() or json.loads(config.read_text()).get("max_position_embeddings") != shape["positions"]:
+            shutil.rmtree(out.parent, ignore_errors=True)  # an older shape and its converted copies
             print(f"building a random {name_or_path} model in {out} (a few minutes)", file=sys.stderr, flush=True)
             # the tokenizer as large as stdlib text makes it; the embedding and head at full size
             save_random_model(out, family, shape, vocab_size=16384, model_vocab=vocab, dtype=torch.bfloat16)

@@ -221,10 +221,10 @@ def test_cpu_image_serves_as_user_10001_and_drains_on_docker_stop(docker_env, im
         port = s.getsockname()[1]
     url, name = f"http://127.0.0.1:{port}", f"code-assistant-test-{os.getpid()}"
     # The host's network (loopback only): no bridge, no NAT, nothing leaves the machine.
-    # Without the loop guard the shipped model's greedy text runs to max_tokens: a request long enough to
-    # be in flight when the container is stopped.
+    # Without the loop guard and drafts the shipped model's greedy text runs to max_tokens a token a
+    # step: requests long enough to be in flight when the container is stopped.
     docker_cmd(docker_env, "run", "-d", "--network", "host", "--name", name, IMAGE,
-               "serve", "--host", "127.0.0.1", "--port", str(port), "--no-stop-loops")
+               "serve", "--host", "127.0.0.1", "--port", str(port), "--no-stop-loops", "--draft-tokens", "0")
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -241,24 +241,28 @@ def test_cpu_image_serves_as_user_10001_and_drains_on_docker_stop(docker_env, im
                                                       "temperature": 0}, timeout=60)
         assert r.status_code == 200 and r.json()["choices"][0]["text"], r.text
 
-        result = {}
+        # Sixteen greedy requests of 240 tokens (the shipped model's context): ~4,000 tokens, a second
+        # or more of work in flight when the container is stopped (one alone takes ~0.1 s).
+        results: list[dict] = []
 
         def long_request() -> None:
             answer = httpx.post(url + "/complete", json={"code": "def ", "max_tokens": 240, "temperature": 0},
                                 timeout=60)
-            result.update(status=answer.status_code, body=answer.json(), at=time.monotonic())
+            results.append({"status": answer.status_code, "body": answer.json(), "at": time.monotonic()})
 
-        worker = threading.Thread(target=long_request)
-        worker.start()
+        workers = [threading.Thread(target=long_request) for _ in range(16)]
+        for worker in workers:
+            worker.start()
         deadline = time.monotonic() + 20
-        while "engine_running_batch_size 1.0" not in httpx.get(url + "/metrics", timeout=5).text:
-            assert time.monotonic() < deadline and worker.is_alive(), result
-            time.sleep(0.02)
+        while "engine_running_batch_size 0.0" in httpx.get(url + "/metrics", timeout=5).text:
+            assert time.monotonic() < deadline and any(w.is_alive() for w in workers), results
+            time.sleep(0.01)
         stopped_at = time.monotonic()
         docker_cmd(docker_env, "stop", "-t", "30", name, timeout=60)
-        worker.join(60)
-        assert result["status"] == 200 and result["body"]["tokens"] > 0, result
-        assert result["at"] > stopped_at  # answered after SIGTERM: drained, not cut off
+        for worker in workers:
+            worker.join(60)
+        assert len(results) == 16 and all(r["status"] == 200 and r["body"]["tokens"] > 0 for r in results), results
+        assert max(r["at"] for r in results) > stopped_at  # answered after SIGTERM: drained, not cut off
         assert docker_cmd(docker_env, "inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip() == "0"
     finally:
         docker_cmd(docker_env, "rm", "-f", name, check=False)

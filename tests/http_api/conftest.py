@@ -88,8 +88,10 @@ class ServerProcess:
 
 @pytest.fixture(scope="session")
 def long_model_dir(tmp_path_factory, code_bpe) -> Path:
-    """A tiny model with a 1024-token context, so a generation can run long enough to cancel."""
-    return make_model_dir(tmp_path_factory.mktemp("long-model"), ranks=code_bpe, block_size=1024)
+    """A small model with a 4096-token context, so a generation runs long enough to cancel or drain
+    (2,000 greedy tokens take ~1.5 s on two cores with the compiled decode step; a 2 x 64 model took 0.15 s)."""
+    return make_model_dir(tmp_path_factory.mktemp("long-model"), ranks=code_bpe, block_size=4096, n_layer=6,
+                          n_embd=384)
 
 
 @pytest.fixture(scope="session")

@@ -62,18 +62,19 @@ def test_disconnect_mid_stream_cancels_the_generation(server):
 
 def test_hanging_up_on_a_non_streamed_request_cancels_it(long_model_dir, start_server):
     # Without speculative decoding: a random model's loops are drafted nine tokens a step, and the
-    # whole 1,000 tokens would be done before the hang-up could be noticed.
+    # whole generation would be done before the hang-up could be noticed.
     server = start_server(long_model_dir, "--no-stop-loops", "--draft-tokens", "0")
     assert wait_until(lambda: server.metric("active_requests") == 0)
     tokens_before = server.metric("tokens_generated_total")
     closed_before = server.metric("code_completion_requests_total", status="499")
+    max_tokens = 2000
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
-        httpx.post(server.url + "/complete", json={"code": "class ", "max_tokens": 1000, "temperature": 0},
+        httpx.post(server.url + "/complete", json={"code": "def ", "max_tokens": max_tokens, "temperature": 0},
                    timeout=httpx.Timeout(10, read=0.2))
     assert wait_until(lambda: server.metric("active_requests") == 0
                       and server.metric("engine_running_batch_size") == 0), "the request still holds its slot"
-    assert server.metric("tokens_generated_total") - tokens_before < 500
+    assert server.metric("tokens_generated_total") - tokens_before < max_tokens / 2
     assert server.metric("code_completion_requests_total", status="499") == closed_before + 1
-    control = httpx.post(server.url + "/complete", json={"code": "class ", "max_tokens": 1000, "temperature": 0},
-                         timeout=60)
-    assert control.json()["tokens"] > 900  # left alone, the same request runs to the end
+    control = httpx.post(server.url + "/complete", json={"code": "def ", "max_tokens": max_tokens,
+                                                         "temperature": 0}, timeout=120)
+    assert control.json()["tokens"] > 0.9 * max_tokens  # left alone, the same request runs to the end  # left alone, the same request runs to the end

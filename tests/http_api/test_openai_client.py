@@ -143,10 +143,10 @@ def test_frequency_and_presence_penalties_reach_the_engine(client, server):
 
 def test_models_report_the_context_length_and_usage_counts_the_prompt_the_engine_ran(server):
     model = httpx.get(server.url + "/v1/models").json()["data"][0]
-    assert model["context_length"] == 1024  # long_model_dir's block_size
+    assert model["context_length"] == 4096  # long_model_dir's block_size
     # A prompt far longer than the context: usage reports the tokens the engine kept, not the text's.
     r = httpx.post(server.url + "/v1/completions", json={"prompt": "x = 1\n" * 3000, "max_tokens": 8,
                                                          "temperature": 0}, timeout=60).json()
-    assert 0 < r["usage"]["prompt_tokens"] <= 1024 - 8
+    assert 0 < r["usage"]["prompt_tokens"] <= model["context_length"] - 8
     short = httpx.post(server.url + "/v1/completions", json={"prompt": "def f(", "max_tokens": 2}, timeout=30).json()
     assert 0 < short["usage"]["prompt_tokens"] < 10

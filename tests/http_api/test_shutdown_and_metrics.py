@@ -26,8 +26,8 @@ def test_sigterm_finishes_in_flight_request_and_exits_zero(long_model_dir, start
     result = {}
 
     def slow_request() -> None:
-        # Greedy: runs to the full 1000 tokens (about a second), long enough to be caught by SIGTERM.
-        r = httpx.post(proc.url + "/complete", json={"code": "def ", "max_tokens": 1000, "temperature": 0},
+        # Greedy: runs to the full 2000 tokens (over a second), long enough to be caught by SIGTERM.
+        r = httpx.post(proc.url + "/complete", json={"code": "def ", "max_tokens": 2000, "temperature": 0},
                        timeout=30)
         result["status"], result["body"], result["at"] = r.status_code, r.json(), time.monotonic()
 
