@@ -106,7 +106,7 @@ class FastDecoder:
         rc = self.lib.decode_forward(ctypes.byref(self.weights), ctypes.addressof(idx_a), ctypes.addressof(pos_a), B, T,
                                      ctypes.addressof(n_real_a) if n_real_a is not None else None, ctypes.byref(layout),
                                      ctypes.addressof(tables_a), width, logits.data_ptr(), int(last_only),
-                                     torch.get_num_threads())
+                                     kernels.threads())
         if rc != 0:
             raise ValueError(f"token ids or positions out of the model's range (vocab {self.model.config.vocab_size}, "
                              f"{self.model.config.block_size} positions)")

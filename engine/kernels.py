@@ -16,6 +16,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -73,6 +74,25 @@ def library(name: str, flags: tuple[str, ...] = tuple(FLAGS)) -> ctypes.CDLL | N
     except OSError as e:
         log.warning("%s runs in PyTorch: loading %s failed: %s", name, path, e)
         return None
+
+
+_threads = threading.local()
+
+
+def threads() -> int:
+    """Threads the C kernels' own pool runs with: what the calling thread set with `use_threads`
+    (the engine's scheduler does), else torch's count."""
+    n = getattr(_threads, "n", None)
+    if n is None:
+        import torch
+
+        n = torch.get_num_threads()
+    return n
+
+
+def use_threads(n: int | None) -> None:
+    """Set (None: unset) this thread's kernel thread count, apart from torch's own."""
+    _threads.n = n
 
 
 # ---- engine/decode_kernel.c: its structs (the same fields in the same order) and functions ------

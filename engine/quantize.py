@@ -105,7 +105,7 @@ class Int8Linear(nn.Module):
         if self.kernel is not None and rows.shape[0] < KERNEL_MAX_ROWS:
             y = torch.empty(rows.shape[0], self.out_features)
             self.kernel.int8_linear(rows.data_ptr(), rows.shape[0], self.native(), y.data_ptr(),
-                                    torch.get_num_threads())
+                                    kernels.threads())
         else:
             y = int8_matmul(rows, self.weight, self.scale, self.bias)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
