@@ -5,12 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from engine import Engine
+from engine import Engine, EngineConfig
 from lsp_server.completer import (GenerationParams, LocalBackend, complete, generation_done, should_complete,
                                   wants_multiline)
 from lsp_server.context import Prompt
 from lsp_server.documents import split_at
 from lsp_server.settings import Settings
+
+from ..conftest import make_model_dir
 
 SOURCE = Path(json.__file__).with_name("encoder.py").read_text()
 
@@ -18,6 +20,17 @@ SOURCE = Path(json.__file__).with_name("encoder.py").read_text()
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
     engine = Engine.load(tiny_model_dir)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def slow_engine(tmp_path_factory, code_bpe):
+    """A 6 x 384 model with 2,048 positions, no drafts: a generation that runs long enough to cancel
+    (the tiny model's 100 tokens take ~7 ms with the compiled decode step, an event loop's round trip)."""
+    model_dir = make_model_dir(tmp_path_factory.mktemp("slow-model"), ranks=code_bpe, block_size=2048, n_layer=6,
+                               n_embd=384)
+    engine = Engine.load(model_dir, config=EngineConfig(draft_tokens=0, stop_loops=False))
     yield engine
     engine.close()
 
@@ -58,7 +71,8 @@ async def test_debounce_applies_to_automatic_triggers_only(engine):
     assert loop.time() - start >= 1.0
 
 
-async def test_cancelling_a_generation_frees_the_engine_slot(engine):
+async def test_cancelling_a_generation_frees_the_engine_slot(slow_engine):
+    engine = slow_engine
     backend = LocalBackend(engine)
     first_chunk = asyncio.Event()
 
@@ -66,9 +80,8 @@ async def test_cancelling_a_generation_frees_the_engine_slot(engine):
         first_chunk.set()
         return False
 
-    params = GenerationParams(max_tokens=100, temperature=0.0, multiline=True)
-    # Greedy on this prompt the random model repeats "32" until max_tokens: long enough to cancel.
-    prompt = Prompt(SOURCE[:3000], SOURCE[3000:3400])
+    params = GenerationParams(max_tokens=1500, temperature=0.0, multiline=True)
+    prompt = Prompt(SOURCE[:1000], None)
     task = asyncio.create_task(backend.generate(prompt, params, never_done))
     await asyncio.wait_for(first_chunk.wait(), 10)
     task.cancel()
@@ -79,6 +92,7 @@ async def test_cancelling_a_generation_frees_the_engine_slot(engine):
             break
         await asyncio.sleep(0.01)
     assert not engine.running
+    assert engine.stats["tokens_generated"] < 1000
 
 
 async def test_stopping_early_closes_the_stream_and_frees_the_slot(engine):
