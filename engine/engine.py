@@ -207,7 +207,6 @@ class Engine:
         self._wake = threading.Event()
         self._stop = False
         self.threads = torch.get_num_threads()  # the creator's count: the C kernels' pool uses it
-        self.pytorch_threads = self.threads      # the scheduler's torch count, measured when it starts
         self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
         self._thread.start()
         atexit.register(self.close)  # stop the scheduler before the interpreter tears torch down
@@ -424,11 +423,12 @@ class Engine:
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
         kernels.use_threads(self.threads)
+        threads = self.threads
         try:
-            self.pytorch_threads = self._measure_pytorch_threads()
+            threads = self._measure_pytorch_threads()
         except Exception:  # a model that cannot run a plain forward fails its requests, not here
             log.exception("measuring the scheduler's torch threads failed; keeping %d", self.threads)
-        torch.set_num_threads(self.pytorch_threads)
+        torch.set_num_threads(threads)
         while not self._stop:
             if not self.running and not self._waiting:
                 self._wake.wait(timeout=0.5)
