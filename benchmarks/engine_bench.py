@@ -36,6 +36,7 @@ from engine.prompt import PromptBuilder
 
 from . import bench_engines
 from .bench_models import ctranslate2_dir, describe, gguf_file, hf_dir
+from .report import pyplot, write_json
 
 # Real Python to cut prompts from: the standard library, so the benchmark needs no data.
 PROMPT_SOURCES = ["json/decoder.py", "json/encoder.py", "email/utils.py", "argparse.py", "textwrap.py"]
@@ -261,10 +262,7 @@ def table(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     models = report["models"]
     fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
@@ -322,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     def save(report: dict) -> None:
         report["table"] = table(report)
-        (out / "engine_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json(out / "engine_bench.json", report)
 
     report = run(args, save)
     save(report)

@@ -27,6 +27,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from .report import pyplot, write_json
+
 # AWS c7i.large (2 vCPU, 4 GiB), Linux on-demand in us-east-1; check the current price before relying on it.
 DEFAULT_INSTANCE = "aws-c7i.large"
 DEFAULT_PRICE_PER_HOUR = 0.08925
@@ -160,10 +162,7 @@ def start_server(model: str | None, extra: list[str], log_path: Path) -> tuple[s
 
 
 def plot(results: list[LevelResult], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     c = [r.concurrency for r in results]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -250,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "best": {"concurrency": best.concurrency, "tokens_per_s": best.tokens_per_s,
                  "cost_per_1k_tokens_usd": best.cost_per_1k_tokens_usd},
     }
-    (out / "http_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "http_bench.json", report)
     plot(results, out / "http_bench.png", f"{model} ({info.get('device')}), max_tokens={args.max_tokens}, "
                                           f"{args.duration:g}s per level; cost on {args.instance} "
                                           f"at ${args.price_per_hour}/h")

@@ -22,6 +22,8 @@ from engine import Engine, EngineConfig, SamplingParams
 from engine.kv_cache import KVCache
 from engine.model_dir import read_model_dir
 
+from .report import pyplot, write_json
+
 HELDOUT = Path(__file__).parents[1] / "tests" / "data" / "heldout"
 STREAM_CONFIGS = (("int8 kv, drafts", {"kv_int8": True}), ("int8 kv, no drafts", {"kv_int8": True, "draft_tokens": 0}),
                   ("fp32 kv, no drafts", {"draft_tokens": 0}))
@@ -132,18 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     report["aggregate_tokens_per_s"] = rows
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kv_pool_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out / "kv_pool_bench.json", report)
     plot(report, args.out / "kv_pool_bench.png")
     print("wrote", args.out / "kv_pool_bench.json")
     return 0
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     ttft = report["keystroke_ttft"]

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .report import pyplot, write_json
+
 PROBE = """
 import json, resource, sys, time
 t0 = time.perf_counter()
@@ -46,9 +48,7 @@ def measure(model_dir: Path, quantize: str) -> dict:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     modes = list(report["modes"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -87,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode in ("none", "int8"):
         print(f"loading {model_dir} ({'float' if mode == 'none' else mode}) in a fresh process", flush=True)
         report["modes"]["fp32" if mode == "none" else mode] = measure(model_dir, mode)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "load_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out / "load_bench.json", report)
     plot(report, args.out / "load_bench.png")
     print(json.dumps(report, indent=2))
     return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
+
+from .report import pyplot, write_json
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 DOCUMENT = STDLIB / "json" / "encoder.py"
@@ -141,10 +142,7 @@ async def run(model: Path, keystrokes: int, max_tokens: int, warmup: int = 5,
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.boxplot([r["times_ms"] for r in results], whis=(5, 95), showfliers=False)
@@ -171,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"model": str(model), "cores": os.cpu_count(), "keystrokes": args.keystrokes,
                "max_tokens": args.max_tokens, "results": results}
     name = "lsp_latency_workspace" if args.workspace else "lsp_latency"
-    (args.out / f"{name}.json").write_text(json.dumps(summary, indent=1))
+    write_json(args.out / f"{name}.json", summary)
     plot(results, args.out / f"{name}.png")
     for r in results:
         print(f"maxTokens={r['max_tokens']} prefix_reuse={r['prefix_reuse']} workspace={bool(r['workspace'])}: p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms "

@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from .http_bench import PROMPTS, percentiles_ms, start_server
+from .report import pyplot, write_json
 
 
 @dataclass
@@ -162,10 +163,7 @@ async def soak(url: str, headers: dict, clients: int, duration_s: float, window_
 
 
 def plot(windows: list[Window], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     t = [w.end_s / 60 for w in windows]
     fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
@@ -241,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_mb_end": rss_end,
         "windows": [asdict(w) for w in windows],
     }
-    (out / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "soak.json", report)
     plot(windows, out / "soak.png", f"{report['model']}: {args.clients} clients for {args.duration:g} s, "
                                     f"max_tokens={args.max_tokens}; RSS {rss_start} -> {rss_end} MiB")
     print(json.dumps({k: report[k] for k in ("requests", "errors", "latency_ms", "rss_mb_start", "rss_mb_end")}

@@ -23,6 +23,8 @@ from engine import Engine, EngineConfig, SamplingParams
 from engine.kv_cache import BlockPool, BlockTable, KVCache
 from engine.model_dir import default_model_dir
 
+from .report import pyplot, write_json
+
 HELDOUT = Path(__file__).parents[1] / "tests" / "data" / "heldout"
 
 
@@ -179,18 +181,14 @@ def main(argv: list[str] | None = None) -> int:
         report["verification_cost"] = {"model": str(args.large), "context": 1000,
                                        "by_width": verification_cost(args.large, 1000, [1, 3, 5, 9])}
         print(json.dumps(report["verification_cost"]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speculative_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out / "speculative_bench.json", report)
     plot(report, args.out / "speculative_bench.png")
     print("wrote", args.out / "speculative_bench.json")
     return 0
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     speeds = report["tokens_per_s"]

@@ -13,7 +13,6 @@ ghost text (non-empty) next changes, if it does before the next key. The two mod
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -22,6 +21,8 @@ from pathlib import Path
 
 from tests.editors.code_server import Unavailable, code_server, ensure_code_server, ensure_extension, run_driver
 from tests.editors.test_vscode import make_workspace, user_settings
+
+from .report import pyplot, write_json
 
 # What the script types before each pause: the start of a statement; the suggestion does the rest.
 LINES = ["count = ", "total = ", "if count == 0:", "return ", "squares = ", "result = "]
@@ -83,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "keys": counts[mode]["keys"], "keys_with_ghost": counts[mode]["with_ghost"],
                                  "keys_with_ghost_within_50ms": sum(v <= FRAME_BUDGET_MS for v in values),
                                  "latencies_ms": [round(v, 1) for v in values]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "vscode_latency.json").write_text(json.dumps(report, indent=2))
+    write_json(args.out / "vscode_latency.json", report)
     plot(report, args.out / "vscode_latency.png")
     for mode, row in report["modes"].items():
         print(f"{mode}: p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms, ghost text after "
@@ -93,10 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for mode, row in report["modes"].items():

@@ -23,6 +23,8 @@ import sysconfig
 import time
 from pathlib import Path
 
+from .report import pyplot, write_json
+
 SIZES = (100_000, 1_000_000, 10_000_000)
 QUERIES = 2000
 
@@ -81,10 +83,7 @@ def measure_size(model_dir: str, n: int) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     index = result["index"]
@@ -160,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         result["line_completion"] = {"after": after, "before": before.get("line_completion", {})}
         result["loops"] = {**{f"before, {k}": v["loop_rate"] for k, v in before.get("loops", {}).items()},
                            **{f"after, {k[6:]}": v["loop_rate"] for k, v in after.items() if k.startswith("loops_")}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "workspace_bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out / "workspace_bench.json", result)
     plot(result, args.out / "workspace_bench.png")
     print(json.dumps(result))
     return 0
