@@ -60,10 +60,10 @@ class Ours:
     def __init__(self, artifacts: dict, threads: int, max_batch: int, kernels: bool = True):
         import torch
 
-        from engine import Engine, EngineConfig, SamplingParams
+        from engine import CompletionInput, Engine, EngineConfig, SamplingParams
 
         torch.set_num_threads(threads)
-        self.params = SamplingParams
+        self.params, self.job = SamplingParams, CompletionInput
         # The network alone, as the other engines run: healing, the context cache model, the loop
         # guard and drafts (speculative decoding: benchmarks/speculative_bench.py) off.
         config = EngineConfig(max_batch=max_batch, token_healing=False, cache_weight=0.0, stop_loops=False,
@@ -84,7 +84,7 @@ class Ours:
                 finished.set()
 
         start = time.perf_counter()
-        request = self.engine.submit(text, None, self.params(max_tokens=n), on_chunk)
+        request = self.engine.submit(self.job(text, params=self.params(max_tokens=n)), on_chunk)
         finished.wait()
         total = time.perf_counter() - start
         if ids and request.prompt_ids != ids:
@@ -105,7 +105,7 @@ class Ours:
 
         start = time.perf_counter()
         for text in texts:
-            self.engine.submit(text, None, self.params(max_tokens=n), on_chunk)
+            self.engine.submit(self.job(text, params=self.params(max_tokens=n)), on_chunk)
         for _ in texts:
             left.acquire()
         return {"tokens": count[0], "seconds": time.perf_counter() - start}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from engine import Engine, EngineConfig, SamplingParams
+from engine import CompletionInput, Engine, EngineConfig, SamplingParams
 from engine.kv_cache import KVCache
 from engine.model_dir import read_model_dir
 
@@ -78,7 +78,7 @@ def streams(engine: Engine, prompts: list[str], n: int, new_tokens: int) -> dict
     done = threading.Semaphore(0)
     params = SamplingParams(max_tokens=new_tokens)
     wall, cpu = time.perf_counter(), time.process_time()
-    requests = [engine.submit(prompts[i % len(prompts)], None, params,
+    requests = [engine.submit(CompletionInput(prompts[i % len(prompts)], params=params),
                               lambda c: c.finish_reason and done.release()) for i in range(n)]
     for _ in requests:
         done.acquire()

@@ -9,7 +9,7 @@ import importlib
 
 _WHERE = {"Chunk": "engine", "Completion": "engine", "Engine": "engine", "EngineBusy": "engine",
           "EngineConfig": "engine", "EngineError": "engine", "ModelDirError": "model_dir",
-          "ContextFile": "prompt", "SamplingError": "sampling", "SamplingParams": "sampling"}
+          "CompletionInput": "inputs", "ContextFile": "inputs", "SamplingError": "sampling", "SamplingParams": "sampling"}
 __all__ = sorted(_WHERE)
 
 

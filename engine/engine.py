@@ -31,7 +31,8 @@ from .healing import HealingMasks, split_heal
 from .kv_cache import BlockPool, BlockTable, KVCache
 from .model import Transformer
 from .model_dir import default_model_dir, load_model_dir, load_tokenizer_from_dir
-from .prompt import ContextFile, PromptBuilder
+from .inputs import CompletionInput, ContextFile
+from .prompt import PromptBuilder
 from .repetition import RepetitionGuard
 from .sampling import SamplingParams, apply_penalties, sample_token
 from .suffix_index import SuffixIndex
@@ -244,18 +245,18 @@ class Engine:
         """Prompt tokens a request that generates up to `max_tokens` may use."""
         return self.prompts.budget(max_tokens)
 
-    def build_prompt(self, prompt: str, suffix: str | None, max_tokens: int, files: list | tuple = (),
+    def build_prompt(self, prompt: str, suffix: str | None, max_tokens: int, files: tuple[ContextFile, ...] = (),
                      path: str | None = None, max_prompt_tokens: int | None = None) -> list[int]:
         """Token ids of the family's layout for a plain or FIM prompt with neighbouring files,
         trimmed from the far ends to leave room to generate (engine/prompt.py)."""
-        return self.prompts.build(prompt, suffix, max_tokens, context_files(files), path, max_prompt_tokens)
+        return self.prompts.build(prompt, suffix, max_tokens, tuple(files), path, max_prompt_tokens)
 
     def _heal_prompt(self, prompt: str) -> tuple[str, bytes]:
         if not self.config.token_healing:
             return prompt, b""
         return split_heal(prompt, self.tokenizer.split)
 
-    def cache_model(self, prefix: str, suffix: str | None, extra_context: list | None,
+    def cache_model(self, prefix: str, suffix: str | None, files: tuple[ContextFile, ...],
                     weight: float | None, path: str | None = None) -> CacheModel | None:
         """The per-request cache model over the whole prefix, suffix, neighbouring files (not only
         the part of them that fits the network's context) and the workspace index, which leaves
@@ -269,7 +270,7 @@ class Engine:
         sources = [("prefix", SuffixIndex.build([history]).longest_match)]
         if suffix_ids:
             sources.append(("suffix", SuffixIndex.build([suffix_ids]).longest_match))
-        sources += self._shared_sources(history, suffix_ids, context_files(extra_context), path)
+        sources += self._shared_sources(history, suffix_ids, files, path)
         return CacheModel(sources, history, dataclasses.replace(self.config.cache_mix, weight=weight))
 
     def _shared_sources(self, history: list[int], suffix_ids: list[int], files: tuple[ContextFile, ...],
@@ -296,25 +297,22 @@ class Engine:
                 self._snippet_indexes.pop(next(iter(self._snippet_indexes)))
         return index
 
-    def submit(self, prompt: str, suffix: str | None, params: SamplingParams,
-               on_chunk: Callable[[Chunk], None], logits_processor: LogitsProcessor | None = None,
-               extra_context: list | None = None, path: str | None = None,
-               max_prompt_tokens: int | None = None) -> Request:
+    def submit(self, job: CompletionInput, on_chunk: Callable[[Chunk], None],
+               logits_processor: LogitsProcessor | None = None) -> Request:
         """Queue a request; `on_chunk` is called from the scheduler thread. Raises EngineBusy when full.
 
-        `prompt` and `suffix` are the text before and after the cursor, whole: the engine decides
-        what fits. `extra_context` (ContextFile, {"path", "text"} dicts or strings: neighbouring
-        files, most relevant first) goes into the prompt as far as the budget allows and into the
-        cache model whole; `path` names the file being completed (its copy in the workspace index
-        is left out); `max_prompt_tokens` lowers the prompt budget for this request.
+        The job's prompt and suffix are the text before and after the cursor, whole: the engine
+        decides what fits. Its files go into the prompt as far as the budget allows and into the
+        cache model whole; its path names the file being completed (its copy in the workspace index
+        is left out).
         """
-        if not isinstance(params, SamplingParams):
-            raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        if not isinstance(job, CompletionInput):
+            raise TypeError(f"submit takes a CompletionInput, got {type(job).__name__}")
         if self._stop:
             raise EngineError("the engine is closed")
-        files = context_files(extra_context)
-        kept, heal = self._heal_prompt(prompt)
-        ids = self.prompts.build(kept, suffix, params.max_tokens, files, path, max_prompt_tokens)
+        params, suffix, files, path = job.params, job.suffix, job.files, job.path
+        kept, heal = self._heal_prompt(job.prompt)
+        ids = self.prompts.build(kept, suffix, params.max_tokens, files, path, job.max_prompt_tokens)
         generator = None
         if not params.greedy:
             generator = torch.Generator(device="cpu")
@@ -322,7 +320,7 @@ class Engine:
         if logits_processor is None:
             logits_processor = self.cache_model(kept, suffix, files, params.cache_weight, path)
         stop_loops = self.config.stop_loops if params.stop_loops is None else params.stop_loops
-        guard = RepetitionGuard.for_prompt(prompt, suffix) if stop_loops else None
+        guard = RepetitionGuard.for_prompt(job.prompt, suffix) if stop_loops else None
         request = Request(ids, params, on_chunk, generator, logits_processor, heal=heal, skip_bytes=len(heal),
                           guard=guard, tokens=list(ids))
         if self.config.draft_tokens:
@@ -341,10 +339,11 @@ class Engine:
         self._wake.set()
         return request
 
-    def complete(self, prompt: str, suffix: str | None = None, params: SamplingParams | None = None,
-                 logits_processor: LogitsProcessor | None = None, extra_context: list | None = None,
-                 path: str | None = None, max_prompt_tokens: int | None = None) -> Completion:
-        params = params or SamplingParams()
+    def complete(self, job: CompletionInput | str, logits_processor: LogitsProcessor | None = None,
+                 **fields) -> Completion:
+        """Run one completion to its end. `job` is a CompletionInput, or a prompt string with the
+        CompletionInput fields as keywords (a convenience for scripts and tests)."""
+        job = as_input(job, fields)
         done = threading.Event()
         parts: list[Chunk] = []
 
@@ -353,24 +352,22 @@ class Engine:
             if chunk.finish_reason:
                 done.set()
 
-        request = self.submit(prompt, suffix, params, on_chunk, logits_processor, extra_context, path,
-                              max_prompt_tokens)
+        request = self.submit(job, on_chunk, logits_processor)
         done.wait()
         if request.error:
             raise EngineError(request.error)
         return self._completion(request, parts)
 
-    async def stream(self, prompt: str, suffix: str | None = None, params: SamplingParams | None = None,
-                     logits_processor: LogitsProcessor | None = None, extra_context: list | None = None,
-                     path: str | None = None, max_prompt_tokens: int | None = None) -> AsyncIterator[Chunk]:
-        params = params or SamplingParams()
+    async def stream(self, job: CompletionInput | str, logits_processor: LogitsProcessor | None = None,
+                     **fields) -> AsyncIterator[Chunk]:
+        """The completion's chunks as they come (`job` as for `complete`)."""
+        job = as_input(job, fields)
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[Chunk] = asyncio.Queue()
         # Tokenizing a long prompt and building its cache model take milliseconds of CPU: in a
         # thread, so the event loop goes on serving everyone else meanwhile.
         submitting = asyncio.ensure_future(asyncio.to_thread(
-            self.submit, prompt, suffix, params, lambda c: loop.call_soon_threadsafe(chunks.put_nowait, c),
-            logits_processor, extra_context, path, max_prompt_tokens))
+            self.submit, job, lambda c: loop.call_soon_threadsafe(chunks.put_nowait, c), logits_processor))
         try:
             request = await asyncio.shield(submitting)
         except asyncio.CancelledError:  # the caller left while the thread was still submitting
@@ -390,11 +387,6 @@ class Engine:
 
     def queue_depth(self) -> int:
         return len(self._waiting)
-
-    @property
-    def context_length(self) -> int:
-        """Positions the model can attend over: prompt and completion together fit in this many tokens."""
-        return self.model.config.block_size
 
     @property
     def stats(self) -> dict:
@@ -738,14 +730,9 @@ class Engine:
             request.cancel()
 
 
-def context_files(items) -> tuple[ContextFile, ...]:
-    """Neighbouring files as the one type the prompt and the cache model take."""
-    out = []
-    for item in items or ():
-        if isinstance(item, ContextFile):
-            out.append(item)
-        elif isinstance(item, dict):
-            out.append(ContextFile(str(item.get("path") or ""), str(item.get("text") or "")))
-        else:
-            out.append(ContextFile("", str(item)))
-    return tuple(out)
+def as_input(job: CompletionInput | str, fields: dict) -> CompletionInput:
+    if isinstance(job, CompletionInput):
+        if fields:
+            raise TypeError("pass either a CompletionInput or a prompt with keywords, not both")
+        return job
+    return CompletionInput(job, **fields)

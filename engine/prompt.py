@@ -10,9 +10,9 @@ tokens gets the prefix alone.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from .inputs import ContextFile
 from .tokenizer import Tokenizer
 
 # Comment markers by file extension, for neighbouring files shown as comments.
@@ -30,13 +30,6 @@ MAX_STRIDE = 256       # tokens; see PromptBuilder.build
 # The repository's name in layouts that start with one: front ends send paths relative to the
 # workspace, not its name, and the models only need the marker to know files follow.
 REPO_NAME = "repository"
-
-
-@dataclass(frozen=True)
-class ContextFile:
-    """Another file of the project the completion may draw on (a neighbour, a workspace match)."""
-    path: str
-    text: str
 
 
 def comment_marker(path: str | None) -> str:

@@ -8,16 +8,10 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from engine import Engine, EngineError, SamplingParams
+from engine import CompletionInput, ContextFile, Engine, EngineError, SamplingParams
 
 from .metrics import Metrics
 from .response_cache import ResponseCache, cache_key
-
-
-@dataclass
-class ContextFile:
-    path: str
-    text: str
 
 
 @dataclass
@@ -37,12 +31,6 @@ class CompletionRecord:
     time_to_first_token_s: float | None = None
     cached: bool = False
     text: str = ""
-
-
-def context_for_engine(extra_context: list[ContextFile]) -> dict:
-    """Engine keyword arguments for the files the editor sends beside the prompt: they feed the
-    engine's cache model (the prompt itself is the client's business)."""
-    return {"extra_context": [{"path": f.path, "text": f.text} for f in extra_context]} if extra_context else {}
 
 
 class CompletionService:
@@ -72,7 +60,7 @@ class CompletionService:
             record.time_to_first_token_s = 0.0
             return _replay(hit["text"]), record
         started = time.perf_counter()
-        chunks = self.engine.stream(job.prompt, job.suffix, job.params, **context_for_engine(job.extra_context))
+        chunks = self.engine.stream(CompletionInput(job.prompt, job.suffix, tuple(job.extra_context), job.params))
         try:
             first = await chunks.__anext__()
         except BaseException:

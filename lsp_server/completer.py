@@ -123,12 +123,6 @@ async def complete(cursor: Cursor, settings: Settings, backend: Backend, invoked
     return Suggestion(generated.id, edit, multiline) if edit else None
 
 
-def extra_context(prompt: Prompt) -> list[dict]:
-    """The neighbour snippets, best first: the engine puts what fits into the prompt and all of
-    them into its cache model."""
-    return [{"path": s.path, "text": s.text} for s in prompt.snippets]
-
-
 class LocalBackend:
     """The engine in this process. `engine.stream` runs the model on the engine's own thread, so the
     server's event loop stays free; closing the stream (done or cancelled) frees the engine slot."""
@@ -140,7 +134,7 @@ class LocalBackend:
         return self.engine.prompt_budget(max_tokens)
 
     async def generate(self, prompt: Prompt, params: GenerationParams, done: Callable[[str], bool]) -> Generated:
-        from engine import EngineBusy, EngineError, SamplingParams
+        from engine import CompletionInput, ContextFile, EngineBusy, EngineError, SamplingParams
 
         # One line: the engine stops at its end, so that its loop guard judges that line alone (held
         # back as the start of a repeated block, it would otherwise be cut with the block).
@@ -148,8 +142,11 @@ class LocalBackend:
                                   cache_weight=params.cache_weight, stop=[] if params.multiline else ["\n"])
         completion_id = f"lsp-{uuid.uuid4().hex[:16]}"
         text = ""
-        chunks = self.engine.stream(prompt.prefix, prompt.suffix, sampling, extra_context=extra_context(prompt),
-                                    path=prompt.path, max_prompt_tokens=params.max_prompt_tokens)
+        # The neighbour snippets, best first: the engine puts what fits into the prompt and all of
+        # them into its cache model.
+        files = tuple(ContextFile(s.path, s.text) for s in prompt.snippets)
+        chunks = self.engine.stream(CompletionInput(prompt.prefix, prompt.suffix, files, sampling, prompt.path,
+                                                    params.max_prompt_tokens))
         try:
             async with contextlib.aclosing(chunks):
                 async for chunk in chunks:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from engine import Engine, SamplingParams
+from engine import ContextFile, Engine, SamplingParams
 from engine.cache_model import MixConfig
 from engine.repetition import has_loop
 from engine.workspace import WorkspaceIndex
@@ -102,10 +102,10 @@ def run_line_completion(engine: Engine, tasks: list[LineTask], fim: bool = False
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=["\n"], cache_weight=cache_weight)
         extra = None
         if neighbours is not None:
-            extra = [{"path": p, "text": t} for p, t in neighbours.items() if p != task.path]
+            extra = tuple(ContextFile(p, t) for p, t in neighbours.items() if p != task.path)
         path = task.path if folder is not None else None   # as an editor names it: relative to the root
         started = time.perf_counter()
-        done = engine.complete(task.prefix, suffix=task.suffix if fim else None, params=params, extra_context=extra,
+        done = engine.complete(task.prefix, suffix=task.suffix if fim else None, params=params, files=extra or (),
                                path=path)
         latencies.append(time.perf_counter() - started)
         prediction = done.text.split("\n")[0].rstrip()

@@ -10,7 +10,7 @@ import threading
 import pytest
 import torch
 
-from engine import Engine, EngineConfig, SamplingParams
+from engine import CompletionInput, Engine, EngineConfig, SamplingParams
 
 PLAIN = {"token_healing": False, "cache_weight": 0.0, "stop_loops": False}
 
@@ -53,7 +53,7 @@ def generate_ids(engine: Engine, prompt: str, params: SamplingParams, suffix: st
         if chunk.finish_reason:
             done.set()
 
-    request = engine.submit(prompt, suffix, params, on_chunk, logits_processor)
+    request = engine.submit(CompletionInput(prompt, suffix, params=params), on_chunk, logits_processor)
     assert done.wait(30), "request did not finish"
     return list(request.output_ids), chunks
 

@@ -3,7 +3,7 @@ import asyncio
 
 import torch
 
-from engine import Engine, EngineConfig, SamplingParams
+from engine import ContextFile, Engine, EngineConfig, SamplingParams
 from engine.cache_model import CacheModel, MixConfig
 from engine.suffix_index import SuffixIndex
 
@@ -74,7 +74,7 @@ def test_cache_completes_a_name_defined_earlier_in_the_file(tiny_model_dir):
         # neighbours given as extra context teach it names the prompt never shows
         extra = engine.complete("import helpers\n\nvalue = helpers.very_specific",
                                 params=SamplingParams(max_tokens=6, stop=["\n"]),
-                                extra_context=[{"path": "helpers.py", "text": DEFINES}])
+                                files=[ContextFile("helpers.py", DEFINES)])
         assert extra.text.startswith("_name_42(")
     finally:
         engine.close()

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from engine import Engine, EngineBusy, SamplingParams
+from engine import CompletionInput, Engine, EngineBusy, SamplingParams
 
 from .conftest import force_tokens, generate_ids
 
@@ -115,7 +115,7 @@ def test_prefix_is_copied_from_a_busy_slot(make_engine):
 
     engine2 = make_engine(max_batch=2)
     busy_chunks, results = [], []
-    busy = engine2.submit(PROMPTS[1], None, SamplingParams(max_tokens=30), busy_chunks.append, hold)
+    busy = engine2.submit(CompletionInput(PROMPTS[1], None, params=SamplingParams(max_tokens=30)), busy_chunks.append, hold)
     assert started.wait(10)
     waiter = threading.Thread(target=lambda: results.append(generate_ids(engine2, PROMPTS[1] + "x", params)))
     waiter.start()
@@ -138,7 +138,7 @@ def test_cancellation_frees_the_blocks(make_engine):
         return logits
 
     chunks = []
-    first = engine.submit("def f():\n", None, SamplingParams(max_tokens=100), chunks.append, hold)
+    first = engine.submit(CompletionInput("def f():\n", params=SamplingParams(max_tokens=100)), chunks.append, hold)
     assert started.wait(10)
     assert engine.stats["running_batch_size"] == 1 and engine.stats["kv_cache_usage_ratio"] > 0
     first.cancel()
@@ -165,12 +165,12 @@ def test_full_queue_raises_engine_busy(make_engine):
         release.wait(10)
         return logits
 
-    engine.submit("a", None, SamplingParams(max_tokens=3), lambda c: None, hold)
+    engine.submit(CompletionInput("a", None, params=SamplingParams(max_tokens=3)), lambda c: None, hold)
     assert started.wait(10)
-    engine.submit("b", None, SamplingParams(max_tokens=3), lambda c: None)
+    engine.submit(CompletionInput("b", None, params=SamplingParams(max_tokens=3)), lambda c: None)
     assert engine.stats["queue_depth"] == 1
     with pytest.raises(EngineBusy):
-        engine.submit("c", None, SamplingParams(max_tokens=3), lambda c: None)
+        engine.submit(CompletionInput("c", None, params=SamplingParams(max_tokens=3)), lambda c: None)
     release.set()
 
 
@@ -259,7 +259,7 @@ def test_a_failing_callback_cancels_only_its_request(fp32_engine):
     def broken(chunk):
         raise RuntimeError("event loop is closed")
 
-    request = fp32_engine.submit("def f():\n", None, SamplingParams(max_tokens=30), broken)
+    request = fp32_engine.submit(CompletionInput("def f():\n", params=SamplingParams(max_tokens=30)), broken)
     done = fp32_engine.complete("x = ", params=SamplingParams(max_tokens=5))
     assert done.finish_reason in ("stop", "length")
     assert request.cancelled.is_set() and fp32_engine.complete("y", params=SamplingParams(max_tokens=3)).tokens <= 3

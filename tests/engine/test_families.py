@@ -15,7 +15,7 @@ import torch
 transformers = pytest.importorskip("transformers", reason="transformers is the oracle (pip install -e '.[dev]')")
 
 from benchmarks.hf_models import FAMILIES, STDLIB, save_random_model  # noqa: E402
-from engine import ContextFile, Engine, EngineConfig, ModelDirError, SamplingParams  # noqa: E402
+from engine import CompletionInput, ContextFile, Engine, EngineConfig, ModelDirError, SamplingParams  # noqa: E402
 from engine.kv_cache import BlockPool, BlockTable, KVCache  # noqa: E402
 from engine.model_dir import load_model_dir  # noqa: E402
 from engine.quantize import load_int8_model  # noqa: E402
@@ -155,7 +155,7 @@ def test_every_engine_feature_runs_on_the_family(family_dir):
                     done.set()
 
         for prompt in ("def add(a, b):\n    ret", "import json\n\n", "class Decoder:\n    def ", "x = [1, 2"):
-            engine.submit(prompt, "\n", SamplingParams(max_tokens=8), on_chunk)
+            engine.submit(CompletionInput(prompt, "\n", params=SamplingParams(max_tokens=8)), on_chunk)
         assert done.wait(60) and all(r.finish_reason in ("stop", "length") for r in results)
     finally:
         engine.close()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from benchmarks.hf_models import FAMILIES, TINY, save_random_model
-from engine import Engine, EngineConfig, SamplingParams
+from engine import CompletionInput, Engine, EngineConfig, SamplingParams
 from engine import kernels
 from engine.fast_decode import FastDecoder, block_pool_layout
 from engine.kv_cache import KVCache
@@ -116,7 +116,7 @@ def run_requests(engine: Engine, prompts: list[str], params: SamplingParams) -> 
             return call
 
         for i, text in enumerate(texts):
-            engine.submit(text, None, params, on_chunk(i))
+            engine.submit(CompletionInput(text, None, params=params), on_chunk(i))
         for _ in texts:
             assert done.acquire(timeout=60)
         out.update({round_ * 100 + i: "".join(p) for i, p in parts.items()})

@@ -6,7 +6,7 @@ import threading
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import SamplingParams
+from engine import CompletionInput, SamplingParams
 
 CORPUS = ("import json\n\nclass Decoder(object):\n    def __init__(self, strict=True):\n        self.strict = strict\n"
           "    def decode(self, s):\n        return json.loads(s)  # é ü 😀\n\n\ndef main(argv=None):\n    pass\n")
@@ -40,7 +40,7 @@ def test_any_batch_finishes_within_its_limits(requests, make_engine_session):
             chunks.append(chunk)
             if chunk.finish_reason:
                 done.release()
-        submitted.append((engine.submit(text, r["suffix"], params, on_chunk), params, chunks))
+        submitted.append((engine.submit(CompletionInput(text, r["suffix"], params=params), on_chunk), params, chunks))
     for _ in submitted:
         assert done.acquire(timeout=30)
     for request, params, chunks in submitted:
