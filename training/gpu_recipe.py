@@ -440,7 +440,7 @@ def run(recipe: Recipe) -> dict:
         if curve.is_file():
             shutil.copyfile(curve, recipe.out / "loss_curve.png")
         summary["export"] = {"volumes": [v.name for v in volumes], "unpack": "for v in models-*.tar; do tar xf $v; done",
-                             "hf": "model/ (bf16)", "int8": "model-int8/"}
+                             "hf": "model/ (bf16)", "int8": "model-int8/", "work": str(run_dir) if recipe.work else None}
         summary["transformers"] = transformers_check(hf_dir)
         print(f"export: transformers {json.dumps(summary['transformers'])}", flush=True)
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +117,35 @@ def test_the_exports_load_in_the_engine_and_in_transformers(unpacked, smoke):
 def test_no_output_folder_is_a_usage_line_and_exit_2():
     proc = run_script(timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("usage:")
+
+
+@pytest.mark.slow
+def test_a_model_larger_than_a_file_goes_into_shards_and_volumes(smoke, tmp_path):
+    """The GPU run's sizes at the smoke's scale: many shards, several volumes, each within its limit."""
+    from training.gpu_recipe import check_outputs, pack_volumes, reshard
+
+    trained = smoke[1]["export"]["work"]
+    sharded = reshard(Path(trained), tmp_path / "model", max_shard_bytes=64 << 10, dtype=torch.bfloat16)
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 2 and all(p.stat().st_size <= (64 << 10) + 8192 for p in shards)
+    ours, tokenizer, _ = load_model_dir(trained)
+    theirs, _, _ = load_model_dir(sharded)
+    ids = torch.tensor([tokenizer.encode("def add(a, b):\n    return a + b\n")])
+    with torch.no_grad():
+        assert (ours(ids) - theirs(ids)).abs().max().item() < 0.1  # bf16 rounding of every weight
+
+    out = tmp_path / "out"
+    out.mkdir()
+    volumes = pack_volumes({"model": sharded}, out, volume_bytes=160 << 10)
+    assert len(volumes) > 1 and all(v.stat().st_size <= 160 << 10 for v in volumes)
+    unpacked = tmp_path / "unpacked"
+    for volume in volumes:
+        with tarfile.open(volume) as tar:
+            tar.extractall(unpacked, filter="data")
+    assert {p.name: p.read_bytes() for p in (unpacked / "model").iterdir()} == \
+        {p.name: p.read_bytes() for p in sharded.iterdir()}
+    assert set(check_outputs(out)) == {v.name for v in volumes}
+    for i in range(9 - len(volumes)):
+        (out / f"extra-{i}.txt").write_text("x")
+    with pytest.raises(ValueError, match="more than 8"):
+        check_outputs(out)
