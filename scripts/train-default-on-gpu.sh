@@ -17,6 +17,6 @@ if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
 fi
 OUT=$1
 mkdir -p "$OUT"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 
 "${PYTHON:-python3}" -m training.gpu_recipe "$@" 2>&1 | tee "$OUT/train.log"

@@ -347,7 +347,10 @@ def transformers_check(hf_dir: Path) -> dict:
     from engine.model_dir import load_model_dir
 
     ours, tokenizer, _ = load_model_dir(hf_dir)
-    theirs = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    try:
+        theirs = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    except Exception as e:  # another transformers than ours: recorded, and the run goes on to its eval
+        return {"error": f"transformers could not load {hf_dir}: {type(e).__name__}: {e}"}
     ids = tokenizer.encode(FIBONACCI * 4)[:ours.config.block_size]
     with torch.no_grad():
         diff = (ours(torch.tensor([ids])) - theirs(torch.tensor([ids])).logits).abs().max().item()
@@ -385,8 +388,14 @@ def run(recipe: Recipe) -> dict:
     summary: dict = {"recipe": "scripts/train-default-on-gpu.sh", "config": str(recipe.config), "device": device,
                      "torch": torch.__version__, "budget_minutes": recipe.minutes}
 
+    def save() -> None:
+        """summary.json as far as the run got: a run stopped by the machine's time limit still says why."""
+        summary["wall_seconds"] = {**clock.phases, "total": round(clock.elapsed(), 1)}
+        (recipe.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
     with clock.phase("data"):
         summary["data"] = build_data(recipe, data_dir)
+    save()
 
     from .data import read_meta
 
@@ -410,6 +419,7 @@ def run(recipe: Recipe) -> dict:
     config = dataclasses.replace(config, trainer=trainer, optim=optim,
                                  data=dataclasses.replace(config.data, batch_size=warmup["batch_size"]))
     summary["warmup"] = {**warmup, "planned_steps": steps, "train_seconds": round(train_seconds, 1)}
+    save()
     print(f"plan: {steps} steps of {warmup['batch_size']} x {seq_len} tokens in at most {train_seconds:.0f} s "
           f"(compile: {warmup['compile']})", flush=True)
 
@@ -427,6 +437,7 @@ def run(recipe: Recipe) -> dict:
     summary["model"] = {**{k: getattr(config.model, k) for k in ("arch", "n_layer", "n_head", "n_kv_head", "n_embd",
                                                                  "intermediate_size", "block_size", "vocab_size")},
                         "params": sum(p.numel() for p in Transformer(config.model).parameters())}
+    save()
 
     with clock.phase("export"):
         from engine.quantize import write_int8_model_dir
@@ -443,15 +454,15 @@ def run(recipe: Recipe) -> dict:
                              "hf": "model/ (bf16)", "int8": "model-int8/", "work": str(run_dir) if recipe.work else None}
         summary["transformers"] = transformers_check(hf_dir)
         print(f"export: transformers {json.dumps(summary['transformers'])}", flush=True)
+    save()
 
     with clock.phase("eval"):
         summary["eval"] = evaluate_model(recipe, hf_dir, int8_dir)
 
-    summary["wall_seconds"] = {**clock.phases, "total": round(clock.elapsed(), 1)}
     summary["imported_packages"] = third_party_modules()
-    (recipe.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    save()
     summary["outputs"] = check_outputs(recipe.out)
-    (recipe.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    save()
     if recipe.work is None:
         shutil.rmtree(work, ignore_errors=True)
     return summary
