@@ -65,7 +65,7 @@ class Recipe:
     bpe_sample_mb: int = 32
     vocab_size: int = 8192
     batch_sizes: tuple[int, ...] = (16, 32, 64, 128)
-    warmup_steps: int = 5             # timed steps per candidate
+    steps_per_candidate: int = 10     # timed warm-up steps per batch size (and compiled), after one untimed
     compile: str = "auto"             # auto: measured in the warm-up, on CUDA only; yes; no
     reserve_seconds: float = 180.0    # kept after training for export, int8 and eval (an estimate for an H100 machine)
     heldout: Path = HELDOUT
@@ -167,7 +167,7 @@ def choose_batch_and_compile(recipe: Recipe, config: TrainConfig, seq_len: int, 
     eager = []
     for batch_size in recipe.batch_sizes:
         try:
-            eager.append(timed_steps(config, batch_size, seq_len, device, False, recipe.warmup_steps))
+            eager.append(timed_steps(config, batch_size, seq_len, device, False, recipe.steps_per_candidate))
         except torch.cuda.OutOfMemoryError:
             print(f"warmup: batch {batch_size} does not fit in memory", flush=True)
             break
@@ -179,7 +179,7 @@ def choose_batch_and_compile(recipe: Recipe, config: TrainConfig, seq_len: int, 
     result = {"candidates": eager, "batch_size": chosen["batch_size"], "compile": False,
               "tokens_per_second": chosen["tokens_per_second"]}
     if recipe.compile == "yes" or (recipe.compile == "auto" and device == "cuda"):
-        compiled = timed_steps(config, chosen["batch_size"], seq_len, device, True, recipe.warmup_steps)
+        compiled = timed_steps(config, chosen["batch_size"], seq_len, device, True, recipe.steps_per_candidate)
         compile_seconds = max(0.0, compiled["first_step_seconds"] - chosen["first_step_seconds"])
         # Pays when the compiled run, started compile_seconds later, still sees more tokens.
         pays = compiled["tokens_per_second"] * max(0.0, train_seconds - compile_seconds) > \
@@ -469,7 +469,7 @@ def run(recipe: Recipe) -> dict:
 
 
 SMOKE = dict(config=CONFIGS / "gpu-smoke.yaml", minutes=3.0, max_source_mb=1, bpe_sample_mb=1, vocab_size=512,
-             batch_sizes=(4, 8), warmup_steps=1, compile="no", reserve_seconds=60.0, lines_per_file=1,
+             batch_sizes=(4, 8), steps_per_candidate=1, compile="no", reserve_seconds=60.0, lines_per_file=1,
              eval_windows=4, fibonacci_tokens=16)
 
 
