@@ -299,6 +299,18 @@ def pack_volumes(folders: dict[str, Path], out: Path, volume_bytes: int) -> list
     return paths
 
 
+def export(trained: Path, work: Path, out: Path) -> tuple[Path, Path, list[Path]]:
+    """The trained model directory (fp32) as `work/model` (bf16) and `work/model-int8`, both in
+    shards, packed into OUT's tar volumes (replacing an earlier run's)."""
+    from engine.quantize import write_int8_model_dir
+
+    hf_dir = reshard(trained, work / "model", SHARD_BYTES, torch.bfloat16)
+    int8_dir = reshard(write_int8_model_dir(trained, work / "int8-single"), work / "model-int8", SHARD_BYTES)
+    for old in out.glob("models-*.tar"):
+        old.unlink()
+    return hf_dir, int8_dir, pack_volumes({"model": hf_dir, "model-int8": int8_dir}, out, VOLUME_BYTES)
+
+
 def check_outputs(out: Path) -> dict[str, int]:
     """OUT's files and sizes, or a ValueError naming the limit it breaks."""
     files = {p.relative_to(out).as_posix(): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
@@ -440,13 +452,7 @@ def run(recipe: Recipe) -> dict:
     save()
 
     with clock.phase("export"):
-        from engine.quantize import write_int8_model_dir
-
-        hf_dir = reshard(run_dir, work / "model", SHARD_BYTES, torch.bfloat16)
-        int8_dir = reshard(write_int8_model_dir(run_dir, work / "int8-single"), work / "model-int8", SHARD_BYTES)
-        for old in recipe.out.glob("models-*.tar"):
-            old.unlink()
-        volumes = pack_volumes({"model": hf_dir, "model-int8": int8_dir}, recipe.out, VOLUME_BYTES)
+        hf_dir, int8_dir, volumes = export(run_dir, work, recipe.out)
         curve = run_dir / "run" / "loss_curve.png"
         if curve.is_file():
             shutil.copyfile(curve, recipe.out / "loss_curve.png")

@@ -149,3 +149,31 @@ def test_a_model_larger_than_a_file_goes_into_shards_and_volumes(smoke, tmp_path
         (out / f"extra-{i}.txt").write_text("x")
     with pytest.raises(ValueError, match="more than 8"):
         check_outputs(out)
+
+
+@pytest.mark.slow
+def test_the_gpu_configs_model_fits_what_the_machine_hands_back(smoke, tmp_path):
+    """gpu-default.yaml's model (untrained, an 8 K vocabulary), exported as the GPU run exports
+    it: its volumes, the summary, the log and the loss curve stay within 8 files and 64 MiB."""
+    import dataclasses
+
+    from engine.model import Transformer
+    from engine.model_dir import save_model_dir
+    from training.config import load_config
+    from training.gpu_recipe import CONFIGS, check_outputs, export
+
+    trained = Path(smoke[1]["export"]["work"])
+    config = dataclasses.replace(load_config(CONFIGS / "gpu-default.yaml").model, vocab_size=8192)
+    tokenizer_files = {name: (trained / name).read_text() for name in
+                       ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")}
+    full = save_model_dir(tmp_path / "full", Transformer(config), tokenizer_files, None, 0)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("summary.json", "train.log", "loss_curve.png"):  # as large as a GPU run's, with room
+        (out / name).write_bytes(b"x" * (1 << 20))
+    hf_dir, int8_dir, volumes = export(full, tmp_path / "work", out)
+    files = check_outputs(out)
+    print(f"{sum(p.numel() for p in Transformer(config).parameters()):,} parameters: {len(files)} files, "
+          f"{sum(files.values()) / 2**20:.1f} MiB")
+    assert len(files) <= MAX_FILES and sum(files.values()) <= MAX_TOTAL_BYTES
+    assert load_model_dir(hf_dir)[0].config.n_layer == config.n_layer
