@@ -287,9 +287,12 @@ class Transformer(nn.Module):
             if kv_cache is not None:
                 raise ValueError("positions are required when a kv_cache is given")
             positions = torch.arange(T, device=idx.device).unsqueeze(0).expand(B, T)
-        if T > self.config.block_size or int(positions.max()) >= self.config.block_size:
-            raise ValueError(f"sequence of {int(positions.max()) + 1} positions exceeds block_size "
-                             f"{self.config.block_size}")
+            # Known without reading the tensor: no device sync and no torch.compile graph break in training.
+            last = T - 1
+        else:
+            last = int(positions.max())
+        if T > self.config.block_size or last >= self.config.block_size:
+            raise ValueError(f"sequence of {max(T, last + 1)} positions exceeds block_size {self.config.block_size}")
         x = self.embed(idx)
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions)

@@ -48,6 +48,7 @@ class CollectOptions:
     skip_dirs: frozenset[str] = SKIP_DIRS
     val_fraction: float = 0.05
     extensions: tuple[str, ...] = (".py",)
+    max_total_bytes: int = 0      # 0: every file; else a sample of files spread over the sources
 
 
 @dataclass
@@ -124,9 +125,43 @@ def collect(sources: list[Path], options: CollectOptions) -> Corpus:
             rel = f"{root.name}/{path.relative_to(root).as_posix()}"
             split = corpus.val if is_val(rel, options.val_fraction) else corpus.train
             split.append(SourceFile(rel, text))
+    if options.max_total_bytes:
+        corpus = capped(corpus, options.max_total_bytes)
     if not corpus.train:
         raise DataError(f"no usable {'/'.join(options.extensions)} files under {', '.join(map(str, sources))}")
     return corpus
+
+
+def in_hash_order(files: list[SourceFile]) -> list[SourceFile]:
+    """The files in the order of a hash of their paths: any prefix of it is a sample spread over
+    every source and package, the same one on every run."""
+    return sorted(files, key=lambda f: hashlib.sha1(f.path.encode("utf-8")).digest())
+
+
+def capped(corpus: Corpus, max_bytes: int) -> Corpus:
+    """The files of a corpus up to `max_bytes` of text in all (so that tokenizing fits a time
+    budget), taken in hash order; each keeps its split."""
+    kept, total = set(), 0
+    for f in in_hash_order(corpus.train + corpus.val):
+        size = len(f.text.encode("utf-8"))
+        if total + size > max_bytes:
+            corpus.skipped["over_byte_cap"] = corpus.skipped.get("over_byte_cap", 0) + 1
+            continue
+        kept.add(f.path)
+        total += size
+    return Corpus([f for f in corpus.train if f.path in kept], [f for f in corpus.val if f.path in kept],
+                  corpus.skipped)
+
+
+def sample_texts(files: list[SourceFile], max_bytes: int) -> list[str]:
+    """Texts of the files, in hash order, up to `max_bytes` (0: all)."""
+    texts, total = [], 0
+    for f in in_hash_order(files) if max_bytes else files:
+        if max_bytes and total >= max_bytes:
+            break
+        texts.append(f.text)
+        total += len(f.text)
+    return texts
 
 
 def token_dtype(n_vocab: int):
@@ -247,9 +282,9 @@ def model_documents(model_dir: ModelDir | None, tokenizer: Tokenizer) -> Documen
 
 
 def build_dataset(sources: list[Path], out_dir: Path, vocab_size: int, options: CollectOptions,
-                  tokenizer_kind: str = "code-bpe") -> dict:
-    """`tokenizer_kind`: "code-bpe" (trained here on the train split), "gpt2" (tiktoken's), or the
-    path of a model directory whose tokenizer to use."""
+                  tokenizer_kind: str = "code-bpe", bpe_sample_bytes: int = 0) -> dict:
+    """`tokenizer_kind`: "code-bpe" (trained here on the train split, or on `bpe_sample_bytes` of
+    it), "gpt2" (tiktoken's), or the path of a model directory whose tokenizer to use."""
     from .tokenizer import gpt2_ranks, save_tokenizer, tokenizer_from_ranks, train_bpe
 
     corpus = collect(sources, options)
@@ -258,8 +293,9 @@ def build_dataset(sources: list[Path], out_dir: Path, vocab_size: int, options: 
         if tokenizer_kind == "gpt2":
             ranks = gpt2_ranks()
         else:
-            print(f"training a {vocab_size}-token BPE on {len(corpus.train)} files", flush=True)
-            ranks = train_bpe((f.text for f in corpus.train), vocab_size)
+            texts = sample_texts(corpus.train, bpe_sample_bytes)
+            print(f"training a {vocab_size}-token BPE on {len(texts)} of {len(corpus.train)} files", flush=True)
+            ranks = train_bpe(texts, vocab_size)
         info = {"kind": "tiktoken", **save_tokenizer(ranks, out_dir / TOKENIZER_FILE, tokenizer_kind),
                 "file": TOKENIZER_FILE}
         tokenizer = tokenizer_from_ranks(ranks, info)

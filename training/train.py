@@ -224,7 +224,10 @@ def prepare_model(config: TrainConfig, data_dir: Path, init: Path | None
     return dataclasses.replace(config, model=model.config), dm, model, export_format
 
 
-def train(config: TrainConfig, data_dir: Path, out_dir: Path, resume: bool = False, init: Path | None = None) -> dict:
+def train(config: TrainConfig, data_dir: Path, out_dir: Path, resume: bool = False, init: Path | None = None,
+          callbacks: tuple[Callback, ...] = (), progress_bar: bool = True) -> dict:
+    """`callbacks`: more Lightning callbacks (the GPU recipe's progress lines); `progress_bar`: Lightning's
+    own bar on stderr."""
     L.seed_everything(config.seed_everything, workers=True, verbose=False)
     config, dm, model, export_format = prepare_model(config, data_dir, init)
     max_seconds = config.trainer.max_time_minutes * 60 if config.trainer.max_time_minutes else None
@@ -256,7 +259,8 @@ def train(config: TrainConfig, data_dir: Path, out_dir: Path, resume: bool = Fal
         log_every_n_steps=t.log_every_n_steps,
         # Every logged row is written at once: a crash loses nothing the resumed run will not redo.
         logger=ContinuedCSVLogger(run_dir, resume_step, flush_every=t.log_every_n_steps),
-        callbacks=[checkpoint, export],
+        callbacks=[checkpoint, export, *callbacks],
+        enable_progress_bar=progress_bar,
         default_root_dir=run_dir,
         num_sanity_val_steps=0,
         enable_model_summary=True,

@@ -140,3 +140,24 @@ def test_format_1_data_dirs_keep_loading(source_tree, tmp_path):
     (out / "meta.json").write_text(json.dumps({**old, "format": "code-assistant-data/9"}))
     with pytest.raises(DataError, match="unknown format"):
         read_meta(out)
+
+
+def test_a_byte_cap_keeps_a_sample_spread_over_the_sources_in_its_splits(tmp_path):
+    from training.data import CollectOptions, collect
+
+    for package in ("alpha", "beta"):
+        for i in range(40):
+            path = tmp_path / package / f"module_{i}.py"
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(f"def {package}_{i}(x):\n    return x + {i}\n" + "# padding line of text\n" * 20)
+    sources = [tmp_path / "alpha", tmp_path / "beta"]
+    whole = collect(sources, CollectOptions(val_fraction=0.2))
+    capped = collect(sources, CollectOptions(val_fraction=0.2, max_total_bytes=20_000))
+    kept = capped.train + capped.val
+    assert sum(len(f.text.encode()) for f in kept) <= 20_000 < sum(len(f.text.encode()) for f in whole.train + whole.val)
+    assert {f.path.split("/")[0] for f in kept} == {"alpha", "beta"}
+    assert {f.path for f in capped.val} <= {f.path for f in whole.val}
+    assert {f.path for f in capped.train} <= {f.path for f in whole.train}
+    assert capped.skipped["over_byte_cap"] == len(whole.train) + len(whole.val) - len(kept)
+    assert [f.path for f in collect(sources, CollectOptions(val_fraction=0.2, max_total_bytes=20_000)).train] == \
+        [f.path for f in capped.train]
