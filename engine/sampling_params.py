@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-MAX_STOP_STRINGS = 16
+MAX_STOP_STRINGS = 4    # OpenAI's limit, which standard clients keep to
 MAX_STOP_CHARS = 256
 # Sampling runs in float32: a positive temperature or top_p below its smallest normal number
 # (torch.finfo(torch.float32).tiny, 2**-126) rounds to 0, or to a denormal that flush-to-zero
@@ -62,6 +62,17 @@ SAMPLING_BOUNDS: dict[str, Bound] = {
 GREEDY = 0.0  # the one temperature below SAMPLING_BOUNDS["temperature"].low that is allowed
 
 
+def sampling_value_error(name: str, value) -> str | None:
+    """Why `value` is not allowed for the sampling field `name` (one of SAMPLING_BOUNDS), or None."""
+    bound = SAMPLING_BOUNDS[name]
+    if name == "temperature" and value == GREEDY and not isinstance(value, bool):
+        return None
+    if (value is None and bound.optional) or bound.holds(value):
+        return None
+    allowed = f"0 (greedy) or {bound.describe()}" if name == "temperature" else bound.describe()
+    return f"{name} must be {allowed}, got {value!r}"
+
+
 class SamplingError(ValueError):
     """Invalid sampling parameters; the message names the field and the allowed range, `field` names it alone."""
 
@@ -95,15 +106,9 @@ class SamplingParams:
         else:
             raise SamplingError(f"stop must be a string or a list of strings, got {type(self.stop).__name__}",
                                 "stop")
-        for name, bound in SAMPLING_BOUNDS.items():
-            value = getattr(self, name)
-            if name == "temperature" and value == GREEDY and not isinstance(value, bool):
-                continue
-            if value is None and bound.optional:
-                continue
-            if not bound.holds(value):
-                allowed = f"0 (greedy) or {bound.describe()}" if name == "temperature" else bound.describe()
-                raise SamplingError(f"{name} must be {allowed}, got {value!r}", name)
+        for name in SAMPLING_BOUNDS:
+            if (error := sampling_value_error(name, getattr(self, name))) is not None:
+                raise SamplingError(error, name)
         if len(self.stop) > MAX_STOP_STRINGS:
             raise SamplingError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}", "stop")
         if any(not isinstance(s, str) or not s or len(s) > MAX_STOP_CHARS for s in self.stop):
