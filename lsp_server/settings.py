@@ -29,7 +29,7 @@ class Settings:
     timeout_ms: int = 5000                # remote requests: a slow server gives an empty result, not a hang
     backend: str = "code-assistant"       # what runs at remote_url: see BACKENDS
     model: str | None = None              # the model name a remote server wants (Ollama, OpenAI-compatible)
-    fim_template: str | None = None       # OpenAI-compatible servers: a FIM_TEXT_TEMPLATES name (engine/prompt.py) or "{prefix}..{suffix}"
+    fim_template: str | None = None       # openai backend: engine/prompt.py FIM_TEXT_TEMPLATES name, or a layout
     typed_ahead_reuse: bool = True        # typing the ghost text's first characters shows the rest from cache
     prefetch: bool = True                 # after a suggestion shows, compute the one that follows accepting it
     exclude: tuple[str, ...] = ()         # globs (gitignore syntax) of files that never get completions

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from lsp_server.remote import CHARS_PER_TOKEN_ESTIMATE
+
 from .fake_servers import ANSWER, CONTEXT, running
-from .test_remote import KEY, http_server  # noqa: F401  (the real `code-assistant serve` fixture)
+from .test_remote import KEY, http_server, http_server_log  # noqa: F401  (the real `code-assistant serve` fixture)
 from .test_server import finish, initialize, inline_params, open_document, start
 
 pytestmark = pytest.mark.timeout(120)
@@ -92,3 +94,21 @@ async def test_openai_backend_against_a_real_code_assistant_serve(http_server, t
                 break
     assert answered and answered[0].strip()
     assert await finish(client) == 0
+
+
+@pytest.mark.parametrize("backend", ["llama.cpp", "ollama", "openai"])
+async def test_context_tokens_bounds_what_each_backend_sends(tiny_model_dir, backend):
+    # Servers that take text count tokens themselves: the language server keeps the budget by
+    # trimming with the estimate, in engine/prompt.py's shares.
+    with running(backend) as (url, requests):
+        model = {"model": "qwen2.5-coder:1.5b"} if backend == "ollama" else {}
+        await complete_through(tiny_model_dir, url, {"backend": backend, "contextTokens": 100, **model})
+    [body] = requests
+    if backend == "llama.cpp":
+        sent = body["input_prefix"] + body["prompt"] + body["input_suffix"] + "".join(
+            e["filename"] + e["text"] for e in body["input_extra"])
+        assert body["prompt"] == "    return "
+    else:
+        sent = body["prompt"] + body.get("suffix", "")
+        assert body["prompt"].endswith("    return ")
+    assert 0 < len(sent) <= 100 * CHARS_PER_TOKEN_ESTIMATE
