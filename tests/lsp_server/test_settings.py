@@ -45,3 +45,17 @@ def test_sampling_settings_take_samplingparams_bounds():
     assert Settings().updated({"cacheWeight": high}).cache_weight == high
     assert Settings().updated({"cacheWeight": low - 0.1}).cache_weight is None
     assert Settings().updated({"maxTokens": 0}).max_tokens == 48
+
+
+def test_the_vscode_extension_offers_what_the_server_takes():
+    import json
+    from pathlib import Path
+
+    from engine.sampling_params import SAMPLING_BOUNDS
+
+    package = Path(__file__).resolve().parents[2] / "vscode-client" / "package.json"
+    offered = json.loads(package.read_text())["contributes"]["configuration"]["properties"]
+    temperature = offered["codeAssistant.temperature"]
+    assert (temperature["minimum"], temperature["maximum"]) == (0, SAMPLING_BOUNDS["temperature"].high)
+    most_tokens = offered["codeAssistant.maxTokens"]["maximum"]
+    assert Settings().updated({"maxTokens": most_tokens}).max_tokens == most_tokens
