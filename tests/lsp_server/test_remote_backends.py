@@ -3,6 +3,9 @@
 OpenAI-compatible backend against a real `code-assistant serve`."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from lsp_server.remote import CHARS_PER_TOKEN_ESTIMATE
@@ -112,3 +115,16 @@ async def test_context_tokens_bounds_what_each_backend_sends(tiny_model_dir, bac
         sent = body["prompt"] + body.get("suffix", "")
         assert body["prompt"].endswith("    return ")
     assert 0 < len(sent) <= 100 * CHARS_PER_TOKEN_ESTIMATE
+
+
+def test_the_remote_path_loads_no_torch():
+    # An editor talking to a team server should not pay for torch (~1 s and ~300 MB to import).
+    code = ("import sys; import lsp_server.cli, lsp_server.server; "
+            "from lsp_server.context import build_prompt, select_neighbours, snippet_query; "
+            "from lsp_server.remote import text_prompt; from lsp_server.remote_backends import create_remote_backend; "
+            "from lsp_server.settings import Settings; "
+            "files = select_neighbours(snippet_query('import helpers\\nhelpers.'), [('helpers.py', 'x = 1\\n')], 4); "
+            "text_prompt(build_prompt('import helpers\\nhelpers.', '', 100, files, 'main.py'), 100); "
+            "create_remote_backend(Settings(remote_url='http://127.0.0.1:1', backend='llama.cpp')); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
