@@ -32,7 +32,7 @@ class Bound:
             return False
         if self.integer and not isinstance(value, int):
             return False
-        if not self.integer and not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             return False
         return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
 

@@ -54,3 +54,9 @@ def test_what_front_ends_import_loads_no_torch():
             "from engine import CompletionInput, ContextFile, SamplingParams; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_integer_too_large_for_a_float_is_out_of_range_not_an_overflow():
+    with pytest.raises(SamplingError) as err:
+        SamplingParams(temperature=10**400)
+    assert err.value.field == "temperature"
