@@ -9,7 +9,8 @@ import importlib
 
 _WHERE = {"Chunk": "engine", "Completion": "engine", "Engine": "engine", "EngineBusy": "engine",
           "EngineConfig": "engine", "EngineError": "engine", "ModelDirError": "model_dir",
-          "CompletionInput": "inputs", "ContextFile": "inputs", "SamplingError": "sampling", "SamplingParams": "sampling"}
+          "CompletionInput": "inputs", "ContextFile": "inputs", "SamplingError": "sampling_params",
+          "SamplingParams": "sampling_params"}
 __all__ = sorted(_WHERE)
 
 

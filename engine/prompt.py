@@ -1,5 +1,8 @@
 """The prompt: how many tokens a request may use, and the family's layout of prefix, suffix and
-neighbouring files, decided here once for every front end.
+neighbouring files, decided here once for every front end: the engine builds token ids with them,
+the language server's remote backends fit text to another server with the same budget and shares
+(`prompt_budget`, `files_room`, `suffix_room`), and training writes the same FIM layout (`fim_ids`).
+Nothing here needs torch, so the language server talking to a remote server never loads it.
 
 Layouts follow each family's model card: fill-in-the-middle in prefix-suffix-middle order with the
 tokenizer's own FIM tokens (StarCoder/SantaCoder/this project, Qwen2.5-Coder, CodeLlama,
@@ -13,7 +16,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from .inputs import ContextFile
-from .tokenizer import Tokenizer
+from .tokenizer import FIM_STYLES, FimTokens, Tokenizer
 
 # Comment markers by file extension, for neighbouring files shown as comments.
 LINE_COMMENTS = {
@@ -26,10 +29,49 @@ LINE_COMMENTS = {
 COMMENT_OF_SUFFIX = {ext: marker for marker, exts in LINE_COMMENTS.items() for ext in exts}
 FILES_SHARE = 3        # neighbouring files take at most 1/FILES_SHARE of the prompt budget
 SUFFIX_SHARE = 4       # the suffix takes at most 1/SUFFIX_SHARE of the rest when the prefix is long
+MIN_PROMPT_TOKENS = 4  # what a request keeps whatever it asks to generate
 MAX_STRIDE = 256       # tokens; see PromptBuilder.build
 # The repository's name in layouts that start with one: front ends send paths relative to the
 # workspace, not its name, and the models only need the marker to know files follow.
 REPO_NAME = "repository"
+# The prefix-suffix-middle layout written as text, for servers that take a prompt as text and
+# tokenise the FIM names themselves (vLLM, TGI): FIM_STYLES' tokens, but CodeLlama's, whose names
+# carry SentencePiece's word-start mark, as its model card writes them; CodeGemma uses Qwen's names.
+FIM_TEXT_TEMPLATES = {style: f"{p}{{prefix}}{s}{{suffix}}{m}" for style, (p, s, m) in FIM_STYLES.items()} | {
+    "codellama": "<PRE> {prefix} <SUF>{suffix} <MID>",
+    "codegemma": "<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>",
+}
+
+
+def prompt_budget(context_tokens: int, max_tokens: int, max_prompt_tokens: int | None = None) -> int:
+    """Prompt tokens a request that generates up to `max_tokens` may use in a `context_tokens`
+    window: the context less room to generate (at least half the context stays for the prompt),
+    lowered to `max_prompt_tokens` when the request asks for less."""
+    budget = max(MIN_PROMPT_TOKENS, context_tokens - min(max_tokens, context_tokens // 2))
+    if max_prompt_tokens is not None and max_prompt_tokens > 0:
+        budget = max(MIN_PROMPT_TOKENS, min(budget, max_prompt_tokens))
+    return budget
+
+
+def files_room(room: int) -> int:
+    """What of a prompt's `room` (tokens, or characters for a text prompt) neighbouring files may take."""
+    return room // FILES_SHARE
+
+
+def suffix_room(prefix_length: int, suffix_length: int, room: int) -> int:
+    """How much of the suffix a FIM prompt keeps in `room` beside a `prefix_length` prefix: all the
+    room the prefix leaves, but at most 1/SUFFIX_SHARE of it when the prefix would fill the rest."""
+    share = room // SUFFIX_SHARE
+    return min(suffix_length, share if prefix_length > room - share else room - prefix_length)
+
+
+def fim_ids(fim: FimTokens, prefix: list[int], suffix: list[int], spm: bool = False) -> list[int]:
+    """Prefix and suffix ids in the fill-in-the-middle layout; the middle follows. PSM (what serving
+    builds): <prefix> P <suffix> S <middle>; SPM (Bavarian et al. 2022, variant 2, a training
+    option): <prefix> <suffix> S <middle> P."""
+    if spm:
+        return [fim.prefix, fim.suffix] + suffix + [fim.middle] + prefix
+    return [fim.prefix] + prefix + [fim.suffix] + suffix + [fim.middle]
 
 
 def comment_marker(path: str | None) -> str:
@@ -47,12 +89,7 @@ class PromptBuilder:
         self.context_tokens = min(context_tokens or block_size, block_size)
 
     def budget(self, max_tokens: int, max_prompt_tokens: int | None = None) -> int:
-        """Prompt tokens a request that generates up to `max_tokens` may use: the context less room
-        to generate (at least half the context stays for the prompt)."""
-        budget = max(4, self.context_tokens - min(max_tokens, self.context_tokens // 2))
-        if max_prompt_tokens is not None and max_prompt_tokens > 0:
-            budget = max(4, min(budget, max_prompt_tokens))
-        return budget
+        return prompt_budget(self.context_tokens, max_tokens, max_prompt_tokens)
 
     def build(self, prompt: str, suffix: str | None, max_tokens: int, files: tuple[ContextFile, ...] = (),
               path: str | None = None, max_prompt_tokens: int | None = None) -> list[int]:
@@ -65,16 +102,16 @@ class PromptBuilder:
         t = self.tokenizer
         fim = t.fim if suffix is not None else None
         room = self.budget(max_tokens, max_prompt_tokens) - len(t.bos_ids) - (3 if fim else 0)
-        before, inside = self._files(files, path, room // FILES_SHARE)
+        before, inside = self._files(files, path, files_room(room))
         room = max(1, room - len(before) - len(inside))
         pre = t.encode_continuation(prompt) if inside else t.encode(prompt)
         suf = t.encode_continuation(suffix) if fim else []
-        keep_suf = min(len(suf), room // SUFFIX_SHARE if len(pre) > room - room // SUFFIX_SHARE else room - len(pre))
+        keep_suf = suffix_room(len(pre), len(suf), room)
         stride = max(1, min(self.block_size // 8, MAX_STRIDE))
         pre = pre[_aligned_start(len(pre), room - keep_suf, stride):]
         if fim is None:
             return t.bos_ids + before + inside + pre or [t.eot_id]
-        return t.bos_ids + before + [fim.prefix] + inside + pre + [fim.suffix] + suf[:keep_suf] + [fim.middle]
+        return t.bos_ids + before + fim_ids(fim, inside + pre, suf[:keep_suf])
 
     def _files(self, files: tuple[ContextFile, ...], path: str | None, budget: int) -> tuple[list[int], list[int]]:
         """Neighbouring files within `budget` tokens: (ids before the prompt, ids that open the

@@ -1,91 +1,11 @@
-"""Sampling parameters (validated on construction) and the token choice for a batch of rows."""
+"""The token choice for a batch of rows, from each request's SamplingParams (engine/sampling_params.py)."""
 from __future__ import annotations
-
-import math
-from dataclasses import dataclass, field
 
 import torch
 
-MAX_STOP_STRINGS = 16
-MAX_STOP_CHARS = 256
-
-
-# Sampling runs in float32: a positive temperature or top_p below its smallest normal number rounds
-# to 0 (or to a denormal that flush-to-zero makes 0), and dividing by it gives inf and NaN.
-SMALLEST_POSITIVE = float(torch.finfo(torch.float32).tiny)
-
-
-class SamplingError(ValueError):
-    """Invalid sampling parameters; the message names the field and the allowed range, `field` names it alone."""
-
-    def __init__(self, message: str, field: str):
-        super().__init__(message)
-        self.field = field
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int = 50
-    temperature: float = 0.0       # 0: greedy (deterministic)
-    top_k: int | None = None
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None        # with temperature > 0: the same seed gives the same tokens
-    cache_weight: float | None = None  # the context cache model's weight: None = default, 0 = off
-    # OpenAI's: each generated token's logit is lowered by frequency_penalty times how often it was
-    # generated so far, plus presence_penalty once it was generated at all. In [-2, 2].
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    stop_loops: bool | None = None     # stop where the text starts repeating (engine/repetition.py); None = default
-
-    def __post_init__(self) -> None:
-        if self.stop is None:
-            self.stop = []
-        elif isinstance(self.stop, str):
-            self.stop = [self.stop]
-        elif isinstance(self.stop, (list, tuple)):
-            self.stop = list(self.stop)
-        else:
-            raise SamplingError(f"stop must be a string or a list of strings, got {type(self.stop).__name__}",
-                                "stop")
-        if not _is_int(self.max_tokens) or self.max_tokens < 1:
-            raise SamplingError(f"max_tokens must be a positive integer, got {self.max_tokens!r}", "max_tokens")
-        if (not _is_number(self.temperature) or not 0.0 <= self.temperature <= 5.0
-                or 0.0 < self.temperature < SMALLEST_POSITIVE):
-            raise SamplingError(f"temperature must be 0 (greedy) or a number in [{SMALLEST_POSITIVE:.3g}, 5], "
-                                f"got {self.temperature!r}", "temperature")
-        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
-            raise SamplingError(f"top_k must be a positive integer or None, got {self.top_k!r}", "top_k")
-        if not _is_number(self.top_p) or not SMALLEST_POSITIVE <= self.top_p <= 1.0:
-            raise SamplingError(f"top_p must be a number in [{SMALLEST_POSITIVE:.3g}, 1], got {self.top_p!r}", "top_p")
-        if len(self.stop) > MAX_STOP_STRINGS:
-            raise SamplingError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}", "stop")
-        if any(not isinstance(s, str) or not s or len(s) > MAX_STOP_CHARS for s in self.stop):
-            raise SamplingError(f"stop must be non-empty strings of at most {MAX_STOP_CHARS} characters", "stop")
-        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
-            raise SamplingError(f"seed must be a non-negative integer below 2**63, got {self.seed!r}", "seed")
-
-        for name in ("frequency_penalty", "presence_penalty"):
-            value = getattr(self, name)
-            if not _is_number(value) or not -2.0 <= value <= 2.0:
-                raise SamplingError(f"{name} must be a number in [-2, 2], got {value!r}", name)
-        if self.stop_loops is not None and not isinstance(self.stop_loops, bool):
-            raise SamplingError(f"stop_loops must be true, false or None, got {self.stop_loops!r}", "stop_loops")
-        if self.cache_weight is not None and (not _is_number(self.cache_weight) or not 0.0 <= self.cache_weight <= 1.0):
-            raise SamplingError(f"cache_weight must be a number in [0, 1] or None, got {self.cache_weight!r}",
-                                "cache_weight")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
+# Re-exported: the token choice's callers take the parameters from here (engine/sampling_params.py
+# holds them, torch-free, with their bounds).
+from .sampling_params import SMALLEST_POSITIVE, SamplingError, SamplingParams  # noqa: F401
 
 
 def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,

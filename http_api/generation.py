@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator
 
-from engine import CompletionInput, ContextFile, Engine, EngineError, SamplingParams
+from engine import CompletionInput, Engine, EngineError
 
 from .metrics import Metrics
 from .response_cache import ResponseCache, cache_key
-
-
-@dataclass
-class CompletionJob:
-    prompt: str
-    suffix: str | None
-    params: SamplingParams
-    extra_context: list[ContextFile] = field(default_factory=list)
 
 
 @dataclass
@@ -38,7 +30,7 @@ class CompletionService:
         self.engine, self.cache, self.metrics = engine, cache, metrics
         self.model, self.version = model, version
 
-    def _cache_key(self, job: CompletionJob) -> str | None:
+    def _cache_key(self, job: CompletionInput) -> str | None:
         if self.cache is None or job.params.temperature != 0.0:
             return None
         # Every sampling field but the seed (greedy decoding ignores it) decides the answer.
@@ -46,10 +38,10 @@ class CompletionService:
         workspace = self.engine.workspace  # a changed workspace file changes the answer
         return cache_key(self.model, self.version, {
             "workspace": None if workspace is None else [id(workspace), workspace.version],
-            "prompt": job.prompt, "suffix": job.suffix, "params": params,
-            "extra_context": [[c.path, c.text] for c in job.extra_context]})
+            "prompt": job.prompt, "suffix": job.suffix, "params": params, "path": job.path,
+            "files": [[f.path, f.text] for f in job.files], "max_prompt_tokens": job.max_prompt_tokens})
 
-    async def open_completion(self, job: CompletionJob) -> tuple[AsyncIterator[str], CompletionRecord]:
+    async def open_completion(self, job: CompletionInput) -> tuple[AsyncIterator[str], CompletionRecord]:
         """Start a completion and wait for its first text, so that a full queue (EngineBusy) or bad
         parameters surface before any response bytes are sent. Returns the text pieces and a record."""
         record = CompletionRecord()
@@ -60,7 +52,7 @@ class CompletionService:
             record.time_to_first_token_s = 0.0
             return _replay(hit["text"]), record
         started = time.perf_counter()
-        chunks = self.engine.stream(CompletionInput(job.prompt, job.suffix, tuple(job.extra_context), job.params))
+        chunks = self.engine.stream(job)
         try:
             first = await chunks.__anext__()
         except BaseException:
@@ -94,7 +86,7 @@ class CompletionService:
                                        "completion_tokens": record.completion_tokens,
                                        "finish_reason": record.finish_reason})
 
-    async def complete(self, job: CompletionJob) -> CompletionRecord:
+    async def complete(self, job: CompletionInput) -> CompletionRecord:
         pieces, record = await self.open_completion(job)
         async for _ in pieces:
             pass

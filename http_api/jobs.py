@@ -1,42 +1,42 @@
-"""Turn a validated request body into a CompletionJob, enforcing the server's size limits."""
+"""A validated request body to the engine's one typed input, `CompletionInput`, with the server's
+own limits checked: the one place HTTP's protocol becomes the engine's."""
 from __future__ import annotations
 
-from engine import SamplingError, SamplingParams
+import dataclasses
+
+from engine import CompletionInput, ContextFile, SamplingError, SamplingParams
 
 from .errors import APIError, sampling_error
-from .generation import CompletionJob, ContextFile
-from .schemas import ContextFileIn
+from .schemas import CompletionRequest, ContextFileIn, SimpleCompleteRequest
 from .settings import ServerSettings
 
-MAX_TEMPERATURE = 2.0  # OpenAI's range; the engine would take more, but nothing useful lies above it
+SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 
 
-def make_job(settings: ServerSettings, prompt: str, suffix: str | None, *, max_tokens: int, temperature: float,
-             top_p: float = 1.0, top_k: int | None = None, stop: list[str] | None = None, seed: int | None = None,
-             cache_weight: float | None = None, extra_context: list[ContextFileIn] | None = None,
-             prompt_param: str = "prompt", frequency_penalty: float = 0.0,
-             presence_penalty: float = 0.0) -> CompletionJob:
+def completion_input(settings: ServerSettings, body: CompletionRequest | SimpleCompleteRequest, prompt: str,
+                     prompt_param: str = "prompt") -> CompletionInput:
+    """`prompt`: the body's one prompt, named `prompt_param` in errors."""
     # The server's own policy limits; what sampling can compute is SamplingParams' to say.
-    if max_tokens > settings.max_tokens_limit:
-        raise APIError(400, f"max_tokens must be between 1 and {settings.max_tokens_limit}, got {max_tokens}",
+    if body.max_tokens > settings.max_tokens_limit:
+        raise APIError(400, f"max_tokens must be between 1 and {settings.max_tokens_limit}, got {body.max_tokens}",
                        param="max_tokens", code="invalid_value")
-    if temperature > MAX_TEMPERATURE:
-        raise APIError(400, f"temperature must be between 0 and {MAX_TEMPERATURE}, got {temperature}",
-                       param="temperature", code="invalid_value")
+    suffix, max_prompt_tokens = body.suffix, body.max_prompt_tokens
     size = len(prompt) + len(suffix or "")
     if size > settings.max_prompt_chars:
         raise APIError(413, f"{prompt_param} and suffix are {size} characters; the limit is "
                             f"{settings.max_prompt_chars}", param=prompt_param, code="prompt_too_large")
-    try:
-        params = SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_k=top_k,
-                                top_p=float(top_p), stop=list(stop or []), seed=seed, cache_weight=cache_weight,
-                                frequency_penalty=float(frequency_penalty), presence_penalty=float(presence_penalty))
+    if max_prompt_tokens is not None and max_prompt_tokens < 1:
+        raise APIError(400, f"max_prompt_tokens must be a positive integer, got {max_prompt_tokens}",
+                       param="max_prompt_tokens", code="invalid_value")
+    try:  # the fields the request leaves out (or null) keep SamplingParams' defaults
+        params = SamplingParams(**body.model_dump(include=SAMPLING_FIELDS, exclude_none=True))
     except SamplingError as e:
         raise sampling_error(e) from e
-    return CompletionJob(prompt, suffix, params, check_extra_context(settings, extra_context))
+    return CompletionInput(prompt, suffix, context_files(settings, body.extra_context), params,
+                           max_prompt_tokens=max_prompt_tokens)
 
 
-def check_extra_context(settings: ServerSettings, items: list[ContextFileIn] | None) -> list[ContextFile]:
+def context_files(settings: ServerSettings, items: list[ContextFileIn] | None) -> tuple[ContextFile, ...]:
     items = items or []
     if len(items) > settings.max_extra_context_items:
         raise APIError(400, f"extra_context has {len(items)} items; at most {settings.max_extra_context_items}",
@@ -45,4 +45,4 @@ def check_extra_context(settings: ServerSettings, items: list[ContextFileIn] | N
     if total > settings.max_extra_context_bytes:
         raise APIError(413, f"extra_context is {total} bytes; the limit is {settings.max_extra_context_bytes}",
                        param="extra_context", code="extra_context_too_large")
-    return [ContextFile(i.path, i.text) for i in items]
+    return tuple(ContextFile(i.path, i.text) for i in items)

@@ -4,7 +4,8 @@ FastAPI derives a document from the request models, but it announces a 422 the s
 (validation errors are 400s in OpenAI's shape), lists none of the errors it does send, knows
 nothing of the streamed `text/event-stream` answer or of /metrics' text format, and has no
 bounds for values that SamplingParams checks or that are the server's policy. Those come from
-here, with the numbers of this server's settings: the validation itself stays where it is.
+here, read from SamplingParams' table (engine/sampling_params.py) and this server's settings: the
+validation itself stays where it is.
 """
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from engine.sampling import SMALLEST_POSITIVE
+from engine.sampling_params import MAX_STOP_CHARS, MAX_STOP_STRINGS, SAMPLING_BOUNDS
 
 from . import schemas
-from .jobs import MAX_TEMPERATURE
 from .settings import ServerSettings
 
 ERRORS = {
@@ -41,26 +41,30 @@ OPERATIONS: dict[tuple[str, str], tuple[type, list[int]]] = {
 OPEN = {"/health", "/ready", "/metrics"}  # never need a key
 
 
+def sampling_bounds(name: str) -> dict[str, Any]:
+    """JSON Schema bounds of a SamplingParams field, from its table."""
+    bound = SAMPLING_BOUNDS[name]
+    limits = {key: value for key, value in (("minimum", bound.low), ("maximum", bound.high)) if value is not None}
+    if name == "temperature":  # 0 is greedy, the rest a range
+        return {"anyOf": [{"type": "number", "enum": [0]}, {"type": "number", **limits}]}
+    return limits
+
+
 def request_bounds(settings: ServerSettings) -> dict[str, dict[str, Any]]:
-    """JSON Schema bounds per request field: sampling values (engine/sampling.py) and policy limits."""
+    """JSON Schema bounds per request field: sampling values (SamplingParams') and policy limits."""
     text = {"maxLength": settings.max_prompt_chars}
-    stop = {"minLength": 1, "maxLength": 256}
+    stop = {"minLength": 1, "maxLength": MAX_STOP_CHARS}
+    sampling = {name: sampling_bounds(name) for name in SAMPLING_BOUNDS}
     return {
+        **sampling,
         "prompt": {"anyOf": [{"type": "string", **text},
                              {"type": "array", "items": {"type": "string", **text}, "minItems": 1, "maxItems": 1}]},
         "code": text, "suffix": text,
-        "max_tokens": {"minimum": 1, "maximum": settings.max_tokens_limit},
-        # 0 is greedy; a positive value below float32's smallest normal number cannot be sampled with.
-        "temperature": {"anyOf": [{"type": "number", "enum": [0]},
-                                  {"type": "number", "minimum": SMALLEST_POSITIVE, "maximum": MAX_TEMPERATURE}]},
-        "top_p": {"minimum": SMALLEST_POSITIVE, "maximum": 1},
-        "top_k": {"minimum": 1},
-        "seed": {"minimum": 0, "maximum": 2**63 - 1},
-        "cache_weight": {"minimum": 0, "maximum": 1},
-        "presence_penalty": {"minimum": -2, "maximum": 2}, "frequency_penalty": {"minimum": -2, "maximum": 2},
+        "max_tokens": {**sampling["max_tokens"], "maximum": settings.max_tokens_limit},
         "stop": {"anyOf": [{"type": "string", **stop}, {"type": "array", "items": {"type": "string", **stop},
-                                                         "maxItems": 4}, {"type": "null"}]},
+                                                         "maxItems": MAX_STOP_STRINGS}, {"type": "null"}]},
         "extra_context": {"maxItems": settings.max_extra_context_items},
+        "max_prompt_tokens": {"minimum": 1},
         # Accepted so that standard clients work; only the neutral values are supported.
         "n": {"enum": [1]}, "best_of": {"enum": [1]}, "echo": {"enum": [False]}, "logprobs": {"type": "null"},
         "logit_bias": {"maxProperties": 0},

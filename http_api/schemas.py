@@ -1,9 +1,16 @@
-"""Request bodies. Strict types: a string where a number belongs is a 400, not a silent coercion."""
+"""Request bodies. Strict types: a string where a number belongs is a 400, not a silent coercion.
+
+Sampling values are checked by SamplingParams against its bounds (engine/sampling_params.py), which
+the OpenAPI document shows (openapi.py); the schemas here check shapes and read the stop limits
+from the same place.
+"""
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from engine.sampling_params import MAX_STOP_CHARS, MAX_STOP_STRINGS
 
 
 def _integral(value):
@@ -21,6 +28,14 @@ def _must_be_utf8(value: str) -> str:
     except UnicodeEncodeError as e:
         raise ValueError("text must be valid Unicode (no lone surrogates)") from e
     return value
+
+
+def _stops(stops: list[str]) -> list[str]:
+    if len(stops) > MAX_STOP_STRINGS:
+        raise ValueError(f"at most {MAX_STOP_STRINGS} stop sequences")
+    if any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+        raise ValueError(f"stop sequences must be 1 to {MAX_STOP_CHARS} characters")
+    return [_must_be_utf8(s) for s in stops]
 
 
 class ContextFileIn(BaseModel):
@@ -61,6 +76,9 @@ class CompletionRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     cache_weight: float | None = None  # the language server's cacheWeight setting (see jobs.py)
     extra_context: list[ContextFileIn] | None = None
+    max_prompt_tokens: Integer | None = Field(None, description=(
+        "Extension: the most prompt tokens this request may use; lowers the server's own budget (its "
+        "context less max_tokens). The language server's contextTokens setting."))
 
     @field_validator("prompt")
     @classmethod
@@ -74,12 +92,7 @@ class CompletionRequest(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stop(cls, value: str | list[str] | None) -> list[str]:
-        stops = [] if value is None else [value] if isinstance(value, str) else value
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
-        if any(not s or len(s) > 256 for s in stops):
-            raise ValueError("stop sequences must be 1 to 256 characters")
-        return [_must_be_utf8(s) for s in stops]
+        return _stops([] if value is None else [value] if isinstance(value, str) else value)
 
 
 class SimpleCompleteRequest(BaseModel):
@@ -92,13 +105,16 @@ class SimpleCompleteRequest(BaseModel):
     temperature: float = 0.8
     top_k: Integer | None = 200
     top_p: float = 1.0
-    stop: list[str] = Field(default_factory=list, max_length=4)
+    stop: list[str] = Field(default_factory=list)
     seed: Integer | None = None
     model: str | None = None
     cache_weight: float | None = None
     extra_context: list[ContextFileIn] | None = None
+    max_prompt_tokens: Integer | None = Field(None, description="As in CompletionRequest")
 
     _utf8 = field_validator("code", "suffix")(lambda v: v if v is None else _must_be_utf8(v))
+    _stop = field_validator("stop")(_stops)
+
 
 
 # A fixed set, so the metric's `event` label stays bounded. partially_accepted: the user took the

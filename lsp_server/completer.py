@@ -111,10 +111,10 @@ async def complete(cursor: Cursor, settings: Settings, backend: Backend, invoked
     if not invoked and wait_ms:
         await asyncio.sleep(wait_ms / 1000)  # a newer keystroke cancels us meanwhile
     budget = min(settings.context_tokens, backend.prompt_budget(settings.max_tokens))
-    snippets = []
+    files = []
     if settings.neighbours and settings.neighbour_files:
-        snippets = select_neighbours(snippet_query(cursor.prefix), neighbours, settings.neighbour_files)
-    prompt = build_prompt(cursor.prefix, cursor.suffix, budget, snippets, path)
+        files = select_neighbours(snippet_query(cursor.prefix), neighbours, settings.neighbour_files)
+    prompt = build_prompt(cursor.prefix, cursor.suffix, budget, files, path)
     multiline = wants_multiline(settings, invoked, cursor)
     params = GenerationParams(settings.max_tokens, settings.temperature, multiline, settings.cache_weight, budget)
     generated = await backend.generate(prompt, params, generation_done(multiline, cursor.line_prefix))
@@ -134,7 +134,7 @@ class LocalBackend:
         return self.engine.prompt_budget(max_tokens)
 
     async def generate(self, prompt: Prompt, params: GenerationParams, done: Callable[[str], bool]) -> Generated:
-        from engine import CompletionInput, ContextFile, EngineBusy, EngineError, SamplingParams
+        from engine import CompletionInput, EngineBusy, EngineError, SamplingParams
 
         # One line: the engine stops at its end, so that its loop guard judges that line alone (held
         # back as the start of a repeated block, it would otherwise be cut with the block).
@@ -142,10 +142,9 @@ class LocalBackend:
                                   cache_weight=params.cache_weight, stop=[] if params.multiline else ["\n"])
         completion_id = f"lsp-{uuid.uuid4().hex[:16]}"
         text = ""
-        # The neighbour snippets, best first: the engine puts what fits into the prompt and all of
-        # them into its cache model.
-        files = tuple(ContextFile(s.path, s.text) for s in prompt.snippets)
-        chunks = self.engine.stream(CompletionInput(prompt.prefix, prompt.suffix, files, sampling, prompt.path,
+        # The engine puts what fits of the neighbour snippets into the prompt and all of them into
+        # its cache model.
+        chunks = self.engine.stream(CompletionInput(prompt.prefix, prompt.suffix, prompt.files, sampling, prompt.path,
                                                     params.max_prompt_tokens))
         try:
             async with contextlib.aclosing(chunks):

@@ -1,4 +1,5 @@
-"""What the editor sends the engine: the text before and after the cursor, and snippets from other files.
+"""What the editor sends the engine: the text before and after the cursor, and snippets from other
+files as the engine's `ContextFile` (the one shape neighbouring-file context has from here on).
 
 The engine decides what fits its context window and how the family lays it out (engine/prompt.py);
 this side only bounds what travels, by characters, generously above any window: the prefix keeps
@@ -12,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from engine.inputs import ContextFile
+
 PREFIX_STRIDE_LINES = 8
 # Characters sent per prompt token the engine may use: code averages 3-4 characters a token, so
 # the engine trims; what it trims still feeds its cache model, which is why at least MIN_CHARS go
@@ -24,25 +27,18 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")
 
 
 @dataclass(frozen=True)
-class Snippet:
-    path: str
-    text: str
-    score: float = 0.0
-
-
-@dataclass(frozen=True)
 class Prompt:
     prefix: str                      # text before the cursor (its far start cut off)
     suffix: str                      # text after the cursor (its far end cut off)
-    snippets: tuple[Snippet, ...] = ()
+    files: tuple[ContextFile, ...] = ()  # neighbour snippets, best first
     path: str | None = None          # the document's path, as the workspace shows it
 
 
-def build_prompt(prefix: str, suffix: str, budget_tokens: int, snippets: Iterable[Snippet] = (),
+def build_prompt(prefix: str, suffix: str, budget_tokens: int, files: Iterable[ContextFile] = (),
                  path: str | None = None) -> Prompt:
     """Bound prefix and suffix to what a `budget_tokens` prompt could use, with room to spare."""
     chars = max(MIN_CHARS, budget_tokens * CHARS_PER_TOKEN)
-    return Prompt(keep_last_lines(prefix, chars), keep_first_lines(suffix, chars // 2), tuple(snippets), path)
+    return Prompt(keep_last_lines(prefix, chars), keep_first_lines(suffix, chars // 2), tuple(files), path)
 
 
 def keep_last_lines(text: str, max_chars: int, stride: int = PREFIX_STRIDE_LINES) -> str:
@@ -82,24 +78,24 @@ def snippet_query(prefix: str) -> set[str]:
 
 
 def select_neighbours(query: set[str], documents: Iterable[tuple[str, str]], max_files: int,
-                      window_lines: int = WINDOW_LINES) -> list[Snippet]:
+                      window_lines: int = WINDOW_LINES) -> list[ContextFile]:
     """The window of each document most like the query (Jaccard over identifiers), best files
     first, at most `max_files`; the engine fits them into its budget in that order."""
     if not query or max_files <= 0:
         return []
-    best: list[Snippet] = []
+    best: list[tuple[float, ContextFile]] = []
     for path, text in documents:
         # A file the code names (`import helpers`, `helpers.f`) is a neighbour whatever its windows say.
         named = 0.5 if _module_name(path) in query else 0.0
-        top: Snippet | None = None
+        top: tuple[float, str] | None = None
         for window, words in _windows(text, window_lines):
             score = named + (len(query & words) / len(query | words) if words else 0.0)
-            if score > 0 and (top is None or score > top.score):
-                top = Snippet(path, window, score)
-        if top is not None and top.text.strip():
-            best.append(top)
-    best.sort(key=lambda s: (-s.score, s.path))
-    return best[:max_files]
+            if score > 0 and (top is None or score > top[0]):
+                top = (score, window)
+        if top is not None and top[1].strip():
+            best.append((top[0], ContextFile(path, top[1])))
+    best.sort(key=lambda scored: (-scored[0], scored[1].path))
+    return [file for _, file in best[:max_files]]
 
 
 @functools.lru_cache(maxsize=64)

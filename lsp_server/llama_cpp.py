@@ -13,7 +13,7 @@ from typing import Any
 
 from .completer import Generated, GenerationParams
 from .context import Prompt
-from .remote import HttpBackend, RemoteError
+from .remote import HttpBackend, RemoteError, fit_text
 
 
 class LlamaCppBackend(HttpBackend):
@@ -25,11 +25,14 @@ class LlamaCppBackend(HttpBackend):
         return int(n_ctx) if int(n_ctx) > 0 else None
 
     async def request(self, prompt: Prompt, params: GenerationParams) -> Generated:
-        line_start = prompt.prefix.rfind("\n") + 1
+        # /infill has no prompt limit of its own (it cuts to its context): the prompt budget is
+        # kept here, by the estimate.
+        budget = params.max_prompt_tokens or self.prompt_budget(params.max_tokens)
+        files, prefix, suffix = fit_text(prompt, budget, lambda file: len(file.path) + len(file.text))
+        line_start = prefix.rfind("\n") + 1
         body: dict[str, Any] = {
-            "input_prefix": prompt.prefix[:line_start], "prompt": prompt.prefix[line_start:],
-            "input_suffix": prompt.suffix,
-            "input_extra": [{"filename": s.path, "text": s.text} for s in prompt.snippets],
+            "input_prefix": prefix[:line_start], "prompt": prefix[line_start:], "input_suffix": suffix,
+            "input_extra": [{"filename": file.path, "text": file.text} for file in files],
             "n_predict": params.max_tokens, "temperature": float(params.temperature),
             "stream": False, "cache_prompt": True,
         }

@@ -2,32 +2,25 @@
 
 Such servers differ in how they take fill-in-the-middle: OpenAI's API has a `suffix` field, but vLLM
 and TGI ignore or reject it, and expect the model's FIM tokens written into `prompt`. `fim_template`
-names the model family's layout (or gives one with `{prefix}` and `{suffix}`); without it the
-request uses `suffix`.
+names the model family's layout (engine/prompt.py's FIM_TEXT_TEMPLATES) or gives one with `{prefix}`
+and `{suffix}`; without it the request uses `suffix`.
 """
 from __future__ import annotations
 
 from typing import Any
 
+from engine.prompt import FIM_TEXT_TEMPLATES
+
 from .completer import Generated, GenerationParams
 from .context import Prompt
 from .remote import HttpBackend, RemoteError, models_context_length, text_of_choice, text_prompt
 
-FIM_TEMPLATES = {
-    "starcoder": "<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>",
-    "qwen": "<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>",
-    "codegemma": "<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>",
-    "codellama": "<PRE> {prefix} <SUF>{suffix} <MID>",
-    "deepseek": "<\uff5cfim\u2581begin\uff5c>{prefix}<\uff5cfim\u2581hole\uff5c>{suffix}<\uff5cfim\u2581end\uff5c>",
-}
-
-
 def fim_layout(template: str | None) -> str | None:
     if template is None:
         return None
-    layout = FIM_TEMPLATES.get(template, template)
+    layout = FIM_TEXT_TEMPLATES.get(template, template)
     if "{prefix}" not in layout or "{suffix}" not in layout:
-        raise RemoteError(f"fimTemplate {template!r} is neither a known name ({', '.join(FIM_TEMPLATES)}) "
+        raise RemoteError(f"fimTemplate {template!r} is neither a known name ({', '.join(FIM_TEXT_TEMPLATES)}) "
                           "nor a layout with {prefix} and {suffix}")
     return layout
 

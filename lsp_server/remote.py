@@ -5,7 +5,7 @@ from the server's context length, failures turned into empty completions); each 
 `Prompt` to its request and its response to text:
 
 - `code-assistant` (this module): `code-assistant serve`'s /v1/completions with `suffix`,
-  `extra_context` and /v1/events;
+  `extra_context`, `max_prompt_tokens` and /v1/events;
 - `openai` (openai_compat.py): any OpenAI-compatible /v1/completions (vLLM, TGI, LM Studio);
 - `llama.cpp` (llama_cpp.py): llama-server's /infill with `input_extra`;
 - `ollama` (ollama.py): /api/generate with `suffix`.
@@ -21,7 +21,10 @@ from typing import Any, Callable
 
 import httpx
 
-from .completer import Generated, GenerationParams, extra_context
+from engine.inputs import ContextFile
+from engine.prompt import comment_marker, files_room, prompt_budget, render_comment, suffix_room
+
+from .completer import Generated, GenerationParams
 from .context import Prompt, keep_first_lines, keep_last_lines
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ FALLBACK_CONTEXT_TOKENS = 1024
 # The prompt's tokens are estimated from its characters (the server's tokenizer is not here): keep
 # a margin so that an estimate on the low side still fits.
 ESTIMATE_MARGIN = 0.9
+MIN_ESTIMATED_BUDGET = 16
 DISCOVERY_TIMEOUT_S = 2.0
 
 
@@ -40,23 +44,32 @@ DISCOVERY_TIMEOUT_S = 2.0
 CHARS_PER_TOKEN_ESTIMATE = 3
 
 
+def fit_text(prompt: Prompt, budget_tokens: int,
+             file_chars: Callable[[ContextFile], int]) -> tuple[list[ContextFile], str, str]:
+    """(files, prefix, suffix) of `prompt` within `budget_tokens` by the estimate, shared out as
+    engine/prompt.py shares a prompt: whole files in their room (`file_chars` measures one as it
+    will be sent), then the suffix's room, and the prefix the rest."""
+    chars = budget_tokens * CHARS_PER_TOKEN_ESTIMATE
+    files: list[ContextFile] = []
+    used = 0
+    for file in prompt.files:
+        if used + file_chars(file) > files_room(chars):
+            break
+        files.append(file)
+        used += file_chars(file)
+    room = chars - used
+    suffix = prompt.suffix or ""
+    suffix = keep_first_lines(suffix, suffix_room(len(prompt.prefix), len(suffix), room))
+    return files, keep_last_lines(prompt.prefix, room - len(suffix)), suffix
+
+
 def text_prompt(prompt: Prompt, budget_tokens: int) -> tuple[str, str]:
     """(prefix, suffix) for a server that takes no neighbouring files: the snippets as comments
     opening the prefix (as engine/prompt.py lays them out for families without repository
-    tokens), the whole within `budget_tokens` by the estimate, the suffix at most a quarter."""
-    from engine.prompt import ContextFile, comment_marker, render_comment
-
-    chars = budget_tokens * CHARS_PER_TOKEN_ESTIMATE
+    tokens), the whole within `budget_tokens` by the estimate."""
     marker = comment_marker(prompt.path)
-    header = ""
-    for snippet in prompt.snippets:
-        rendered = render_comment(ContextFile(snippet.path, snippet.text), marker)
-        if len(header) + len(rendered) > chars // 3:
-            break
-        header += rendered
-    room = chars - len(header)
-    suffix = keep_first_lines(prompt.suffix, room // 4 if len(prompt.prefix) > room - room // 4 else room - len(prompt.prefix))
-    return header + keep_last_lines(prompt.prefix, room - len(suffix)), suffix
+    files, prefix, suffix = fit_text(prompt, budget_tokens, lambda file: len(render_comment(file, marker)))
+    return "".join(render_comment(file, marker) for file in files) + prefix, suffix
 
 
 class RemoteError(Exception):
@@ -75,8 +88,9 @@ class HttpBackend:
         self.context_tokens: int | None = None  # from the server, once `discover` has asked
 
     def prompt_budget(self, max_tokens: int) -> int:
-        context = self.context_tokens or FALLBACK_CONTEXT_TOKENS
-        return max(16, int((context - min(max_tokens, context // 2)) * ESTIMATE_MARGIN))
+        """The server's budget (engine/prompt.py's, on its context length) less the estimate's margin."""
+        budget = prompt_budget(self.context_tokens or FALLBACK_CONTEXT_TOKENS, max_tokens)
+        return max(MIN_ESTIMATED_BUDGET, int(budget * ESTIMATE_MARGIN))
 
     async def discover(self) -> None:
         """Ask the server for its context length (and model); failures leave the fallbacks."""
@@ -147,14 +161,19 @@ class CodeAssistantBackend(HttpBackend):
     async def context_length(self) -> int | None:
         return models_context_length(await self.get_json("/v1/models"), self.model)
 
+    def prompt_budget(self, max_tokens: int) -> int:
+        # The server counts tokens with the model's own tokenizer: no estimate, no margin.
+        return prompt_budget(self.context_tokens or FALLBACK_CONTEXT_TOKENS, max_tokens)
+
     async def request(self, prompt: Prompt, params: GenerationParams) -> Generated:
         body: dict[str, Any] = {"prompt": prompt.prefix, "suffix": prompt.suffix, "max_tokens": params.max_tokens,
                                 "temperature": float(params.temperature)}
         if self.model:
             body["model"] = self.model
-        context = extra_context(prompt)
-        if context:
-            body["extra_context"] = context
+        if prompt.files:  # best first: the server puts what fits into the prompt, all into its cache model
+            body["extra_context"] = [{"path": file.path, "text": file.text} for file in prompt.files]
+        if params.max_prompt_tokens is not None:  # contextTokens, as the engine in this process would take it
+            body["max_prompt_tokens"] = params.max_prompt_tokens
         if not params.multiline:
             body["stop"] = ["\n"]
         if params.cache_weight is not None:

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
+
+from engine.sampling_params import SAMPLING_BOUNDS, sampling_value_error
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,7 @@ class Settings:
     timeout_ms: int = 5000                # remote requests: a slow server gives an empty result, not a hang
     backend: str = "code-assistant"       # what runs at remote_url: see BACKENDS
     model: str | None = None              # the model name a remote server wants (Ollama, OpenAI-compatible)
-    fim_template: str | None = None       # OpenAI-compatible servers: a FIM_TEMPLATES name or "{prefix}..{suffix}"
+    fim_template: str | None = None       # openai backend: engine/prompt.py FIM_TEXT_TEMPLATES name, or a layout
     typed_ahead_reuse: bool = True        # typing the ghost text's first characters shows the rest from cache
     prefetch: bool = True                 # after a suggestion shows, compute the one that follows accepting it
     exclude: tuple[str, ...] = ()         # globs (gitignore syntax) of files that never get completions
@@ -56,9 +59,10 @@ class Settings:
 
 _INVALID = object()
 
+# The editor's own limits; the sampling settings (max_tokens, temperature, cache_weight) are
+# checked against SamplingParams' bounds (engine/sampling_params.py) as well.
 _RANGES: dict[str, tuple[float, float]] = {
-    "max_tokens": (1, 1024), "temperature": (0.0, 5.0), "debounce_ms": (0, 5000),
-    "neighbour_files": (0, 32), "cache_weight": (0.0, 1.0), "context_tokens": (16, 1 << 17),
+    "max_tokens": (1, 1024), "debounce_ms": (0, 5000), "neighbour_files": (0, 32), "context_tokens": (16, 1 << 17),
     "timeout_ms": (50, 120_000), "workspace_max_files": (0, 10_000_000), "workspace_max_megabytes": (0, 4096),
 }
 _BOOLS = {"enable", "multiline", "neighbours", "typed_ahead_reuse", "prefetch", "recent_chunks", "workspace_index"}
@@ -90,7 +94,9 @@ def _coerce(name: str, value: Any) -> Any:
         value = int(value)
     else:
         value = float(value)
-    low, high = _RANGES[name]
+    if name in SAMPLING_BOUNDS and sampling_value_error(name, value) is not None:
+        return _INVALID
+    low, high = _RANGES.get(name, (-math.inf, math.inf))
     return value if low <= value <= high else _INVALID
 
 

@@ -3,7 +3,8 @@ Models to Fill in the Middle"): split a document at two random character positio
 
 The tokens are the tokenizer's own, found by their names (engine/tokenizer.py: `<fim_prefix>` for
 this project and StarCoder, `<|fim_prefix|>` for Qwen2.5-Coder, `▁<PRE>` for CodeLlama,
-`<｜fim▁begin｜>` for DeepSeek-Coder), in the order engine/prompt.py builds at serving time:
+`<｜fim▁begin｜>` for DeepSeek-Coder), laid out by engine/prompt.py's `fim_ids`, the function that
+lays out a prompt at serving time:
 
 PSM: [BOS] <prefix> P <suffix> S <middle> M <end>
 SPM: [BOS] <prefix> <suffix> S <middle> P M <end>   (the paper's SPM variant 2)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.prompt import fim_ids
 from engine.tokenizer import Tokenizer
 
 from .data import Documents
@@ -26,14 +28,10 @@ def fim_document(text: str, tokenizer: Tokenizer, rng: np.random.Generator, spm_
                  end: list[int]) -> list[int]:
     lo, hi = sorted(rng.integers(0, len(text) + 1, size=2))
     prefix, middle, suffix = text[:lo], text[lo:hi], text[hi:]
-    t, fim = tokenizer, tokenizer.fim
-    if rng.random() < spm_rate:
-        body = ([fim.prefix, fim.suffix] + t.encode_continuation(suffix) + [fim.middle]
-                + t.encode(prefix) + t.encode_continuation(middle))
-    else:
-        body = ([fim.prefix] + t.encode(prefix) + [fim.suffix] + t.encode_continuation(suffix)
-                + [fim.middle] + t.encode_continuation(middle))
-    return body + end
+    t = tokenizer
+    spm = rng.random() < spm_rate
+    return (fim_ids(t.fim, t.encode(prefix), t.encode_continuation(suffix), spm=spm)
+            + t.encode_continuation(middle) + end)
 
 
 def start_of_text(tokenizer: Tokenizer) -> str:

@@ -15,7 +15,7 @@ from ..client_disconnect import cancel_on_disconnect
 from ..deps import LimitedCallerDep, ServiceDep, StateDep, check_model, log_fields, note_completion
 from ..errors import APIError, engine_error, error_body
 from ..generation import CompletionRecord, CompletionService
-from ..jobs import make_job
+from ..jobs import completion_input
 from ..schemas import CompletionRequest
 
 router = APIRouter()
@@ -64,10 +64,7 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
                             service: ServiceDep):
     check_model(body.model, service)
     prompt = _check_supported(body)
-    job = make_job(state.settings, prompt, body.suffix, max_tokens=body.max_tokens, temperature=body.temperature,
-                   top_p=body.top_p, stop=body.stop, seed=body.seed, cache_weight=body.cache_weight,
-                   extra_context=body.extra_context, frequency_penalty=body.frequency_penalty,
-                   presence_penalty=body.presence_penalty)
+    job = completion_input(state.settings, body, prompt)
     id, created = completion_id(), int(time.time())
     note_completion(request, state, id, prompt, body.suffix, body.stream)
     if not body.stream:

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 
 from ..client_disconnect import cancel_on_disconnect
 from ..deps import LimitedCallerDep, ServiceDep, StateDep, check_model, log_fields, note_completion
-from ..jobs import make_job
+from ..jobs import completion_input
 from ..schemas import SimpleCompleteRequest
 from .completions import completion_id
 
@@ -19,10 +19,7 @@ async def complete(body: SimpleCompleteRequest, request: Request, state: StateDe
                    service: ServiceDep) -> dict:
     check_model(body.model, service)
     started = time.perf_counter()
-    job = make_job(state.settings, body.code, body.suffix, max_tokens=body.max_tokens, temperature=body.temperature,
-                   top_p=body.top_p, top_k=body.top_k, stop=body.stop, seed=body.seed,
-                   cache_weight=body.cache_weight,
-                   extra_context=body.extra_context, prompt_param="code")
+    job = completion_input(state.settings, body, body.code, prompt_param="code")
     id = completion_id()
     note_completion(request, state, id, body.code, body.suffix, False)
     record = await cancel_on_disconnect(request, service.complete(job))

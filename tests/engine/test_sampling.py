@@ -62,4 +62,4 @@ def test_extreme_allowed_values_sample_without_nan():
                    SamplingParams(temperature=SMALLEST_POSITIVE, top_k=2, top_p=SMALLEST_POSITIVE)):
         assert sample_token(logits, params, g) == 3
     big = torch.tensor([1e38, -1e38, 3e38])
-    assert sample_token(big, SamplingParams(temperature=5.0), g) in (0, 2)
+    assert sample_token(big, SamplingParams(temperature=2.0), g) in (0, 2)

@@ -7,15 +7,15 @@ import socket
 import httpx
 import pytest
 
-from engine import Engine, EngineConfig
+from engine import CompletionInput, ContextFile, Engine, EngineConfig
 from http_api import cli
 from http_api.app import create_app
 from http_api.auth import KeyRing, key_id, load_api_keys
 from http_api.errors import APIError
-from http_api.jobs import make_job
+from http_api.jobs import completion_input
 from http_api.rate_limit import RateLimiter
 from http_api.response_cache import MemoryCache, RedisCache, cache_key
-from http_api.schemas import ContextFileIn
+from http_api.schemas import CompletionRequest, ContextFileIn, SimpleCompleteRequest
 from http_api.settings import ServerSettings
 
 
@@ -54,28 +54,31 @@ def test_keys_from_file_and_list(tmp_path):
         load_api_keys(tmp_path / "missing", "")
 
 
-def test_make_job_enforces_limits():
+def test_a_request_becomes_one_completion_input_within_the_limits():
     settings = ServerSettings(max_prompt_chars=10, max_tokens_limit=100, max_extra_context_items=2,
                               max_extra_context_bytes=30)  # paths count too
-    job = make_job(settings, "abc", "def", max_tokens=5, temperature=0.0, stop=["\n"])
-    assert job.params.max_tokens == 5 and job.suffix == "def"
-    bad = [dict(max_tokens=0, temperature=0.0), dict(max_tokens=101, temperature=0.0),
-           dict(max_tokens=5, temperature=2.5), dict(max_tokens=5, temperature=0.0, top_p=0.0)]
-    for kwargs in bad:
+    made = completion_input(settings, CompletionRequest(prompt="abc", suffix="def", max_tokens=5, temperature=0.0,
+                                                        stop=["\n"], max_prompt_tokens=64), "abc")
+    assert isinstance(made, CompletionInput) and made.params.max_tokens == 5 and made.suffix == "def"
+    assert made.params.stop == ["\n"] and made.max_prompt_tokens == 64
+    bad = [dict(max_tokens=0), dict(max_tokens=101), dict(temperature=2.5), dict(top_p=0.0),
+           dict(max_prompt_tokens=0)]
+    for fields in bad:
         with pytest.raises(APIError) as e:
-            make_job(settings, "abc", None, **kwargs)
-        assert e.value.status == 400
+            completion_input(settings, SimpleCompleteRequest(code="abc", **fields), "abc", prompt_param="code")
+        assert e.value.status == 400 and e.value.param == next(iter(fields))
     with pytest.raises(APIError) as e:
-        make_job(settings, "a" * 8, "b" * 3, max_tokens=5, temperature=0.0)
+        completion_input(settings, CompletionRequest(prompt="a" * 8, suffix="b" * 3), "a" * 8)
     assert e.value.status == 413
     files = [ContextFileIn(path="a.py", text="x" * 10)] * 2
-    assert len(make_job(settings, "a", None, max_tokens=5, temperature=0.0, extra_context=files).extra_context) == 2
+    made = completion_input(settings, SimpleCompleteRequest(code="a", extra_context=files), "a")
+    assert made.files == (ContextFile("a.py", "x" * 10),) * 2
     with pytest.raises(APIError) as e:
-        make_job(settings, "a", None, max_tokens=5, temperature=0.0, extra_context=files * 2)
+        completion_input(settings, SimpleCompleteRequest(code="a", extra_context=files * 2), "a")
     assert e.value.status == 400
     with pytest.raises(APIError) as e:
-        make_job(settings, "a", None, max_tokens=5, temperature=0.0,
-                 extra_context=[ContextFileIn(path="a.py", text="x" * 40)])
+        completion_input(settings, SimpleCompleteRequest(code="a", extra_context=[ContextFileIn(path="a.py",
+                                                                                                text="x" * 40)]), "a")
     assert e.value.status == 413
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
@@ -26,13 +27,20 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def http_server(tiny_model_dir, tmp_path_factory):
+def http_server_log(tmp_path_factory) -> Path:
+    """The serve process's log: one JSON line per request, with the prompt tokens it ran."""
+    return tmp_path_factory.mktemp("serve") / "serve.log"
+
+
+@pytest.fixture(scope="module")
+def http_server(tiny_model_dir, tmp_path_factory, http_server_log):
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys.write_text(KEY + "\n")
     port = free_port()
+    log = open(http_server_log, "wb")
     process = subprocess.Popen([CLI, "serve", "--model", str(tiny_model_dir), "--port", str(port),
                                 "--api-keys-file", str(keys), "--no-response-cache"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -50,6 +58,14 @@ def http_server(tiny_model_dir, tmp_path_factory):
     finally:
         process.terminate()
         process.wait(timeout=30)
+        log.close()
+
+
+def prompt_tokens_served(log: Path) -> list[int]:
+    """The prompt tokens of each completion the server ran, in order."""
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return [line["prompt_tokens"] for line in lines
+            if line.get("path") == "/v1/completions" and line.get("prompt_tokens") is not None]
 
 
 def event_count(url: str, event: str) -> float:
@@ -121,3 +137,24 @@ async def test_a_slow_remote_gives_an_empty_result_within_the_timeout(tiny_model
     assert time.perf_counter() - started < 2
     assert await finish(client) == 0
     silent.close()
+
+
+async def test_context_tokens_limits_the_prompt_the_remote_server_runs(http_server, http_server_log, tiny_model_dir):
+    # The tiny model's context is 128 tokens: by default a long prefix fills its budget (128 less
+    # the 48 tokens to generate); with contextTokens 24 the server runs at most 24, as the engine
+    # in the editor's own process would.
+    served = []
+    for options in ({"debounceMs": 0}, {"debounceMs": 0, "contextTokens": 24}):
+        client = await start(tiny_model_dir, "--remote", http_server, "--api-key", KEY)
+        await initialize(client, options)
+        open_document(client, SOURCE)
+        before = len(prompt_tokens_served(http_server_log))
+        await client.text_document_inline_completion_async(inline_params(200, 0))
+        assert await finish(client) == 0
+        for _ in range(50):  # the request's log line is written as its response ends
+            if len(prompt_tokens_served(http_server_log)) > before:
+                break
+            await asyncio.sleep(0.1)
+        served.append(prompt_tokens_served(http_server_log)[before])
+    default, limited = served
+    assert default > 24 and 16 <= limited <= 24, served

@@ -3,10 +3,15 @@
 OpenAI-compatible backend against a real `code-assistant serve`."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
+from lsp_server.remote import CHARS_PER_TOKEN_ESTIMATE
+
 from .fake_servers import ANSWER, CONTEXT, running
-from .test_remote import KEY, http_server  # noqa: F401  (the real `code-assistant serve` fixture)
+from .test_remote import KEY, http_server, http_server_log  # noqa: F401  (the real `code-assistant serve` fixture)
 from .test_server import finish, initialize, inline_params, open_document, start
 
 pytestmark = pytest.mark.timeout(120)
@@ -92,3 +97,34 @@ async def test_openai_backend_against_a_real_code_assistant_serve(http_server, t
                 break
     assert answered and answered[0].strip()
     assert await finish(client) == 0
+
+
+@pytest.mark.parametrize("backend", ["llama.cpp", "ollama", "openai"])
+async def test_context_tokens_bounds_what_each_backend_sends(tiny_model_dir, backend):
+    # Servers that take text count tokens themselves: the language server keeps the budget by
+    # trimming with the estimate, in engine/prompt.py's shares.
+    with running(backend) as (url, requests):
+        model = {"model": "qwen2.5-coder:1.5b"} if backend == "ollama" else {}
+        await complete_through(tiny_model_dir, url, {"backend": backend, "contextTokens": 100, **model})
+    [body] = requests
+    if backend == "llama.cpp":
+        sent = body["input_prefix"] + body["prompt"] + body["input_suffix"] + "".join(
+            e["filename"] + e["text"] for e in body["input_extra"])
+        assert body["prompt"] == "    return "
+    else:
+        sent = body["prompt"] + body.get("suffix", "")
+        assert body["prompt"].endswith("    return ")
+    assert 0 < len(sent) <= 100 * CHARS_PER_TOKEN_ESTIMATE
+
+
+def test_the_remote_path_loads_no_torch():
+    # An editor talking to a team server should not pay for torch (~1 s and ~300 MB to import).
+    code = ("import sys; import lsp_server.cli, lsp_server.server; "
+            "from lsp_server.context import build_prompt, select_neighbours, snippet_query; "
+            "from lsp_server.remote import text_prompt; from lsp_server.remote_backends import create_remote_backend; "
+            "from lsp_server.settings import Settings; "
+            "files = select_neighbours(snippet_query('import helpers\\nhelpers.'), [('helpers.py', 'x = 1\\n')], 4); "
+            "text_prompt(build_prompt('import helpers\\nhelpers.', '', 100, files, 'main.py'), 100); "
+            "create_remote_backend(Settings(remote_url='http://127.0.0.1:1', backend='llama.cpp')); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -32,3 +32,30 @@ def test_backend_exclusions_and_reuse_settings():
         "ollama", "qwen2.5-coder:1.5b", ("secret/**", "*.gen.py"), False, False, "qwen", None)
     bad = Settings().updated({"backend": "gpt", "exclude": "secret/**", "prefetch": "no"})
     assert (bad.backend, bad.exclude, bad.prefetch) == ("code-assistant", (), True)
+
+
+def test_sampling_settings_take_samplingparams_bounds():
+    from engine.sampling_params import SAMPLING_BOUNDS, SMALLEST_POSITIVE
+
+    top = SAMPLING_BOUNDS["temperature"].high
+    assert Settings().updated({"temperature": top}).temperature == top
+    assert Settings().updated({"temperature": top + 0.01}).temperature == 0.0
+    assert Settings().updated({"temperature": SMALLEST_POSITIVE / 2}).temperature == 0.0  # would break sampling
+    low, high = SAMPLING_BOUNDS["cache_weight"].low, SAMPLING_BOUNDS["cache_weight"].high
+    assert Settings().updated({"cacheWeight": high}).cache_weight == high
+    assert Settings().updated({"cacheWeight": low - 0.1}).cache_weight is None
+    assert Settings().updated({"maxTokens": 0}).max_tokens == 48
+
+
+def test_the_vscode_extension_offers_what_the_server_takes():
+    import json
+    from pathlib import Path
+
+    from engine.sampling_params import SAMPLING_BOUNDS
+
+    package = Path(__file__).resolve().parents[2] / "vscode-client" / "package.json"
+    offered = json.loads(package.read_text())["contributes"]["configuration"]["properties"]
+    temperature = offered["codeAssistant.temperature"]
+    assert (temperature["minimum"], temperature["maximum"]) == (0, SAMPLING_BOUNDS["temperature"].high)
+    most_tokens = offered["codeAssistant.maxTokens"]["maximum"]
+    assert Settings().updated({"maxTokens": most_tokens}).max_tokens == most_tokens
