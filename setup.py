@@ -7,8 +7,9 @@
    fails and the decode step runs ~5x slower in PyTorch, silently. The sources ship too, so a CPU no
    prebuilt level fits still compiles at first use. No compiler here: a warning, and a wheel without
    prebuilt kernels (never a failed install).
-2. The shipped default model (models/default in the repository) goes in as engine/default_model,
-   package data where `default_model_dir()` finds it; no top-level `models` package in site-packages.
+2. The shipped default model (models/default in the repository) goes in as engine/models/default,
+   package data where `default_model_dir()` finds it (the folder's name is the served model's name);
+   no top-level `models` package in site-packages.
 An editable install (`make setup`) does neither: the checkout compiles at first use and reads models/default.
 """
 import importlib.util
@@ -43,7 +44,7 @@ class BuildPyWithKernelsAndModel(build_py):
         shutil.rmtree(engine / kernels.PREBUILT.name, ignore_errors=True)  # no kernel left from an older table
         for problem in kernels.build_prebuilt(engine / kernels.PREBUILT.name):
             self.warn(f"prebuilt kernel not built, it will compile at first use where it can: {problem}")
-        model = engine / "default_model"
+        model = engine / "models" / "default"
         model.mkdir(parents=True, exist_ok=True)
         for name in MODEL_FILES:
             shutil.copyfile(DEFAULT_MODEL / name, model / name)

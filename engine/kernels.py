@@ -148,6 +148,7 @@ def locate(name: str) -> tuple[Path | None, str]:
 
 
 _unavailable: dict[str, str] = {}
+_said: set[str] = set()
 
 
 def unavailable(name: str) -> str | None:
@@ -171,7 +172,9 @@ def library(name: str) -> ctypes.CDLL | None:
         except OSError as e:
             reason = f"loading {path} failed: {e}"
     _unavailable[name] = reason
-    log.warning("%s runs in PyTorch: %s", name, reason)
+    # One line per cause: a missing compiler is said once, not once per kernel.
+    log.log(logging.DEBUG if reason in _said else logging.WARNING, "%s runs in PyTorch: %s", name, reason)
+    _said.add(reason)
     return None
 
 

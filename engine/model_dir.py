@@ -293,9 +293,9 @@ def save_int8_dir(out: str | Path, source: ModelDir, state: dict[str, torch.Tens
 
 def default_model_dir() -> Path:
     """The shipped model: $CODE_ASSISTANT_MODEL, else the copy an installed wheel carries
-    (engine/default_model, put there by setup.py), else models/default of the checkout."""
+    (engine/models/default, put there by setup.py), else models/default of the checkout."""
     env = os.environ.get("CODE_ASSISTANT_MODEL")
     if env:
         return Path(env)
-    installed = Path(__file__).resolve().parent / "default_model"
+    installed = Path(__file__).resolve().parent / "models" / "default"
     return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "models" / "default"
