@@ -21,8 +21,10 @@ lsp: setup
 	$(BIN)/code-assistant lsp
 
 # dist/code_assistant-*.whl: the C kernels compiled for three CPU levels and the default model inside
-# (setup.py); setuptools from .venv, so no build environment is downloaded.
+# (setup.py); setuptools from .venv, so no build environment is downloaded. build/ goes first: setuptools
+# keeps what an older build left there, and it would ship in the wheel.
 wheel: setup
+	rm -rf build
 	$(BIN)/python -m pip wheel --no-deps --no-build-isolation -w dist .
 
 # Debian tools the tests drive for real: promtool (prometheus), neovim, nginx, dockerd (docker.io), debootstrap.
