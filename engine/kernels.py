@@ -11,6 +11,7 @@ Where a kernel comes from, first that exists:
 3. Neither (no compiler, no source, a failed build or load) or CODE_ASSISTANT_NO_KERNELS set:
    `library()` returns None and logs why in one line; callers run their PyTorch path (the tests run both).
 The C code has AVX-512 VNNI paths, AVX2 paths and plain C beside them, chosen by the compiler's -march.
+setup.py loads this file alone (no package, no torch): keep its imports to the standard library.
 """
 from __future__ import annotations
 
