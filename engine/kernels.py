@@ -135,13 +135,20 @@ def build_prebuilt(out: Path, compiler: str | None = None, machine: str | None =
     return problems
 
 
+def prebuilt(name: str, have: frozenset[str], directory: Path = PREBUILT, machine: str | None = None) -> Path | None:
+    """The best prebuilt library of `name` a CPU with the /proc/cpuinfo flags `have` can run, if any."""
+    for variant, _, needs in variants(machine):
+        path = directory / f"{name}-{variant}.so"
+        if needs <= have and path.is_file():
+            return path
+    return None
+
+
 def locate(name: str) -> tuple[Path | None, str]:
     """Where engine/<name>.c's library is for this CPU (prebuilt, else built now), or None and the reason."""
-    have = cpu_flags()
-    for variant, _, needs in variants():
-        path = PREBUILT / f"{name}-{variant}.so"
-        if needs <= have and path.is_file():
-            return path, ""
+    path = prebuilt(name, cpu_flags())
+    if path is not None:
+        return path, ""
     source = HERE / f"{name}.c"
     if not source.is_file():
         return None, f"no prebuilt {name} for this CPU and no source {source}"

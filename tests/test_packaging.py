@@ -156,3 +156,21 @@ def test_the_checkout_without_a_compiler_runs_pytorch_and_says_why_in_one_line(t
 def test_a_missing_source_is_a_reason_not_an_exception(tmp_path):
     path, reason = kernels.build(tmp_path / "gone.c", ("-O2",))
     assert path is None and "gone.c" in reason
+
+
+def test_the_best_prebuilt_level_the_cpu_flags_allow_is_chosen(tmp_path):
+    levels = kernels.variants("x86_64")
+    for variant, _, _ in levels:
+        (tmp_path / f"decode_kernel-{variant}.so").touch()
+    v4, v3, v2 = (needs for _, _, needs in levels)
+
+    def chosen(flags):
+        return kernels.prebuilt("decode_kernel", frozenset(flags), tmp_path, "x86_64")
+
+    assert chosen(v4 | {"amx_tile"}).name == "decode_kernel-x86-64-v4-vnni.so"
+    assert chosen(v4 - {"avx512_vnni"}).name == "decode_kernel-x86-64-v3.so"  # AVX-512 without VNNI
+    assert chosen(v3).name == "decode_kernel-x86-64-v3.so"
+    assert chosen(v2).name == "decode_kernel-x86-64-v2.so"
+    assert chosen({"sse2"}) is None  # older than every level: compiled at first use, where it can be
+    (tmp_path / "decode_kernel-x86-64-v4-vnni.so").unlink()
+    assert chosen(v4).name == "decode_kernel-x86-64-v3.so"
