@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve lsp test system-deps
+.PHONY: setup serve lsp test system-deps wheel
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +20,18 @@ serve: setup
 lsp: setup
 	$(BIN)/code-assistant lsp
 
+# dist/code_assistant-*.whl: the C kernels compiled for three CPU levels and the default model inside
+# (setup.py); setuptools from .venv, so no build environment is downloaded. build/ goes first: setuptools
+# keeps what an older build left there, and it would ship in the wheel.
+wheel: setup
+	rm -rf build
+	$(BIN)/python -m pip wheel --no-deps --no-build-isolation -w dist .
+
 # Debian tools the tests drive for real: promtool (prometheus), neovim, nginx, dockerd (docker.io), debootstrap.
 system-deps:
 	bash scripts/install-system-deps.sh
 
-# The C kernels build at first use; building them here keeps that out of the tests' timeouts.
+# In a checkout the C kernels build at first use; building them here keeps that out of the tests' timeouts.
 test: setup system-deps
 	$(BIN)/python -m engine.kernels
 	bash scripts/run-tests.sh

@@ -241,6 +241,21 @@ class Engine:
         fewer when the KV pool holds fewer)."""
         return self._context_length
 
+    @property
+    def decode_path(self) -> dict:
+        """Which decode step runs: {"kernels": "c" or "pytorch", "reason": None or why not C}
+        (/health and serve's start log say it)."""
+        if self.fast is not None:
+            return {"kernels": "c", "reason": None}
+        if not self.config.kernels:
+            reason = "EngineConfig.kernels is off"
+        elif self.device.type != "cpu":
+            reason = f"the compiled kernel runs on the CPU only (device {self.device})"
+        else:
+            reason = (kernels.unavailable("decode_kernel")
+                      or "the model is not an int8 model the compiled kernel runs (see the load log)")
+        return {"kernels": "pytorch", "reason": reason}
+
     def prompt_budget(self, max_tokens: int) -> int:
         """Prompt tokens a request that generates up to `max_tokens` may use."""
         return self.prompts.budget(max_tokens)

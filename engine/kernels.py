@@ -1,10 +1,17 @@
-"""Compiled CPU kernels: C files beside this module, built at first use with the machine's compiler.
+"""Compiled CPU kernels: C files beside this module, loaded with ctypes; the PyTorch path runs where they cannot be.
 
-A source is compiled once per machine (`cc -O3 -march=native ...`, a few seconds) into
-~/.cache/code-assistant (or $CODE_ASSISTANT_CACHE), named by a hash of the source, the flags and
-the CPU, and loaded with ctypes. Without a compiler, when the build fails, or with
-CODE_ASSISTANT_NO_KERNELS set, `library()` returns None and logs why once; callers then run their
-PyTorch path (the tests run both). The C code has AVX-512 VNNI paths and plain C beside them.
+Where a kernel comes from, first that exists:
+1. A prebuilt copy in engine/prebuilt/, compiled when the wheel was built (setup.py runs `build_prebuilt`):
+   one per portable CPU level of VARIANTS, and the loader takes the best level /proc/cpuinfo's flags
+   allow. So `pip install` of a wheel gives the compiled path on a machine (or a slim Docker image)
+   without a compiler, and the server a user installs is the one the benchmarks measure.
+2. Compiled at first use from the shipped source (`cc -O3 -march=native ...`, a few seconds) into
+   ~/.cache/code-assistant (or $CODE_ASSISTANT_CACHE), named by a hash of the source, the flags and
+   the CPU: a checkout (editable install), or a machine none of the prebuilt levels fits.
+3. Neither (no compiler, no source, a failed build or load) or CODE_ASSISTANT_NO_KERNELS set:
+   `library()` returns None and logs why in one line; callers run their PyTorch path (the tests run both).
+The C code has AVX-512 VNNI paths, AVX2 paths and plain C beside them, chosen by the compiler's -march.
+setup.py loads this file alone (no package, no torch): keep its imports to the standard library.
 """
 from __future__ import annotations
 
@@ -17,14 +24,52 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
 log = logging.getLogger("engine")
 
 HERE = Path(__file__).parent
-# No -ffast-math and no FMA contraction: the int8 matmul must round exactly as its PyTorch twin.
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-pthread", "-shared", "-fPIC"]
+PREBUILT = HERE / "prebuilt"
+LINK = ("-shared", "-fPIC")
+# Every kernel: engine/<name>.c and its compiler flags, without -march (the variant or `native` adds it).
+KERNELS: dict[str, tuple[str, ...]] = {
+    # No -ffast-math and no FMA contraction: the int8 matmul must round exactly as its PyTorch twin.
+    "decode_kernel": ("-O3", "-ffp-contract=off", "-fopenmp-simd", "-pthread"),
+    # The reassociation a vectorised sum needs, and OpenMP (its libgomp.so.1 is the one torch loads
+    # first). Never -ffast-math: a shared library built with it turns on flush-to-zero for the whole
+    # process when loaded (measured: Python's 5e-324 > 0 became False).
+    "paged_attention": ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
+                        "-freciprocal-math", "-fopenmp"),
+}
+_V2 = frozenset({"sse4_1", "sse4_2", "ssse3", "popcnt", "cx16"})
+_V3 = _V2 | {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "abm"}
+# The prebuilt CPU levels of each machine type, best first: (name, -march flags, /proc/cpuinfo flags it needs).
+# x86-64-v4 is AVX-512 F/BW/CD/DQ/VL; the kernel's int8 dot products want VNNI on top.
+VARIANTS: dict[str, tuple[tuple[str, tuple[str, ...], frozenset[str]], ...]] = {
+    "x86_64": (
+        ("x86-64-v4-vnni", ("-march=x86-64-v4", "-mavx512vnni"),
+         _V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512_vnni"}),
+        ("x86-64-v3", ("-march=x86-64-v3",), _V3),
+        ("x86-64-v2", ("-march=x86-64-v2",), _V2),
+    ),
+}
+GENERIC = (("generic", (), frozenset()),)  # other machines: the compiler's baseline for the architecture
+
+
+def variants(machine: str | None = None) -> tuple[tuple[str, tuple[str, ...], frozenset[str]], ...]:
+    return VARIANTS.get(machine or platform.machine(), GENERIC)
+
+
+def cpu_flags() -> frozenset[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 def _cpu_name() -> str:
@@ -35,45 +80,109 @@ def _cpu_name() -> str:
         return platform.processor()
 
 
-def build(source: Path, flags: tuple[str, ...] = tuple(FLAGS), compiler: str | None = None) -> tuple[Path | None, str]:
-    """The shared library compiled from `source` with `flags` (built now unless cached), or None and the reason."""
+def find_compiler(compiler: str | None = None) -> str | None:
     compiler = compiler or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None or shutil.which(compiler) is None:
-        return None, f"no C compiler found ({compiler or 'cc'})"
-    key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode() + _cpu_name().encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("CODE_ASSISTANT_CACHE", Path.home() / ".cache" / "code-assistant"))
+    return compiler if compiler and shutil.which(compiler) else None
+
+
+def compile_kernel(compiler: str, source: Path, flags: tuple[str, ...], out: Path) -> str:
+    """Compile `source` into the shared library `out`; "" or why it failed (one line)."""
+    try:
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # several processes may build at once
+            part = Path(tmp) / out.name
+            subprocess.run([compiler, *flags, *LINK, str(source), "-o", str(part), "-lm"], check=True,
+                           capture_output=True, text=True, timeout=300)
+            os.replace(part, out)
+    except subprocess.CalledProcessError as e:
+        return f"{compiler} failed on {source.name}: {' '.join((e.stderr or '').split())[-400:]}"
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"building {source.name} failed: {e}"
+    return ""
+
+
+def build(source: Path, flags: tuple[str, ...] | None = None, compiler: str | None = None) -> tuple[Path | None, str]:
+    """The shared library compiled from `source` with `flags` (default: its KERNELS entry for this
+    machine's CPU), built now unless cached; or None and the reason."""
+    flags = flags if flags is not None else (*KERNELS.get(source.stem, ()), "-march=native")
+    found = find_compiler(compiler)
+    if found is None:
+        return None, f"no C compiler found ({compiler or os.environ.get('CC') or 'cc'})"
+    try:
+        key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode() + _cpu_name().encode()).hexdigest()[:16]
+        cache = Path(os.environ.get("CODE_ASSISTANT_CACHE", Path.home() / ".cache" / "code-assistant"))
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return None, f"cannot build {source.name}: {e}"
     built = cache / f"{source.stem}-{key}.so"
     if built.exists():
         return built, ""
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:  # several processes may build at once
-            out = Path(tmp) / built.name
-            subprocess.run([compiler, *flags, str(source), "-o", str(out), "-lm"], check=True,
-                           capture_output=True, text=True, timeout=300)
-            os.replace(out, built)
-    except subprocess.CalledProcessError as e:
-        return None, f"{compiler} failed on {source.name}: {(e.stderr or '').strip()[-400:]}"
-    except (OSError, subprocess.SubprocessError) as e:
-        return None, f"building {source.name} failed: {e}"
-    return built, ""
+    reason = compile_kernel(found, source, flags, built)
+    return (None, reason) if reason else (built, "")
+
+
+def build_prebuilt(out: Path, compiler: str | None = None, machine: str | None = None) -> list[str]:
+    """Every kernel at every CPU level of this machine type, into `out` (setup.py calls this when the
+    wheel is built); the problems, one line each (empty when all built)."""
+    found = find_compiler(compiler)
+    if found is None:
+        return [f"no C compiler found ({compiler or os.environ.get('CC') or 'cc'})"]
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(name, variant, (*flags, *march)) for name, flags in KERNELS.items() for variant, march, _ in variants(machine)]
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # each a compiler process: ~3 s
+        reasons = pool.map(lambda job: compile_kernel(found, HERE / f"{job[0]}.c", job[2], out / f"{job[0]}-{job[1]}.so"),
+                           jobs)
+        return [f"{name} ({variant}): {reason}" for (name, variant, _), reason in zip(jobs, reasons) if reason]
+
+
+def prebuilt(name: str, have: frozenset[str], directory: Path = PREBUILT, machine: str | None = None) -> Path | None:
+    """The best prebuilt library of `name` a CPU with the /proc/cpuinfo flags `have` can run, if any."""
+    for variant, _, needs in variants(machine):
+        path = directory / f"{name}-{variant}.so"
+        if needs <= have and path.is_file():
+            return path
+    return None
+
+
+def locate(name: str) -> tuple[Path | None, str]:
+    """Where engine/<name>.c's library is for this CPU (prebuilt, else built now), or None and the reason."""
+    path = prebuilt(name, cpu_flags())
+    if path is not None:
+        return path, ""
+    source = HERE / f"{name}.c"
+    if not source.is_file():
+        return None, f"no prebuilt {name} for this CPU and no source {source}"
+    return build(source)
+
+
+_unavailable: dict[str, str] = {}
+_said: set[str] = set()
+
+
+def unavailable(name: str) -> str | None:
+    """Why engine/<name>.c is not loaded (after `library(name)` returned None), else None."""
+    return _unavailable.get(name)
 
 
 @lru_cache(maxsize=None)
-def library(name: str, flags: tuple[str, ...] = tuple(FLAGS)) -> ctypes.CDLL | None:
-    """engine/<name>.c, built and loaded; None (logged once) where it cannot be."""
+def library(name: str) -> ctypes.CDLL | None:
+    """engine/<name>.c, loaded; None (logged once, in one line) where it cannot be."""
     if os.environ.get("CODE_ASSISTANT_NO_KERNELS"):
-        log.info("CODE_ASSISTANT_NO_KERNELS is set: %s runs in PyTorch", name)
+        _unavailable[name] = "CODE_ASSISTANT_NO_KERNELS is set"
+        log.info("%s runs in PyTorch: %s", name, _unavailable[name])
         return None
-    path, reason = build(HERE / f"{name}.c", flags)
-    if path is None:
-        log.warning("%s runs in PyTorch: %s", name, reason)
-        return None
-    try:
-        return ctypes.CDLL(str(path))
-    except OSError as e:
-        log.warning("%s runs in PyTorch: loading %s failed: %s", name, path, e)
-        return None
+    path, reason = locate(name)
+    if path is not None:
+        try:
+            lib = ctypes.CDLL(str(path))
+            log.debug("%s: %s", name, path)
+            return lib
+        except OSError as e:
+            reason = f"loading {path} failed: {e}"
+    _unavailable[name] = reason
+    # One line per cause: a missing compiler is said once, not once per kernel.
+    log.log(logging.DEBUG if reason in _said else logging.WARNING, "%s runs in PyTorch: %s", name, reason)
+    _said.add(reason)
+    return None
 
 
 _threads = threading.local()
@@ -152,9 +261,8 @@ def decode_profile(lib: ctypes.CDLL, on: bool) -> dict[str, int]:
     return dict(zip(PROFILE_PHASES, out))
 
 
-if __name__ == "__main__":  # `python -m engine.kernels`: build now (make test does, before the tests)
+if __name__ == "__main__":  # `python -m engine.kernels`: build or find every kernel now (make test does)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from . import paged_attention
-
-    for name, lib in (("decode_kernel", decode_kernel()), ("paged_attention", paged_attention.library())):
-        print(f"engine/{name}.c: {lib._name if lib is not None else 'not built, the PyTorch path runs (reason above)'}")
+    for name in KERNELS:
+        lib = library(name)
+        print(f"engine/{name}.c: {lib._name if lib is not None else 'not loaded, the PyTorch path runs (reason above)'}")

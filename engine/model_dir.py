@@ -292,6 +292,10 @@ def save_int8_dir(out: str | Path, source: ModelDir, state: dict[str, torch.Tens
 
 
 def default_model_dir() -> Path:
-    """The shipped model: $CODE_ASSISTANT_MODEL, else models/default beside the packages."""
+    """The shipped model: $CODE_ASSISTANT_MODEL, else the copy an installed wheel carries
+    (engine/models/default, put there by setup.py), else models/default of the checkout."""
     env = os.environ.get("CODE_ASSISTANT_MODEL")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "models" / "default"
+    if env:
+        return Path(env)
+    installed = Path(__file__).resolve().parent / "models" / "default"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "models" / "default"

@@ -1,10 +1,7 @@
 """Calls paged_attention.c: few-query attention straight over the pool's blocks.
 
-Built like every kernel here (engine/kernels.py), with the reassociation flags a vectorised sum
-needs and OpenMP. Never -ffast-math: a shared library built with it turns on flush-to-zero for the
-whole process when loaded (measured: Python's 5e-324 > 0 became False), changing every other
-computation. Where it cannot be built, `library()` is None and the KV cache uses its pure PyTorch
-path (the tests run both).
+Built and loaded like every kernel here, with the flags engine/kernels.py's KERNELS table gives it.
+Where it cannot be, `library()` is None and the KV cache uses its pure PyTorch path (the tests run both).
 """
 from __future__ import annotations
 
@@ -15,14 +12,12 @@ import torch
 
 from . import kernels
 
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
-         "-freciprocal-math", "-fopenmp", "-shared", "-fPIC")
 MAX_HEAD_DIM = 256
 
 
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
-    lib = kernels.library("paged_attention", FLAGS)
+    lib = kernels.library("paged_attention")
     if lib is not None:
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
         lib.paged_attention.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr] + [i64] * 8

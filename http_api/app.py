@@ -72,8 +72,10 @@ def create_app(settings: ServerSettings | None = None, engine: Engine | None = N
             holder["workspace"] = WorkspaceService(
                 loaded, settings.workspace, WorkspaceSettings(max_total_bytes=settings.workspace_max_megabytes << 20),
                 settings.workspace_rescan_s).start()
+        path = loaded.decode_path
         log.info("model loaded", extra={"fields": {"event": "model_loaded", "model": loaded.model_name,
-                                                   "version": version, "device": settings.device}})
+                                                   "version": version, "device": settings.device,
+                                                   "kernels": path["kernels"], "kernels_reason": path["reason"]}})
 
     def load_in_background() -> None:
         try:

@@ -206,6 +206,8 @@ class Health(BaseModel):
     device: str
     model: str
     version: str
+    kernels: Literal["c", "pytorch"] | None = None  # the decode step once the model is loaded
+    kernels_reason: str | None = None               # why not "c"
     error: str | None = None
 
 

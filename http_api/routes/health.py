@@ -15,6 +15,9 @@ router = APIRouter()
 async def health(state: StateDep) -> JSONResponse:
     body = {"status": "healthy", "model_loaded": state.service is not None, "device": state.settings.device,
             "model": state.model, "version": state.version}
+    if state.service is not None:  # which decode step is live: the compiled kernel, or PyTorch and why
+        path = state.service.engine.decode_path
+        body |= {"kernels": path["kernels"], "kernels_reason": path["reason"]}
     if state.load_error:
         # The process is alive but will never serve: let the orchestrator restart it.
         return JSONResponse({**body, "status": "unhealthy", "error": state.load_error}, status_code=503)

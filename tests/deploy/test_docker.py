@@ -99,10 +99,11 @@ def test_cuda_image_installs_the_cuda_torch_build_and_serves_on_the_gpu():
 # under CACHE: the base's tarball, the wheels, and our own dockerd's data root (image layers).
 CACHE = Path(os.environ.get("CODE_ASSISTANT_DOCKER_CACHE", Path.home() / ".cache" / "code-assistant-docker"))
 BASE_IMAGE = "code-assistant-base:bookworm"
+BUILD_IMAGE, BUILD_PACKAGES = "code-assistant-build:bookworm", "gcc,libc6-dev"  # compiles the kernels
 IMAGE = "code-assistant:test"
 OWN_DAEMON = "CODE_ASSISTANT_TEST_DOCKERD"  # set in docker_env when the daemon is the test's own
-CONTEXT_PATHS = ["pyproject.toml", "README.md", "code_assistant_cli.py", ".dockerignore", "engine", "training",
-                 "http_api", "lsp_server", "benchmarks", "models/default"]
+CONTEXT_PATHS = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "code_assistant_cli.py", ".dockerignore",
+                 "engine", "training", "http_api", "lsp_server", "benchmarks", "models/default"]
 
 
 def docker_cmd(env: dict, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
@@ -195,13 +196,15 @@ def image(docker_env) -> dict:
     """The CPU image, built from deploy/docker/Dockerfile offline; its size and build time."""
     require_tool("debootstrap", "Debian package debootstrap: scripts/install-system-deps.sh")
     started = time.monotonic()
-    base = subprocess.run(["bash", str(DEPLOY / "docker" / "make-base-image.sh"), BASE_IMAGE, str(CACHE)],
-                          capture_output=True, text=True, timeout=900, env=docker_env)
-    assert base.returncode == 0, base.stderr[-3000:]
+    for tag, packages in ((BASE_IMAGE, ""), (BUILD_IMAGE, BUILD_PACKAGES)):
+        base = subprocess.run(["bash", str(DEPLOY / "docker" / "make-base-image.sh"), tag, str(CACHE), packages],
+                              capture_output=True, text=True, timeout=900, env=docker_env)
+        assert base.returncode == 0, base.stderr[-3000:]
     context = build_context(wheels_dir())
     prepared = time.monotonic()
     docker_cmd(docker_env, "build", "-q", "-f", str(DEPLOY / "docker" / "Dockerfile"), "--network", "none",
-               "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", "PIP_NO_INDEX=1",
+               "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", f"BUILD_IMAGE={BUILD_IMAGE}",
+               "--build-arg", "PIP_NO_INDEX=1",
                "--build-arg", "PIP_FIND_LINKS=/wheels", "-t", IMAGE, str(context), timeout=1200)
     built = time.monotonic()
     if docker_env.get(OWN_DAEMON):
@@ -213,7 +216,10 @@ def image(docker_env) -> dict:
             "build_seconds": round(built - prepared, 1)}
 
 
+# A cold run (debootstrap of both bases, the wheels, the whole build) takes ~12 min on 2 cores;
+# with the cache, about 1.
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_cpu_image_serves_as_user_10001_and_drains_on_docker_stop(docker_env, image):
     started = time.monotonic()
     with socket.socket() as s:
@@ -269,3 +275,75 @@ def test_cpu_image_serves_as_user_10001_and_drains_on_docker_stop(docker_env, im
     report = {**image, "run_seconds": round(time.monotonic() - started, 1)}
     (CACHE / "last-run.json").write_text(json.dumps(report) + "\n")
     print(f"\ncode-assistant CPU image: {json.dumps(report)}")
+
+
+# Batch-1 decode speed of the shipped model, the network alone (as `bench engine` runs ours: no
+# healing, cache model, loop guard or drafts), one thread; argv[1]: "c" or "pytorch" (kernels off).
+# CPU ms per token as well: tokens/s on a shared machine moves with the neighbours' load (and a
+# container's cgroup gets another share of the cores than the test's own processes).
+BATCH1_SCRIPT = """
+import json, statistics, sys, threading, time
+import torch
+from engine import CompletionInput, Engine, EngineConfig, SamplingParams
+torch.set_num_threads(1)
+config = EngineConfig(max_batch=1, token_healing=False, cache_weight=0.0, stop_loops=False, draft_tokens=0,
+                      kernels=sys.argv[1] == "c")
+engine = Engine.load(config=config)
+rates, cpu_ms = [], []
+for i in range(7):
+    done = threading.Event()
+    start, cpu = time.perf_counter(), time.process_time()
+    request = engine.submit(CompletionInput(f"def f{i}(x):\\n", params=SamplingParams(max_tokens=160)),
+                            lambda chunk: chunk.finish_reason and done.set())
+    done.wait()
+    rates.append(len(request.output_ids) / (time.perf_counter() - start))
+    cpu_ms.append(1000 * (time.process_time() - cpu) / len(request.output_ids))
+print(json.dumps({**engine.decode_path, "tokens_per_s": round(statistics.median(rates), 1),
+                  "cpu_ms_per_token": round(statistics.median(cpu_ms), 3)}))
+engine.close()
+"""
+
+
+def batch1(command: list[str], path: str, env: dict | None = None) -> dict:
+    run = subprocess.run([*command, "-c", BATCH1_SCRIPT, path], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_cpu_image_decodes_on_the_prebuilt_c_kernels(docker_env, image):
+    """The slim image has no compiler: /health must still say "kernels": "c" (the kernels were
+    compiled into the package in the build stage), and its batch-1 decode runs at the checkout's speed."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url, name = f"http://127.0.0.1:{port}", f"code-assistant-kernels-{os.getpid()}"
+    docker_cmd(docker_env, "run", "-d", "--network", "host", "--name", name, IMAGE,
+               "serve", "--host", "127.0.0.1", "--port", str(port))
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = httpx.get(url + "/health", timeout=2).json()
+                if health.get("model_loaded"):
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, docker_cmd(docker_env, "logs", name, check=False).stderr[-3000:]
+            time.sleep(0.3)
+        logged = docker_cmd(docker_env, "logs", name)
+        logs = logged.stdout + logged.stderr
+        assert health["kernels"] == "c" and health["kernels_reason"] is None, (health, logs[-3000:])
+        assert docker_cmd(docker_env, "exec", name, "sh", "-c", "command -v cc gcc || true").stdout.strip() == ""
+        assert "runs in PyTorch" not in logs, logs[-3000:]  # paged attention's kernel loaded too
+        # For the report, one after another (each a median of 7 requests): the image, the checkout
+        # on its kernels, the checkout in PyTorch.
+        speeds = {"image_c": batch1(["docker", "exec", name, "python"], "c", docker_env),
+                  "checkout_c": batch1([sys.executable], "c"), "checkout_pytorch": batch1([sys.executable], "pytorch")}
+        assert speeds["image_c"]["kernels"] == speeds["checkout_c"]["kernels"] == "c", speeds
+    finally:
+        docker_cmd(docker_env, "rm", "-f", name, check=False)
+    report = json.loads((CACHE / "last-run.json").read_text()) if (CACHE / "last-run.json").exists() else {}
+    (CACHE / "last-run.json").write_text(json.dumps({**report, "batch1_tokens_per_s": speeds}) + "\n")
+    print(f"\nbatch-1 decode tokens/s, 1 thread, shipped model: {json.dumps(speeds)}")
