@@ -15,12 +15,13 @@ from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcServ
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
+from project_files.exclusions import IGNORE_FILES, Exclusions
+
 from .completer import Backend, LocalBackend, Suggestion, complete, wants_multiline
 from .completion_cache import Cached, CompletionCache, key_of
 from .debounce import AdaptiveDebounce
 from .documents import (MAX_DOCUMENT_CHARS, MAX_LINE_CHARS, BadPosition, Cursor, clean_text, looks_binary, split_at,
                         utf16_length)
-from .exclusions import Exclusions
 from .prefetch import after_accepting
 from .protocol import CodeAssistantProtocol
 from .recent_chunks import RecentChunks
@@ -48,7 +49,7 @@ class CodeAssistantServer(LanguageServer):
         self.partly_accepted: Counter[str] = Counter()
         self.cache = CompletionCache()
         self.debounce = AdaptiveDebounce()
-        self.exclusions = Exclusions(None)
+        self.exclusions = Exclusions()   # the workspace's rules once `initialize` names it
         self.chunks = RecentChunks()
         self.prefetching: dict[str, tuple[str, asyncio.Task]] = {}  # uri -> (cache key, generation)
         self._chunk_flush: asyncio.TimerHandle | None = None
@@ -108,12 +109,23 @@ class CodeAssistantServer(LanguageServer):
         documents = [(self.display_path(u), clean_text(text[:NEIGHBOUR_SCAN_CHARS]))
                      for u, text in open_docs + closed if not looks_binary(text) and not self.excluded(u)]
         if self.settings.recent_chunks:
-            documents += self.chunks.documents(current, cursor_line)
+            documents += self.chunks.documents(current, cursor_line, allowed=lambda u: not self.excluded(u))
         return documents
 
     def excluded(self, uri: str) -> bool:
-        """Never completed in, never a neighbour: secrets, git-ignored files, the user's globs."""
-        return self.exclusions.with_globs(self.settings.exclude).is_excluded(to_fs_path(unquote(uri)))
+        """Never completed in, never context of any kind: project_files/exclusions.py decides."""
+        return self.exclusions.excluded(to_fs_path(unquote(uri)))
+
+    def use_exclusions(self, exclusions: Exclusions) -> None:
+        """New rules (settings, an ignore file changed): whatever they exclude leaves every index,
+        ring and cache now, and completions made with it are forgotten."""
+        self.exclusions = exclusions
+        for uri in [u for u in self.recent if self.excluded(u)]:
+            del self.recent[uri]
+        self.chunks.forget_where(self.excluded)
+        removed = self.editor_workspace.use_exclusions(exclusions)
+        self.forget_completions()
+        log.info(json.dumps({"event": "exclusions", "globs": len(exclusions.globs), "unindexed": removed}))
 
     def display_path(self, uri: str) -> str:
         path = to_fs_path(uri) or uri
@@ -267,12 +279,13 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
         folders = params.workspace_folders or []
         if folders:
             root = to_fs_path(folders[0].uri) or root
-        ls.exclusions = Exclusions(root)
+        folders = folders_of(params) or ([root] if root else [])
+        ls.exclusions = Exclusions(folders, ls.settings.exclude)
         ls.ready = True
         s = ls.settings
         if s.workspace_index and not s.remote_url:
             ls.editor_workspace = EditorWorkspace(s.workspace_max_files, s.workspace_max_megabytes << 20)
-            ls.editor_workspace.set_folders(folders_of(params))
+            ls.editor_workspace.set_folders(folders_of(params), ls.exclusions)
             ls.watch_files = bool(params.capabilities.workspace and params.capabilities.workspace.did_change_watched_files
                                   and params.capabilities.workspace.did_change_watched_files.dynamic_registration)
 
@@ -287,10 +300,14 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
 
     @server.feature(types.TEXT_DOCUMENT_DID_SAVE, types.SaveOptions(include_text=True))
     def on_save(ls: CodeAssistantServer, params: types.DidSaveTextDocumentParams) -> None:
+        if _is_ignore_file(params.text_document.uri):
+            ls.use_exclusions(ls.exclusions)   # the rules are read again from the files
         ls.editor_workspace.saved(params.text_document.uri, params.text)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
     def on_watched_files(ls: CodeAssistantServer, params: types.DidChangeWatchedFilesParams) -> None:
+        if any(_is_ignore_file(change.uri) for change in params.changes):
+            ls.use_exclusions(ls.exclusions)
         for change in params.changes:
             ls.editor_workspace.watched(change.uri, change.type == types.FileChangeType.Deleted)
 
@@ -298,6 +315,8 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
     def on_configuration(ls: CodeAssistantServer, params: types.DidChangeConfigurationParams) -> None:
         ls.settings = ls.settings.updated(params.settings)
         ls.forget_completions()  # made with the old settings
+        if ls.settings.exclude != ls.exclusions.globs:
+            ls.use_exclusions(ls.exclusions.with_globs(ls.settings.exclude))
         log.info(json.dumps({"event": "settings", "enable": ls.settings.enable, "multiline": ls.settings.multiline,
                              "remote": bool(ls.settings.remote_url)}))
 
@@ -448,6 +467,11 @@ async def _watch_files(ls: CodeAssistantServer) -> None:
                 watchers=[types.FileSystemWatcher(glob_pattern="**/*")]))]))
     except Exception as error:  # a client that claims the capability but refuses: saves still arrive
         log.warning("file watching not registered: %s", error)
+
+
+def _is_ignore_file(uri: str) -> bool:
+    path = (to_fs_path(unquote(uri)) or "").replace(os.sep, "/")
+    return path.rsplit("/", 1)[-1] in IGNORE_FILES or path.endswith("/.git/info/exclude")
 
 
 def _remember(ls: CodeAssistantServer, uri: str) -> str | None:
