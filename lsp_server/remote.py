@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import httpx
 
-from .completer import Generated, GenerationParams, extra_context
+from .completer import Generated, GenerationParams
 from .context import Prompt, keep_first_lines, keep_last_lines
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class CodeAssistantBackend(HttpBackend):
                                 "temperature": float(params.temperature)}
         if self.model:
             body["model"] = self.model
-        context = extra_context(prompt)
+        context = [{"path": s.path, "text": s.text} for s in prompt.snippets]  # the cache model's neighbours
         if context:
             body["extra_context"] = context
         if not params.multiline:
