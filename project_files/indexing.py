@@ -127,21 +127,26 @@ class ProjectIndex:
 
     # ---- files -----------------------------------------------------------------------------
     def save(self, out: str | Path) -> None:
-        """The index as one file (`code-assistant index`), with the roots and stamps a rescan needs."""
-        self.index.save(out, {"roots": self.roots, "stamps": {p: list(s) for p, s in self.stamps.items()}})
+        """The index as one file (`code-assistant index`), with the roots, the user's globs and the
+        stamps a rescan needs."""
+        self.index.save(out, {"roots": self.roots, "globs": list(self.exclusions.globs),
+                              "stamps": {p: list(s) for p, s in self.stamps.items()}})
 
     @classmethod
-    def load(cls, file: str | Path, tokenizer, exclusions_for: Callable[[list[str]], Exclusions],
+    def load(cls, file: str | Path, tokenizer, globs: tuple[str, ...] = (),
              settings: WalkSettings | None = None) -> "ProjectIndex":
-        """An index file `save` wrote, caught up with its folders and today's rules by a rescan."""
+        """An index file `save` wrote, caught up with its folders and today's rules by a rescan:
+        the globs it was built with and `globs` besides (rules only ever add)."""
         from engine.suffix_index import IndexFormatError
         from engine.workspace import WorkspaceIndex, tokenizer_fingerprint
 
         index, metadata = WorkspaceIndex.load(file, tokenizer.encode, tokenizer_fingerprint(tokenizer))
-        roots = metadata.get("roots")
+        roots, recorded = metadata.get("roots"), metadata.get("globs", [])
         if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
             raise IndexFormatError(f"{file}: not a workspace index (no roots recorded)")
-        project = cls(roots, tokenizer, exclusions_for(roots), settings, index)
+        if not isinstance(recorded, list) or not all(isinstance(g, str) for g in recorded):
+            raise IndexFormatError(f"{file}: the recorded globs are not a list of strings")
+        project = cls(roots, tokenizer, Exclusions(roots, [*recorded, *globs]), settings, index)
         project.stamps = {p: tuple(s) for p, s in metadata.get("stamps", {}).items()}
         project.rescan()
         return project
@@ -169,7 +174,7 @@ def open_workspace(paths: list[str | Path], tokenizer, globs: tuple[str, ...] = 
     if files:
         if len(paths) != 1:
             raise ValueError("give either workspace folders or one index file, not both or several files")
-        return ProjectIndex.load(files[0], tokenizer, lambda roots: Exclusions(roots, globs), settings)
+        return ProjectIndex.load(files[0], tokenizer, globs, settings)
     project = ProjectIndex(paths, tokenizer, Exclusions(paths, globs), settings)
     project.build(progress)
     return project

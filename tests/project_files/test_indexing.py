@@ -126,6 +126,14 @@ def test_an_index_file_is_caught_up_with_changes_and_the_rules_of_its_user(repo,
     loaded = open_workspace([path], TOKENIZER)
     assert names(loaded.index.files(), repo) == ["pkg/core.py", "pkg/sub/deep.py"]
     assert matched(loaded, "def changed_after_s") == len("def changed_after_s")
-    served = open_workspace([path], TOKENIZER, globs=("pkg/sub/",))       # serve --exclude
+    served = open_workspace([path], TOKENIZER, globs=("pkg/sub/",))       # serve --exclude adds a rule
     assert names(served.index.files(), repo) == ["pkg/core.py"]
     assert Path(path).is_file()
+
+
+def test_an_index_file_keeps_the_globs_it_was_built_with(repo, tmp_path):
+    project = ProjectIndex([repo], TOKENIZER, Exclusions([repo], ["pkg/sub/"]))
+    project.build()
+    path = tmp_path / "ws.safetensors"
+    project.save(path)
+    assert names(open_workspace([path], TOKENIZER).index.files(), repo) == ["pkg/core.py"]
