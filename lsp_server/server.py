@@ -49,7 +49,7 @@ class CodeAssistantServer(LanguageServer):
         self.partly_accepted: Counter[str] = Counter()
         self.cache = CompletionCache()
         self.debounce = AdaptiveDebounce()
-        self.exclusions = Exclusions()   # the workspace's rules once `initialize` names it
+        self.exclusions = Exclusions(global_excludes=None)   # the workspace's rules once `initialize` names it
         self.chunks = RecentChunks()
         self.prefetching: dict[str, tuple[str, asyncio.Task]] = {}  # uri -> (cache key, generation)
         self._chunk_flush: asyncio.TimerHandle | None = None

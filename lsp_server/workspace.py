@@ -49,7 +49,7 @@ class EditorWorkspace:
         self.limits = {k: v for k, v in (("max_files", max_files), ("max_total_bytes", max_total_bytes))
                        if v is not None}
         self.folders: list[Path] = []
-        self.exclusions = Exclusions()
+        self.exclusions = Exclusions(global_excludes=None)   # the server's, from `set_folders`
         self.project = None                 # project_files.indexing.ProjectIndex once built
         self._engine = None
         self._pending: dict[str, tuple[float, object]] = {}   # path -> (due time, text | FROM_DISK | DELETED)

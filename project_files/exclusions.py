@@ -21,6 +21,7 @@ from __future__ import annotations
 import configparser
 import fnmatch
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -35,6 +36,7 @@ SECRET_NAMES = (
     "*.gpg", "*.asc", "*.ppk", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "credentials*", "secrets.*",
     "secret.*", "*.secret", "*.secrets", "*.tfvars", "*.tfstate", "*.tfstate.*", "service-account*.json",
 )
+_SECRET_NAME = re.compile("|".join(fnmatch.translate(pattern) for pattern in SECRET_NAMES))
 # A file under a folder of one of these names is excluded whatever its own name.
 SECRET_FOLDERS = frozenset({".ssh", ".gnupg", ".aws", ".azure", ".kube", ".docker"})
 IGNORE_FILES = (".gitignore", ".code-assistant-ignore")
@@ -56,6 +58,7 @@ class Exclusions:
         self.global_excludes = global_excludes_file() if global_excludes == "git" else global_excludes
         self._specs: dict[str, tuple[tuple[int, int], pathspec.GitIgnoreSpec | None]] = {}
         self._tops: dict[str, str | None] = {}
+        self._chains: dict[str, list[tuple[str, list[str]]]] = {}
 
     def with_globs(self, globs: Iterable[str]) -> "Exclusions":
         """The same rules with other user globs (a settings change); the ignore-file cache is shared."""
@@ -68,11 +71,14 @@ class Exclusions:
     def excluded(self, path: str | Path | None) -> bool:
         return self.reason(path) is not None
 
-    def reason(self, path: str | Path | None) -> str | None:
+    def reason(self, path: str | Path | None, walking: bool = False) -> str | None:
         """Why `path` (a file, existing or not) must stay out of every context, or None.
-        An unsaved buffer (no path) is never excluded by name."""
+        An unsaved buffer (no path) is never excluded by name. `walking`: the caller walks real
+        folders and has checked each with `folder_excluded` (only the file itself is left to check)."""
         if not path:
             return None
+        if walking and not os.path.islink(path):
+            return self._rules(str(path), folders_checked=True)
         given = os.path.abspath(path)
         target = os.path.realpath(given)
         if _under(given, self._root_names) and self._root_of(target) is None:
@@ -91,16 +97,15 @@ class Exclusions:
         return self._by_globs(folder, is_dir=True) or self._by_ignore_files(folder, is_dir=True)
 
     # ---- the rules -----------------------------------------------------------------------
-    def _rules(self, path: str) -> str | None:
-        parts = Path(path).parts
-        name = parts[-1].lower()
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in SECRET_NAMES):
+    def _rules(self, path: str, folders_checked: bool = False) -> str | None:
+        folder, name = os.path.split(path)
+        if _SECRET_NAME.match(name.lower()):
             return "secret-name"
-        if any(part.lower() in SECRET_FOLDERS for part in parts[:-1]):
+        if not folders_checked and any(part.lower() in SECRET_FOLDERS for part in folder.split(os.sep)):
             return "secret-name"
         if self._by_globs(path, is_dir=False):
             return "user-glob"
-        if self._by_ignore_files(path, is_dir=False):
+        if self._by_ignore_files(path, is_dir=False, folders_checked=folders_checked):
             return "ignored"
         return None
 
@@ -112,30 +117,43 @@ class Exclusions:
         relative = relative.replace(os.sep, "/") + ("/" if is_dir else "")
         return relative not in ("./", "/") and self._globs_spec.match_file(relative)
 
-    def _by_ignore_files(self, path: str, is_dir: bool) -> bool:
-        """Any ignore file from the top of the tree down to `path`'s folder ignores `path`, or a
-        folder on the way."""
-        folder = os.path.dirname(path)
-        top = self._top_of(folder)
-        if top is None:
+    def _by_ignore_files(self, path: str, is_dir: bool, folders_checked: bool = False) -> bool:
+        """Any ignore file from the top of the tree down to `path`'s folder ignores `path`, or (unless
+        `folders_checked`) a folder on the way."""
+        chain = self._chain_of(os.path.dirname(path))
+        if not chain:
             return False
-        chain = [folder]
-        while chain[-1] != top:
-            chain.append(os.path.dirname(chain[-1]))
-        chain.reverse()                        # top first
-        outer = [(top, self._spec_of(self.global_excludes)) if self.global_excludes else (top, None),
-                 (top, self._spec_of(os.path.join(top, ".git", "info", "exclude")))]
-        specs = outer + [(f, self._spec_of(os.path.join(f, n))) for f in chain for n in IGNORE_FILES]
+        specs = [(base, spec) for base, files in chain for spec in map(self._spec_of, files) if spec is not None]
+        if not specs:
+            return False
         # Each folder below the top, then the path itself, against the files above it.
-        targets = [(f, True) for f in chain[1:]] + [(path, is_dir)]
-        for target, target_is_dir in targets:
+        targets = [] if folders_checked else [(base, True) for base, _ in chain[1:]]
+        for target, target_is_dir in targets + [(path, is_dir)]:
             for base, spec in specs:
-                if spec is None or not (target == base or target.startswith(base.rstrip(os.sep) + os.sep)):
+                if len(target) <= len(base) or not target.startswith(base) or target[len(base)] != os.sep:
                     continue
-                relative = os.path.relpath(target, base).replace(os.sep, "/") + ("/" if target_is_dir else "")
-                if relative != "./" and spec.match_file(relative):
+                relative = target[len(base) + 1:].replace(os.sep, "/") + ("/" if target_is_dir else "")
+                if spec.match_file(relative):
                     return True
         return False
+
+    def _chain_of(self, folder: str) -> list[tuple[str, list[str]]]:
+        """(folder, its ignore files) from the top of the tree down to `folder`; the top's list
+        starts with the global excludes file and .git/info/exclude."""
+        if folder not in self._chains:
+            top = self._top_of(folder)
+            chain = []
+            if top is not None:
+                folders = [folder]
+                while folders[-1] != top:
+                    folders.append(os.path.dirname(folders[-1]))
+                folders.reverse()
+                outer = [str(self.global_excludes)] if self.global_excludes else []
+                outer.append(os.path.join(top, ".git", "info", "exclude"))
+                chain = [(f, (outer if f == top else []) + [os.path.join(f, n) for n in IGNORE_FILES])
+                         for f in folders]
+            self._chains[folder] = chain
+        return self._chains[folder]
 
     def _spec_of(self, file: str | Path) -> pathspec.GitIgnoreSpec | None:
         file = str(file)

@@ -95,6 +95,9 @@ def walk_files(roots: list[str | Path], exclusions: Exclusions, settings: WalkSe
     report = report if report is not None else WalkReport()
     seen: set[str] = set()
     for root in [os.path.realpath(r) for r in roots]:
+        if exclusions.folder_excluded(root):     # the folder itself ignored by a repository above it
+            report.skip("excluded")
+            continue
         for folder, dirs, files in os.walk(root, followlinks=False):
             kept = []
             for d in sorted(dirs):
@@ -111,11 +114,11 @@ def walk_files(roots: list[str | Path], exclusions: Exclusions, settings: WalkSe
                 if not is_code_file(path, settings):
                     report.skip("not-code")
                     continue
-                why = exclusions.reason(path)
+                why = exclusions.reason(path, walking=True)
                 if why is not None:
                     report.skip("outside" if why == "outside" else "excluded")
                     continue
-                real = os.path.realpath(path)
+                real = os.path.realpath(path) if os.path.islink(path) else path
                 if real in seen:
                     continue
                 seen.add(real)

@@ -109,3 +109,18 @@ def test_the_ring_keeps_recent_distinct_chunks_and_skips_the_cursors_surrounding
     documents = ring.documents("file:///a.py", cursor_line=200)
     assert [label for label, _ in documents] == ["b.py (lines 1-2)"]
     assert len(ring.documents("file:///c.py", 0)[1][1].splitlines()) == CHUNK_LINES
+
+
+def test_the_ring_gives_and_keeps_nothing_of_a_document_that_becomes_excluded():
+    ring = RecentChunks()
+    text = "".join(f"line_{i} = {i}\n" for i in range(100))
+    ring.touch("file:///p/a.py", "a.py", text, 10)
+    ring.touch("file:///p/.env", ".env", "TOKEN = 'x'\n", 0)
+    ring.flush()
+    ring.touch("file:///p/.env", ".env", "TOKEN = 'y'\n", 0)           # queued, not yet in the ring
+    excluded = lambda uri: uri.endswith(".env")  # noqa: E731
+    assert [label for label, _ in ring.documents("file:///p/b.py", 0, allowed=lambda u: not excluded(u))] == [
+        "a.py (lines 1-64)"]
+    ring.forget_where(excluded)
+    ring.flush()
+    assert [chunk.uri for chunk in ring.ring] == ["file:///p/a.py"]
