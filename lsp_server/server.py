@@ -33,6 +33,7 @@ log = logging.getLogger("lsp_server")
 ACCEPT_COMMAND = "codeAssistant.accept"
 PARTIAL_ACCEPT_COMMAND = "codeAssistant.partialAccept"
 STATS_COMMAND = "codeAssistant.stats"
+RULES_CHECK_SECONDS = 2.0     # ignore files changed outside the editor are noticed within this
 CHUNK_FLUSH_SECONDS = 0.5     # the recent-chunks ring is updated once the user pauses this long
 RECENT_DOCUMENTS = 8          # closed documents kept as neighbour-snippet sources
 NEIGHBOUR_SCAN_CHARS = 200_000  # of each neighbouring document, so a huge one cannot stall a keystroke
@@ -63,6 +64,7 @@ class CodeAssistantServer(LanguageServer):
         self._remote_key: tuple | None = None
         self.editor_workspace = EditorWorkspace()
         self.watch_files = False          # the client registers file watchers for us on request
+        self.rules_watch: asyncio.Task | None = None
 
     async def backend(self) -> Backend:
         s = self.settings
@@ -123,9 +125,9 @@ class CodeAssistantServer(LanguageServer):
         for uri in [u for u in self.recent if self.excluded(u)]:
             del self.recent[uri]
         self.chunks.forget_where(self.excluded)
-        removed = self.editor_workspace.use_exclusions(exclusions)
+        self.editor_workspace.use_exclusions(exclusions)
         self.forget_completions()
-        log.info(json.dumps({"event": "exclusions", "globs": len(exclusions.globs), "unindexed": removed}))
+        log.info(json.dumps({"event": "exclusions", "globs": len(exclusions.globs)}))
 
     def display_path(self, uri: str) -> str:
         path = to_fs_path(uri) or uri
@@ -291,6 +293,7 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
 
     @server.feature(types.INITIALIZED)
     async def on_initialized(ls: CodeAssistantServer, params: types.InitializedParams) -> None:
+        ls.rules_watch = asyncio.ensure_future(_watch_rules(ls))
         if not ls.editor_workspace.folders:
             return
         if ls.watch_files:
@@ -336,7 +339,7 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def on_open(ls: CodeAssistantServer, params: types.DidOpenTextDocumentParams) -> None:
         _remember(ls, params.text_document.uri)
-        ls.excluded(params.text_document.uri)  # asks git now, not on the first keystroke
+        ls.excluded(params.text_document.uri)  # reads the ignore files now, not on the first keystroke
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def on_change(ls: CodeAssistantServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -428,6 +431,8 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
         for task in list(ls.pending.values()) + [task for _, task in ls.prefetching.values()]:
             task.cancel()
         ls.editor_workspace.close()
+        if ls.rules_watch is not None:
+            ls.rules_watch.cancel()
 
     return server
 
@@ -456,6 +461,18 @@ def _word_before(line_prefix: str) -> str:
     while i > 0 and (line_prefix[i - 1].isascii() and (line_prefix[i - 1].isalnum() or line_prefix[i - 1] == "_")):
         i -= 1
     return line_prefix[i:]
+
+
+async def _watch_rules(ls: CodeAssistantServer) -> None:
+    """Ignore files edited outside the editor (a client without file watchers, `git checkout`):
+    their new rules are applied within RULES_CHECK_SECONDS."""
+    seen = await asyncio.to_thread(ls.exclusions.changes)
+    while True:
+        await asyncio.sleep(RULES_CHECK_SECONDS)
+        changes = await asyncio.to_thread(ls.exclusions.changes)   # a stat per ignore file read
+        if changes != seen:
+            seen = changes
+            ls.use_exclusions(ls.exclusions)
 
 
 async def _watch_files(ls: CodeAssistantServer) -> None:

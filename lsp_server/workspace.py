@@ -63,17 +63,25 @@ class EditorWorkspace:
         self.folders = [f.resolve() for f in folders]
         self.exclusions = exclusions
 
-    def use_exclusions(self, exclusions: Exclusions) -> int:
-        """Apply new rules: every indexed file they exclude leaves the index now. Returns how many left."""
+    def use_exclusions(self, exclusions: Exclusions) -> threading.Thread | None:
+        """Apply new rules: every indexed file they exclude leaves the index, in a thread started
+        now (~50 us a file: a big workspace must not hold up the editor). Returns that thread."""
         self.exclusions = exclusions
         project = self.project
         if project is None:
-            return 0
+            return None
         project.exclusions = exclusions
         with self._wake:
             for path in [p for p in self._pending if exclusions.excluded(p)]:
                 self._pending[path] = (0.0, DELETED)
-        return project.prune()
+
+        def prune() -> None:
+            removed = project.prune()
+            log.info("exclusions applied: %d files left the workspace index", removed)
+
+        thread = threading.Thread(target=prune, name="workspace-prune", daemon=True)
+        thread.start()
+        return thread
 
     def attach(self, engine) -> None:
         """Index the folders with this engine's tokenizer, in a background thread."""

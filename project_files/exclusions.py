@@ -59,6 +59,7 @@ class Exclusions:
         self._specs: dict[str, tuple[tuple[int, int], pathspec.GitIgnoreSpec | None]] = {}
         self._tops: dict[str, str | None] = {}
         self._chains: dict[str, list[tuple[str, list[str]]]] = {}
+        self._changed = [0]     # shared with `with_globs` copies, as the cache is
 
     def with_globs(self, globs: Iterable[str]) -> "Exclusions":
         """The same rules with other user globs (a settings change); the ignore-file cache is shared."""
@@ -95,6 +96,14 @@ class Exclusions:
         if os.path.basename(folder).lower() in SECRET_FOLDERS:
             return True
         return self._by_globs(folder, is_dir=True) or self._by_ignore_files(folder, is_dir=True)
+
+    def changes(self) -> int:
+        """How many times an ignore file read before was found changed, every one looked at now.
+        A caller without file events polls this and applies the rules again when it grows (any
+        question may be the one that finds a change, so a count, not a flag)."""
+        for file in list(self._specs):
+            self._spec_of(file)
+        return self._changed[0]
 
     # ---- the rules -----------------------------------------------------------------------
     def _rules(self, path: str, folders_checked: bool = False) -> str | None:
@@ -157,14 +166,12 @@ class Exclusions:
 
     def _spec_of(self, file: str | Path) -> pathspec.GitIgnoreSpec | None:
         file = str(file)
-        try:
-            st = os.stat(file)
-            stamp = (st.st_mtime_ns, st.st_size)
-        except OSError:
-            stamp = (0, -1)
+        stamp = _stamp(file)
         cached = self._specs.get(file)
         if cached is not None and cached[0] == stamp:
             return cached[1]
+        if cached is not None:
+            self._changed[0] += 1
         spec = None
         if stamp[1] > 0:
             try:
@@ -192,6 +199,14 @@ class Exclusions:
 
     def _root_of(self, path: str) -> str | None:
         return next((root for root in self.roots if _under(path, [root])), None)
+
+
+def _stamp(file: str) -> tuple[int, int]:
+    try:
+        st = os.stat(file)
+        return st.st_mtime_ns, st.st_size
+    except OSError:
+        return 0, -1
 
 
 def _under(path: str, folders: Iterable[str]) -> bool:

@@ -198,6 +198,15 @@ async def test_no_excluded_secret_reaches_a_local_completion(tmp_path):
         # The neighbours still carry what they may: an open allowed file is copied from.
         open_document(client, (workspace.root / "control.py").read_text(), uri=(workspace.root / "control.py").as_uri())
         assert await control_is_copied(client, workspace, 'CONTROL_KEY = "', workspace.control, 10)
+
+        # A rule written with no event at all (a client without file watchers): the server notices.
+        (workspace.root / ".gitignore").write_text("rotated.py\ncontrol.py\n")
+        deadline = time.monotonic() + 10
+        while (await stats(client))["workspace"]["files"] != 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert (await stats(client))["workspace"]["files"] == 1          # app.py
+        texts = await answers(client, workspace, 'CONTROL_KEY = "', 98)
+        assert not any(leaked(t, workspace.control) for t in texts), texts
     finally:
         assert await finish(client) == 0
 

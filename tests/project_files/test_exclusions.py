@@ -104,3 +104,13 @@ def test_outside_git_the_workspace_folders_ignore_files_still_count(tmp_path, ho
     assert exclusions.excluded(root / "sub" / "a.py") and not exclusions.excluded(root / "a.py")
     assert exclusions.folder_excluded(root / "sub")
     assert os.path.isdir(root / "sub")
+
+
+@needs_git
+def test_a_changed_ignore_file_is_noticed_by_polling(repo):
+    exclusions = Exclusions([repo])
+    assert not exclusions.excluded(repo / "src" / "app.py")
+    seen = exclusions.changes()
+    (repo / "src" / ".gitignore").write_text("local_*.py\napp.py\n")
+    assert exclusions.excluded(repo / "src" / "app.py")        # a question finds the change first
+    assert exclusions.changes() == seen + 1 == exclusions.changes()
