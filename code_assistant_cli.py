@@ -60,19 +60,21 @@ def cmd_index(args, extra):
     from tqdm import tqdm
 
     from engine.model_dir import default_model_dir, load_tokenizer_from_dir
-    from engine.workspace import WorkspaceSettings, open_workspace
+    from project_files.indexing import open_workspace
+    from project_files.walk import WalkSettings
 
     folders = [Path(f) for f in args.folder]
     if any(not f.is_dir() for f in folders):
         raise ValueError(f"not a folder: {next(f for f in folders if not f.is_dir())}")
     tokenizer = load_tokenizer_from_dir(Path(args.model) if args.model else default_model_dir())
-    settings = WorkspaceSettings(max_total_bytes=args.max_megabytes << 20)
+    settings = WalkSettings(max_total_bytes=args.max_megabytes << 20)
     with tqdm(desc="index", unit="file") as bar:
-        index = open_workspace(folders, tokenizer, settings, progress=lambda files, _: bar.update(files - bar.n))
-    index.save(args.out)
-    print(json.dumps({"out": args.out, "files": index.report.files, "bytes": index.report.bytes,
-                      "tokens": index.n_tokens, "index_bytes": Path(args.out).stat().st_size,
-                      "seconds": round(index.build_seconds, 2), "skipped": index.report.skipped}))
+        project = open_workspace(folders, tokenizer, tuple(args.exclude or ()), settings,
+                                 progress=lambda files, _: bar.update(files - bar.n))
+    project.save(args.out)
+    print(json.dumps({"out": args.out, "files": project.report.files, "bytes": project.report.bytes,
+                      "tokens": project.index.n_tokens, "index_bytes": Path(args.out).stat().st_size,
+                      "seconds": round(project.index.build_seconds, 2), "skipped": project.report.skipped}))
 
 
 # Jobs that own their arguments: `code-assistant JOB ...` hands the rest of argv to MODULE.main(argv).
@@ -133,7 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("index", help="index a repository ahead, for `serve --workspace FILE`")
-    p.add_argument("folder", nargs="+", help="repository folders (gitignored, binary and generated files are skipped)")
+    p.add_argument("folder", nargs="+", help="repository folders (excluded, binary and generated files are skipped: "
+                                              "docs/privacy.md)")
+    p.add_argument("--exclude", action="append", metavar="GLOB",
+                   help="keep matching files out of the index (gitignore syntax, repeatable; "
+                        "a .code-assistant-ignore file does the same)")
     p.add_argument("--out", required=True, help="index file to write (safetensors)")
     p.add_argument("--model", help="the model whose tokenizer the index uses (default: the default model)")
     p.add_argument("--max-megabytes", type=int, default=32, help="source text indexed at most")

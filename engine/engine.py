@@ -202,8 +202,8 @@ class Engine:
         self._token_bytes = tokenizer.token_bytes()
         self._heal_mask = HealingMasks(self._token_bytes, tokenizer.n_vocab, self.device)
         self._snippet_indexes: dict[str, SuffixIndex] = {}
-        # The user's repository (engine/workspace.py WorkspaceIndex), set by a front end: the cache
-        # model matches every file in it but the one being edited.
+        # The user's repository (engine/workspace.py WorkspaceIndex), given by `use_workspace`: the
+        # cache model matches every file in it but the one being edited.
         self.workspace = None
         self._wake = threading.Event()
         self._stop = False
@@ -411,6 +411,10 @@ class Engine:
                 "kv_cache_blocks_cached": len(self.pool.evictable),
                 "kv_bytes_per_token": self.cache.bytes_per_token(), **self._counters,
                 "draft_accepted_by_position": list(self._accepted_by_position)}
+
+    def use_workspace(self, index) -> None:
+        """Match every later request against this workspace index (None: no workspace)."""
+        self.workspace = index
 
     def close(self) -> None:
         self._stop = True

@@ -67,11 +67,12 @@ def create_app(settings: ServerSettings | None = None, engine: Engine | None = N
         state.service = CompletionService(loaded, state.cache, metrics, loaded.model_name, version)
         metrics.model_info.labels(loaded.model_name, version).set(1)
         if settings.workspace:
-            from engine.workspace import WorkspaceService, WorkspaceSettings
+            from project_files.indexing import WorkspaceService
+            from project_files.walk import WalkSettings
 
             holder["workspace"] = WorkspaceService(
-                loaded, settings.workspace, WorkspaceSettings(max_total_bytes=settings.workspace_max_megabytes << 20),
-                settings.workspace_rescan_s).start()
+                loaded, settings.workspace, tuple(settings.workspace_exclude),
+                WalkSettings(max_total_bytes=settings.workspace_max_megabytes << 20), settings.workspace_rescan_s).start()
         path = loaded.decode_path
         log.info("model loaded", extra={"fields": {"event": "model_loaded", "model": loaded.model_name,
                                                    "version": version, "device": settings.device,

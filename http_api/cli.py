@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", type=Path, action="append",
                    help="a repository folder whose files are context for every request (repeatable), "
                         "or one index file from `code-assistant index`")
+    p.add_argument("--exclude", action="append", metavar="GLOB",
+                   help="keep matching workspace files out of every context (gitignore syntax, repeatable; "
+                        "a .code-assistant-ignore file does the same; docs/privacy.md)")
     p.add_argument("--workspace-rescan", type=float, help="seconds between rescans for changed files (0: never; default 30)")
     p.add_argument("--workspace-max-megabytes", type=int, help="source text indexed at most (default 32)")
     p.add_argument("--no-stop-loops", action="store_true",
@@ -51,7 +54,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
              "max_queue": args.max_queue, "api_keys_file": args.api_keys_file, "rate_limit": args.rate_limit,
              "redis_url": args.redis_url, "drain_timeout_s": args.drain_timeout, "log_level": args.log_level,
              "workspace": args.workspace, "workspace_rescan_s": args.workspace_rescan,
-             "workspace_max_megabytes": args.workspace_max_megabytes,
+             "workspace_max_megabytes": args.workspace_max_megabytes, "workspace_exclude": args.exclude,
              "header_timeout_s": args.header_timeout, "body_timeout_s": args.body_timeout,
              "max_connections": args.max_connections}
     if args.no_response_cache:

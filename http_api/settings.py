@@ -51,5 +51,6 @@ class ServerSettings(BaseSettings):
     workspace: list[Path] = Field(default_factory=list)
     workspace_rescan_s: float = 30.0
     workspace_max_megabytes: int = 32
+    workspace_exclude: list[str] = Field(default_factory=list)  # globs beyond the rules of docs/privacy.md
     stop_loops: bool = True        # the engine's loop guard (engine/repetition.py); off: the raw text
     model_version: str | None = None  # overrides the version derived from the model directory

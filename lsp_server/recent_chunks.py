@@ -59,6 +59,12 @@ class RecentChunks:
         for key in [key for key in self._pending if key[0] == uri]:
             del self._pending[key]
 
+    def forget_where(self, excluded) -> None:
+        """Drop the chunks and queued touches of every document `excluded(uri)` names."""
+        self.ring = deque(chunk for chunk in self.ring if not excluded(chunk.uri))
+        for key in [key for key in self._pending if excluded(key[0])]:
+            del self._pending[key]
+
     def flush(self) -> int:
         """Cut the queued touches into chunks; returns how many entered the ring."""
         added = 0
@@ -75,11 +81,15 @@ class RecentChunks:
             added += 1
         return added
 
-    def documents(self, current_uri: str, cursor_line: int) -> list[tuple[str, str]]:
-        """(label, text) of the chunks as neighbour documents, newest first; chunks of the current
-        document only when they are away from the cursor (the prompt already holds what is near)."""
+    def documents(self, current_uri: str, cursor_line: int,
+                  allowed=lambda uri: True) -> list[tuple[str, str]]:
+        """(label, text) of the chunks of `allowed` documents as neighbour documents, newest first;
+        chunks of the current document only when they are away from the cursor (the prompt already
+        holds what is near)."""
         out = []
         for chunk in reversed(self.ring):
+            if not allowed(chunk.uri):
+                continue
             if chunk.uri == current_uri and abs(chunk.first_line + CHUNK_LINES // 2 - cursor_line) < CHUNK_LINES:
                 continue
             last = chunk.first_line + chunk.text.count("\n")

@@ -15,12 +15,13 @@ from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcServ
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
+from project_files.exclusions import IGNORE_FILES, Exclusions
+
 from .completer import Backend, LocalBackend, Suggestion, complete, wants_multiline
 from .completion_cache import Cached, CompletionCache, key_of
 from .debounce import AdaptiveDebounce
 from .documents import (MAX_DOCUMENT_CHARS, MAX_LINE_CHARS, BadPosition, Cursor, clean_text, looks_binary, split_at,
                         utf16_length)
-from .exclusions import Exclusions
 from .prefetch import after_accepting
 from .protocol import CodeAssistantProtocol
 from .recent_chunks import RecentChunks
@@ -32,6 +33,7 @@ log = logging.getLogger("lsp_server")
 ACCEPT_COMMAND = "codeAssistant.accept"
 PARTIAL_ACCEPT_COMMAND = "codeAssistant.partialAccept"
 STATS_COMMAND = "codeAssistant.stats"
+RULES_CHECK_SECONDS = 2.0     # ignore files changed outside the editor are noticed within this
 CHUNK_FLUSH_SECONDS = 0.5     # the recent-chunks ring is updated once the user pauses this long
 RECENT_DOCUMENTS = 8          # closed documents kept as neighbour-snippet sources
 NEIGHBOUR_SCAN_CHARS = 200_000  # of each neighbouring document, so a huge one cannot stall a keystroke
@@ -48,7 +50,7 @@ class CodeAssistantServer(LanguageServer):
         self.partly_accepted: Counter[str] = Counter()
         self.cache = CompletionCache()
         self.debounce = AdaptiveDebounce()
-        self.exclusions = Exclusions(None)
+        self.exclusions = Exclusions(global_excludes=None)   # the workspace's rules once `initialize` names it
         self.chunks = RecentChunks()
         self.prefetching: dict[str, tuple[str, asyncio.Task]] = {}  # uri -> (cache key, generation)
         self._chunk_flush: asyncio.TimerHandle | None = None
@@ -62,6 +64,7 @@ class CodeAssistantServer(LanguageServer):
         self._remote_key: tuple | None = None
         self.editor_workspace = EditorWorkspace()
         self.watch_files = False          # the client registers file watchers for us on request
+        self.rules_watch: asyncio.Task | None = None
 
     async def backend(self) -> Backend:
         s = self.settings
@@ -108,12 +111,23 @@ class CodeAssistantServer(LanguageServer):
         documents = [(self.display_path(u), clean_text(text[:NEIGHBOUR_SCAN_CHARS]))
                      for u, text in open_docs + closed if not looks_binary(text) and not self.excluded(u)]
         if self.settings.recent_chunks:
-            documents += self.chunks.documents(current, cursor_line)
+            documents += self.chunks.documents(current, cursor_line, allowed=lambda u: not self.excluded(u))
         return documents
 
     def excluded(self, uri: str) -> bool:
-        """Never completed in, never a neighbour: secrets, git-ignored files, the user's globs."""
-        return self.exclusions.with_globs(self.settings.exclude).is_excluded(to_fs_path(unquote(uri)))
+        """Never completed in, never context of any kind: project_files/exclusions.py decides."""
+        return self.exclusions.excluded(to_fs_path(unquote(uri)))
+
+    def use_exclusions(self, exclusions: Exclusions) -> None:
+        """New rules (settings, an ignore file changed): whatever they exclude leaves every index,
+        ring and cache now, and completions made with it are forgotten."""
+        self.exclusions = exclusions
+        for uri in [u for u in self.recent if self.excluded(u)]:
+            del self.recent[uri]
+        self.chunks.forget_where(self.excluded)
+        self.editor_workspace.use_exclusions(exclusions)
+        self.forget_completions()
+        log.info(json.dumps({"event": "exclusions", "globs": len(exclusions.globs)}))
 
     def display_path(self, uri: str) -> str:
         path = to_fs_path(uri) or uri
@@ -267,17 +281,19 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
         folders = params.workspace_folders or []
         if folders:
             root = to_fs_path(folders[0].uri) or root
-        ls.exclusions = Exclusions(root)
+        folders = folders_of(params) or ([root] if root else [])
+        ls.exclusions = Exclusions(folders, ls.settings.exclude)
         ls.ready = True
         s = ls.settings
         if s.workspace_index and not s.remote_url:
             ls.editor_workspace = EditorWorkspace(s.workspace_max_files, s.workspace_max_megabytes << 20)
-            ls.editor_workspace.set_folders(folders_of(params))
+            ls.editor_workspace.set_folders(folders_of(params), ls.exclusions)
             ls.watch_files = bool(params.capabilities.workspace and params.capabilities.workspace.did_change_watched_files
                                   and params.capabilities.workspace.did_change_watched_files.dynamic_registration)
 
     @server.feature(types.INITIALIZED)
     async def on_initialized(ls: CodeAssistantServer, params: types.InitializedParams) -> None:
+        ls.rules_watch = asyncio.ensure_future(_watch_rules(ls))
         if not ls.editor_workspace.folders:
             return
         if ls.watch_files:
@@ -287,10 +303,14 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
 
     @server.feature(types.TEXT_DOCUMENT_DID_SAVE, types.SaveOptions(include_text=True))
     def on_save(ls: CodeAssistantServer, params: types.DidSaveTextDocumentParams) -> None:
+        if _is_ignore_file(params.text_document.uri):
+            ls.use_exclusions(ls.exclusions)   # the rules are read again from the files
         ls.editor_workspace.saved(params.text_document.uri, params.text)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
     def on_watched_files(ls: CodeAssistantServer, params: types.DidChangeWatchedFilesParams) -> None:
+        if any(_is_ignore_file(change.uri) for change in params.changes):
+            ls.use_exclusions(ls.exclusions)
         for change in params.changes:
             ls.editor_workspace.watched(change.uri, change.type == types.FileChangeType.Deleted)
 
@@ -298,6 +318,8 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
     def on_configuration(ls: CodeAssistantServer, params: types.DidChangeConfigurationParams) -> None:
         ls.settings = ls.settings.updated(params.settings)
         ls.forget_completions()  # made with the old settings
+        if ls.settings.exclude != ls.exclusions.globs:
+            ls.use_exclusions(ls.exclusions.with_globs(ls.settings.exclude))
         log.info(json.dumps({"event": "settings", "enable": ls.settings.enable, "multiline": ls.settings.multiline,
                              "remote": bool(ls.settings.remote_url)}))
 
@@ -317,7 +339,7 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def on_open(ls: CodeAssistantServer, params: types.DidOpenTextDocumentParams) -> None:
         _remember(ls, params.text_document.uri)
-        ls.excluded(params.text_document.uri)  # asks git now, not on the first keystroke
+        ls.excluded(params.text_document.uri)  # reads the ignore files now, not on the first keystroke
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def on_change(ls: CodeAssistantServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -409,6 +431,8 @@ def create_server(settings: Settings, engine=None, load_engine: Callable[[], Any
         for task in list(ls.pending.values()) + [task for _, task in ls.prefetching.values()]:
             task.cancel()
         ls.editor_workspace.close()
+        if ls.rules_watch is not None:
+            ls.rules_watch.cancel()
 
     return server
 
@@ -439,6 +463,18 @@ def _word_before(line_prefix: str) -> str:
     return line_prefix[i:]
 
 
+async def _watch_rules(ls: CodeAssistantServer) -> None:
+    """Ignore files edited outside the editor (a client without file watchers, `git checkout`):
+    their new rules are applied within RULES_CHECK_SECONDS."""
+    seen = await asyncio.to_thread(ls.exclusions.changes)
+    while True:
+        await asyncio.sleep(RULES_CHECK_SECONDS)
+        changes = await asyncio.to_thread(ls.exclusions.changes)   # a stat per ignore file read
+        if changes != seen:
+            seen = changes
+            ls.use_exclusions(ls.exclusions)
+
+
 async def _watch_files(ls: CodeAssistantServer) -> None:
     """Ask the client to report file changes on disk (workspace/didChangeWatchedFiles)."""
     try:
@@ -448,6 +484,11 @@ async def _watch_files(ls: CodeAssistantServer) -> None:
                 watchers=[types.FileSystemWatcher(glob_pattern="**/*")]))]))
     except Exception as error:  # a client that claims the capability but refuses: saves still arrive
         log.warning("file watching not registered: %s", error)
+
+
+def _is_ignore_file(uri: str) -> bool:
+    path = (to_fs_path(unquote(uri)) or "").replace(os.sep, "/")
+    return path.rsplit("/", 1)[-1] in IGNORE_FILES or path.endswith("/.git/info/exclude")
 
 
 def _remember(ls: CodeAssistantServer, uri: str) -> str | None:

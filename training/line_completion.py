@@ -26,6 +26,7 @@ from engine import ContextFile, Engine, SamplingParams
 from engine.cache_model import MixConfig
 from engine.repetition import has_loop
 from engine.workspace import WorkspaceIndex
+from project_files.indexing import ProjectIndex
 
 REPORT_SEED, TUNING_SEED = 0, 1
 
@@ -85,9 +86,9 @@ def tuning_tasks(files: dict[str, str], per_file: int, report_per_file: int) -> 
 
 def project_workspace(engine: Engine, folder: Path) -> WorkspaceIndex:
     """The project folder indexed as the language server indexes an editor's workspace."""
-    workspace = WorkspaceIndex([folder], engine.tokenizer.encode)
-    workspace.build()
-    return workspace
+    project = ProjectIndex([folder], engine.tokenizer)
+    project.build()
+    return project.index
 
 
 def run_line_completion(engine: Engine, tasks: list[LineTask], fim: bool = False,
@@ -97,7 +98,7 @@ def run_line_completion(engine: Engine, tasks: list[LineTask], fim: bool = False
     """Score `tasks`; `neighbours` maps a path to the other files' texts given as extra context;
     `workspace` (over `folder`) is the engine's workspace index while they run."""
     exact, similarity, latencies = [], [], []
-    engine.workspace = workspace
+    engine.use_workspace(workspace)
     for task in tqdm(tasks, desc=desc, unit="line", leave=False):
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=["\n"], cache_weight=cache_weight)
         extra = None
@@ -111,7 +112,7 @@ def run_line_completion(engine: Engine, tasks: list[LineTask], fim: bool = False
         prediction = done.text.split("\n")[0].rstrip()
         exact.append(prediction == task.target)
         similarity.append(edit_similarity(prediction, task.target))
-    engine.workspace = None
+    engine.use_workspace(None)
     n = max(1, len(tasks))
     return {"lines": len(tasks), "exact_match": round(sum(exact) / n, 4),
             "edit_similarity": round(sum(similarity) / n, 4),
@@ -124,7 +125,7 @@ def loop_rate(engine: Engine, tasks: list[LineTask], workspace: WorkspaceIndex |
               desc: str = "loops") -> dict:
     """Share of `max_tokens`-token multi-line FIM completions at `tasks` that repeat themselves."""
     loops, examples = 0, []
-    engine.workspace = workspace
+    engine.use_workspace(workspace)
     for task in tqdm(tasks, desc=desc, unit="completion", leave=False):
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop_loops=stop_loops)
         path = task.path if folder is not None else None
@@ -134,7 +135,7 @@ def loop_rate(engine: Engine, tasks: list[LineTask], workspace: WorkspaceIndex |
             loops += 1
             if len(examples) < 3:
                 examples.append(text[:200])
-    engine.workspace = None
+    engine.use_workspace(None)
     return {"completions": len(tasks), "loops": loops, "loop_rate": round(loops / max(1, len(tasks)), 4),
             "examples": examples}
 

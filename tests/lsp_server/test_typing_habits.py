@@ -1,14 +1,11 @@
-"""The completion cache (typed-ahead reuse), prefetch targets, adaptive debounce, exclusions and the
-recent-chunks ring, on plain strings."""
+"""The completion cache (typed-ahead reuse), prefetch targets, adaptive debounce and the recent-chunks
+ring, on plain strings (exclusions: tests/project_files)."""
 from __future__ import annotations
-
-import subprocess
 
 from lsp_server.completer import Suggestion, should_complete
 from lsp_server.completion_cache import Cached, CompletionCache, key_of
 from lsp_server.debounce import AdaptiveDebounce, DebounceLimits
 from lsp_server.documents import split_at
-from lsp_server.exclusions import Exclusions
 from lsp_server.postprocess import Edit
 from lsp_server.prefetch import after_accepting
 from lsp_server.recent_chunks import CHUNK_LINES, RecentChunks
@@ -99,23 +96,6 @@ def test_debounce_follows_the_typing_speed_and_the_latency_within_tabbys_bounds(
     assert debounce.delay_ms(mid_line) == 1000  # a slow typist mid-line: 3 x 390 ms, capped
 
 
-def test_secrets_git_ignored_files_and_user_globs_are_excluded(tmp_path):
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    (tmp_path / ".gitignore").write_text("build/\n*.log\n")
-    (tmp_path / "src").mkdir()
-    (tmp_path / "build").mkdir()
-    for name in ("src/app.py", "build/gen.py", "debug.log", ".env", "src/.env.local", "id_rsa", "server.pem",
-                 "src/generated_pb2.py"):
-        (tmp_path / name).write_text("x = 1\n")
-    exclusions = Exclusions(str(tmp_path), ["*_pb2.py"])
-    excluded = {name for name in ("src/app.py", "build/gen.py", "debug.log", ".env", "src/.env.local", "id_rsa",
-                                  "server.pem", "src/generated_pb2.py") if exclusions.is_excluded(str(tmp_path / name))}
-    assert excluded == {"build/gen.py", "debug.log", ".env", "src/.env.local", "id_rsa", "server.pem",
-                        "src/generated_pb2.py"}
-    assert not exclusions.is_excluded(None) and not exclusions.is_excluded("")
-    assert not Exclusions(str(tmp_path), use_git=False).is_excluded(str(tmp_path / "build" / "gen.py"))
-
-
 def test_the_ring_keeps_recent_distinct_chunks_and_skips_the_cursors_surroundings():
     ring = RecentChunks(capacity=2)
     text = "".join(f"line_{i} = {i}\n" for i in range(300))
@@ -129,3 +109,18 @@ def test_the_ring_keeps_recent_distinct_chunks_and_skips_the_cursors_surrounding
     documents = ring.documents("file:///a.py", cursor_line=200)
     assert [label for label, _ in documents] == ["b.py (lines 1-2)"]
     assert len(ring.documents("file:///c.py", 0)[1][1].splitlines()) == CHUNK_LINES
+
+
+def test_the_ring_gives_and_keeps_nothing_of_a_document_that_becomes_excluded():
+    ring = RecentChunks()
+    text = "".join(f"line_{i} = {i}\n" for i in range(100))
+    ring.touch("file:///p/a.py", "a.py", text, 10)
+    ring.touch("file:///p/.env", ".env", "TOKEN = 'x'\n", 0)
+    ring.flush()
+    ring.touch("file:///p/.env", ".env", "TOKEN = 'y'\n", 0)           # queued, not yet in the ring
+    excluded = lambda uri: uri.endswith(".env")  # noqa: E731
+    assert [label for label, _ in ring.documents("file:///p/b.py", 0, allowed=lambda u: not excluded(u))] == [
+        "a.py (lines 1-64)"]
+    ring.forget_where(excluded)
+    ring.flush()
+    assert [chunk.uri for chunk in ring.ring] == ["file:///p/a.py"]

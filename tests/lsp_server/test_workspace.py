@@ -70,7 +70,7 @@ async def test_the_workspace_folders_are_indexed_and_follow_edits(tiny_model_dir
         open_document(client, "value = very_specific", uri=main_uri)
         assert await wait_for(lambda: completes(client, main_uri, "value = very_specific", "_name_42("))
         info = (await stats(client))["workspace"]
-        assert info["ready"] and info["files"] == 1 and info["skipped"]["gitignored"] == 1
+        assert info["ready"] and info["files"] == 1 and info["skipped"]["excluded"] == 1
 
         # gitignored, binary and outside files are never matched
         for name, prefix, rest in (("a.py", "x = ignored_secret", "_name_99"), ("b.py", "x = binary_only", "_name_7"),
