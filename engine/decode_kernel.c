@@ -17,6 +17,9 @@
  * MLP) and the head, for B rows of T new tokens each: no Python, one call per step. The KV cache is
  * described by strides, so the same code reads the engine's slot cache and a paged block pool:
  * position p of row b lives in block tables[b][p / block_tokens] at offset p % block_tokens.
+ *
+ * Paged attention (`paged_attention`): the decode forward's attention, exported alone for the
+ * PyTorch forward's few-query steps (engine/kv_cache.py), so one C attention serves both.
  */
 #include <math.h>
 #include <stdint.h>
@@ -550,30 +553,54 @@ static void attend_one(const kv_layout *c, int64_t layer, const int64_t *table, 
     for (int64_t d = 0; d < D; d++) out[d] *= inv;
 }
 
-/* ---- the forward ---- */
+/* ---- paged attention: the decode step's, and the PyTorch forward's few-query steps' ---- */
 typedef struct {
-    const model_weights *mw;
     const kv_layout *c;
-    int64_t layer;
+    int64_t layer, H, group, D, window;
     const int64_t *positions, T, *n_real, *tables, max_blocks;
-    const float *qkv;
-    float *att, *scores;
+    const float *q;
+    int64_t q_stride;
+    float *out, *scores;
     int64_t scores_stride;
 } attention_job;
 
-/* One (row, head) of a layer's attention; scores go to a buffer per task slot, not per thread. */
+/* One (query, head); scores go to a buffer per task, not per thread. */
 static void attention_chunk(void *ctx, int64_t task) {
     const attention_job *j = ctx;
-    const model_weights *mw = j->mw;
-    const int64_t H = mw->n_head, D = mw->head_dim, group = H / mw->n_kv_head, qkv_n = (H + 2 * mw->n_kv_head) * D;
+    const int64_t H = j->H, D = j->D;
     const int64_t i = task / H, hd = task % H, b = i / j->T, t = i % j->T, p = j->positions[i];
-    float *o = j->att + i * H * D + hd * D;
+    float *o = j->out + i * H * D + hd * D;
     if (j->n_real && t >= j->n_real[b]) { memset(o, 0, (size_t)D * sizeof(float)); return; }
-    const int64_t start = mw->sliding_window > 0 && p - mw->sliding_window + 1 > 0 ? p - mw->sliding_window + 1 : 0;
-    attend_one(j->c, j->layer, j->tables + b * j->max_blocks, hd / group, j->qkv + i * qkv_n + hd * D, start, p, D,
-               j->scores + task * j->scores_stride, o);
+    const int64_t start = j->window > 0 && p - j->window + 1 > 0 ? p - j->window + 1 : 0;
+    attend_one(j->c, j->layer, j->tables + b * j->max_blocks, hd / j->group, j->q + i * j->q_stride + hd * D, start,
+               p, D, j->scores + task * j->scores_stride, o);
 }
 
+static void attention(const kv_layout *c, int64_t layer, const float *q, int64_t q_stride, const int64_t *positions,
+                      int64_t B, int64_t T, const int64_t *n_real, const int64_t *tables, int64_t max_blocks,
+                      int64_t H, int64_t Hkv, int64_t D, int64_t window, int64_t kv_max, float *scores, float *out,
+                      int64_t n_threads) {
+    const int64_t M = B * T;
+    attention_job job = {c, layer, H, H / Hkv, D, window, positions, T, n_real, tables, max_blocks, q, q_stride,
+                         out, scores, kv_max + 16};
+    parallel_for(M * H, attention_chunk, &job, M * H * kv_max * D >= (1 << 15) ? n_threads : 1);
+}
+
+/* Attention of B rows of T queries over one layer of the paged pool `c` (the keys and values of
+ * this step already stored): q (B * T, H, D) float32, query i's head h at q + i * q_stride + h * D;
+ * out (B * T, H, D). positions (B, T); a row's first n_real[b] queries are real (NULL: all), the
+ * rest get zeros; window > 0 limits a query at p to keys in (p - window, p]. */
+void paged_attention(const kv_layout *c, int64_t layer, const float *q, int64_t q_stride, const int64_t *positions,
+                     int64_t B, int64_t T, const int64_t *n_real, const int64_t *tables, int64_t max_blocks,
+                     int64_t H, int64_t Hkv, int64_t D, int64_t window, float *out, int64_t n_threads) {
+    int64_t kv_max = 0;
+    for (int64_t i = 0; i < B * T; i++) kv_max = positions[i] + 1 > kv_max ? positions[i] + 1 : kv_max;
+    float *scores = scratch((size_t)(B * T * H * (kv_max + 16)) * sizeof(float));
+    attention(c, layer, q, q_stride, positions, B, T, n_real, tables, max_blocks, H, Hkv, D, window, kv_max, scores,
+              out, n_threads);
+}
+
+/* ---- the forward ---- */
 /* idx, positions: (B, T); n_real: (B,) real tokens of each row (the rest pad it: not stored, zero
  * attention) or NULL; tables: (B, max_blocks). logits: (B * T, vocab), or (B, vocab) with last_only
  * (each row's last real token). Returns 0, or -1 when a position is outside the model's range. */
@@ -628,8 +655,8 @@ int decode_forward(const model_weights *mw, const int64_t *idx, const int64_t *p
             }
         }
         MARK(P_ROPE_STORE);
-        attention_job job = {mw, c, l, positions, T, n_real, tables, max_blocks, qkv, att, scores_all, kv_max + 16};
-        parallel_for(M * H, attention_chunk, &job, M * H * kv_max * D >= (1 << 15) ? n_threads : 1);
+        attention(c, l, qkv, qkv_n, positions, B, T, n_real, tables, max_blocks, H, Hkv, D, mw->sliding_window, kv_max,
+                  scores_all, att, n_threads);
         MARK(P_ATTENTION);
         linear(att, M, &L->out, h, n_threads);
         for (int64_t i = 0; i < M * E; i++) x[i] = x[i] + h[i];

@@ -19,6 +19,7 @@ import logging
 import torch
 
 from . import kernels
+from .kv_cache import block_pool_layout  # noqa: F401  (the pool as the kernel reads it)
 from .model import Transformer
 from .quantize import Int8Embedding, Int8Linear
 
@@ -120,12 +121,3 @@ class FastDecoder:
                              f"{self.model.config.block_size} positions)")
         return logits
 
-
-def block_pool_layout(k: torch.Tensor, v: torch.Tensor, k_scale: torch.Tensor | None = None,
-                      v_scale: torch.Tensor | None = None) -> kernels.KVLayout:
-    """A paged pool: k, v (n_layer, n_blocks, block_tokens, n_kv_head, head_dim), token-major, fp32
-    or int8 with scales (n_layer, n_blocks, block_tokens, n_kv_head, 1); rows pass block tables."""
-    ss = k_scale.stride() if k_scale is not None else (0, 0, 0, 0, 0)
-    return kernels.KVLayout(k.data_ptr(), v.data_ptr(), kernels.address(k_scale), kernels.address(v_scale),
-                            k.stride(0), k.stride(1), k.stride(2), k.stride(3), ss[0], ss[1], ss[2], ss[3],
-                            k.shape[2], int(k.dtype == torch.int8))

@@ -135,6 +135,9 @@ def decode_kernel() -> ctypes.CDLL | None:
         lib.decode_forward.restype = ctypes.c_int
         lib.decode_profile.argtypes = [i64, ptr]
         lib.decode_profile.restype = None
+        lib.paged_attention.argtypes = [ctypes.POINTER(KVLayout), i64, ptr, i64, ptr, i64, i64, ptr, ptr, i64,
+                                        i64, i64, i64, i64, ptr, i64]
+        lib.paged_attention.restype = None
     return lib
 
 
@@ -154,7 +157,5 @@ def decode_profile(lib: ctypes.CDLL, on: bool) -> dict[str, int]:
 
 if __name__ == "__main__":  # `python -m engine.kernels`: build now (make test does, before the tests)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from . import paged_attention
-
-    for name, lib in (("decode_kernel", decode_kernel()), ("paged_attention", paged_attention.library())):
-        print(f"engine/{name}.c: {lib._name if lib is not None else 'not built, the PyTorch path runs (reason above)'}")
+    lib = decode_kernel()
+    print(f"engine/decode_kernel.c: {lib._name if lib is not None else 'not built, the PyTorch path runs (reason above)'}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .fast_decode import MAX_QUERIES, FastDecoder, block_pool_layout
+from .fast_decode import MAX_QUERIES, FastDecoder
 from .kv_cache import KVCache
 from .model import Transformer
 
@@ -26,7 +26,7 @@ class Runner:
         reason = "EngineConfig.kernels is False" if not kernels else FastDecoder.unavailable(model, device)
         if reason is None:
             self.compiled = FastDecoder(model)
-            self._layout = block_pool_layout(cache.k, cache.v, cache.k_scale, cache.v_scale)
+            self._layout = cache.layout()
         else:
             FastDecoder.log_off(reason)
         # What /health and the start log show: which decode path is live, and why not the compiled one.

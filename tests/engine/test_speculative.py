@@ -158,7 +158,7 @@ def test_the_workspace_index_drafts_what_only_it_holds(make_engine, tmp_path):
             "        self.beta_value = transform(self.alpha, scale)\n"
             "        return merge(self.beta_value, other.gamma)\n")
     (tmp_path / "other.py").write_text("class Other:\n    def __init__(self, seed, scale, other):\n" + text)
-    spec.workspace = WorkspaceIndex([tmp_path], spec.tokenizer.encode)
+    spec.use_workspace(WorkspaceIndex([tmp_path], spec.tokenizer.encode))
     spec.workspace.build()
     copy = spec.tokenizer.encode(text)
 
@@ -171,7 +171,7 @@ def test_the_workspace_index_drafts_what_only_it_holds(make_engine, tmp_path):
     a, _ = generate_ids(spec, prompt, SamplingParams(max_tokens=len(copy)), logits_processor=copier)
     assert a == copy
     with_index = spec.stats["draft_tokens_accepted"]
-    spec.workspace = None
+    spec.use_workspace(None)
     generate_ids(spec, prompt, SamplingParams(max_tokens=len(copy)), logits_processor=copier)
     alone = spec.stats["draft_tokens_accepted"] - with_index  # the request's own repetitions only
     assert with_index >= len(copy) * 2 // 3 and alone < with_index // 3, (with_index, alone)
