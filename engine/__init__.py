@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {"Chunk": "engine", "Completion": "engine", "Engine": "engine", "EngineBusy": "engine",
-          "EngineConfig": "engine", "EngineError": "engine", "ModelDirError": "model_dir",
+          "EngineConfig": "config", "EngineError": "engine", "ModelDirError": "model_dir",
           "CompletionInput": "inputs", "ContextFile": "inputs", "SamplingError": "sampling_params",
           "SamplingParams": "sampling_params"}
 __all__ = sorted(_WHERE)

@@ -17,6 +17,9 @@
  * MLP) and the head, for B rows of T new tokens each: no Python, one call per step. The KV cache is
  * described by strides, so the same code reads the engine's slot cache and a paged block pool:
  * position p of row b lives in block tables[b][p / block_tokens] at offset p % block_tokens.
+ *
+ * Paged attention (`paged_attention`): the decode forward's attention, exported alone for the
+ * PyTorch forward's few-query steps (engine/kv_cache.py), so one C attention serves both.
  */
 #include <math.h>
 #include <stdint.h>
@@ -436,144 +439,185 @@ static void store_head(const kv_layout *c, void *base, float *scales, int64_t la
     for (int64_t d = 0; d < D; d++) dst[d] = (int8_t)nearbyintf(x[d] / s);
 }
 
-/* scores[i] = scale * q . key_i (times the key's int8 scale) for n keys `ts` elements apart. */
-static void key_scores(const float *q, const void *keys, const float *kscale, int64_t sts, int64_t int8, int64_t n,
-                       int64_t ts, int64_t D, float scale, float *scores) {
-    int64_t i = 0;
+/* ---- paged attention: the decode step's, and the PyTorch forward's few-query steps' ---- */
+#define ATT_MAX_HEADS 64    /* query heads one task attends at a time */
+#define ATT_MAX_BLOCK 256   /* keys scored at a time */
+#define ATT_MAX_ACC (ATT_MAX_HEADS * 256)
+
+/* q . k and out += w * v for one key or value row, 16 at a time where AVX-512 is (GCC's own
+ * vectorisation, without -ffast-math, made int8 attention 3x and fp32 1.4x slower). */
+static inline float dot_f32(const float *q, const float *k, int64_t D) {
+    int64_t d = 0;
+    float dot = 0.0f;
 #if defined(__AVX512F__)
-    if (D % 16 == 0 && D <= 256) {
-        __m512 qv[16];
-        for (int64_t d = 0; d < D / 16; d++) qv[d] = _mm512_loadu_ps(q + 16 * d);
-        for (; i + 4 <= n; i += 4) {
-            __m512 a[4];
-            for (int r = 0; r < 4; r++) {
-                a[r] = _mm512_setzero_ps();
-                if (int8) {
-                    const int8_t *k = (const int8_t *)keys + (i + r) * ts;
-                    for (int64_t d = 0; d < D / 16; d++)
-                        a[r] = _mm512_fmadd_ps(qv[d], _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-                                                   _mm_loadu_si128((const __m128i *)(k + 16 * d)))), a[r]);
+    __m512 a = _mm512_setzero_ps();
+    for (; d + 16 <= D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d), a);
+    dot = _mm512_reduce_add_ps(a);
+#endif
+    for (; d < D; d++) dot += q[d] * k[d];
+    return dot;
+}
+
+static inline void add_f32(float *out, float w, const float *v, int64_t D) {
+    int64_t d = 0;
+#if defined(__AVX512F__)
+    const __m512 wv = _mm512_set1_ps(w);
+    for (; d + 16 <= D; d += 16)
+        _mm512_storeu_ps(out + d, _mm512_fmadd_ps(wv, _mm512_loadu_ps(v + d), _mm512_loadu_ps(out + d)));
+#endif
+    for (; d < D; d++) out[d] += w * v[d];
+}
+
+static inline float dot_int8(const float *q, const int8_t *k, int64_t D) {
+    int64_t d = 0;
+    float dot = 0.0f;
+#if defined(__AVX512F__)
+    __m512 a = _mm512_setzero_ps();
+    for (; d + 16 <= D; d += 16)
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(q + d),
+                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(k + d)))), a);
+    dot = _mm512_reduce_add_ps(a);
+#endif
+    for (; d < D; d++) dot += q[d] * (float)k[d];
+    return dot;
+}
+
+static inline void add_int8(float *out, float w, const int8_t *v, int64_t D) {
+    int64_t d = 0;
+#if defined(__AVX512F__)
+    const __m512 wv = _mm512_set1_ps(w);
+    for (; d + 16 <= D; d += 16)
+        _mm512_storeu_ps(out + d, _mm512_fmadd_ps(wv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                                       _mm_loadu_si128((const __m128i *)(v + d)))), _mm512_loadu_ps(out + d)));
+#endif
+    for (; d < D; d++) out[d] += w * (float)v[d];
+}
+
+/* One query at position p of one row, for heads [h0, h1), over keys [start, p] of the row's blocks
+ * (online softmax, one pass). The heads are the inner loop so that each cached token's keys (and
+ * then values) are read as one contiguous run: one head at a time strides across the pool and
+ * cost 3x (the shipped model's shape, 32 rows x 300 positions x 6 heads: 2.0 vs 0.7 ms one
+ * thread). Inlined with D a constant where it can be, so the inner loops unroll and the
+ * accumulators stay in registers. */
+static inline __attribute__((always_inline)) void attend_heads(
+    const kv_layout *c, int64_t layer, const float *q, const int64_t *table, int64_t start, int64_t p, int64_t h0,
+    int64_t h1, int64_t group, const int64_t D, float scale, float *out)
+{
+    float acc[ATT_MAX_ACC], scores[ATT_MAX_HEADS * ATT_MAX_BLOCK], m[ATT_MAX_HEADS], l[ATT_MAX_HEADS];
+    const int64_t nh = h1 - h0, bt = c->block_tokens;
+    for (int64_t x = 0; x < nh * D; x++) acc[x] = 0.0f;
+    for (int64_t x = 0; x < nh; x++) { m[x] = -INFINITY; l[x] = 0.0f; }
+    for (int64_t j = start; j <= p;) {
+        const int64_t block = table[j / bt], first = j % bt;
+        int64_t n = bt - first < p - j + 1 ? bt - first : p - j + 1;
+        n = n < ATT_MAX_BLOCK ? n : ATT_MAX_BLOCK;
+        for (int64_t i = 0; i < n; i++) {
+            for (int64_t x = 0; x < nh; x++) {
+                const int64_t g = (h0 + x) / group, o = kv_offset(c, layer, block, first + i, g);
+                const float *qv = q + (h0 + x) * D;
+                float dot;
+                if (c->int8) {
+                    dot = dot_int8(qv, (const int8_t *)c->k + o, D) * c->k_scale[scale_offset(c, layer, block, first + i, g)];
                 } else {
-                    const float *k = (const float *)keys + (i + r) * ts;
-                    for (int64_t d = 0; d < D / 16; d++) a[r] = _mm512_fmadd_ps(qv[d], _mm512_loadu_ps(k + 16 * d), a[r]);
+                    dot = dot_f32(qv, (const float *)c->k + o, D);
+                }
+                scores[x * ATT_MAX_BLOCK + i] = dot * scale;
+            }
+        }
+        for (int64_t x = 0; x < nh; x++) {
+            float *sx = scores + x * ATT_MAX_BLOCK, top = m[x];
+            for (int64_t i = 0; i < n; i++) top = sx[i] > top ? sx[i] : top;
+            if (top > m[x]) {  /* rescale what was summed under the old maximum */
+                const float r = m[x] == -INFINITY ? 0.0f : expf(m[x] - top);
+                l[x] *= r;
+                for (int64_t d = 0; d < D; d++) acc[x * D + d] *= r;
+                m[x] = top;
+            }
+            for (int64_t i = 0; i < n; i++) sx[i] -= top;
+            exp_inplace(sx, n);
+            for (int64_t i = 0; i < n; i++) l[x] += sx[i];
+        }
+        for (int64_t i = 0; i < n; i++) {
+            for (int64_t x = 0; x < nh; x++) {
+                const int64_t g = (h0 + x) / group, o = kv_offset(c, layer, block, first + i, g);
+                float w = scores[x * ATT_MAX_BLOCK + i], *ax = acc + x * D;
+                if (c->int8) {
+                    add_int8(ax, w * c->v_scale[scale_offset(c, layer, block, first + i, g)], (const int8_t *)c->v + o, D);
+                } else {
+                    add_f32(ax, w, (const float *)c->v + o, D);
                 }
             }
-            for (int r = 0; r < 4; r++)
-                scores[i + r] = _mm512_reduce_add_ps(a[r]) * (int8 ? kscale[(i + r) * sts] : 1.0f) * scale;
         }
+        j += n;
     }
-#endif
-    for (; i < n; i++) {
-        float dot = 0.0f;
-        if (int8) {
-            const int8_t *k = (const int8_t *)keys + i * ts;
-#pragma omp simd reduction(+:dot)
-            for (int64_t d = 0; d < D; d++) dot += q[d] * (float)k[d];
-            dot *= kscale[i * sts];
-        } else {
-            const float *k = (const float *)keys + i * ts;
-#pragma omp simd reduction(+:dot)
-            for (int64_t d = 0; d < D; d++) dot += q[d] * k[d];
-        }
-        scores[i] = dot * scale;
+    for (int64_t x = 0; x < nh; x++) {
+        const float inv = 1.0f / l[x];
+        for (int64_t d = 0; d < D; d++) out[(h0 + x) * D + d] = acc[x * D + d] * inv;
     }
 }
 
-/* out += sum_i w[i] * value_i (times the value's int8 scale) over n values `ts` elements apart. */
-static void add_values(const float *w, const void *values, const float *vscale, int64_t sts, int64_t int8, int64_t n,
-                       int64_t ts, int64_t D, float *out) {
-#if defined(__AVX512F__)
-    if (D % 16 == 0 && D <= 256) {
-        __m512 acc[16];
-        for (int64_t d = 0; d < D / 16; d++) acc[d] = _mm512_loadu_ps(out + 16 * d);
-        for (int64_t i = 0; i < n; i++) {
-            const __m512 wi = _mm512_set1_ps(int8 ? w[i] * vscale[i * sts] : w[i]);
-            if (int8) {
-                const int8_t *v = (const int8_t *)values + i * ts;
-                for (int64_t d = 0; d < D / 16; d++)
-                    acc[d] = _mm512_fmadd_ps(wi, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-                                                 _mm_loadu_si128((const __m128i *)(v + 16 * d)))), acc[d]);
-            } else {
-                const float *v = (const float *)values + i * ts;
-                for (int64_t d = 0; d < D / 16; d++) acc[d] = _mm512_fmadd_ps(wi, _mm512_loadu_ps(v + 16 * d), acc[d]);
-            }
+typedef struct {
+    const kv_layout *c;
+    int64_t layer, H, group, D, window, splits, per_split;
+    const int64_t *positions, T, *n_real, *tables, max_blocks;
+    const float *q;
+    int64_t q_stride;
+    float *out;
+} attention_job;
+
+/* One query's slice of heads (whole groups of query heads that share a key head). */
+static void attention_chunk(void *ctx, int64_t task) {
+    const attention_job *j = ctx;
+    const int64_t H = j->H, D = j->D, group = j->group, s = task % j->splits, i = task / j->splits;
+    const int64_t b = i / j->T, t = i % j->T, p = j->positions[i];
+    const int64_t h0 = (s * j->per_split) / group * group;
+    const int64_t h1 = s == j->splits - 1 ? H : ((s + 1) * j->per_split) / group * group;
+    float *o = j->out + i * H * D;
+    if (j->n_real && t >= j->n_real[b]) { memset(o + h0 * D, 0, (size_t)((h1 - h0) * D) * sizeof(float)); return; }
+    const int64_t start = j->window > 0 && p - j->window + 1 > 0 ? p - j->window + 1 : 0;
+    const int64_t *table = j->tables + b * j->max_blocks;
+    const float *q = j->q + i * j->q_stride, scale = 1.0f / sqrtf((float)D);
+    for (int64_t a = h0; a < h1;) {  /* at most ATT_MAX_HEADS heads (and ATT_MAX_ACC floats) at a time */
+        int64_t z = a + ATT_MAX_HEADS < h1 ? a + ATT_MAX_HEADS : h1;
+        while ((z - a) * D > ATT_MAX_ACC && z - a > 1) z--;
+        switch (D) {  /* the head sizes of the families we load */
+        case 32: attend_heads(j->c, j->layer, q, table, start, p, a, z, group, 32, scale, o); break;
+        case 64: attend_heads(j->c, j->layer, q, table, start, p, a, z, group, 64, scale, o); break;
+        case 128: attend_heads(j->c, j->layer, q, table, start, p, a, z, group, 128, scale, o); break;
+        default: attend_heads(j->c, j->layer, q, table, start, p, a, z, group, D, scale, o);
         }
-        for (int64_t d = 0; d < D / 16; d++) _mm512_storeu_ps(out + 16 * d, acc[d]);
-        return;
-    }
-#endif
-    for (int64_t i = 0; i < n; i++) {
-        const float wi = int8 ? w[i] * vscale[i * sts] : w[i];
-        if (int8) {
-            const int8_t *v = (const int8_t *)values + i * ts;
-#pragma omp simd
-            for (int64_t d = 0; d < D; d++) out[d] += wi * (float)v[d];
-        } else {
-            const float *v = (const float *)values + i * ts;
-#pragma omp simd
-            for (int64_t d = 0; d < D; d++) out[d] += wi * v[d];
-        }
+        a = z;
     }
 }
 
-/* Attention of one query head over keys start..p of one row (its block table); out: D floats.
- * Keys are visited block by block: one table lookup per block, pointer steps within it. */
-static void attend_one(const kv_layout *c, int64_t layer, const int64_t *table, int64_t g, const float *q,
-                       int64_t start, int64_t p, int64_t D, float *scores, float *out) {
-    const float scale = 1.0f / sqrtf((float)D);
-    const int64_t bt = c->block_tokens, ts = c->token_stride, sts = c->s_token_stride;
-    float top = -INFINITY;
-    const size_t esize = c->int8 ? 1 : sizeof(float);
-    for (int64_t j = start; j <= p;) {
-        const int64_t block = table[j / bt], first = j % bt, n = bt - first < p - j + 1 ? bt - first : p - j + 1;
-        const char *keys = (const char *)c->k + kv_offset(c, layer, block, first, g) * esize;
-        const float *ks = c->int8 ? c->k_scale + scale_offset(c, layer, block, first, g) : NULL;
-        float *sc = scores + (j - start);
-        key_scores(q, keys, ks, sts, c->int8, n, ts, D, scale, sc);
-        for (int64_t i = 0; i < n; i++) top = sc[i] > top ? sc[i] : top;
-        j += n;
-    }
-    const int64_t n_keys = p - start + 1;
-    for (int64_t i = 0; i < n_keys; i++) scores[i] -= top;
-    exp_inplace(scores, n_keys);
-    float total = 0.0f;
-    for (int64_t i = 0; i < n_keys; i++) total += scores[i];
-    for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
-    for (int64_t j = start; j <= p;) {
-        const int64_t block = table[j / bt], first = j % bt, n = bt - first < p - j + 1 ? bt - first : p - j + 1;
-        const char *values = (const char *)c->v + kv_offset(c, layer, block, first, g) * esize;
-        const float *vs = c->int8 ? c->v_scale + scale_offset(c, layer, block, first, g) : NULL;
-        add_values(scores + (j - start), values, vs, sts, c->int8, n, ts, D, out);
-        j += n;
-    }
-    const float inv = 1.0f / total;
-    for (int64_t d = 0; d < D; d++) out[d] *= inv;
+static void attention(const kv_layout *c, int64_t layer, const float *q, int64_t q_stride, const int64_t *positions,
+                      int64_t B, int64_t T, const int64_t *n_real, const int64_t *tables, int64_t max_blocks,
+                      int64_t H, int64_t Hkv, int64_t D, int64_t window, int64_t kv_max, float *out,
+                      int64_t n_threads) {
+    const int64_t M = B * T, group = H / Hkv;
+    if (M * H * kv_max * D < (1 << 15)) n_threads = 1;
+    /* Work items: (query, slice of heads); heads are split only as far as the threads need. */
+    int64_t splits = 1;
+    while (M * splits < 4 * n_threads && splits * 2 <= Hkv) splits *= 2;
+    attention_job job = {c, layer, H, group, D, window, splits, (H + splits - 1) / splits, positions, T, n_real,
+                         tables, max_blocks, q, q_stride, out};
+    parallel_for(M * splits, attention_chunk, &job, n_threads);
+}
+
+/* Attention of B rows of T queries over one layer of the paged pool `c` (the keys and values of
+ * this step already stored): q (B * T, H, D) float32, query i's head h at q + i * q_stride + h * D;
+ * out (B * T, H, D). positions (B, T); a row's first n_real[b] queries are real (NULL: all), the
+ * rest get zeros; window > 0 limits a query at p to keys in (p - window, p]. */
+void paged_attention(const kv_layout *c, int64_t layer, const float *q, int64_t q_stride, const int64_t *positions,
+                     int64_t B, int64_t T, const int64_t *n_real, const int64_t *tables, int64_t max_blocks,
+                     int64_t H, int64_t Hkv, int64_t D, int64_t window, float *out, int64_t n_threads) {
+    int64_t kv_max = 0;
+    for (int64_t i = 0; i < B * T; i++) kv_max = positions[i] + 1 > kv_max ? positions[i] + 1 : kv_max;
+    attention(c, layer, q, q_stride, positions, B, T, n_real, tables, max_blocks, H, Hkv, D, window, kv_max, out,
+              n_threads);
 }
 
 /* ---- the forward ---- */
-typedef struct {
-    const model_weights *mw;
-    const kv_layout *c;
-    int64_t layer;
-    const int64_t *positions, T, *n_real, *tables, max_blocks;
-    const float *qkv;
-    float *att, *scores;
-    int64_t scores_stride;
-} attention_job;
-
-/* One (row, head) of a layer's attention; scores go to a buffer per task slot, not per thread. */
-static void attention_chunk(void *ctx, int64_t task) {
-    const attention_job *j = ctx;
-    const model_weights *mw = j->mw;
-    const int64_t H = mw->n_head, D = mw->head_dim, group = H / mw->n_kv_head, qkv_n = (H + 2 * mw->n_kv_head) * D;
-    const int64_t i = task / H, hd = task % H, b = i / j->T, t = i % j->T, p = j->positions[i];
-    float *o = j->att + i * H * D + hd * D;
-    if (j->n_real && t >= j->n_real[b]) { memset(o, 0, (size_t)D * sizeof(float)); return; }
-    const int64_t start = mw->sliding_window > 0 && p - mw->sliding_window + 1 > 0 ? p - mw->sliding_window + 1 : 0;
-    attend_one(j->c, j->layer, j->tables + b * j->max_blocks, hd / group, j->qkv + i * qkv_n + hd * D, start, p, D,
-               j->scores + task * j->scores_stride, o);
-}
-
 /* idx, positions: (B, T); n_real: (B,) real tokens of each row (the rest pad it: not stored, zero
  * attention) or NULL; tables: (B, max_blocks). logits: (B * T, vocab), or (B, vocab) with last_only
  * (each row's last real token). Returns 0, or -1 when a position is outside the model's range. */
@@ -590,10 +634,9 @@ int decode_forward(const model_weights *mw, const int64_t *idx, const int64_t *p
     /* activations of the step, one allocation kept across calls */
     static __thread float *work = NULL;
     static __thread size_t work_size = 0;
-    size_t need = (size_t)(M * (2 * E + qkv_n + H * D + up_n) + M * H * (kv_max + 16) + 64);
+    size_t need = (size_t)(M * (2 * E + qkv_n + H * D + up_n) + 64);
     if (need > work_size) { free(work); work = aligned_alloc(ALIGN, round_up((int64_t)need * 4, 4096)); work_size = need; }
     float *x = work, *h = x + M * E, *qkv = h + M * E, *att = qkv + M * qkv_n, *mlp = att + M * H * D;
-    float *scores_all = mlp + M * up_n;
     uint64_t t0 = now();
 
     for (int64_t i = 0; i < M; i++) {
@@ -628,8 +671,8 @@ int decode_forward(const model_weights *mw, const int64_t *idx, const int64_t *p
             }
         }
         MARK(P_ROPE_STORE);
-        attention_job job = {mw, c, l, positions, T, n_real, tables, max_blocks, qkv, att, scores_all, kv_max + 16};
-        parallel_for(M * H, attention_chunk, &job, M * H * kv_max * D >= (1 << 15) ? n_threads : 1);
+        attention(c, l, qkv, qkv_n, positions, B, T, n_real, tables, max_blocks, H, Hkv, D, mw->sliding_window, kv_max,
+                  att, n_threads);
         MARK(P_ATTENTION);
         linear(att, M, &L->out, h, n_threads);
         for (int64_t i = 0; i < M * E; i++) x[i] = x[i] + h[i];

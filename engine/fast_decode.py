@@ -19,6 +19,7 @@ import logging
 import torch
 
 from . import kernels
+from .kv_cache import block_pool_layout  # noqa: F401  (the pool as the kernel reads it)
 from .model import Transformer
 from .quantize import Int8Embedding, Int8Linear
 
@@ -34,8 +35,8 @@ MAX_QUERIES = 16  # new tokens a row; a longer prompt is prefilled by the PyTorc
 
 
 class FastDecoder:
-    def __init__(self, model: Transformer, lib: ctypes.CDLL):
-        self.model, self.lib, c = model, lib, model.config
+    def __init__(self, model: Transformer, lib: ctypes.CDLL | None = None):
+        self.model, self.lib, c = model, lib or kernels.decode_kernel(), model.config
         self._keep: list[torch.Tensor] = []  # every tensor the structs point into stays alive
 
         def ptr(t: torch.Tensor | None) -> int | None:
@@ -71,24 +72,32 @@ class FastDecoder:
 
     @classmethod
     def build(cls, model: Transformer, device: torch.device) -> "FastDecoder | None":
-        """The fast path for this model, or None (logged) where it does not apply."""
-        reason = None
+        """The compiled decode step for this model, or None (logged) where it does not apply."""
+        reason = cls.unavailable(model, device)
+        if reason is not None:
+            cls.log_off(reason)
+            return None
+        return cls(model)
+
+    @staticmethod
+    def unavailable(model: Transformer, device: torch.device) -> str | None:
+        """Why the compiled decode step cannot run this model here, or None when it can."""
         if device.type != "cpu":
-            reason = f"it runs on the CPU only (device {device})"
-        elif not all(isinstance(m, Int8Linear) and m.kernel is not None
-                     for m in [model.head] + [l for b in model.layers for l in (b.attn.qkv, b.attn.out, b.mlp.up, b.mlp.down)]):
-            reason = "the model's linear layers are not int8 with the compiled kernel"
-        elif not isinstance(model.embed, Int8Embedding) or (model.pos_embed is not None and not isinstance(model.pos_embed, Int8Embedding)):
-            reason = "the embeddings are not int8"
-        elif model.config.activation not in ACTIVATION_CODES:
-            reason = f"activation {model.config.activation} is not in the kernel"
-        if reason is None:
-            lib = kernels.decode_kernel()
-            if lib is not None:
-                return cls(model, lib)
-            reason = "the kernel did not build"
-        log.info("fast decode off: %s; decoding through the model's PyTorch forward", reason)
+            return f"it runs on the CPU only (device {device})"
+        if not all(isinstance(m, Int8Linear) and m.kernel is not None
+                   for m in [model.head] + [l for b in model.layers for l in (b.attn.qkv, b.attn.out, b.mlp.up, b.mlp.down)]):
+            return "the model's linear layers are not int8 with the compiled kernel"
+        if not isinstance(model.embed, Int8Embedding) or (model.pos_embed is not None and not isinstance(model.pos_embed, Int8Embedding)):
+            return "the embeddings are not int8"
+        if model.config.activation not in ACTIVATION_CODES:
+            return f"activation {model.config.activation} is not in the kernel"
+        if kernels.decode_kernel() is None:
+            return "the kernel did not build (the log says why)"
         return None
+
+    @staticmethod
+    def log_off(reason: str) -> None:
+        log.info("fast decode off: %s; decoding through the model's PyTorch forward", reason)
 
     def forward(self, idx: list[list[int]], positions: list[list[int]], layout: kernels.KVLayout,
                 tables: list[list[int]], n_real: list[int] | None = None, last_only: bool = False) -> torch.Tensor:
@@ -112,12 +121,3 @@ class FastDecoder:
                              f"{self.model.config.block_size} positions)")
         return logits
 
-
-def block_pool_layout(k: torch.Tensor, v: torch.Tensor, k_scale: torch.Tensor | None = None,
-                      v_scale: torch.Tensor | None = None) -> kernels.KVLayout:
-    """A paged pool: k, v (n_layer, n_blocks, block_tokens, n_kv_head, head_dim), token-major, fp32
-    or int8 with scales (n_layer, n_blocks, block_tokens, n_kv_head, 1); rows pass block tables."""
-    ss = k_scale.stride() if k_scale is not None else (0, 0, 0, 0, 0)
-    return kernels.KVLayout(k.data_ptr(), v.data_ptr(), kernels.address(k_scale), kernels.address(v_scale),
-                            k.stride(0), k.stride(1), k.stride(2), k.stride(3), ss[0], ss[1], ss[2], ss[3],
-                            k.shape[2], int(k.dtype == torch.int8))

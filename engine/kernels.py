@@ -37,11 +37,6 @@ LINK = ("-shared", "-fPIC")
 KERNELS: dict[str, tuple[str, ...]] = {
     # No -ffast-math and no FMA contraction: the int8 matmul must round exactly as its PyTorch twin.
     "decode_kernel": ("-O3", "-ffp-contract=off", "-fopenmp-simd", "-pthread"),
-    # The reassociation a vectorised sum needs, and OpenMP (its libgomp.so.1 is the one torch loads
-    # first). Never -ffast-math: a shared library built with it turns on flush-to-zero for the whole
-    # process when loaded (measured: Python's 5e-324 > 0 became False).
-    "paged_attention": ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
-                        "-freciprocal-math", "-fopenmp"),
 }
 _V2 = frozenset({"sse4_1", "sse4_2", "ssse3", "popcnt", "cx16"})
 _V3 = _V2 | {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "abm"}
@@ -244,6 +239,9 @@ def decode_kernel() -> ctypes.CDLL | None:
         lib.decode_forward.restype = ctypes.c_int
         lib.decode_profile.argtypes = [i64, ptr]
         lib.decode_profile.restype = None
+        lib.paged_attention.argtypes = [ctypes.POINTER(KVLayout), i64, ptr, i64, ptr, i64, i64, ptr, ptr, i64,
+                                        i64, i64, i64, i64, ptr, i64]
+        lib.paged_attention.restype = None
     return lib
 
 

@@ -6,8 +6,8 @@ view, optionally int8 with one scale per (token, head). A sequence holds a `Bloc
 lives in block `blocks[p // block_tokens]` at offset `p % block_tokens`. Each forward gets a
 `PagedBatch` (the rows' block tables and positions), which implements the model's
 `attend(layer, q, k, v)`: it writes this step's keys and values and attends over each row's cached
-ones. A fast path reads the same tensors: `k[layer, block]`, `k_scale[layer, block]` (int8) and the
-rows' block tables.
+ones. The compiled kernels read the same tensors where they lie (`layout()`): `k[layer, block]`,
+`k_scale[layer, block]` (int8) and the rows' block tables.
 
 `BlockPool` is the bookkeeping alone: it hands out and takes back block ids (ref-counted); it
 never decides who runs. Prefix reuse works on full blocks: a full block is named by a hash chain
@@ -24,9 +24,11 @@ import mmap
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import ctypes
+
 import torch
 
-from . import paged_attention
+from . import kernels
 
 NULL_BLOCK = 0
 KERNEL_MAX_QUERIES = 16  # wider rows (prefill) are compute-bound: SDPA's blocked kernel does better
@@ -171,10 +173,12 @@ class KVCache:
         # Gathered (and dequantized) keys and values, reused by every layer and step: a fresh
         # tensor per layer cost page faults that tripled a 100-row decode step.
         self._scratch: dict[str, torch.Tensor] = {}
-        # Few-query steps (decode, draft verification) read the blocks in C where it builds.
+        # Few-query steps (decode, draft verification) read the blocks with the decode kernel's
+        # attention (engine/decode_kernel.c `paged_attention`) where it builds.
         self.kernel = None
-        if kernel and self.device.type == "cpu" and dtype == torch.float32 and head_dim <= paged_attention.MAX_HEAD_DIM:
-            self.kernel = paged_attention.library()
+        if kernel and self.device.type == "cpu" and dtype == torch.float32:
+            self.kernel = kernels.decode_kernel()
+            self._layout = self.layout()
 
     @classmethod
     def sized(cls, megabytes: float, n_layer: int, block_tokens: int, n_kv_head: int, head_dim: int,
@@ -200,6 +204,22 @@ class KVCache:
         pad the row and write to the null block)."""
         return PagedBatch(self, tables, positions, n_real, window)
 
+    def layout(self) -> kernels.KVLayout:
+        """The pool as the C kernels read it (pointers into these tensors: valid while they live)."""
+        return block_pool_layout(self.k, self.v, self.k_scale, self.v_scale)
+
+    def attend_compiled(self, layer: int, q: torch.Tensor, tables: torch.Tensor, positions: torch.Tensor,
+                        n_real: torch.Tensor, window: int | None) -> torch.Tensor:
+        """q (B, H, T, D) float32 over `layer`'s blocks of the rows' tables (B, max_blocks), their
+        keys and values of this step already stored; (B, H, T, D), padding queries zero."""
+        B, H, T, D = q.shape
+        q = q.transpose(1, 2).contiguous()  # (B, T, H, D): a query's heads side by side, as the kernel reads them
+        out = torch.empty_like(q)
+        self.kernel.paged_attention(ctypes.byref(self._layout), layer, q.data_ptr(), H * D, positions.data_ptr(), B, T,
+                                    n_real.data_ptr(), tables.data_ptr(), tables.shape[1], H, self.n_kv_head, D,
+                                    window or 0, out.data_ptr(), kernels.threads())
+        return out.transpose(1, 2)
+
     def scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         n = 1
         for s in shape:
@@ -209,6 +229,16 @@ class KVCache:
             buf = torch.empty(max(n, buf.numel() if buf is not None else 0), dtype=dtype, device=self.device)
             self._scratch[name] = buf
         return buf[:n].view(shape)
+
+
+def block_pool_layout(k: torch.Tensor, v: torch.Tensor, k_scale: torch.Tensor | None = None,
+                      v_scale: torch.Tensor | None = None) -> kernels.KVLayout:
+    """A paged pool: k, v (n_layer, n_blocks, block_tokens, n_kv_head, head_dim), token-major, fp32
+    or int8 with scales (n_layer, n_blocks, block_tokens, n_kv_head, 1); rows pass block tables."""
+    ss = k_scale.stride() if k_scale is not None else (0, 0, 0, 0, 0)
+    return kernels.KVLayout(k.data_ptr(), v.data_ptr(), kernels.address(k_scale), kernels.address(v_scale),
+                            k.stride(0), k.stride(1), k.stride(2), k.stride(3), ss[0], ss[1], ss[2], ss[3],
+                            k.shape[2], int(k.dtype == torch.int8))
 
 
 def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -320,9 +350,7 @@ class PagedBatch:
         self._store(c.k, c.k_scale, layer, k)
         self._store(c.v, c.v_scale, layer, v)
         if self.kernel is not None:
-            scales = (c.k_scale[layer], c.v_scale[layer]) if c.int8 else (None, None)
-            return paged_attention.paged_attention(self.kernel, q, c.k[layer], c.v[layer], *scales, self.tables,
-                                                   self.positions, self.n_real, self.window)
+            return c.attend_compiled(layer, q, self.tables, self.positions, self.n_real, self.window)
         keys = self._load("k", c.k, c.k_scale, layer).to(q.dtype)
         values = self._load("v", c.v, c.v_scale, layer).to(q.dtype)
         return torch.nn.functional.scaled_dot_product_attention(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
@@ -314,3 +315,40 @@ def test_the_earliest_stop_string_cuts_whatever_its_place_in_the_list(fp32_engin
     _, chunks = generate_ids(fp32_engine, "x", SamplingParams(max_tokens=30, stop=["\n", "):"]),
                              logits_processor=force_tokens(forced))
     assert "".join(c.text for c in chunks) == "f(a, b" and chunks[-1].finish_reason == "stop"
+
+
+def test_context_length_is_the_pools_when_the_pool_holds_fewer_positions_than_the_model(make_engine):
+    """The tiny model has 128 positions; a pool of 3 blocks of 16 (block 0 is the null block)
+    holds 32. Front ends size prompts from context_length, so it must be the pool's limit."""
+    engine = make_engine(kv_cache_mb=3 * 16 * engine_bytes_per_token(make_engine) / 2**20, kv_block_tokens=16)
+    assert engine.model.config.block_size == 128 and engine.stats["kv_cache_blocks"] == 2
+    assert engine.context_length == 32
+    assert engine.prompt_budget(8) <= 32 - 8
+    done = engine.complete("x = 1\n" * 100, params=SamplingParams(max_tokens=8))
+    assert 0 < done.prompt_tokens <= 24 and done.finish_reason in ("stop", "length")
+
+
+def engine_bytes_per_token(make_engine) -> int:
+    probe = make_engine(kv_cache_mb=1)
+    return probe.stats["kv_bytes_per_token"]
+
+
+def test_kernels_off_loads_no_compiled_kernel_at_all(tiny_model_dir):
+    """EngineConfig(kernels=False) governs every compiled kernel: the int8 matmul, the decode step
+    and the KV cache's attention all run in PyTorch, and no kernel library is even loaded."""
+    import subprocess
+    import sys
+
+    if not os.path.exists("/proc/self/maps"):
+        pytest.skip("needs /proc/self/maps to see which libraries a process loaded")
+    code = ("import os, pathlib\n"
+            "from engine import Engine, EngineConfig, SamplingParams\n"
+            "built = os.environ.get('CODE_ASSISTANT_CACHE', str(pathlib.Path.home() / '.cache' / 'code-assistant'))\n"
+            f"e = Engine.load({str(tiny_model_dir)!r}, quantize='int8', config=EngineConfig(kernels=False))\n"
+            "text = e.complete('def f():\\n', params=SamplingParams(max_tokens=6)).text\n"
+            "print(e.decode_path['kernels'], e.decode_path['reason'].replace(' ', '_'),\n"
+            "      any(built in line and '.so' in line for line in open('/proc/self/maps')))\n"
+            "e.close()\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["pytorch", "EngineConfig.kernels_is_False", "False"]

@@ -135,7 +135,7 @@ def test_engine_greedy_text_is_the_same_with_and_without_kernels(hf_dirs, family
     for use_kernels in (True, False):
         engine = Engine.load(hf_dirs[family], quantize="int8", config=EngineConfig(max_batch=3, kernels=use_kernels))
         try:
-            assert (engine.fast is not None) == use_kernels
+            assert engine.decode_path["kernels"] == ("c" if use_kernels else "pytorch")
             texts.append(run_requests(engine, prompts, params))
         finally:
             engine.close()
@@ -153,7 +153,7 @@ def test_engine_runs_in_pytorch_when_kernels_are_off(tiny_model_dir):
     code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout)\n"
             "from engine import Engine, SamplingParams\n"
             f"e = Engine.load({str(tiny_model_dir)!r}, quantize='int8')\n"
-            "assert e.fast is None\n"
+            "assert e.decode_path['kernels'] == 'pytorch' and e.decode_path['reason']\n"
             "print(repr(e.complete('def f():\\n', params=SamplingParams(max_tokens=4)).text)); e.close()\n")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "CODE_ASSISTANT_NO_KERNELS": "1"})

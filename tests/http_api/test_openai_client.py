@@ -141,9 +141,16 @@ def test_frequency_and_presence_penalties_reach_the_engine(client, server):
     assert "frequency_penalty" in e.value.body["message"]
 
 
-def test_models_report_the_context_length_and_usage_counts_the_prompt_the_engine_ran(server):
+def test_models_report_the_context_length_and_usage_counts_the_prompt_the_engine_ran(server, long_model_dir):
+    from engine import Engine
+
     model = httpx.get(server.url + "/v1/models").json()["data"][0]
-    assert model["context_length"] == 4096  # long_model_dir's block_size
+    # What the served engine really holds: the same model with the server's (default) KV pool.
+    engine = Engine.load(long_model_dir)
+    try:
+        assert model["context_length"] == engine.context_length
+    finally:
+        engine.close()
     # A prompt far longer than the context: usage reports the tokens the engine kept, not the text's.
     r = httpx.post(server.url + "/v1/completions", json={"prompt": "x = 1\n" * 3000, "max_tokens": 8,
                                                          "temperature": 0}, timeout=60).json()

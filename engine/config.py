@@ -1,0 +1,48 @@
+"""The engine's configuration: one plain dataclass, its defaults in one place."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .cache_model import DEFAULT_WEIGHT, MixConfig
+
+
+@dataclass
+class EngineConfig:
+    max_batch: int = 32            # sequences decoded together
+    max_queue: int = 256           # waiting requests beyond which submit raises EngineBusy
+    kv_cache_mb: float = 256.0     # the KV pool, whatever the model's context length
+    kv_block_tokens: int = 16      # positions per pool block: the unit of allocation and prefix reuse
+    kv_int8: bool = False          # int8 keys/values with a scale per (token, head): ~3.6x less cache memory
+    prefix_reuse: bool = True
+    # Speculative decoding: up to this many tokens a step are drafted from the context (prompt
+    # lookup) and checked in one forward; 0 turns it off. Greedy text is the same either way.
+    draft_tokens: int = 8
+    draft_min_match: int = 2       # tokens of the history's tail a draft's match must cover
+    # Drafts fill what the batch leaves of this many tokens a step: a wide forward costs little
+    # while the weights' memory traffic dominates (9 tokens for 1.6x one at the GPT-2-small shape,
+    # batch 1) but a full batch is compute-bound, where drafts would only add work.
+    draft_step_tokens: int = 64
+    prefill_chunk: int = 512       # a long prompt is prefilled this many tokens a forward
+    token_healing: bool = True     # engine/healing.py
+    # Prompt tokens a request may use at most (0: the model's whole context): bounds prefill time
+    # for models with long contexts.
+    context_tokens: int = 0
+    # Weight of the per-request n-gram cache model mixed into decoding (engine/cache_model.py) when
+    # SamplingParams.cache_weight is None; 0 turns it off.
+    cache_weight: float = DEFAULT_WEIGHT
+    cache_mix: MixConfig = field(default_factory=MixConfig)
+    # Stop a completion where it starts repeating lines (engine/repetition.py) when
+    # SamplingParams.stop_loops is None.
+    stop_loops: bool = True
+    # Every compiled CPU kernel (engine/decode_kernel.c, built at first use): the int8 matmul, the
+    # decode step in one call (engine/fast_decode.py) and the paged attention of the PyTorch
+    # forward's few-query steps. False runs the same arithmetic in PyTorch; without a compiler that
+    # happens anyway, with the reason logged and in Engine.decode_path.
+    kernels: bool = True
+
+    def check(self) -> None:
+        if self.max_batch < 1 or self.max_queue < 0:
+            raise ValueError("EngineConfig needs max_batch >= 1 and max_queue >= 0")
+        if self.kv_block_tokens < 1 or self.kv_cache_mb <= 0 or self.draft_tokens < 0 or self.prefill_chunk < 1:
+            raise ValueError("EngineConfig needs kv_block_tokens >= 1, kv_cache_mb > 0, draft_tokens >= 0 "
+                             "and prefill_chunk >= 1")

@@ -1,0 +1,310 @@
+"""The scheduler: who runs. One thread steps every running sequence together (continuous batching).
+
+Requests wait in a bounded queue and join between steps when the batch has room and the KV pool
+(engine/kv_cache.py BlockPool) has blocks for them, reusing the cached full blocks their prompt
+starts with (`admit`). A step forwards each running sequence's last token plus a draft of tokens
+that may follow it (speculative decoding, engine/draft.py) through the runner (engine/runner.py)
+and keeps what the model agrees with; output (engine/output.py) turns the chosen tokens into text.
+Short of blocks, a draft goes first, then the newest sequence goes back to the queue (preemption).
+A step that raises is run again for each request alone, so a failure fails only its own request.
+The ladder: `admit` -> `prefill` -> `decode_step` -> `verify` -> Output.choose / Output.accept.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Callable
+
+import torch
+
+from . import kernels
+from .config import EngineConfig
+from .draft import propose
+from .kv_cache import BlockPool, BlockTable
+from .output import Output
+from .request import INTERNAL_ERROR, EngineBusy, Request
+from .runner import Runner
+
+log = logging.getLogger("engine")
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, pool: BlockPool, runner: Runner, output: Output, threads: int):
+        self.config, self.pool, self.runner, self.output = config, pool, runner, output
+        self.block_size = runner.model.config.block_size
+        self.threads = threads             # the creator's count: the C kernels' pool uses it
+        self.running: list[Request] = []   # admission order: the newest is preempted first
+        self.waiting: deque[Request] = deque()
+        self.lock = threading.Lock()       # guards `waiting` against the submitting threads
+        self.counters = {"requests": 0, "prefix_cache_lookups": 0, "prefix_cache_hits": 0,
+                         "prefix_tokens_reused": 0, "preemptions": 0,
+                         "draft_tokens_proposed": 0, "draft_tokens_accepted": 0}
+        self.accepted_by_position = [0] * config.draft_tokens
+        self.stopped = False
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
+
+    # ---- the callers' side --------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def enqueue(self, request: Request) -> None:
+        with self.lock:
+            if len(self.waiting) >= self.config.max_queue:
+                raise EngineBusy(f"queue full ({self.config.max_queue} waiting)")
+            self.waiting.append(request)
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop the loop, then fail whatever is queued or running."""
+        self.stopped = True
+        self._wake.set()
+        self._thread.join(timeout=5)
+        with self.lock:
+            left, self.waiting = list(self.waiting), deque()
+        for request in left + list(self.running):
+            self.fail(request, "the engine was closed")
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        kernels.use_threads(self.threads)
+        threads = self.threads
+        try:
+            threads = self._measure_pytorch_threads()
+        except Exception:  # a model that cannot run a plain forward fails its requests, not here
+            log.exception("measuring the scheduler's torch threads failed; keeping %d", self.threads)
+        torch.set_num_threads(threads)
+        while not self.stopped:
+            if not self.running and not self.waiting:
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+                continue
+            self.step()
+
+    def step(self) -> None:
+        """Drop the cancelled, admit who fits, and decode one step of everyone running."""
+        try:
+            self.drop_cancelled()
+            self.admit()
+            if self.running:
+                self.isolating(list(self.running), self.decode_step)
+        except Exception:  # a bug outside any request's step must not hang every client
+            log.exception("engine scheduler failed")
+            for request in list(self.running):
+                self.fail(request, INTERNAL_ERROR)
+
+    def _measure_pytorch_threads(self) -> int:
+        """The torch thread count for this thread's PyTorch forwards (prefills, big steps).
+
+        Outside the main thread each OpenMP region of two threads cost ~200 us more than at one
+        here (torch 2.13, libgomp): the shipped model's 178-token prefill took 20 ms at two threads
+        and 6 ms at one, while a 0.5B model's matmuls gain from the second. So time a 32-token
+        forward at one thread and at all of them, alternately, and keep the faster.
+        """
+        model = self.runner.model
+        if self.threads <= 1 or self.runner.device.type != "cpu":
+            return self.threads
+        idx = torch.zeros(1, min(32, self.block_size), dtype=torch.long, device=self.runner.device)
+        best: dict[int, float] = {}
+        for n in (1, self.threads) * 3:
+            torch.set_num_threads(n)
+            start = time.perf_counter()
+            model(idx, last_only=True)
+            best[n] = min(best.get(n, float("inf")), time.perf_counter() - start)
+        chosen = min(best, key=best.get)
+        log.info("scheduler thread: torch runs %d thread(s) (32-token forward: %s)", chosen,
+                 ", ".join(f"{n} thread(s) {t * 1e3:.1f} ms" for n, t in best.items()))
+        return chosen
+
+    def isolating(self, requests: list[Request], step: Callable[[list[Request]], None]) -> None:
+        """Run `step` over `requests`; when it raises, run it again for each request alone that it
+        had not moved on yet, so a failure fails only the request that caused it.
+
+        (A batch that failed while sampling may have drawn from the random generators of rows
+        before the failing one; sampling raises for no valid parameters, so that is a bug's cost.)
+        """
+        progress = [len(r.output_ids) for r in requests]
+        try:
+            step(requests)
+        except Exception:
+            if len(requests) == 1:
+                log.exception("engine step failed; failing its request")
+                self.fail(requests[0], INTERNAL_ERROR)
+                return
+            log.warning("a step over %d requests failed; stepping them one at a time", len(requests))
+            for request, before in zip(requests, progress):
+                if request in self.running and len(request.output_ids) == before:
+                    self.isolating([request], step)
+
+    def drop_cancelled(self) -> None:
+        for request in [r for r in self.running if r.cancelled.is_set()]:
+            self.finish(request, "cancelled")
+        if any(r.cancelled.is_set() for r in self.waiting):
+            with self.lock:
+                gone = [r for r in self.waiting if r.cancelled.is_set()]
+                self.waiting = deque(r for r in self.waiting if not r.cancelled.is_set())
+            for request in gone:
+                self.finish(request, "cancelled")
+
+    # ---- admission --------------------------------------------------------------------------
+    def admit(self) -> None:
+        """Admit waiting requests, oldest first, while the batch and the pool have room."""
+        while self.waiting and len(self.running) < self.config.max_batch:
+            request = self.waiting[0]
+            table = self._place(request)
+            if table is None:
+                if self.running:
+                    return  # it waits for running sequences to give blocks back
+                with self.lock:
+                    self.waiting.popleft()
+                self.fail(request, f"the sequence needs {self.pool.blocks_for(len(request.tokens))} KV blocks "
+                          f"and the pool has {self.pool.n_blocks - 1} (EngineConfig.kv_cache_mb)")
+                continue
+            with self.lock:
+                self.waiting.popleft()
+            self.isolating([request], lambda alone: self.prefill(alone[0], table))
+
+    def _place(self, request: Request) -> BlockTable | None:
+        """Blocks for the request's tokens, the longest cached prefix reused; None when the pool
+        cannot give them and still keep a block for each running sequence's next step."""
+        tokens = request.tokens
+        table = self.pool.claim_prefix(tokens) if self.config.prefix_reuse else BlockTable()
+        need = self.pool.blocks_for(len(tokens)) - len(table.blocks)
+        if need + len(self.running) > self.pool.available() or not self.pool.grow(table, len(tokens)):
+            self.pool.release(table)
+            return None
+        if self.config.prefix_reuse:
+            reused = len(table.hashes) * self.pool.block_tokens
+            self.counters["prefix_cache_lookups"] += 1
+            self.counters["prefix_cache_hits"] += reused > 0
+            self.counters["prefix_tokens_reused"] += reused
+        return table
+
+    # ---- the step ---------------------------------------------------------------------------
+    def prefill(self, request: Request, table: BlockTable) -> None:
+        """Forward the tokens the pool does not hold yet (the whole prompt but its reused blocks,
+        or, after a preemption, the output so far too) and choose the next token."""
+        reused = len(table.hashes) * self.pool.block_tokens
+        if not request.admitted:
+            request.admitted, request.reused_tokens = True, reused
+            self.counters["requests"] += 1
+        request.table, request.cached = table, reused
+        self.running.append(request)  # from here a failure in the forward fails this request too
+        tokens, chunk = request.tokens, self.config.prefill_chunk
+        for start in range(reused, len(tokens), chunk):
+            end = min(start + chunk, len(tokens))
+            logits = self.runner.forward([tokens[start:end]], [list(range(start, end))], [table.blocks],
+                                         last_only=True)[0, -1]
+        request.cached = len(tokens)
+        self.pool.seal(table, tokens, request.cached)
+        self._accept(request, self.output.choose(request, logits))
+
+    def decode_step(self, requests: list[Request]) -> None:
+        """One forward over the last token and the draft of each of `requests`; rows without a
+        draft, or with a shorter one, are padded (the padding writes to the null block)."""
+        rows = self._reserve(requests)
+        if not rows:
+            return
+        width = 1 + max(len(draft) for _, draft in rows)
+        idx, positions, n_real = [], [], []
+        for request, draft in rows:
+            row = [request.tokens[-1]] + draft
+            first = request.cached
+            idx.append(row + [row[-1]] * (width - len(row)))
+            positions.append([first + min(t, len(row) - 1) for t in range(width)])
+            n_real.append(len(row))
+        logits = self.runner.forward(idx, positions, [r.table.blocks for r, _ in rows], n_real)
+        for (request, draft), row_logits in zip(rows, logits):
+            self._verify(request, draft, row_logits)
+
+    def _reserve(self, requests: list[Request]) -> list[tuple[Request, list[int]]]:
+        """Each of `requests` with its draft and the blocks its step writes to. Short of
+        blocks, a draft is dropped first, then the newest sequence goes back to the queue
+        (its full blocks stay cached for when it returns); a sequence alone that cannot grow
+        finishes with "length"."""
+        rows = []
+        room = min(self.config.draft_tokens, (self.config.draft_step_tokens - len(requests)) // len(requests))
+        for request in requests:
+            if request not in self.running:
+                continue  # preempted for an older sequence's step
+            draft = self._draft(request, room)
+            while not self.pool.grow(request.table, request.cached + 1 + len(draft)):
+                if draft:
+                    draft = []
+                elif len(self.running) == 1:
+                    self.finish(request, "length")
+                    break
+                else:
+                    victim = self.running[-1]
+                    self._preempt(victim)
+                    rows = [(r, d) for r, d in rows if r is not victim]
+                    if victim is request:
+                        break
+            else:
+                rows.append((request, draft))
+        return rows
+
+    def _draft(self, request: Request, room: int) -> list[int]:
+        room = min(room, request.params.max_tokens - request.generated - 1, self.block_size - len(request.tokens))
+        if room <= 0 or not request.drafts:
+            return []
+        return propose(request.drafts, request.tokens, room)
+
+    def _preempt(self, request: Request) -> None:
+        self._release(request)
+        request.cached = 0
+        self.counters["preemptions"] += 1
+        with self.lock:
+            self.waiting.appendleft(request)
+
+    def _verify(self, request: Request, draft: list[int], logits: torch.Tensor) -> None:
+        """Choose tokens along the draft while the model agrees with it: logits[j] follows the
+        draft's first j tokens, which the request holds by then, so every logits processor sees
+        exactly the history it would see without a draft."""
+        self.counters["draft_tokens_proposed"] += len(draft)
+        try:
+            for j in range(len(draft) + 1):
+                proposed = draft[j] if j < len(draft) else None
+                token = self.output.choose(request, logits[j], proposed)
+                if token == proposed:
+                    self.counters["draft_tokens_accepted"] += 1
+                    self.accepted_by_position[j] += 1
+                if not self._accept(request, token) or token != proposed:
+                    break
+        finally:  # also when a logits processor raised part way: the tokens taken so far stand
+            if request in self.running:
+                # Keys and values are final for every token but the last; blocks past it held a
+                # rejected draft and go back.
+                request.cached = len(request.tokens) - 1
+                self.pool.truncate(request.table, len(request.tokens))
+                self.pool.seal(request.table, request.tokens, request.cached)
+
+    def _accept(self, request: Request, token: int) -> bool:
+        """Output takes the token; False when the request finished with it."""
+        reason = self.output.accept(request, token)
+        if reason is not None:
+            self.finish(request, reason)
+            return False
+        return True
+
+    # ---- leaving ----------------------------------------------------------------------------
+    def _release(self, request: Request) -> None:
+        """Give the request's blocks back; its full ones stay cached for the next keystroke."""
+        if request in self.running:
+            self.running.remove(request)
+            self.pool.seal(request.table, request.tokens, request.cached)
+            self.pool.release(request.table)
+
+    def finish(self, request: Request, reason: str) -> None:
+        self._release(request)
+        self.output.finish(request, reason)
+
+    def fail(self, request: Request, message: str) -> None:
+        self._release(request)
+        self.output.fail(request, message)

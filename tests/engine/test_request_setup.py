@@ -1,0 +1,61 @@
+"""Request setup alone: a CompletionInput in, a Request ready to schedule out."""
+from __future__ import annotations
+
+import pytest
+
+from engine.cache_model import CacheModel
+from engine.config import EngineConfig
+from engine.inputs import CompletionInput, ContextFile
+from engine.model_dir import load_model_dir
+from engine.prompt import PromptBuilder
+from engine.request_setup import SNIPPET_INDEXES, RequestSetup
+from engine.sampling import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return load_model_dir(tiny_model_dir)[1]
+
+
+def setup_for(tokenizer, **config) -> RequestSetup:
+    return RequestSetup(tokenizer, PromptBuilder(tokenizer, 128), EngineConfig(**config))
+
+
+def test_a_cut_short_name_is_healed_the_prompt_ends_before_it_and_the_output_must_spell_it(tokenizer):
+    setup = setup_for(tokenizer, cache_weight=0.0)
+    request = setup.request(CompletionInput("def add(a, b):\n    ret", params=SamplingParams(max_tokens=8)), print)
+    # The run of spaces keeps all but its last, which training text glues to the word.
+    assert request.heal == b" ret" and request.skip_bytes == 4
+    assert tokenizer.decode(request.prompt_ids).endswith(":\n   ") and request.tokens == request.prompt_ids
+    unhealed = setup_for(tokenizer, cache_weight=0.0, token_healing=False)
+    assert unhealed.request(CompletionInput("x = ret", params=SamplingParams()), print).heal == b""
+
+
+def test_the_cache_model_and_drafts_read_the_prefix_suffix_and_files(tokenizer):
+    setup = setup_for(tokenizer)
+    job = CompletionInput("def f(x):\n    return ", "\n\nprint(f(2))\n",
+                          files=(ContextFile("util.py", "def helper():\n    pass\n"),), params=SamplingParams())
+    request = setup.request(job, print)
+    assert isinstance(request.logits_processor, CacheModel)
+    assert [name for name, _ in request.logits_processor.sources] == ["prefix", "suffix", "neighbours"]
+    assert request.drafts and request.own_index is not None
+    plain = setup_for(tokenizer, cache_weight=0.0, draft_tokens=0).request(job, print)
+    assert plain.logits_processor is None and plain.drafts == []
+
+
+def test_neighbouring_files_are_indexed_once_and_the_least_recent_goes(tokenizer):
+    setup = setup_for(tokenizer)
+    first = setup.snippet_index("def a():\n    pass\n")
+    assert setup.snippet_index("def a():\n    pass\n") is first
+    for i in range(SNIPPET_INDEXES):
+        setup.snippet_index(f"x{i} = {i}\n")
+    assert setup.snippet_index("def a():\n    pass\n") is not first
+
+
+def test_a_random_request_gets_its_seeded_generator_and_a_greedy_one_none(tokenizer):
+    setup = setup_for(tokenizer, cache_weight=0.0)
+    greedy = setup.request(CompletionInput("x", params=SamplingParams(temperature=0.0)), print)
+    seeded = [setup.request(CompletionInput("x", params=SamplingParams(temperature=0.8, seed=7)), print)
+              for _ in range(2)]
+    assert greedy.generator is None
+    assert seeded[0].generator.initial_seed() == seeded[1].generator.initial_seed() == 7
