@@ -27,4 +27,5 @@ system-deps:
 # The C kernels build at first use; building them here keeps that out of the tests' timeouts.
 test: setup system-deps
 	$(BIN)/python -m engine.kernels
+	bash scripts/build-llama-cpp.sh  # the GGUF tests' oracle (~8-10 minutes once per machine, then cached)
 	bash scripts/run-tests.sh
