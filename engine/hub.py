@@ -28,7 +28,8 @@ OLLAMA_MODEL_LAYER = "application/vnd.ollama.image.model"
 
 
 def resolve_model(spec: str | Path) -> Path:
-    """A local model directory for a path, a GGUF file, an Ollama name or a hub name."""
+    """A local model directory for a path, a GGUF file, an Ollama name or a hub name (a path that
+    does not exist and is no name comes back as it is)."""
     path = Path(spec)
     if path.exists():
         return gguf_model_dir(path) if path.is_file() and path.suffix == ".gguf" else path
@@ -37,8 +38,7 @@ def resolve_model(spec: str | Path) -> Path:
         return gguf_model_dir(ollama_blob(m["namespace"] or "library", m["name"], m["tag"]))
     if m := HUB_NAME.match(text):
         return hub_snapshot(m["repo"], m["revision"])
-    raise ModelDirError(f"model {text} is neither a local path, a Hugging Face name (OWNER/NAME[@REVISION]) "
-                        f"nor an Ollama name (NAME:TAG)")
+    return path  # no name either: the caller says the directory does not exist
 
 
 def served_name(path: Path) -> str:
