@@ -203,7 +203,7 @@ def unpermute(t: torch.Tensor, n_head: int) -> torch.Tensor:
 def tokenizer_json(f: GGUFFile) -> dict:
     """tokenizer.json for the `tokenizers` library from `tokenizer.ggml.*`: byte-level BPE with
     merges (`gpt2`), or SentencePiece BPE with byte fallback (`llama`), merges by piece score."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     style = f.require("tokenizer.ggml.model")
     tokens = list(f.require("tokenizer.ggml.tokens"))
@@ -222,7 +222,10 @@ def tokenizer_json(f: GGUFFile) -> dict:
         scores = list(f.get("tokenizer.ggml.scores") or [0.0] * len(tokens))
         tok = Tokenizer(models.BPE(vocab=vocab, merges=sentencepiece_merges(tokens, scores, types),
                                    unk_token=tokens[f.get("tokenizer.ggml.unknown_token_id", 0)], byte_fallback=True))
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        # As SentencePiece (and llama.cpp) do: one "▁" before the text always, spaces as "▁", and
+        # no pre-tokenizer, so pieces run across spaces ("▁▁▁▁return")
+        prefix = [normalizers.Prepend("▁")] if f.get("tokenizer.ggml.add_space_prefix", True) else []
+        tok.normalizer = normalizers.Sequence(prefix + [normalizers.Replace(" ", "▁")])
         tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                          decoders.Strip(" ", 1, 0)])
     else:
@@ -232,7 +235,8 @@ def tokenizer_json(f: GGUFFile) -> dict:
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                             for t, kind in zip(tokens, types) if kind == CONTROL])
     bos_id = f.get("tokenizer.ggml.bos_token_id")
-    if f.get("tokenizer.ggml.add_bos_token") and bos_id is not None:
+    # llama.cpp's default where the file does not say: a BOS for SentencePiece vocabularies only
+    if f.get("tokenizer.ggml.add_bos_token", style == "llama") and bos_id is not None:
         bos = tokens[bos_id]
         tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
                                                            special_tokens=[(bos, bos_id)])
@@ -262,7 +266,8 @@ def tokenizer_config(f: GGUFFile) -> dict:
 
     return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": name("tokenizer.ggml.bos_token_id"),
             "eos_token": name("tokenizer.ggml.eot_token_id") or name("tokenizer.ggml.eos_token_id"),
-            "add_bos_token": bool(f.get("tokenizer.ggml.add_bos_token")), "clean_up_tokenization_spaces": False}
+            "add_bos_token": bool(f.get("tokenizer.ggml.add_bos_token", f.get("tokenizer.ggml.model") == "llama")),
+            "clean_up_tokenization_spaces": False}
 
 
 # ---- writing ------------------------------------------------------------------------------------
