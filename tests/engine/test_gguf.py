@@ -274,7 +274,7 @@ PROMPTS = ["def fibonacci(n):\n    if n <= 1:\n        return n\n    ", "import 
            "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n        ",
            "for i in range(10):\n    print(", "    def __repr__(self):\n        return "]
 # Where llama.cpp's own two best probabilities are closer than this, either token is its greedy
-# answer up to its float rounding: the comparison stops there (the texts may part after it).
+# answer up to its float rounding: the texts may part there (and the comparison stops).
 NEAR_TIE = 0.02
 
 
@@ -294,7 +294,7 @@ def test_greedy_text_of_the_shipped_model_is_llama_cpps(outtype, shipped_gguf, w
     model, _, _ = load_model_dir(path)
     engine = Engine.load(path, quantize=None, config=EngineConfig(**PLAIN))
     server = LlamaServer(path, work / f"shipped-{outtype}.log")
-    compared = 0
+    compared = ties = 0
     try:
         for prompt in PROMPTS:
             prompt_ids = engine.tokenizer.encode(prompt)
@@ -302,10 +302,12 @@ def test_greedy_text_of_the_shipped_model_is_llama_cpps(outtype, shipped_gguf, w
             ours = greedy_ours(model, prompt_ids, len(theirs))
             agreed = 0
             for token, probs in theirs:
-                if len(probs) > 1 and probs[0] - probs[1] < NEAR_TIE:
+                if ours[agreed] != token:  # only where llama.cpp itself nearly could not choose
+                    assert len(probs) > 1 and probs[0] - probs[1] < NEAR_TIE, (prompt, agreed, probs, ours, theirs)
+                    ties += 1
                     break
-                assert ours[agreed] == token, (prompt, agreed, ours[:agreed + 1], [t for t, _ in theirs[:agreed + 1]])
                 agreed += 1
+            print(f"{prompt!r}: {agreed} of {len(theirs)} tokens equal")
             compared += agreed
             # The engine's own path (what the server runs: KV cache, decode step) gives that text too.
             text = engine.complete(CompletionInput(prompt, params=SamplingParams(temperature=0, max_tokens=32))).text
@@ -314,7 +316,8 @@ def test_greedy_text_of_the_shipped_model_is_llama_cpps(outtype, shipped_gguf, w
     finally:
         server.stop()
         engine.close()
-    print(f"shipped {outtype}: {compared} of {32 * len(PROMPTS)} greedy tokens compared, all equal to llama.cpp's")
+    print(f"shipped {outtype}: {compared} of {32 * len(PROMPTS)} greedy tokens equal to llama.cpp's; "
+          f"{ties} prompts part at a near tie")
     assert compared >= 16 * len(PROMPTS)
 
 
