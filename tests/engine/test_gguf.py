@@ -156,6 +156,12 @@ def test_a_converted_file_gives_the_logits_of_its_model(family, outtype, work):
     print(f"{family} {outtype} ({', '.join(sorted(tensor_types(path)))}): max |logit difference| / max |logit| "
           f"{diff:.1e}")
     assert diff <= FLOAT_TOLERANCE[outtype]
+    tokenizer, tokens = load_tokenizer_from_dir(path), list(GGUFFile(path).get("tokenizer.ggml.tokens"))
+    if family != "llama":  # end of text (and FIM, where the family has it) found in the vocabulary by text
+        assert tokens[tokenizer.eot_id] == "<|endoftext|>"
+    if family not in ("llama", "gpt2"):
+        fim = (tokens[tokenizer.fim.prefix], tokens[tokenizer.fim.suffix], tokens[tokenizer.fim.middle])
+        assert fim in (("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"), ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"))
 
 
 # ---- llama.cpp as the oracle --------------------------------------------------------------------
@@ -288,6 +294,7 @@ def shipped_gguf(work):
     return {t: convert(hf, work / f"shipped-{t}.gguf", t, "gpt-2") for t in ("f16", "q8_0")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outtype", ["f16", "q8_0"])
 def test_greedy_text_of_the_shipped_model_is_llama_cpps(outtype, shipped_gguf, work):
     path = shipped_gguf[outtype]
@@ -361,6 +368,7 @@ def test_quantised_files_give_llama_cpps_probabilities(kind, types, work):
 
 
 # ---- what users type ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_gguf_path_and_an_ollama_name_work_through_the_cli(work, tmp_path):
     hf = work / "qwen2-hf"
     if not hf.is_dir():
