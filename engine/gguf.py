@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from .families import HF_CLASSES, FamilyError, config_from_hf, weight_rules
+from .model import ModelConfig
 from .model_dir import CONFIG_FILE, FORMAT, WEIGHTS_FILE, ModelDirError
 from .tokenizer import HF_TOKENIZER_FILE
 
@@ -168,7 +169,7 @@ def hf_config(f: GGUFFile) -> dict:
 
 
 # ---- tensors ------------------------------------------------------------------------------------
-def hf_tensors(f: GGUFFile, raw: dict, config) -> dict[str, torch.Tensor]:
+def hf_tensors(f: GGUFFile, config: ModelConfig) -> dict[str, torch.Tensor]:
     """The tensors under transformers' names: every name the family's rules read, found through
     the gguf package's own name table (the one the converter wrote with), the converter's changes
     undone."""
@@ -284,7 +285,7 @@ def write_model_dir(path: Path, out: Path) -> Path:
     raw["code_assistant"] = {"format": FORMAT, "quantization": None, "name": name,
                              "converted_from": {"gguf": str(path), "file_type": f.get("general.file_type")}}
     out.mkdir(parents=True, exist_ok=True)
-    tensors = hf_tensors(f, raw, config)
+    tensors = hf_tensors(f, config)
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     (out / HF_TOKENIZER_FILE).write_text(json.dumps(tokenizer_json(f), ensure_ascii=False), encoding="utf-8")
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(f), indent=2), encoding="utf-8")
