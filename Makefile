@@ -34,4 +34,6 @@ system-deps:
 # In a checkout the C kernels build at first use; building them here keeps that out of the tests' timeouts.
 test: setup system-deps
 	$(BIN)/python -m engine.kernels
+	# llama.cpp, the GGUF tests' oracle (~8-10 minutes once per machine, then cached); without it they skip, saying why.
+	PIP="$(BIN)/python -m pip" bash scripts/build-llama-cpp.sh || echo "llama.cpp was not built: the tests that need it skip"
 	bash scripts/run-tests.sh

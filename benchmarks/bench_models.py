@@ -43,7 +43,7 @@ def hf_dir(name_or_path: str, work: Path) -> Path:
     path = default_model_dir() if name_or_path == "default" else Path(name_or_path)
     info = read_model_dir(path)
     if not info.legacy:
-        return path
+        return info.path  # a hub name or GGUF file resolved to its directory
     # Our first format (tiktoken ranks, int8 weights): export what `train` writes now.
     out = work / (path.name if name_or_path != "default" else "default") / "hf"
     if not (out / "config.json").is_file():

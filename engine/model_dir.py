@@ -53,8 +53,11 @@ class ModelDir:
 
 
 def read_model_dir(path: str | Path) -> ModelDir:
-    """config.json of a model directory, checked; the weights are read by `load_state`."""
-    path = Path(path)
+    """config.json of a model directory, checked; the weights are read by `load_state`. `path` may
+    also be a GGUF file, an Ollama name or a Hugging Face name (engine/hub.py)."""
+    from .hub import resolve_model, served_name  # hub.py imports this module's error
+
+    path = resolve_model(path)
     if not path.is_dir():
         raise ModelDirError(f"model directory {path} does not exist")
     if not (path / CONFIG_FILE).is_file():
@@ -96,7 +99,7 @@ def read_model_dir(path: str | Path) -> ModelDir:
                             f"only safetensors weights are loaded")
     if not (path / HF_TOKENIZER_FILE).is_file():
         raise ModelDirError(f"model directory {path} has no {HF_TOKENIZER_FILE}")
-    return ModelDir(path, config, raw, False, own.get("quantization"), own.get("name") or path.name)
+    return ModelDir(path, config, raw, False, own.get("quantization"), own.get("name") or served_name(path))
 
 
 # ---- weights ------------------------------------------------------------------------------------
