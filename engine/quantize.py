@@ -15,6 +15,18 @@ chosen at load, so it can change without a new checkpoint:
   matmul in the activation dtype.
 
 The embedding is quantized per row too; a tied head is a linear layer over the same stored integers.
+
+int4 weights (`quantize --bits 4`, `Engine.load(..., quantize="int4")`): every linear layer's
+weight is symmetric int4 in groups of 32 along the input dimension with one float32 scale a group
+(scale = the group's largest-magnitude weight / -8, q = round(w / scale) in -8..7, as llama.cpp's
+Q4_0), rows padded with zero weights to a multiple of 128 inputs. Stored as `<name>`: uint8
+(out, padded_in / 2), two weights a byte (group g's 16 bytes: byte i = (q[i] + 8) | (q[i + 16] + 8) << 4),
+and `<name>.scale`: float32 (out, padded_in / 32). Embeddings stay int8 per row and a tied head runs
+on them in int8 (a quarter of the 0.5B shape's weights). `Int4Linear` runs them on the CPU:
+activations quantized per row to int8 as above, each group's dot exact in int32, the groups'
+float sums in the order engine/decode_kernel.c's `int4_linear` adds them (`int4_matmul` is its
+PyTorch twin, bit for bit). config.json says `"method": "int4-group32"`; the int8 and float loaders
+refuse such a directory, the int4 loader quantizes any other at load.
 """
 from __future__ import annotations
 
@@ -143,6 +155,103 @@ def swap_in_int8(model: Transformer, int8_state: dict[str, torch.Tensor], device
         key = "pos_embed.weight"
         model.pos_embed = Int8Embedding(int8_state[key], int8_state[key + SCALE_SUFFIX], dtype).to(device)
     return model
+
+
+# ---- int4 ---------------------------------------------------------------------------------------
+INT4_GROUP = 32
+INT4_PAD = 128  # inputs a kernel step takes: 4 groups
+INT4_METHOD = "int4-group32"
+INT4_QUANTIZATION = {
+    "method": INT4_METHOD,
+    "version": 1,
+    "weights": "int4, symmetric, groups of 32 along the input, scale = the group's largest-magnitude weight / -8 "
+               "(float32, <name>.scale, (out, padded_in / 32)); two weights a byte, <name>: uint8 (out, padded_in / 2), "
+               "group g's 16 bytes: byte i = (q[i] + 8) | (q[i + 16] + 8) << 4; inputs padded with zeros to a multiple of 128",
+    "quantized": "linear layers in int4; token and position embeddings in int8 per row (int8-per-channel); "
+                 "a tied head runs on the embedding's int8",
+}
+
+
+def is_int4(model_dir: ModelDir) -> bool:
+    q = model_dir.quantization
+    return isinstance(q, dict) and q.get("method") == INT4_METHOD
+
+
+def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) float weight -> packed uint8 (out, padded_in / 2) and float32 scales (out, padded_in / 32)."""
+    w = weight.detach().float()
+    n, k = w.shape
+    w = F.pad(w, (0, -k % INT4_PAD)).view(n, -1, INT4_GROUP)
+    extreme = w.gather(-1, w.abs().argmax(dim=-1, keepdim=True))
+    scale = torch.where(extreme == 0, torch.ones_like(extreme), extreme / -8.0)
+    u = (torch.round(w / scale).clamp(-8, 7) + 8).to(torch.uint8)
+    packed = u[..., :16] | (u[..., 16:] << 4)
+    return packed.reshape(n, -1).contiguous(), scale.squeeze(-1).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 (out, padded_in / 2) -> the int4 values as int8 (out, groups, 32)."""
+    g = packed.view(packed.shape[0], -1, 16)
+    return (torch.cat([g & 15, g >> 4], dim=-1).to(torch.int8) - 8)
+
+
+def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, in_features: int) -> torch.Tensor:
+    w = unpack_int4(packed).float() * scale.unsqueeze(-1)
+    return w.reshape(packed.shape[0], -1)[:, :in_features]
+
+
+# Float elements int4_matmul's (groups, rows, out) products may hold at once (64 MB): prefill goes in row chunks.
+_INT4_CHUNK = 1 << 24
+
+
+def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The arithmetic of decode_kernel.c's int4_linear in PyTorch, rounding step for rounding step.
+    Each group's dot is exact as a float matmul: every partial sum is an integer below 2^24."""
+    n, groups = scale.shape
+    x_scale = (x.abs().amax(dim=1, keepdim=True) / 127.0).clamp_(min=1e-12)
+    xq = F.pad(torch.round(x / x_scale).clamp_(-127, 127), (0, groups * INT4_GROUP - x.shape[1]))
+    w = unpack_int4(packed).float().permute(1, 2, 0)  # (groups, 32, out)
+    per_group = scale.t().unsqueeze(1)  # (groups, 1, out)
+    rows = max(1, _INT4_CHUNK // (groups * n))
+    out = []
+    for xc in xq.split(rows):
+        products = torch.bmm(xc.view(-1, groups, INT4_GROUP).transpose(0, 1), w).mul_(per_group)
+        p = products[0:4].clone()
+        for g in range(4, groups, 4):
+            p += products[g:g + 4]
+        out.append((p[0] + p[1]) + (p[2] + p[3]))
+    y = torch.cat(out).mul_(x_scale)
+    return y if bias is None else y.add_(bias)
+
+
+class Int4Linear(nn.Module):
+    """int4 weights (groups of 32) times int8 activations (one scale per input row), on the CPU."""
+
+    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, in_features: int,
+                 use_kernels: bool = True):
+        super().__init__()
+        self.out_features, self.in_features = packed.shape[0], in_features
+        self.register_buffer("weight", packed.contiguous())
+        self.register_buffer("scale", scale.float().contiguous())
+        # the kernel's layout: (out / 4, groups, 4), out padded with zero scales to a multiple of 4
+        tiled = F.pad(self.scale, (0, 0, 0, -self.out_features % 4)).view(-1, 4, scale.shape[1]).transpose(1, 2)
+        self.register_buffer("scale_tiled", tiled.contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+        self.kernel = kernels.decode_kernel() if use_kernels else None
+
+    def native(self) -> kernels.QLinear:
+        """This layer as the C kernel's struct (pointers into the buffers: valid while they live)."""
+        return kernels.QLinear(self.weight.data_ptr(), self.scale_tiled.data_ptr(), None, kernels.address(self.bias),
+                               self.out_features, self.in_features, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).float().contiguous()
+        if self.kernel is not None and rows.shape[0] < KERNEL_MAX_ROWS:
+            y = torch.empty(rows.shape[0], self.out_features)
+            self.kernel.int4_linear(rows.data_ptr(), rows.shape[0], self.native(), y.data_ptr(), kernels.threads())
+        else:
+            y = int4_matmul(rows, self.weight, self.scale, self.bias)
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
 def _quantize_as_read(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
