@@ -77,7 +77,7 @@ def cmd_index(args, extra):
 
 # Jobs that own their arguments: `code-assistant JOB ...` hands the rest of argv to MODULE.main(argv).
 DELEGATED = {
-    "quantize": ("engine.quantize", "write an int8 copy of a model directory"),
+    "quantize": ("engine.quantize", "write an int8 or int4 (--bits 4) copy of a model directory"),
     "serve": ("http_api.cli", "run the HTTP API (OpenAI-compatible) on uvicorn"),
     "lsp": ("lsp_server.cli", "run the language server on stdio (or --tcp)"),
     "bench": ("benchmarks.cli", "benchmarks: `bench engine`, `bench http`"),
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score line completion on a held-out project folder (repeatable); "
                         "the project's other files serve as neighbours, the folder as the workspace")
     p.add_argument("--lines-per-file", type=int, default=10)
-    p.add_argument("--quantize", choices=["int8", "none"], default="int8", help="engine weights for line completion")
+    p.add_argument("--quantize", choices=["int8", "int4", "none"], default="int8", help="engine weights for line completion")
     p.add_argument("--variant", action="append", help="only these line-completion variants")
     p.add_argument("--no-loops", action="store_true", help="skip the loop rate of 64-token multi-line completions")
     p.add_argument("--tune-mix", action="store_true",

@@ -272,6 +272,8 @@ def load_int8_model(path: str | Path, device: str | torch.device = "cpu", dtype:
     """The model of a directory (float or int8) running on int8 weights. Float weights are
     quantized one tensor at a time as they are read."""
     model_dir = read_model_dir(path)
+    if is_int4(model_dir):
+        raise ModelDirError(f"{model_dir.path} holds int4 weights: load it with quantize='int4'")
     state = load_state(model_dir, transform=(lambda n, t: {n: _own(t)}) if model_dir.int8 else _quantize_as_read)
     quantized = {n[:-len(SCALE_SUFFIX)] for n in state if n.endswith(SCALE_SUFFIX)}
     floats = {n: t.to(dtype) for n, t in state.items() if n not in quantized and not n.endswith(SCALE_SUFFIX)}
@@ -296,6 +298,118 @@ def _return_freed_memory() -> None:
         pass
 
 
+def _is_linear_weight(name: str, tensor: torch.Tensor) -> bool:
+    return tensor.dim() == 2 and name.endswith(".weight") and name not in ("embed.weight", "pos_embed.weight")
+
+
+def int4_state(model_dir: ModelDir) -> dict[str, torch.Tensor]:
+    """The int4 state of any model directory: read as it is (int4), or quantized one tensor at a
+    time (float; int8 weights are dequantized, then requantized)."""
+    if is_int4(model_dir):
+        return _read_int4_state(model_dir)
+    if model_dir.quantization and model_dir.quantization.get("method") != QUANTIZATION["method"]:
+        raise ModelDirError(f"{model_dir.path}: unknown quantization {model_dir.quantization.get('method')!r}")
+    pending: dict[str, torch.Tensor] = {}
+
+    def as_read(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        if name.endswith(SCALE_SUFFIX):  # an int8 weight's scale: the weight came just before
+            base = name[:-len(SCALE_SUFFIX)]
+            q = pending.pop(base)
+            if _is_linear_weight(base, q):
+                return dict(zip((base, name), quantize_int4(q.float() * tensor.float().unsqueeze(-1))))
+            return {base: q, name: _own(tensor)}
+        if tensor.dtype == torch.int8:
+            pending[name] = _own(tensor)
+            return {}
+        if _is_linear_weight(name, tensor) and tensor.is_floating_point():
+            return dict(zip((name, name + SCALE_SUFFIX), quantize_int4(tensor)))
+        return _quantize_as_read(name, tensor)
+
+    state = load_state(model_dir, transform=as_read)
+    if pending:
+        raise ModelDirError(f"{model_dir.path}: int8 tensor {next(iter(pending))!r} has no {SCALE_SUFFIX}")
+    return state
+
+
+def _read_int4_state(model_dir: ModelDir) -> dict[str, torch.Tensor]:
+    """An int4 directory's tensors, each checked against the shape config.json implies."""
+    from safetensors import SafetensorError, safe_open
+
+    from .model_dir import WEIGHTS_FILE, expected_shapes
+
+    try:
+        with safe_open(str(model_dir.path / WEIGHTS_FILE), framework="pt") as f:
+            stored = {name: f.get_tensor(name) for name in f.keys()}
+    except (OSError, SafetensorError) as e:
+        raise ModelDirError(f"{model_dir.path / WEIGHTS_FILE}: {e}") from e
+    state = {}
+    for name, shape in expected_shapes(model_dir.config).items():
+        t = stored.get(name)
+        if t is None:
+            raise ModelDirError(f"{model_dir.path}: the weights have no tensor for {name!r}")
+        scale = stored.get(name + SCALE_SUFFIX)
+        if len(shape) == 2 and name not in ("embed.weight", "pos_embed.weight"):
+            padded = shape[1] + (-shape[1] % INT4_PAD)
+            want = {name: ((shape[0], padded // 2), torch.uint8), name + SCALE_SUFFIX: ((shape[0], padded // INT4_GROUP), torch.float32)}
+        elif len(shape) == 2:
+            want = {name: (shape, torch.int8), name + SCALE_SUFFIX: ((shape[0],), torch.float32)}
+        else:
+            want = {name: (shape, t.dtype if t.is_floating_point() else torch.float32)}
+        for key, (want_shape, dtype) in want.items():
+            got = stored.get(key)
+            if got is None or tuple(got.shape) != tuple(want_shape) or got.dtype != dtype:
+                found = "nothing" if got is None else f"{got.dtype} {tuple(got.shape)}"
+                raise ModelDirError(f"{model_dir.path}: int4 tensor {key} should be {dtype} {tuple(want_shape)}, found {found}")
+            state[key] = got.float() if dtype.is_floating_point else got
+    return state
+
+
+def load_int4_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                    use_kernels: bool = True) -> tuple[Transformer, ModelDir]:
+    """The model of any directory (float, int8 or int4) running on int4 linear layers (CPU only)."""
+    if torch.device(device).type != "cpu":
+        raise ModelDirError(f"int4 weights run on the CPU only, not {device}")
+    model_dir = read_model_dir(path)
+    state = int4_state(model_dir)
+    quantized = {n[:-len(SCALE_SUFFIX)] for n in state if n.endswith(SCALE_SUFFIX)}
+    floats = {n: t.to(dtype) for n, t in state.items() if n not in quantized and not n.endswith(SCALE_SUFFIX)}
+    model = build_model(model_dir.config, floats)
+    embed_q, embed_scale = state["embed.weight"], state["embed.weight" + SCALE_SUFFIX]
+
+    def linear(name: str, bias: torch.Tensor | None) -> nn.Module:
+        return Int4Linear(state[name + ".weight"], state[name + ".weight" + SCALE_SUFFIX], bias,
+                          _in_features(model, name), use_kernels)
+
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if isinstance(child, nn.Linear) and full != "head":
+                setattr(module, child_name, linear(full, state.get(full + ".bias")))
+    model.head = (Int8Linear(embed_q, embed_scale, None, use_kernels) if model.config.tie_embeddings
+                  else linear("head", None))
+    model.embed = Int8Embedding(embed_q, embed_scale, dtype)
+    if model.pos_embed is not None:
+        model.pos_embed = Int8Embedding(state["pos_embed.weight"], state["pos_embed.weight" + SCALE_SUFFIX], dtype)
+    left = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
+    if left:
+        raise ModelDirError(f"{model_dir.path}: no int4 kernel for {left[0]}")
+    del state, floats
+    _return_freed_memory()
+    return model.eval(), model_dir
+
+
+def _in_features(model: Transformer, name: str) -> int:
+    return model.get_submodule(name).in_features
+
+
+def write_int4_model_dir(src: str | Path, out: str | Path) -> Path:
+    model_dir = read_model_dir(src)
+    if is_int4(model_dir):
+        raise ModelDirError(f"{src} is already int4")
+    load_tokenizer_from_dir(model_dir)  # copied as it is: check now that the copy will load
+    return save_int8_dir(out, model_dir, int4_state(model_dir), INT4_QUANTIZATION)
+
+
 def write_int8_model_dir(src: str | Path, out: str | Path) -> Path:
     model_dir = read_model_dir(src)
     if model_dir.int8:
@@ -307,15 +421,19 @@ def write_int8_model_dir(src: str | Path, out: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="code-assistant quantize",
-                                     description="write an int8 copy (per-channel scales) of a model directory")
+                                     description="write an int8 (per-channel scales) or int4 (groups of 32) copy "
+                                                 "of a model directory")
     parser.add_argument("--model", required=True, help="model directory (Hugging Face or this project's)")
-    parser.add_argument("--out", required=True, help="directory to write the int8 model into")
+    parser.add_argument("--out", required=True, help="directory to write the quantized model into")
+    parser.add_argument("--bits", type=int, choices=[8, 4], default=8,
+                        help="8: int8, one scale per output row; 4: int4, one scale per 32 inputs (from a float "
+                             "or an int8 directory)")
     args = parser.parse_args(argv)
     if Path(args.out).resolve() == Path(args.model).resolve():
         print("code-assistant quantize: --out must differ from --model", file=sys.stderr)
         return 2
     try:
-        write_int8_model_dir(args.model, args.out)
+        (write_int4_model_dir if args.bits == 4 else write_int8_model_dir)(args.model, args.out)
     except ModelDirError as e:
         print(f"code-assistant quantize: error: {e}", file=sys.stderr)
         return 2
