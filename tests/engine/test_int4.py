@@ -139,6 +139,7 @@ def test_quantize_bits_4_from_an_int8_directory_and_the_loaders_check_the_format
     assert run.returncode == 0, run.stderr
     config = json.loads((tmp_path / "int4" / "config.json").read_text())
     assert config["code_assistant"]["quantization"]["method"] == "int4-group32"
+    assert "groups of 32" in (tmp_path / "int4" / "MODEL_CARD.md").read_text()
     stored, _ = load_int4_model(tmp_path / "int4")
     at_load, _ = load_int4_model(int8_dir)  # quantized at load: the same integers
     ids, pos = torch.tensor([[5, 9, 2, 7]]), torch.arange(4).unsqueeze(0)
