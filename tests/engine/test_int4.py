@@ -163,3 +163,15 @@ def test_a_damaged_int4_file_is_a_clear_error(hf_dirs, tmp_path):
     save_file(tensors, str(tmp_path / "q" / "model.safetensors"))
     with pytest.raises(ModelDirError, match=f"int4 tensor {name} should be"):
         load_int4_model(tmp_path / "q")
+
+
+def test_eval_reports_bits_per_byte_as_the_engine_runs_int4(hf_dirs):
+    results = {}
+    for weights in ("int8", "int4"):
+        run = cli("eval", "--model", str(hf_dirs["gpt2"]), "--src", str(ROOT / "tests" / "data" / "heldout" / "toolz"),
+                  "--max-windows", "2", "--weights", weights)
+        assert run.returncode == 0, run.stderr
+        results[weights] = json.loads(run.stdout.strip().splitlines()[-1])
+        assert results[weights]["weights"] == weights
+    assert results["int4"]["bits_per_byte"] != results["int8"]["bits_per_byte"]  # the int4 weights did run
+    assert abs(results["int4"]["bits_per_byte"] / results["int8"]["bits_per_byte"] - 1) < 0.1
