@@ -42,7 +42,7 @@ def cmd_eval(args, extra):
         raise ValueError("give exactly one of --data DATA_DIR or --src DIR")
     result = evaluate(Path(args.model), Path(args.data) if args.data else None,
                       [Path(s) for s in args.src] if args.src else None, max_windows=args.max_windows,
-                      seq_len=args.seq_len)
+                      seq_len=args.seq_len, weights=args.weights)
     if args.line_completion:
         from training.line_completion import line_completion_report, tune_mix
 
@@ -79,7 +79,7 @@ def cmd_index(args, extra):
 
 # Jobs that own their arguments: `code-assistant JOB ...` hands the rest of argv to MODULE.main(argv).
 DELEGATED = {
-    "quantize": ("engine.quantize", "write an int8 copy of a model directory"),
+    "quantize": ("engine.quantize", "write an int8 or int4 (--bits 4) copy of a model directory"),
     "serve": ("http_api.cli", "run the HTTP API (OpenAI-compatible) on uvicorn"),
     "lsp": ("lsp_server.cli", "run the language server on stdio (or --tcp)"),
     "bench": ("benchmarks.cli", "benchmarks: `bench engine`, `bench http`"),
@@ -126,7 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score line completion on a held-out project folder (repeatable); "
                         "the project's other files serve as neighbours, the folder as the workspace")
     p.add_argument("--lines-per-file", type=int, default=10)
-    p.add_argument("--quantize", choices=["int8", "none"], default="int8", help="engine weights for line completion")
+    p.add_argument("--weights", choices=["float", "int8", "int4"], default="float",
+                   help="weights for the loss and bits per byte: float (int8 dequantized), or int8 / int4 as the "
+                        "engine runs them on the CPU")
+    p.add_argument("--quantize", choices=["int8", "int4", "none"], default="int8", help="engine weights for line completion")
     p.add_argument("--variant", action="append", help="only these line-completion variants")
     p.add_argument("--no-loops", action="store_true", help="skip the loop rate of 64-token multi-line completions")
     p.add_argument("--tune-mix", action="store_true",

@@ -42,6 +42,7 @@ typedef struct {
     const int32_t *wsum;   /* (n,) sum of each row's int8 weights */
     const float *bias;     /* (n,) or NULL */
     int64_t n, k;
+    int64_t bits;          /* 0 or 8: the above; 4: int4 groups (w, scale as `int4_linear` below says) */
 } qlinear;
 
 typedef struct {
@@ -307,7 +308,10 @@ static void linear_chunk(void *ctx, int64_t c) {
 }
 
 /* y (M, n) = x (M, k) through the int8 linear; output rows split over threads when there is enough work. */
+static void linear_int4(const float *x, int64_t M, const qlinear *L, float *y, int64_t n_threads);
+
 static void linear(const float *x, int64_t M, const qlinear *L, float *y, int64_t n_threads) {
+    if (L->bits == 4) { linear_int4(x, M, L, y, n_threads); return; }
     int64_t Kp = round_up(L->k, 64);
     uint8_t *xu = scratch((size_t)(M * Kp + M * 4 + ALIGN));
     float *sx = (float *)(xu + round_up(M * Kp, ALIGN));
@@ -319,6 +323,150 @@ static void linear(const float *x, int64_t M, const qlinear *L, float *y, int64_
 }
 
 void int8_linear(const float *x, int64_t M, const qlinear *L, float *y, int64_t n_threads) {
+    linear(x, M, L, y, n_threads);
+}
+
+/* ---- int4 weights (engine/quantize.py's Int4Linear; its PyTorch twin is int4_matmul) ----
+ *
+ * Weights: symmetric int4 in groups of 32 along the input, one float32 scale a group; the input
+ * is padded with zero weights to Kp = a multiple of 128. Each group is 16 bytes, byte i holding
+ * u[i] | u[i + 16] << 4 with u = q + 8 (0..15). Scales come tiled for the kernel:
+ * scale[(n / 4) * G * 4 + g * 4 + n % 4] (G = Kp / 32 groups; n padded to a multiple of 4).
+ * Activations: quantized per row as for int8 (sx = max|x| / 127, xq = round-half-even(x / sx)).
+ * A group's dot is exact in int32: acc_g = sum u * xq - 8 * sum xq. The float epilogue, which
+ * the PyTorch twin repeats step for step: p[g % 4] += float(acc_g) * scale_g over g in order,
+ * then y = (((p0 + p1) + (p2 + p3)) * sx) (+ bias). VNNI multiplies the unsigned nibbles by the
+ * signed activations, which are laid out per 128 inputs as the low halves of its four groups
+ * (64 bytes) and then the high halves, to meet the nibbles as they unpack. */
+static void quantize_rows_int4(const float *x, int64_t M, int64_t K, int64_t Kp, int8_t *xq, int32_t *xsum8, float *sx) {
+    const int64_t G = Kp / 32;
+    for (int64_t m = 0; m < M; m++) {
+        const float *r = x + m * K;
+        float amax = 0.0f;
+        for (int64_t i = 0; i < K; i++) { float a = fabsf(r[i]); amax = a > amax ? a : amax; }
+        float s = amax / 127.0f;
+        if (s < 1e-12f) s = 1e-12f;
+        sx[m] = s;
+        int8_t *o = xq + m * Kp;
+        int32_t *xs = xsum8 + m * G * 4;
+        for (int64_t g = 0; g < G; g++) {
+            int8_t *lo = o + (g / 4) * 128 + (g % 4) * 16;
+            int32_t sum = 0;
+            for (int64_t i = 0; i < 32; i++) {
+                int64_t k = g * 32 + i;
+                float q = 0.0f;
+                if (k < K) {
+                    q = nearbyintf(r[k] / s);
+                    q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+                }
+                lo[i < 16 ? i : 64 + i - 16] = (int8_t)q;
+                sum += (int32_t)q;
+            }
+            for (int j = 0; j < 4; j++) xs[g * 4 + j] = 8 * sum;
+        }
+    }
+}
+
+/* Up to 4 activation rows times the 4 weight rows n..n+3 (nj of them real). */
+static void tile_int4(const int8_t *xq, const int32_t *xsum8, const float *sx, int64_t nm, const qlinear *L,
+                      int64_t n, int64_t nj, float *y, int64_t ystride) {
+    const int64_t Kp = round_up(L->k, 128), G = Kp / 32, half = Kp / 2;
+    const uint8_t *w0 = (const uint8_t *)L->w + n * half;
+    const float *st = L->scale + (n / 4) * G * 4;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    __m512 p[4];
+    for (int m = 0; m < 4; m++) p[m] = _mm512_setzero_ps();
+    const __m512i nibble = _mm512_set1_epi8(0x0F);
+    for (int64_t b = 0; b < Kp; b += 128) {
+        __m512i lo[4], hi[4];
+        for (int j = 0; j < 4; j++) {
+            if (j < nj) {
+                __m512i raw = _mm512_loadu_si512((const void *)(w0 + j * half + b / 2));
+                lo[j] = _mm512_and_si512(raw, nibble);
+                hi[j] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble);
+            } else {
+                lo[j] = hi[j] = _mm512_setzero_si512();
+            }
+        }
+        __m512 scale = _mm512_loadu_ps(st + (b / 32) * 4);  /* 4 groups x 4 weight rows */
+        for (int m = 0; m < nm; m++) {
+            __m512i xlo = _mm512_loadu_si512((const void *)(xq + m * Kp + b));
+            __m512i xhi = _mm512_loadu_si512((const void *)(xq + m * Kp + b + 64));
+            __m512i a[4];
+            for (int j = 0; j < 4; j++)
+                a[j] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[j], xlo), hi[j], xhi);
+            /* 128-bit lane g holds group g's four partial sums per weight row: fold them into
+             * [row 0, row 1, row 2, row 3] for each group, as tile_4x4 does */
+            __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]), _mm512_unpackhi_epi32(a[0], a[1]));
+            __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2], a[3]), _mm512_unpackhi_epi32(a[2], a[3]));
+            __m512i s = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+            s = _mm512_sub_epi32(s, _mm512_loadu_si512((const void *)(xsum8 + m * G * 4 + (b / 32) * 4)));
+            p[m] = _mm512_add_ps(p[m], _mm512_mul_ps(_mm512_cvtepi32_ps(s), scale));
+        }
+    }
+    __mmask8 cols = (__mmask8)((1u << nj) - 1);
+    __m128 bias = L->bias ? _mm_maskz_loadu_ps(cols, L->bias + n) : _mm_setzero_ps();
+    for (int m = 0; m < nm; m++) {
+        __m128 g0 = _mm512_extractf32x4_ps(p[m], 0), g1 = _mm512_extractf32x4_ps(p[m], 1);
+        __m128 g2 = _mm512_extractf32x4_ps(p[m], 2), g3 = _mm512_extractf32x4_ps(p[m], 3);
+        __m128 v = _mm_add_ps(_mm_add_ps(g0, g1), _mm_add_ps(g2, g3));
+        v = _mm_mul_ps(v, _mm_set1_ps(sx[m]));
+        if (L->bias) v = _mm_add_ps(v, bias);
+        _mm_mask_storeu_ps(y + m * ystride + n, cols, v);
+    }
+#else
+    for (int m = 0; m < nm; m++)
+        for (int j = 0; j < nj; j++) {
+            float p[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int64_t g = 0; g < G; g++) {
+                const uint8_t *w = w0 + j * half + g * 16;
+                const int8_t *xl = xq + m * Kp + (g / 4) * 128 + (g % 4) * 16, *xh = xl + 64;
+                int32_t acc = 0;
+                for (int i = 0; i < 16; i++) acc += (int32_t)(w[i] & 15) * xl[i] + (int32_t)(w[i] >> 4) * xh[i];
+                acc -= xsum8[m * G * 4 + g * 4];
+                p[g % 4] = p[g % 4] + (float)acc * st[g * 4 + j];
+            }
+            float v = ((p[0] + p[1]) + (p[2] + p[3])) * sx[m];
+            if (L->bias) v = v + L->bias[n + j];
+            y[m * ystride + n + j] = v;
+        }
+#endif
+}
+
+typedef struct {
+    const int8_t *xq;
+    const int32_t *xsum8;
+    const float *sx;
+    int64_t M;
+    const qlinear *L;
+    float *y;
+} int4_job;
+
+static void int4_chunk(void *ctx, int64_t c) {
+    const int4_job *j = ctx;
+    const int64_t G4 = round_up(j->L->k, 128) / 32 * 4;
+    int64_t n0 = c * LINEAR_CHUNK, n1 = n0 + LINEAR_CHUNK < j->L->n ? n0 + LINEAR_CHUNK : j->L->n;
+    for (int64_t m = 0; m < j->M; m += 4) {
+        int64_t nm = j->M - m < 4 ? j->M - m : 4;
+        int64_t Kp = round_up(j->L->k, 128);
+        for (int64_t n = n0; n < n1; n += 4)
+            tile_int4(j->xq + m * Kp, j->xsum8 + m * G4, j->sx + m, nm, j->L, n, n1 - n < 4 ? n1 - n : 4,
+                      j->y + m * j->L->n, j->L->n);
+    }
+}
+
+static void linear_int4(const float *x, int64_t M, const qlinear *L, float *y, int64_t n_threads) {
+    const int64_t Kp = round_up(L->k, 128), G = Kp / 32;
+    int8_t *xq = scratch((size_t)(M * Kp + M * G * 4 * 4 + M * 4 + 2 * ALIGN));
+    int32_t *xsum8 = (int32_t *)(xq + round_up(M * Kp, ALIGN));
+    float *sx = (float *)((char *)xsum8 + round_up(M * G * 4 * 4, ALIGN));
+    quantize_rows_int4(x, M, L->k, Kp, xq, xsum8, sx);
+    int4_job job = {xq, xsum8, sx, M, L, y};
+    parallel_for((L->n + LINEAR_CHUNK - 1) / LINEAR_CHUNK, int4_chunk, &job,
+                 M * L->n * L->k >= (1 << 17) ? n_threads : 1);
+}
+
+void int4_linear(const float *x, int64_t M, const qlinear *L, float *y, int64_t n_threads) {
     linear(x, M, L, y, n_threads);
 }
 

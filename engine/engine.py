@@ -82,18 +82,19 @@ class Engine:
     @classmethod
     def load(cls, model_dir: str | Path | None = None, device: str = "cpu", quantize: str | None = "int8",
              config: EngineConfig | None = None) -> "Engine":
-        """Load a model directory (Hugging Face or this project's, float or int8). quantize="int8"
-        runs int8 weights, None/"none" float ones."""
-        if quantize not in (None, "none", "int8"):
-            raise ValueError(f"quantize must be 'int8', 'none' or None, got {quantize!r}")
+        """Load a model directory (Hugging Face or this project's, float, int8 or int4). quantize="int8"
+        runs int8 weights, "int4" int4 ones (CPU; engine/quantize.py), None/"none" float ones."""
+        if quantize not in (None, "none", "int8", "int4"):
+            raise ValueError(f"quantize must be 'int8', 'int4', 'none' or None, got {quantize!r}")
         model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         dtype = torch.float32
         if torch.device(device).type == "cuda":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if quantize == "int8":
-            from .quantize import load_int8_model
+        if quantize in ("int8", "int4"):
+            from .quantize import load_int4_model, load_int8_model
 
-            model, info = load_int8_model(model_dir, device, dtype, use_kernels=(config or EngineConfig()).kernels)
+            load = load_int4_model if quantize == "int4" else load_int8_model
+            model, info = load(model_dir, device, dtype, use_kernels=(config or EngineConfig()).kernels)
             tokenizer = load_tokenizer_from_dir(info)
         else:
             model, tokenizer, info = load_model_dir(model_dir, dtype)

@@ -6,8 +6,8 @@ reading weights through a matmul that was not made for one row. `FastDecoder` ha
 kernel pointers to the model's own int8 buffers once (no copy) and then runs embedding, blocks and
 head for a few tokens per row, reading and writing the engine's KV cache where it lies.
 
-It is an optimisation, never a different model: the same int8 arithmetic as `Int8Linear` (bit for
-bit in the matmuls), tested token for token against the PyTorch forward. `FastDecoder.build`
+It is an optimisation, never a different model: the same int8 arithmetic as `Int8Linear` (and int4
+as `Int4Linear`; bit for bit in the matmuls), tested token for token against the PyTorch forward. `FastDecoder.build`
 returns None, with the reason logged, for anything it does not cover (float weights, CUDA, a
 model whose layers are not `Int8Linear`, no compiler); the engine then runs the model's forward.
 """
@@ -21,7 +21,7 @@ import torch
 from . import kernels
 from .kv_cache import block_pool_layout  # noqa: F401  (the pool as the kernel reads it)
 from .model import Transformer
-from .quantize import Int8Embedding, Int8Linear
+from .quantize import Int4Linear, Int8Embedding, Int8Linear
 
 log = logging.getLogger("engine")
 
@@ -49,7 +49,7 @@ class FastDecoder:
         def norm(module) -> tuple[int | None, int | None]:
             return ptr(module.weight), ptr(getattr(module, "bias", None))
 
-        def linear(module: Int8Linear) -> kernels.QLinear:
+        def linear(module: Int8Linear | Int4Linear) -> kernels.QLinear:
             self._keep.append(module)
             return module.native()
 
@@ -67,7 +67,7 @@ class FastDecoder:
             ptr(model.rope_cos) if rope else None, ptr(model.rope_sin) if rope else None, *norm(model.norm),
             linear(model.head), layers)
         self._layers = layers
-        weights = sum(m.weight.numel() for m in self._keep if isinstance(m, Int8Linear))
+        weights = sum(m.in_features * m.out_features for m in self._keep if isinstance(m, (Int8Linear, Int4Linear)))
         self.max_rows = max(1, int(MAX_STEP_MACS // weights))  # the engine runs bigger steps in PyTorch
 
     @classmethod
@@ -84,9 +84,9 @@ class FastDecoder:
         """Why the compiled decode step cannot run this model here, or None when it can."""
         if device.type != "cpu":
             return f"it runs on the CPU only (device {device})"
-        if not all(isinstance(m, Int8Linear) and m.kernel is not None
+        if not all(isinstance(m, (Int8Linear, Int4Linear)) and m.kernel is not None
                    for m in [model.head] + [l for b in model.layers for l in (b.attn.qkv, b.attn.out, b.mlp.up, b.mlp.down)]):
-            return "the model's linear layers are not int8 with the compiled kernel"
+            return "the model's linear layers are not int8 or int4 with the compiled kernel"
         if not isinstance(model.embed, Int8Embedding) or (model.pos_embed is not None and not isinstance(model.pos_embed, Int8Embedding)):
             return "the embeddings are not int8"
         if model.config.activation not in ACTIVATION_CODES:

@@ -204,7 +204,8 @@ i64, f32p, ptr = ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.c_void_p
 
 
 class QLinear(ctypes.Structure):
-    _fields_ = [("w", ptr), ("scale", ptr), ("wsum", ptr), ("bias", ptr), ("n", i64), ("k", i64)]
+    _fields_ = [("w", ptr), ("scale", ptr), ("wsum", ptr), ("bias", ptr), ("n", i64), ("k", i64),
+                ("bits", i64)]  # 0 (int8) or 4 (engine/quantize.py's Int4Linear)
 
 
 class LayerWeights(ctypes.Structure):
@@ -234,6 +235,8 @@ def decode_kernel() -> ctypes.CDLL | None:
     if lib is not None:
         lib.int8_linear.argtypes = [ptr, i64, ctypes.POINTER(QLinear), ptr, i64]
         lib.int8_linear.restype = None
+        lib.int4_linear.argtypes = [ptr, i64, ctypes.POINTER(QLinear), ptr, i64]
+        lib.int4_linear.restype = None
         lib.decode_forward.argtypes = [ctypes.POINTER(ModelWeights), ptr, ptr, i64, i64, ptr,
                                        ctypes.POINTER(KVLayout), ptr, i64, ptr, i64, i64]
         lib.decode_forward.restype = ctypes.c_int

@@ -153,6 +153,8 @@ def load_state(model_dir: ModelDir, dtype: torch.dtype = torch.float32,
     """Our state dict (our tensor names) of a model directory. Float tensors become `dtype`; int8
     weights stay int8 beside their `.scale`. `transform(name, tensor)` may replace each tensor as it
     is read (the int8 loader quantizes there, so the float copy of the whole model never exists)."""
+    if isinstance(model_dir.quantization, dict) and model_dir.quantization.get("method") == "int4-group32":
+        raise ModelDirError(f"{model_dir.path} holds int4 weights, which only Engine.load(..., quantize='int4') runs")
     checkpoint = _Checkpoint(model_dir.path)
     expected = expected_shapes(model_dir.config)
     if model_dir.int8:

@@ -14,7 +14,7 @@ class ServerSettings(BaseSettings):
     host: str = "127.0.0.1"        # loopback unless told otherwise: users' code is private
     port: int = 8000
     device: str = "cpu"
-    quantize: str | None = None    # "int8" | "none"; None: the engine's default
+    quantize: str | None = None    # "int8" | "int4" | "none"; None: the engine's default
     max_batch: int = 32
     max_queue: int = 256
     draft_tokens: int = 8          # speculative decoding from the context (engine/draft.py); 0: off

@@ -41,9 +41,17 @@ def mean_loss(model: Transformer, tokens: np.ndarray, batch_size: int = 8, max_w
 
 
 def evaluate(model_dir: Path, data_dir: Path | None = None, src: list[Path] | None = None,
-             max_windows: int | None = None, seq_len: int = 0) -> dict:
+             max_windows: int | None = None, seq_len: int = 0, weights: str = "float") -> dict:
+    """`weights`: "float" (int8 dequantized), or "int8" / "int4" as the engine runs them on the CPU."""
     torch.set_flush_denormal(True)
-    model, tokenizer, found = load_model_dir(model_dir)
+    if weights == "float":
+        model, tokenizer, found = load_model_dir(model_dir)
+    else:
+        from engine.model_dir import load_tokenizer_from_dir
+        from engine.quantize import load_int4_model, load_int8_model
+
+        model, found = (load_int4_model if weights == "int4" else load_int8_model)(model_dir)
+        tokenizer = load_tokenizer_from_dir(found)
     if data_dir is not None:
         meta = read_meta(data_dir)
         if load_data_tokenizer(data_dir, meta).fingerprint() != tokenizer.fingerprint():
@@ -57,5 +65,5 @@ def evaluate(model_dir: Path, data_dir: Path | None = None, src: list[Path] | No
         n_bytes, n_tokens = sum(len(f.text.encode("utf-8")) for f in corpus.train), len(tokens)
         source = ", ".join(map(str, src))
     loss = mean_loss(model, tokens, max_windows=max_windows, seq_len=seq_len)
-    return {"model": str(model_dir), "data": source, "tokens": int(n_tokens), "bytes": int(n_bytes),
+    return {"model": str(model_dir), "weights": weights, "data": source, "tokens": int(n_tokens), "bytes": int(n_bytes),
             "val_loss": round(loss, 4), "bits_per_byte": round(loss / math.log(2) * n_tokens / n_bytes, 4)}

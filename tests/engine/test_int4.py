@@ -1,0 +1,177 @@
+"""int4 weights (groups of 32): the compiled matmul against its PyTorch twin bit for bit (the VNNI
+and the plain C paths), the one-call decode step against the model's forward, engines token for
+token with and without kernels, and `code-assistant quantize --bits 4` as users run it."""
+from __future__ import annotations
+
+import ctypes
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.hf_models import FAMILIES, TINY, save_random_model
+from engine import Engine, EngineConfig, SamplingParams
+from engine import kernels
+from engine.fast_decode import FastDecoder, block_pool_layout
+from engine.kv_cache import KVCache
+from engine.model_dir import ModelDirError, load_model_dir
+from engine.quantize import (Int4Linear, dequantize_int4, load_int4_model, load_int8_model, quantize_int4,
+                             write_int8_model_dir)
+from tests.engine.test_fast_decode import require_kernel, run_requests
+
+ROOT = Path(__file__).resolve().parents[2]
+SHAPES = [(1, 64, 128, True), (3, 100, 37, False), (7, 192, 576, True), (20, 260, 70, True), (1, 896, 130, False)]
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory, tiny_model_dir):
+    out = {"gpt2": tiny_model_dir}
+    for name in ("qwen2", "starcoder2"):
+        out[name] = save_random_model(tmp_path_factory.mktemp(name) / name, FAMILIES[name], TINY)
+    return out
+
+
+def layer(shape, seed=0):
+    M, K, N, bias = shape
+    torch.manual_seed(seed)
+    packed, scale = quantize_int4(torch.randn(N, K) * 0.05)
+    return packed, scale, (torch.randn(N) if bias else None), torch.randn(M, K) * 3
+
+
+def test_quantize_int4_keeps_every_weight_within_half_a_step_but_the_clamped():
+    torch.manual_seed(0)
+    w = torch.randn(9, 100) * 0.1
+    w[2, :32] = 0  # an all-zero group
+    packed, scale = quantize_int4(w)
+    assert packed.dtype == torch.uint8 and packed.shape == (9, 64) and scale.shape == (9, 4)
+    step = scale.abs().repeat_interleave(32, dim=1)[:, :100]
+    error = (dequantize_int4(packed, scale, 100) - w).abs()
+    # -8 * scale is the group's extreme exactly; +8 steps on the other side clamp to 7
+    inside = w.abs() <= 7.5 * step
+    assert (error[inside] <= step[inside] / 2 + 1e-7).all() and (error <= step + 1e-7).all()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_int4_matmul_kernel_equals_pytorch_bit_for_bit(shape):
+    require_kernel()
+    packed, scale, bias, x = layer(shape)
+    K = shape[1]
+    assert torch.equal(Int4Linear(packed, scale, bias, K)(x), Int4Linear(packed, scale, bias, K, use_kernels=False)(x))
+
+
+def test_the_plain_c_int4_path_equals_pytorch_bit_for_bit():
+    """The loop that runs where AVX-512 VNNI does not: the same source built without it."""
+    require_kernel()
+    path, reason = kernels.build(ROOT / "engine" / "decode_kernel.c", tuple(kernels.FLAGS) + ("-mno-avx512vnni",))
+    if path is None:
+        pytest.skip(f"the plain build failed: {reason}")
+    lib = ctypes.CDLL(str(path))
+    lib.int4_linear.argtypes = [kernels.ptr, kernels.i64, ctypes.POINTER(kernels.QLinear), kernels.ptr, kernels.i64]
+    for shape in SHAPES:
+        packed, scale, bias, x = layer(shape, seed=3)
+        reference = Int4Linear(packed, scale, bias, shape[1], use_kernels=False)
+        y = torch.empty(shape[0], shape[2])
+        lib.int4_linear(x.data_ptr(), shape[0], reference.native(), y.data_ptr(), 1)
+        assert torch.equal(y, reference(x)), shape
+
+
+@pytest.mark.parametrize("use_kernels", [True, False], ids=["kernel", "pytorch"])
+def test_an_int4_row_gets_the_same_result_alone_or_in_a_batch(use_kernels):
+    packed, scale, _, x = layer((5, 96, 40, False), seed=1)
+    x[3] *= 100
+    lin = Int4Linear(packed, scale, None, 96, use_kernels)
+    assert torch.equal(lin(x)[1], lin(x[1:2])[0])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2", "starcoder2"])
+def test_int4_decode_step_equals_the_model_forward(hf_dirs, family):
+    require_kernel()
+    torch.set_grad_enabled(False)
+    model, _ = load_int4_model(hf_dirs[family])
+    c = model.config
+    fast = FastDecoder.build(model, torch.device("cpu"))
+    assert fast is not None
+    bt, n_blocks = 8, 24
+    caches = [KVCache(c.n_layer, n_blocks, bt, c.n_kv_head, c.head_dim, kernel=False) for _ in range(2)]
+    table = random.Random(0).sample(range(1, n_blocks), 8)
+    window = c.sliding_window or None
+    prompt = [(7 * i) % 200 + 3 for i in range(40)]
+    pos = torch.arange(len(prompt)).unsqueeze(0)
+    for cache in caches:
+        model(torch.tensor([prompt]), pos, cache.batch([table], pos, window=window), last_only=True)
+    layout = block_pool_layout(caches[1].k, caches[1].v)
+    token = 11
+    for step in range(6):
+        p = torch.tensor([[len(prompt) + step]])
+        ref = model(torch.tensor([[token]]), p, caches[0].batch([table], p, window=window))[0, -1]
+        got = fast.forward([[token]], p.tolist(), layout, [table])[0, -1]
+        assert (got - ref).abs().max() <= 1e-4 * ref.abs().max(), step
+        token = int(ref.argmax())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2"])
+def test_int4_engine_greedy_text_is_the_same_with_and_without_kernels(hf_dirs, family):
+    require_kernel()
+    prompts = ["def add(a, b):\n    ret", "import json\n\nclass Decoder:\n", "for i in range(10):\n    print("]
+    texts = []
+    for use_kernels in (True, False):
+        engine = Engine.load(hf_dirs[family], quantize="int4", config=EngineConfig(max_batch=3, kernels=use_kernels))
+        try:
+            assert (engine.fast is not None) == use_kernels
+            texts.append(run_requests(engine, prompts, SamplingParams(max_tokens=16)))
+        finally:
+            engine.close()
+    assert texts[0] == texts[1]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "code_assistant_cli.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_quantize_bits_4_from_an_int8_directory_and_the_loaders_check_the_format(hf_dirs, tmp_path):
+    int8_dir = write_int8_model_dir(hf_dirs["qwen2"], tmp_path / "int8")
+    run = cli("quantize", "--bits", "4", "--model", str(int8_dir), "--out", str(tmp_path / "int4"))
+    assert run.returncode == 0, run.stderr
+    config = json.loads((tmp_path / "int4" / "config.json").read_text())
+    assert config["code_assistant"]["quantization"]["method"] == "int4-group32"
+    assert "groups of 32" in (tmp_path / "int4" / "MODEL_CARD.md").read_text()
+    stored, _ = load_int4_model(tmp_path / "int4")
+    at_load, _ = load_int4_model(int8_dir)  # quantized at load: the same integers
+    ids, pos = torch.tensor([[5, 9, 2, 7]]), torch.arange(4).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(stored(ids, pos), at_load(ids, pos))
+    with pytest.raises(ModelDirError, match="int4"):
+        load_int8_model(tmp_path / "int4")
+    with pytest.raises(ModelDirError, match="int4"):
+        load_model_dir(tmp_path / "int4")
+    again = cli("quantize", "--bits", "4", "--model", str(tmp_path / "int4"), "--out", str(tmp_path / "again"))
+    assert again.returncode == 2 and "already int4" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_a_damaged_int4_file_is_a_clear_error(hf_dirs, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    assert cli("quantize", "--bits", "4", "--model", str(hf_dirs["gpt2"]), "--out", str(tmp_path / "q")).returncode == 0
+    tensors = load_file(str(tmp_path / "q" / "model.safetensors"))
+    name = next(n for n, t in tensors.items() if t.dtype == torch.uint8)
+    tensors[name] = tensors[name][:, :-1].contiguous()
+    save_file(tensors, str(tmp_path / "q" / "model.safetensors"))
+    with pytest.raises(ModelDirError, match=f"int4 tensor {name} should be"):
+        load_int4_model(tmp_path / "q")
+
+
+def test_eval_reports_bits_per_byte_as_the_engine_runs_int4(hf_dirs):
+    results = {}
+    for weights in ("int8", "int4"):
+        run = cli("eval", "--model", str(hf_dirs["gpt2"]), "--src", str(ROOT / "tests" / "data" / "heldout" / "toolz"),
+                  "--max-windows", "2", "--weights", weights)
+        assert run.returncode == 0, run.stderr
+        results[weights] = json.loads(run.stdout.strip().splitlines()[-1])
+        assert results[weights]["weights"] == weights
+    assert results["int4"]["bits_per_byte"] != results["int8"]["bits_per_byte"]  # the int4 weights did run
+    assert abs(results["int4"]["bits_per_byte"] / results["int8"]["bits_per_byte"] - 1) < 0.1
