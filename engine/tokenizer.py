@@ -17,6 +17,8 @@ from pathlib import Path
 import regex  # tiktoken's own dependency, for its split pattern
 import tiktoken
 
+from .model_checks import MAX_CONFIG_BYTES, MAX_TOKENIZER_BYTES, ModelDirError, read_bytes, read_json
+
 TOKENIZER_FILE = "tokenizer.tiktoken"
 HF_TOKENIZER_FILE = "tokenizer.json"
 EOT = "<|endoftext|>"
@@ -284,8 +286,10 @@ def _piece_bytes(piece: str) -> bytes:
 def read_ranks(path: str | Path) -> dict[bytes, int]:
     ranks: dict[bytes, int] = {}
     try:
-        lines = Path(path).read_text(encoding="ascii").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
+        lines = read_bytes(Path(path), MAX_TOKENIZER_BYTES).decode("ascii").splitlines()
+    except ModelDirError as e:
+        raise TokenizerError(str(e)) from None
+    except UnicodeDecodeError as e:
         raise TokenizerError(f"cannot read tokenizer file {path}: {e}") from e
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -328,25 +332,31 @@ def load_hf_tokenizer(model_dir: str | Path, eos_ids: tuple[int, ...] = ()) -> H
         raise TokenizerError(f"{model_dir} has no {HF_TOKENIZER_FILE} (only fast tokenizers are supported; "
                              f"convert with transformers: AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR))")
     try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
         eos_names = tuple(_eos_names(model_dir))
+        # The tokenizers library bounds its own nesting; json's parser stops at the recursion limit.
+        spec = read_json(path, MAX_TOKENIZER_BYTES, model_dir, max_depth=None)
+    except ModelDirError as e:
+        raise TokenizerError(str(e)) from None
+    if not isinstance(spec, dict):
+        raise TokenizerError(f"{path} must hold a JSON object, not {type(spec).__name__}")
+    try:
         return HFTokenizer(spec, eos_names, eos_ids)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, AttributeError) as e:
-        raise TokenizerError(f"{path} is not a readable tokenizer: {e}") from e
+    except TokenizerError:
+        raise
+    except (TypeError, AttributeError, KeyError, ValueError, RecursionError) as e:
+        raise TokenizerError(f"{path} is not a readable tokenizer: {e}") from None
     except Exception as e:  # the tokenizers library raises its own exception type for bad specs
-        if isinstance(e, TokenizerError):
-            raise
-        raise TokenizerError(f"{path} is not a tokenizer the tokenizers library can load: {e}") from e
+        raise TokenizerError(f"{path} is not a tokenizer the tokenizers library can load: {e}") from None
 
 
 def _eos_names(model_dir: Path):
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         path = model_dir / name
-        if not path.is_file():
+        if not path.exists():
             continue
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, MAX_CONFIG_BYTES, model_dir)
         if not isinstance(data, dict):
-            raise TokenizerError(f"{path} must hold a JSON object")
+            raise TokenizerError(f"{path} must hold a JSON object, not {type(data).__name__}")
         eos = data.get("eos_token")
         if isinstance(eos, dict):
             eos = eos.get("content")
