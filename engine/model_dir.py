@@ -85,7 +85,7 @@ def read_model_dir(path: str | Path) -> ModelDir:
     try:
         config = config_from_hf(raw)
     except FamilyError as e:
-        raise ModelDirError(f"{path}: {e}") from e
+        raise ModelDirError(f"{path / CONFIG_FILE}: {e}") from e
     except (TypeError, ValueError, ArithmeticError) as e:
         raise ModelDirError(f"{path / CONFIG_FILE}: bad model config: {e}") from e
     validate_config(config, path / CONFIG_FILE)
@@ -157,6 +157,13 @@ class _Checkpoint:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ModelDirError(f"{info.file}: tensor {name!r} holds NaN or infinite values")
         return tensor
+
+
+def check_weights_files(path: str | Path) -> None:
+    """Every weights file of a directory is inside it, its header checked, and it opens."""
+    checkpoint = _Checkpoint(Path(path))
+    for file in {info.file for info in checkpoint.tensors.values()}:
+        checkpoint._open(file)
 
 
 def load_state(model_dir: ModelDir, dtype: torch.dtype = torch.float32,

@@ -109,10 +109,10 @@ def shard_absolute(model: Path) -> None:
 
 
 def shard_symlink_out(model: Path) -> None:
+    shard(model, "shard-1.safetensors")
     outside = model.parent / (model.name + "-outside.safetensors")
     shutil.move(model / "model.safetensors", outside)
     (model / "shard-1.safetensors").symlink_to(outside)
-    shard(model, "shard-1.safetensors")
 
 
 def deep_index(model: Path) -> None:
@@ -233,7 +233,7 @@ def symlink(name: str, target: str) -> Callable[[Path], None]:
 CASES: list[tuple[str, str, Callable[[Path], None], str]] = [
     ("n_layer-1000000", "gpt2", lambda m: edit_config(m, n_layer=1_000_000), "config.json"),
     ("n_layer-beyond-the-weights", "gpt2", lambda m: edit_config(m, n_layer=4000), "config.json"),
-    ("n_embd-far-beyond-the-weights", "gpt2", lambda m: edit_config(m, n_embd=1 << 19, n_head=4), "model.safetensors"),
+    ("n_embd-far-beyond-the-weights", "gpt2", lambda m: edit_config(m, n_embd=1 << 16, n_head=4), "model.safetensors"),
     ("n_positions-beyond-the-weights", "gpt2", lambda m: edit_config(m, n_positions=1_000_000), "model.safetensors"),
     ("vocab-beyond-the-weights", "gpt2", lambda m: edit_config(m, vocab_size=10_000_000), "model.safetensors"),
     ("negative-n_inner", "gpt2", lambda m: edit_config(m, n_inner=-5), "config.json"),
