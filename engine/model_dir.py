@@ -160,10 +160,33 @@ class _Checkpoint:
 
 
 def check_weights_files(path: str | Path) -> None:
-    """Every weights file of a directory is inside it, its header checked, and it opens."""
-    checkpoint = _Checkpoint(Path(path))
-    for file in {info.file for info in checkpoint.tensors.values()}:
-        checkpoint._open(file)
+    """What `load_state` checks, without keeping the weights: every file inside the directory,
+    its header and the config's shapes agreeing, every tensor readable and finite (read one at a
+    time). For a process that hands the directory to another one to load."""
+    model_dir = read_model_dir(path)
+    checkpoint, _ = _checked_checkpoint(model_dir)
+    for name in checkpoint.names():
+        checkpoint(name)
+
+
+def _checked_checkpoint(model_dir: ModelDir) -> tuple[_Checkpoint, dict[str, tuple[int, ...]]]:
+    """The checkpoint, its headers checked against the config; and our tensors' shapes."""
+    checkpoint = _Checkpoint(model_dir.path)
+    check_layer_count(model_dir.config, checkpoint.tensors, model_dir.path / CONFIG_FILE)
+    expected = expected_shapes(model_dir.config)
+    if model_dir.int8:
+        check_int8_shapes(expected, _legacy_names(model_dir), checkpoint.tensors, model_dir.path, SCALE_SUFFIX)
+    else:
+        check_tensor_shapes(expected, weight_rules(model_dir.config, legacy=model_dir.legacy), checkpoint.tensors,
+                            model_dir.path)
+    return checkpoint, expected
+
+
+def _legacy_names(model_dir: ModelDir) -> dict[str, str]:
+    """int8 copies of the first format keep its names: ours -> stored."""
+    if not model_dir.legacy:
+        return {}
+    return {r.ours: r.theirs[0] for r in weight_rules(model_dir.config, legacy=True)}
 
 
 def load_state(model_dir: ModelDir, dtype: torch.dtype = torch.float32,
@@ -172,14 +195,10 @@ def load_state(model_dir: ModelDir, dtype: torch.dtype = torch.float32,
     """Our state dict (our tensor names) of a model directory. Float tensors become `dtype`; int8
     weights stay int8 beside their `.scale`. `transform(name, tensor)` may replace each tensor as it
     is read (the int8 loader quantizes there, so the float copy of the whole model never exists)."""
-    checkpoint = _Checkpoint(model_dir.path)
-    check_layer_count(model_dir.config, checkpoint.tensors, model_dir.path / CONFIG_FILE)
-    expected = expected_shapes(model_dir.config)
+    checkpoint, expected = _checked_checkpoint(model_dir)
     if model_dir.int8:
         stored = checkpoint.names()
-        rename = ({r.ours: r.theirs[0] for r in weight_rules(model_dir.config, legacy=True)}
-                  if model_dir.legacy else {})
-        check_int8_shapes(expected, rename, checkpoint.tensors, model_dir.path, SCALE_SUFFIX)
+        rename = _legacy_names(model_dir)
 
         def pairs():
             for name in expected:
@@ -192,8 +211,6 @@ def load_state(model_dir: ModelDir, dtype: torch.dtype = torch.float32,
             t = checkpoint(name)
             return t.to(dtype) if t.is_floating_point() else t
 
-        check_tensor_shapes(expected, weight_rules(model_dir.config, legacy=model_dir.legacy), checkpoint.tensors,
-                            model_dir.path)
         pairs = lambda: iter_ours(model_dir.config, read, legacy=model_dir.legacy)  # noqa: E731
     state: dict[str, torch.Tensor] = {}
     for name, tensor in pairs():
