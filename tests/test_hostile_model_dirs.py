@@ -215,6 +215,18 @@ def wrong_int8_scale(tensors: dict) -> None:
     tensors[name] = torch.ones(3)
 
 
+def edit_legacy_model(model: Path, **changes) -> None:
+    config = json.loads((model / "config.json").read_text())
+    config["model"].update(changes)
+    (model / "config.json").write_text(json.dumps(config))
+
+
+def legacy_pat_str_number(model: Path) -> None:
+    config = json.loads((model / "config.json").read_text())
+    config["tokenizer"]["pat_str"] = 5
+    (model / "config.json").write_text(json.dumps(config))
+
+
 def write(name: str, text: str | bytes) -> Callable[[Path], None]:
     def apply(model: Path) -> None:
         data = text.encode() if isinstance(text, str) else text
@@ -281,6 +293,10 @@ CASES: list[tuple[str, str, Callable[[Path], None], str]] = [
     ("tokenizer_config-broken", "gpt2", write("tokenizer_config.json", "{not json"), "tokenizer_config.json"),
     ("tokenizer_config-nested-100000", "gpt2", write("tokenizer_config.json", "[" * 100_000 + "]" * 100_000),
      "tokenizer_config.json"),
+    ("legacy-n_layer-1000000", "legacy", lambda m: edit_legacy_model(m, n_layer=1_000_000), "config.json"),
+    ("legacy-unknown-field", "legacy", lambda m: edit_legacy_model(m, layers=3), "config.json"),
+    ("legacy-pat_str-a-number", "legacy", legacy_pat_str_number, "config.json"),
+    ("legacy-ranks-junk", "legacy", write("tokenizer.tiktoken", "not base64 at all\n"), "tokenizer.tiktoken"),
     ("int8-without-scales", "int8", lambda m: replace_tensor(m, drop_int8_scales), "model.safetensors"),
     ("int8-scale-of-the-wrong-shape", "int8", lambda m: replace_tensor(m, wrong_int8_scale), "model.safetensors"),
 ]
@@ -291,7 +307,8 @@ def base_dirs(tmp_path_factory, code_bpe) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hostile-bases")
     gpt2 = make_model_dir(root / "gpt2", ranks=code_bpe)
     llama = make_model_dir(root / "llama", ranks=code_bpe, **ARCHITECTURES["llama"], arch="llama")
-    return {"gpt2": gpt2, "llama": llama, "int8": write_int8_model_dir(gpt2, root / "int8")}
+    return {"gpt2": gpt2, "llama": llama, "int8": write_int8_model_dir(gpt2, root / "int8"),
+            "legacy": REPO / "models" / "default"}  # this project's first format
 
 
 @pytest.mark.parametrize("case", range(len(CASES)), ids=[c[0] for c in CASES])
