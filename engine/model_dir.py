@@ -70,6 +70,10 @@ def read_model_dir(path: str | Path) -> ModelDir:
         except (TypeError, ValueError, ArithmeticError) as e:
             raise ModelDirError(f"{path / CONFIG_FILE}: bad model config: {e}") from e
         validate_config(config, path / CONFIG_FILE)
+        info = raw.get("tokenizer") or {}
+        if not isinstance(info, dict) or not all(isinstance(info.get(k, ""), str) for k in ("pat_str", "name")):
+            raise ModelDirError(f"{path / CONFIG_FILE}: \"tokenizer\" must be an object of strings "
+                                f"(pat_str, name) and special_tokens")
         weights = raw.get("weights") or {}
         quantization = weights.get("quantization") if isinstance(weights, dict) else None
         for name in (WEIGHTS_FILE, TOKENIZER_FILE):
@@ -261,9 +265,6 @@ def load_tokenizer_from_dir(model_dir: ModelDir | str | Path) -> Tokenizer:
     try:
         if model_dir.legacy:
             info = model_dir.raw.get("tokenizer") or {}
-            if not isinstance(info, dict) or not all(isinstance(info.get(k, ""), str) for k in ("pat_str", "name")):
-                raise ModelDirError(f"{model_dir.path / CONFIG_FILE}: \"tokenizer\" must be an object of strings "
-                                    f"(pat_str, name) and special_tokens")
             tokenizer = load_tokenizer(model_dir.path / TOKENIZER_FILE, pat_str=info.get("pat_str", CODE_PAT_STR),
                                        name=info.get("name", "code-bpe"))
             expected = info.get("special_tokens")
