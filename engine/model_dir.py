@@ -262,11 +262,13 @@ def dequantize(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float3
 def load_tokenizer_from_dir(model_dir: ModelDir | str | Path) -> Tokenizer:
     if not isinstance(model_dir, ModelDir):
         model_dir = read_model_dir(model_dir)
+    # config.json's vocab_size bounds the tokenizer files: it is checked against the weights' headers first.
+    _checked_checkpoint(model_dir)
     try:
         if model_dir.legacy:
             info = model_dir.raw.get("tokenizer") or {}
             tokenizer = load_tokenizer(model_dir.path / TOKENIZER_FILE, pat_str=info.get("pat_str", CODE_PAT_STR),
-                                       name=info.get("name", "code-bpe"))
+                                       name=info.get("name", "code-bpe"), max_vocab=model_dir.config.vocab_size)
             expected = info.get("special_tokens")
             if expected and expected != special_token_ids(tokenizer.n_vocab - len(expected)):
                 raise ModelDirError(f"{model_dir.path}: special token ids in config.json {expected} do not match "
@@ -277,7 +279,7 @@ def load_tokenizer_from_dir(model_dir: ModelDir | str | Path) -> Tokenizer:
             if not all(isinstance(i, int) and 0 <= i < model_dir.config.vocab_size for i in eos_ids):
                 raise ModelDirError(f"{model_dir.path / CONFIG_FILE}: eos_token_id {eos!r} is not a token id "
                                     f"below vocab_size {model_dir.config.vocab_size}")
-            tokenizer = load_hf_tokenizer(model_dir.path, eos_ids)
+            tokenizer = load_hf_tokenizer(model_dir.path, eos_ids, max_vocab=model_dir.config.vocab_size)
     except TokenizerError as e:
         raise ModelDirError(str(e)) from e
     if tokenizer.n_vocab > model_dir.config.vocab_size:

@@ -283,10 +283,19 @@ def _piece_bytes(piece: str) -> bytes:
 
 
 # ---- loading ------------------------------------------------------------------------------------
-def read_ranks(path: str | Path) -> dict[bytes, int]:
+def tokenizer_file_limit(vocab_size: int | None) -> int:
+    """The most bytes a tokenizer file for `vocab_size` tokens may hold: parsing one takes ~20 times
+    its size in memory, so a file far beyond its vocabulary is refused before it is read (real ones
+    hold 40 to 140 bytes a token: Qwen2.5's 7 MB for 151 k, Gemma's 34 MB for 256 k)."""
+    if vocab_size is None:
+        return MAX_TOKENIZER_BYTES
+    return min(MAX_TOKENIZER_BYTES, (4 << 20) + 256 * vocab_size)
+
+
+def read_ranks(path: str | Path, max_vocab: int | None = None) -> dict[bytes, int]:
     ranks: dict[bytes, int] = {}
     try:
-        lines = read_bytes(Path(path), MAX_TOKENIZER_BYTES).decode("ascii").splitlines()
+        lines = read_bytes(Path(path), tokenizer_file_limit(max_vocab)).decode("ascii").splitlines()
     except ModelDirError as e:
         raise TokenizerError(str(e)) from None
     except UnicodeDecodeError as e:
@@ -319,13 +328,16 @@ def make_encoding(name: str, ranks: dict[bytes, int], pat_str: str) -> tiktoken.
                              special_tokens=special_token_ids(len(ranks)))
 
 
-def load_tokenizer(path: str | Path, pat_str: str = CODE_PAT_STR, name: str = "code-bpe") -> TiktokenTokenizer:
-    return TiktokenTokenizer(make_encoding(name, read_ranks(path), pat_str))
+def load_tokenizer(path: str | Path, pat_str: str = CODE_PAT_STR, name: str = "code-bpe",
+                   max_vocab: int | None = None) -> TiktokenTokenizer:
+    return TiktokenTokenizer(make_encoding(name, read_ranks(path, max_vocab), pat_str))
 
 
-def load_hf_tokenizer(model_dir: str | Path, eos_ids: tuple[int, ...] = ()) -> HFTokenizer:
+def load_hf_tokenizer(model_dir: str | Path, eos_ids: tuple[int, ...] = (), max_vocab: int | None = None
+                      ) -> HFTokenizer:
     """tokenizer.json of a Hugging Face directory, with the end-of-text names from
-    tokenizer_config.json / special_tokens_map.json and the ids config.json gives."""
+    tokenizer_config.json / special_tokens_map.json and the ids config.json gives. `max_vocab`
+    (the model's vocab_size) bounds the file's size and its tokens before the tokenizer is built."""
     model_dir = Path(model_dir)
     path = model_dir / HF_TOKENIZER_FILE
     if not path.is_file():
@@ -334,11 +346,14 @@ def load_hf_tokenizer(model_dir: str | Path, eos_ids: tuple[int, ...] = ()) -> H
     try:
         eos_names = tuple(_eos_names(model_dir))
         # The tokenizers library bounds its own nesting; json's parser stops at the recursion limit.
-        spec = read_json(path, MAX_TOKENIZER_BYTES, model_dir, max_depth=None)
+        spec = read_json(path, tokenizer_file_limit(max_vocab), model_dir, max_depth=None)
     except ModelDirError as e:
         raise TokenizerError(str(e)) from None
     if not isinstance(spec, dict):
         raise TokenizerError(f"{path} must hold a JSON object, not {type(spec).__name__}")
+    vocab = spec.get("model", {}).get("vocab") if isinstance(spec.get("model"), dict) else None
+    if max_vocab is not None and isinstance(vocab, (dict, list)) and len(vocab) > max_vocab:
+        raise TokenizerError(f"{path} has {len(vocab)} tokens, the model only {max_vocab}")
     try:
         return HFTokenizer(spec, eos_names, eos_ids)
     except TokenizerError:

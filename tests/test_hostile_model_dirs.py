@@ -203,6 +203,12 @@ def huge_vocab_tokenizer(model: Path) -> None:
     (model / "tokenizer.json").write_text(json.dumps(spec))
 
 
+def pad_tokenizer(model: Path) -> None:
+    """Valid JSON, 5 MB of it, for a 1,024-token vocabulary (parsing takes ~20 times a file's size)."""
+    text = (model / "tokenizer.json").read_text()
+    (model / "tokenizer.json").write_text(text[:-1] + " " * (5 << 20) + "}")
+
+
 def oversized_tokenizer(model: Path) -> None:
     with open(model / "tokenizer.json", "r+b") as f:
         f.truncate(65 << 20)  # sparse: costs no disk
@@ -290,7 +296,8 @@ CASES: list[tuple[str, str, Callable[[Path], None], str]] = [
     ("tokenizer-junk-bytes", "gpt2", write("tokenizer.json", os.urandom(4096)), "tokenizer.json"),
     ("tokenizer-nested-100000", "gpt2", write("tokenizer.json", "[" * 100_000 + "]" * 100_000), "tokenizer.json"),
     ("tokenizer-wrong-model", "gpt2", write("tokenizer.json", '{"model": {"type": "WordLevel"}}'), "tokenizer.json"),
-    ("tokenizer-huge-vocab", "gpt2", huge_vocab_tokenizer, "tokens"),
+    ("tokenizer-huge-vocab", "gpt2", huge_vocab_tokenizer, "tokenizer.json"),
+    ("tokenizer-far-beyond-its-vocab", "gpt2", pad_tokenizer, "tokenizer.json"),
     ("tokenizer-oversized", "gpt2", oversized_tokenizer, "tokenizer.json"),
     ("tokenizer-symlink-to-etc-passwd", "gpt2", symlink("tokenizer.json", "/etc/passwd"), "tokenizer.json"),
     ("tokenizer_config-broken", "gpt2", write("tokenizer_config.json", "{not json"), "tokenizer_config.json"),
