@@ -43,8 +43,8 @@ class ServerSettings(BaseSettings):
     # idle connection of the busiest address makes room for another address's.
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
-    max_connections: int = 1000
-    max_connections_per_client: int = 100  # behind a proxy every client shares its address: raise it
+    max_connections: int = Field(1000, ge=1)
+    max_connections_per_client: int = Field(100, ge=1)  # behind a proxy every client shares its address: raise it
 
     drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
 
