@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from .families import FamilyError, config_from_hf, iter_ours, weight_rules
 from .model import ModelConfig, Transformer
-from .model_checks import (ModelDirError, check_int8_shapes, check_layer_count, check_tensor_shapes, read_bytes,
+from .model_checks import (ModelDirError, check_int8_shapes, check_layer_count, check_tensor_shapes,
                            read_checkpoint_headers, read_json_object, shard_path, validate_config)
 from .tokenizer import (CODE_PAT_STR, HF_TOKENIZER_FILE, TOKENIZER_FILE, Tokenizer, TokenizerError, load_hf_tokenizer,
                         load_tokenizer, special_token_ids)
@@ -71,9 +71,11 @@ def read_model_dir(path: str | Path) -> ModelDir:
             raise ModelDirError(f"{path / CONFIG_FILE}: bad model config: {e}") from e
         validate_config(config, path / CONFIG_FILE)
         info = raw.get("tokenizer") or {}
-        if not isinstance(info, dict) or not all(isinstance(info.get(k, ""), str) for k in ("pat_str", "name")):
+        specials = info.get("special_tokens") or {} if isinstance(info, dict) else None
+        if (not isinstance(info, dict) or not all(isinstance(info.get(k, ""), str) for k in ("pat_str", "name"))
+                or not isinstance(specials, dict) or not all(isinstance(i, int) for i in specials.values())):
             raise ModelDirError(f"{path / CONFIG_FILE}: \"tokenizer\" must be an object of strings "
-                                f"(pat_str, name) and special_tokens")
+                                f"(pat_str, name) and special_tokens (names to ids)")
         weights = raw.get("weights") or {}
         quantization = weights.get("quantization") if isinstance(weights, dict) else None
         for name in (WEIGHTS_FILE, TOKENIZER_FILE):
