@@ -312,6 +312,9 @@ CASES: list[tuple[str, str, Callable[[Path], None], str]] = [
 ]
 
 
+INT8_BASES = ("int8", "legacy")  # the shipped model (the first format) is int8 too
+
+
 @pytest.fixture(scope="module")
 def base_dirs(tmp_path_factory, code_bpe) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hostile-bases")
@@ -329,6 +332,8 @@ def test_a_hostile_model_dir_is_one_line_and_exit_2_within_bounds(base_dirs, tmp
     shutil.copytree(base_dirs[base], model)
     change(model)
     command = COMMANDS[case % len(COMMANDS)]
+    if command == "quantize" and base in INT8_BASES:  # refused as "already int8" before the files are read
+        command = "lsp"
     code, stderr, seconds, peak_mb = run_bounded(command_line(command, model, tmp_path))
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Traceback" not in stderr, (command, code, stderr[-3000:])
