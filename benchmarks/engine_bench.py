@@ -79,11 +79,9 @@ def int8_weight_bytes(hf_raw: dict) -> int:
 
 def check_weights(model_dir: Path) -> None:
     """Every weights file opens (its header and size agree); ModelDirError otherwise."""
-    from engine.model_dir import _Checkpoint
+    from engine.model_dir import check_weights_files
 
-    checkpoint = _Checkpoint(model_dir)
-    for path in set(checkpoint.files.values()) | set((checkpoint.where or {}).values()):
-        checkpoint._open(path)
+    check_weights_files(model_dir)
 
 
 class Worker:

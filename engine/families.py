@@ -48,8 +48,13 @@ def architecture(hf_config: dict) -> str:
 def _rope(hf: dict) -> tuple[float, dict | None]:
     """rope_theta and scaling from either transformers 5's `rope_parameters` or 4's
     `rope_theta` + `rope_scaling` (what most downloaded checkpoints carry)."""
-    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-    theta = float(params.pop("rope_theta", hf.get("rope_theta", 10000.0)))
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if not isinstance(params, dict):
+        raise FamilyError(f"rope_scaling must be an object, got {params!r}")
+    params = dict(params)
+    theta = params.pop("rope_theta", hf.get("rope_theta", 10000.0))
+    if isinstance(theta, int) and not isinstance(theta, bool):
+        theta = float(theta)
     rope_type = params.pop("rope_type", params.pop("type", "default"))
     if rope_type in (None, "default"):
         return theta, None
@@ -75,9 +80,11 @@ def _window(hf: dict, n_layer: int) -> int:
     types = hf.get("layer_types")
     if types and len(set(types)) > 1:
         raise FamilyError("a mix of sliding-window and full-attention layers is not supported")
-    if types == ["full_attention"] * n_layer:
+    if types and types[0] == "full_attention" and len(types) == n_layer:
         return 0
-    return int(window)
+    if not isinstance(window, int) or isinstance(window, bool):
+        raise FamilyError(f"sliding_window must be an integer, got {window!r}")
+    return window
 
 
 def config_from_hf(hf: dict) -> ModelConfig:

@@ -23,6 +23,8 @@ from safetensors.torch import save_file
 
 from .families import FamilyError, config_from_hf, iter_ours, weight_rules
 from .model import ModelConfig, Transformer
+from .model_checks import (ModelDirError, check_int8_shapes, check_layer_count, check_tensor_shapes,
+                           read_checkpoint_headers, read_json_object, shard_path, validate_config)
 from .tokenizer import (CODE_PAT_STR, HF_TOKENIZER_FILE, TOKENIZER_FILE, Tokenizer, TokenizerError, load_hf_tokenizer,
                         load_tokenizer, special_token_ids)
 
@@ -32,10 +34,6 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 SCALE_SUFFIX = ".scale"
-
-
-class ModelDirError(ValueError):
-    """A model directory that cannot be used; the message names the problem in one line."""
 
 
 @dataclass
@@ -55,19 +53,14 @@ class ModelDir:
 def read_model_dir(path: str | Path) -> ModelDir:
     """config.json of a model directory, checked; the weights are read by `load_state`. `path` may
     also be a GGUF file, an Ollama name or a Hugging Face name (engine/hub.py)."""
-    from .hub import resolve_model, served_name  # hub.py imports this module's error
+    from .hub import resolve_model  # hub.py imports this module's error
 
     path = resolve_model(path)
     if not path.is_dir():
         raise ModelDirError(f"model directory {path} does not exist")
     if not (path / CONFIG_FILE).is_file():
         raise ModelDirError(f"model directory {path} has no {CONFIG_FILE}")
-    try:
-        raw = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelDirError(f"{path / CONFIG_FILE} is not valid JSON: {e}") from e
-    if not isinstance(raw, dict):
-        raise ModelDirError(f"{path / CONFIG_FILE} must hold a JSON object, not {type(raw).__name__}")
+    raw = read_json_object(path / CONFIG_FILE, model_dir=path)
     if "format" in raw:
         if raw["format"] != LEGACY_FORMAT:
             raise ModelDirError(f"{path / CONFIG_FILE}: unknown format {raw['format']!r}, expected {LEGACY_FORMAT!r} "
@@ -77,54 +70,84 @@ def read_model_dir(path: str | Path) -> ModelDir:
             raise ModelDirError(f"{path / CONFIG_FILE}: \"model\" must be an object of model fields")
         try:
             config = ModelConfig(arch="gpt2", **model)
-        except (TypeError, ValueError) as e:
-            raise ModelDirError(f"{path}: bad model config: {e}") from e
-        quantization = (raw.get("weights") or {}).get("quantization")
+        except (TypeError, ValueError, ArithmeticError) as e:
+            raise ModelDirError(f"{path / CONFIG_FILE}: bad model config: {e}") from e
+        validate_config(config, path / CONFIG_FILE)
+        info = raw.get("tokenizer") or {}
+        specials = info.get("special_tokens") or {} if isinstance(info, dict) else None
+        if (not isinstance(info, dict) or not all(isinstance(info.get(k, ""), str) for k in ("pat_str", "name"))
+                or not isinstance(specials, dict) or not all(isinstance(i, int) for i in specials.values())):
+            raise ModelDirError(f"{path / CONFIG_FILE}: \"tokenizer\" must be an object of strings "
+                                f"(pat_str, name) and special_tokens (names to ids)")
+        weights = raw.get("weights") or {}
+        quantization = weights.get("quantization") if isinstance(weights, dict) else None
         for name in (WEIGHTS_FILE, TOKENIZER_FILE):
             if not (path / name).is_file():
                 raise ModelDirError(f"model directory {path} has no {name}")
-        return ModelDir(path, config, raw, True, quantization, raw.get("name") or path.name)
+        return ModelDir(path, config, raw, True, _quantization(quantization, path), _name(raw.get("name"), path))
     own = raw.get("code_assistant") or {}
+    if not isinstance(own, dict):
+        raise ModelDirError(f"{path / CONFIG_FILE}: \"code_assistant\" must be an object")
     if own and own.get("format") != FORMAT:
         raise ModelDirError(f"{path / CONFIG_FILE}: unknown code_assistant format {own.get('format')!r}, "
                             f"expected {FORMAT!r}")
     try:
         config = config_from_hf(raw)
     except FamilyError as e:
-        raise ModelDirError(f"{path}: {e}") from e
-    except (TypeError, ValueError) as e:
-        raise ModelDirError(f"{path}: bad model config: {e}") from e
+        raise ModelDirError(f"{path / CONFIG_FILE}: {e}") from e
+    except (TypeError, ValueError, ArithmeticError) as e:
+        raise ModelDirError(f"{path / CONFIG_FILE}: bad model config: {e}") from e
+    validate_config(config, path / CONFIG_FILE)
     if not (path / WEIGHTS_FILE).is_file() and not (path / WEIGHTS_INDEX).is_file():
         raise ModelDirError(f"model directory {path} has no {WEIGHTS_FILE} (nor {WEIGHTS_INDEX}); "
                             f"only safetensors weights are loaded")
     if not (path / HF_TOKENIZER_FILE).is_file():
         raise ModelDirError(f"model directory {path} has no {HF_TOKENIZER_FILE}")
-    return ModelDir(path, config, raw, False, own.get("quantization"), own.get("name") or served_name(path))
+    return ModelDir(path, config, raw, False, _quantization(own.get("quantization"), path),
+                    _name(own.get("name"), path))
+
+
+def _quantization(value: object, path: Path) -> dict | None:
+    if value is not None and not isinstance(value, dict):
+        raise ModelDirError(f"{path / CONFIG_FILE}: the quantization entry must be an object, got {value!r}")
+    return value or None
+
+
+def _name(value: object, path: Path) -> str:
+    from .hub import served_name
+
+    if value is None or value == "":
+        return served_name(path)
+    if not isinstance(value, str) or len(value) > 200 or not value.isprintable():
+        raise ModelDirError(f"{path / CONFIG_FILE}: the model name must be a short printable string")
+    return value
 
 
 # ---- weights ------------------------------------------------------------------------------------
 class _Checkpoint:
-    """Tensors of one or more safetensors files, read on demand by name."""
+    """Tensors of one or more safetensors files, read on demand by name. The headers are read and
+    checked first (`tensors`: name -> dtype, shape, file), before any data."""
 
     def __init__(self, model_dir: Path):
         index = model_dir / WEIGHTS_INDEX
         if (model_dir / WEIGHTS_FILE).is_file():
-            self.files = {None: model_dir / WEIGHTS_FILE}
-            self.where: dict[str, Path] | None = None
+            self.where = {}
+            files = [model_dir / WEIGHTS_FILE]
         else:
-            try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-                self.where = {name: model_dir / file for name, file in weight_map.items()}
-            except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-                raise ModelDirError(f"{index} is not a valid safetensors index: {e}") from e
-            self.files = {}
+            weight_map = read_json_object(index, model_dir=model_dir).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise ModelDirError(f"{index} is not a valid safetensors index: no \"weight_map\" object")
+            self.where = {name: shard_path(model_dir, index, file) for name, file in weight_map.items()}
+            files = list(self.where.values())
+        self.tensors = read_checkpoint_headers(files, model_dir)
+        for name, file in self.where.items():
+            if name not in self.tensors or self.tensors[name].file != file:
+                raise ModelDirError(f"{index}: tensor {name!r} is not in {file.name}")
         self.handles: dict[Path, object] = {}
         self.model_dir = model_dir
 
     def _open(self, path: Path):
         if path not in self.handles:
-            if not path.is_file():
-                raise ModelDirError(f"{self.model_dir}: weights file {path.name} is missing")
             try:
                 self.handles[path] = safe_open(str(path), framework="pt")
             except (SafetensorError, OSError, ValueError) as e:
@@ -132,19 +155,49 @@ class _Checkpoint:
         return self.handles[path]
 
     def names(self) -> set[str]:
-        if self.where is not None:
-            return set(self.where)
-        return set(self._open(self.files[None]).keys())
+        return set(self.tensors)
 
     def __call__(self, name: str) -> torch.Tensor:
-        path = self.where.get(name) if self.where is not None else self.files[None]
-        handle = self._open(path) if path is not None else None
-        if handle is None or name not in handle.keys():
+        info = self.tensors.get(name)
+        if info is None:
             raise ModelDirError(f"{self.model_dir}: the weights have no tensor {name!r}")
         try:
-            return handle.get_tensor(name)
+            tensor = self._open(info.file).get_tensor(name)
         except (SafetensorError, OSError, ValueError) as e:
-            raise ModelDirError(f"{path}: cannot read tensor {name!r}: {e}") from e
+            raise ModelDirError(f"{info.file}: cannot read tensor {name!r}: {e}") from e
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelDirError(f"{info.file}: tensor {name!r} holds NaN or infinite values")
+        return tensor
+
+
+def check_weights_files(path: str | Path) -> None:
+    """What `load_state` checks, without keeping the weights: every file inside the directory,
+    its header and the config's shapes agreeing, every tensor readable and finite (read one at a
+    time). For a process that hands the directory to another one to load."""
+    model_dir = read_model_dir(path)
+    checkpoint, _ = _checked_checkpoint(model_dir)
+    for name in checkpoint.names():
+        checkpoint(name)
+
+
+def _checked_checkpoint(model_dir: ModelDir) -> tuple[_Checkpoint, dict[str, tuple[int, ...]]]:
+    """The checkpoint, its headers checked against the config; and our tensors' shapes."""
+    checkpoint = _Checkpoint(model_dir.path)
+    check_layer_count(model_dir.config, checkpoint.tensors, model_dir.path / CONFIG_FILE)
+    expected = expected_shapes(model_dir.config)
+    if model_dir.int8:
+        check_int8_shapes(expected, _legacy_names(model_dir), checkpoint.tensors, model_dir.path, SCALE_SUFFIX)
+    else:
+        check_tensor_shapes(expected, weight_rules(model_dir.config, legacy=model_dir.legacy), checkpoint.tensors,
+                            model_dir.path)
+    return checkpoint, expected
+
+
+def _legacy_names(model_dir: ModelDir) -> dict[str, str]:
+    """int8 copies of the first format keep its names: ours -> stored."""
+    if not model_dir.legacy:
+        return {}
+    return {r.ours: r.theirs[0] for r in weight_rules(model_dir.config, legacy=True)}
 
 
 def load_state(model_dir: ModelDir, dtype: torch.dtype = torch.float32,
@@ -155,12 +208,10 @@ def load_state(model_dir: ModelDir, dtype: torch.dtype = torch.float32,
     is read (the int8 loader quantizes there, so the float copy of the whole model never exists)."""
     if isinstance(model_dir.quantization, dict) and model_dir.quantization.get("method") == "int4-group32":
         raise ModelDirError(f"{model_dir.path} holds int4 weights, which only Engine.load(..., quantize='int4') runs")
-    checkpoint = _Checkpoint(model_dir.path)
-    expected = expected_shapes(model_dir.config)
+    checkpoint, expected = _checked_checkpoint(model_dir)
     if model_dir.int8:
         stored = checkpoint.names()
-        rename = ({r.ours: r.theirs[0] for r in weight_rules(model_dir.config, legacy=True)}
-                  if model_dir.legacy else {})
+        rename = _legacy_names(model_dir)
 
         def pairs():
             for name in expected:
@@ -220,11 +271,13 @@ def dequantize(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float3
 def load_tokenizer_from_dir(model_dir: ModelDir | str | Path) -> Tokenizer:
     if not isinstance(model_dir, ModelDir):
         model_dir = read_model_dir(model_dir)
+    # config.json's vocab_size bounds the tokenizer files: it is checked against the weights' headers first.
+    _checked_checkpoint(model_dir)
     try:
         if model_dir.legacy:
-            info = model_dir.raw.get("tokenizer", {})
+            info = model_dir.raw.get("tokenizer") or {}
             tokenizer = load_tokenizer(model_dir.path / TOKENIZER_FILE, pat_str=info.get("pat_str", CODE_PAT_STR),
-                                       name=info.get("name", "code-bpe"))
+                                       name=info.get("name", "code-bpe"), max_vocab=model_dir.config.vocab_size)
             expected = info.get("special_tokens")
             if expected and expected != special_token_ids(tokenizer.n_vocab - len(expected)):
                 raise ModelDirError(f"{model_dir.path}: special token ids in config.json {expected} do not match "
@@ -232,7 +285,10 @@ def load_tokenizer_from_dir(model_dir: ModelDir | str | Path) -> Tokenizer:
         else:
             eos = model_dir.raw.get("eos_token_id")
             eos_ids = tuple(eos) if isinstance(eos, list) else (eos,) if isinstance(eos, int) else ()
-            tokenizer = load_hf_tokenizer(model_dir.path, tuple(i for i in eos_ids if isinstance(i, int)))
+            if not all(isinstance(i, int) and 0 <= i < model_dir.config.vocab_size for i in eos_ids):
+                raise ModelDirError(f"{model_dir.path / CONFIG_FILE}: eos_token_id {eos!r} is not a token id "
+                                    f"below vocab_size {model_dir.config.vocab_size}")
+            tokenizer = load_hf_tokenizer(model_dir.path, eos_ids, max_vocab=model_dir.config.vocab_size)
     except TokenizerError as e:
         raise ModelDirError(str(e)) from e
     if tokenizer.n_vocab > model_dir.config.vocab_size:

@@ -17,6 +17,8 @@ from pathlib import Path
 import regex  # tiktoken's own dependency, for its split pattern
 import tiktoken
 
+from .model_checks import MAX_CONFIG_BYTES, MAX_TOKENIZER_BYTES, ModelDirError, read_bytes, read_json
+
 TOKENIZER_FILE = "tokenizer.tiktoken"
 HF_TOKENIZER_FILE = "tokenizer.json"
 EOT = "<|endoftext|>"
@@ -281,11 +283,22 @@ def _piece_bytes(piece: str) -> bytes:
 
 
 # ---- loading ------------------------------------------------------------------------------------
-def read_ranks(path: str | Path) -> dict[bytes, int]:
+def tokenizer_file_limit(vocab_size: int | None) -> int:
+    """The most bytes a tokenizer file for `vocab_size` tokens may hold: parsing one takes ~20 times
+    its size in memory, so a file far beyond its vocabulary is refused before it is read (real ones
+    hold 40 to 140 bytes a token: Qwen2.5's 7 MB for 151 k, Gemma's 34 MB for 256 k)."""
+    if vocab_size is None:
+        return MAX_TOKENIZER_BYTES
+    return min(MAX_TOKENIZER_BYTES, (4 << 20) + 256 * vocab_size)
+
+
+def read_ranks(path: str | Path, max_vocab: int | None = None) -> dict[bytes, int]:
     ranks: dict[bytes, int] = {}
     try:
-        lines = Path(path).read_text(encoding="ascii").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
+        lines = read_bytes(Path(path), tokenizer_file_limit(max_vocab)).decode("ascii").splitlines()
+    except ModelDirError as e:
+        raise TokenizerError(str(e)) from None
+    except UnicodeDecodeError as e:
         raise TokenizerError(f"cannot read tokenizer file {path}: {e}") from e
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -315,38 +328,50 @@ def make_encoding(name: str, ranks: dict[bytes, int], pat_str: str) -> tiktoken.
                              special_tokens=special_token_ids(len(ranks)))
 
 
-def load_tokenizer(path: str | Path, pat_str: str = CODE_PAT_STR, name: str = "code-bpe") -> TiktokenTokenizer:
-    return TiktokenTokenizer(make_encoding(name, read_ranks(path), pat_str))
+def load_tokenizer(path: str | Path, pat_str: str = CODE_PAT_STR, name: str = "code-bpe",
+                   max_vocab: int | None = None) -> TiktokenTokenizer:
+    return TiktokenTokenizer(make_encoding(name, read_ranks(path, max_vocab), pat_str))
 
 
-def load_hf_tokenizer(model_dir: str | Path, eos_ids: tuple[int, ...] = ()) -> HFTokenizer:
+def load_hf_tokenizer(model_dir: str | Path, eos_ids: tuple[int, ...] = (), max_vocab: int | None = None
+                      ) -> HFTokenizer:
     """tokenizer.json of a Hugging Face directory, with the end-of-text names from
-    tokenizer_config.json / special_tokens_map.json and the ids config.json gives."""
+    tokenizer_config.json / special_tokens_map.json and the ids config.json gives. `max_vocab`
+    (the model's vocab_size) bounds the file's size and its tokens before the tokenizer is built."""
     model_dir = Path(model_dir)
     path = model_dir / HF_TOKENIZER_FILE
     if not path.is_file():
         raise TokenizerError(f"{model_dir} has no {HF_TOKENIZER_FILE} (only fast tokenizers are supported; "
                              f"convert with transformers: AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR))")
     try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
         eos_names = tuple(_eos_names(model_dir))
+        # The tokenizers library bounds its own nesting; json's parser stops at the recursion limit.
+        spec = read_json(path, tokenizer_file_limit(max_vocab), model_dir, max_depth=None)
+    except ModelDirError as e:
+        raise TokenizerError(str(e)) from None
+    if not isinstance(spec, dict):
+        raise TokenizerError(f"{path} must hold a JSON object, not {type(spec).__name__}")
+    vocab = spec.get("model", {}).get("vocab") if isinstance(spec.get("model"), dict) else None
+    if max_vocab is not None and isinstance(vocab, (dict, list)) and len(vocab) > max_vocab:
+        raise TokenizerError(f"{path} has {len(vocab)} tokens, the model only {max_vocab}")
+    try:
         return HFTokenizer(spec, eos_names, eos_ids)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, AttributeError) as e:
-        raise TokenizerError(f"{path} is not a readable tokenizer: {e}") from e
+    except TokenizerError:
+        raise
+    except (TypeError, AttributeError, KeyError, ValueError, RecursionError) as e:
+        raise TokenizerError(f"{path} is not a readable tokenizer: {e}") from None
     except Exception as e:  # the tokenizers library raises its own exception type for bad specs
-        if isinstance(e, TokenizerError):
-            raise
-        raise TokenizerError(f"{path} is not a tokenizer the tokenizers library can load: {e}") from e
+        raise TokenizerError(f"{path} is not a tokenizer the tokenizers library can load: {e}") from None
 
 
 def _eos_names(model_dir: Path):
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         path = model_dir / name
-        if not path.is_file():
+        if not path.exists():
             continue
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, MAX_CONFIG_BYTES, model_dir)
         if not isinstance(data, dict):
-            raise TokenizerError(f"{path} must hold a JSON object")
+            raise TokenizerError(f"{path} must hold a JSON object, not {type(data).__name__}")
         eos = data.get("eos_token")
         if isinstance(eos, dict):
             eos = eos.get("content")

@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout", type=float, help="seconds in-flight requests get after SIGTERM (default 30)")
     p.add_argument("--header-timeout", type=float, help="seconds a request's headers may take to arrive (default 10)")
     p.add_argument("--body-timeout", type=float, help="seconds a request's body may take after its headers (default 30)")
-    p.add_argument("--max-connections", type=int, help="open connections beyond which new ones get a 503 (default 1000)")
+    p.add_argument("--max-connections", type=int, help="open connections beyond which new ones get a 503 unless an "
+                                                        "idle one of the busiest address makes room (default 1000)")
+    p.add_argument("--max-connections-per-client", type=int,
+                   help="open connections one client address may hold (default 100; behind a proxy, raise it)")
     p.add_argument("--debug-log-code", action="store_true", help="log prompts and completions (private code!)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--workspace", type=Path, action="append",
@@ -56,7 +59,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
              "workspace": args.workspace, "workspace_rescan_s": args.workspace_rescan,
              "workspace_max_megabytes": args.workspace_max_megabytes, "workspace_exclude": args.exclude,
              "header_timeout_s": args.header_timeout, "body_timeout_s": args.body_timeout,
-             "max_connections": args.max_connections}
+             "max_connections": args.max_connections,
+             "max_connections_per_client": args.max_connections_per_client}
     if args.no_response_cache:
         flags["response_cache_size"] = 0
     if args.debug_log_code:
@@ -96,7 +100,8 @@ def build_server(app, settings: ServerSettings):
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=settings.drain_timeout_s, lifespan="on",
-                            http=guarded_protocol(settings.header_timeout_s, settings.max_connections))
+                            http=guarded_protocol(settings.header_timeout_s, settings.max_connections,
+                                                 settings.max_connections_per_client))
     return DrainingServer(config)
 
 

@@ -39,10 +39,12 @@ class ServerSettings(BaseSettings):
 
     # Slow or too many clients (see connection_guard.py): a request's headers must arrive within
     # header_timeout_s, its body within body_timeout_s after them; connections beyond
-    # max_connections get a 503 at once.
+    # max_connections_per_client from one address get a 503 at once, and at max_connections an
+    # idle connection of the busiest address makes room for another address's.
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
-    max_connections: int = 1000
+    max_connections: int = Field(1000, ge=1)
+    max_connections_per_client: int = Field(100, ge=1)  # behind a proxy every client shares its address: raise it
 
     drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
 
