@@ -112,6 +112,22 @@ async def one_editor(url: str, requests, tokens: int, timeout: float):
         return [await send(client, target, r, loop.time(), timeout) for r in requests]
 
 
+ENGINE_COUNTERS = ("engine_prefix_cache_hits", "engine_prefix_cache_lookups", "engine_draft_tokens_proposed",
+                   "engine_draft_tokens_accepted")
+
+
+def engine_counters(url: str) -> dict[str, float]:
+    """The engine's prefix-cache and draft counters from /metrics (Prometheus text)."""
+    import httpx
+
+    counters = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.removesuffix("_total") in ENGINE_COUNTERS:
+            counters[name.removesuffix("_total")] = float(value)
+    return counters
+
+
 def profile_phase(pid: int, out: Path, name: str, rate_hz: int, run) -> tuple[list, float, dict[str, int]]:
     folded = out / f"capacity_profile_{name}.txt"
     spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
@@ -131,7 +147,7 @@ def profile_phase(pid: int, out: Path, name: str, rate_hz: int, run) -> tuple[li
     return samples, wall, read_folded(folded)
 
 
-def table(name: str, samples: list, wall: float, totals: dict[str, int], rate_hz: int) -> dict:
+def table(name: str, samples: list, wall: float, totals: dict[str, int], rate_hz: int, counters: dict) -> dict:
     ok = [s for s in samples if s.error is None]
     n = max(1, len(ok))
     per_request = {k: round(v / rate_hz * 1000 / n, 2) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])
@@ -141,13 +157,14 @@ def table(name: str, samples: list, wall: float, totals: dict[str, int], rate_hz
             "first_chunk_ms": percentiles_ms([s.first_chunk_s for s in ok if s.first_chunk_s is not None]),
             "mean_tokens": round(float(np.mean([s.tokens for s in ok])), 1) if ok else 0.0,
             "idle_ms_per_request": round(totals.get(IDLE, 0) / rate_hz * 1000 / n, 2),
-            "cpu_ms_per_request": per_request, "cpu_ms_per_request_total": round(sum(per_request.values()), 2)}
+            "cpu_ms_per_request": per_request, "cpu_ms_per_request_total": round(sum(per_request.values()), 2),
+            "engine_counters": counters}
 
 
 def print_table(result: dict) -> None:
     print(f"\n## {result['phase']}: {result['answered']} requests, to the last token "
           f"p50 {result['last_token_ms']['p50']} ms, p95 {result['last_token_ms']['p95']} ms; "
-          f"CPU {result['cpu_ms_per_request_total']} ms a request\n")
+          f"CPU {result['cpu_ms_per_request_total']} ms a request; engine counters {result['engine_counters']}\n")
     print("| where | CPU ms a request | share |\n| --- | ---: | ---: |")
     total = result["cpu_ms_per_request_total"] or 1
     for name, ms in result["cpu_ms_per_request"].items():
@@ -180,15 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         asyncio.run(one_editor(url, alone[:5], args.tokens, 30))   # warm-up
-        samples, wall, totals = profile_phase(proc.pid, out, "alone", args.sample_rate,
-                                              lambda: asyncio.run(one_editor(url, alone, args.tokens, 30)))
-        results.append(table("alone", samples, wall, totals, args.sample_rate))
+        phases = [("alone", "alone", lambda: asyncio.run(one_editor(url, alone, args.tokens, 30)))]
         if loaded:
-            name = f"{args.rate:g} req/s"
-            samples, wall, totals = profile_phase(
-                proc.pid, out, f"{args.rate:g}rps", args.sample_rate,
-                lambda: asyncio.run(run_point(Ours(url, args.tokens), loaded, 30))[0])
-            results.append(table(name, samples, wall, totals, args.sample_rate))
+            phases.append((f"{args.rate:g} req/s", f"{args.rate:g}rps",
+                           lambda: asyncio.run(run_point(Ours(url, args.tokens), loaded, 30))[0]))
+        for name, file_name, run in phases:
+            before = engine_counters(url)
+            samples, wall, totals = profile_phase(proc.pid, out, file_name, args.sample_rate, run)
+            after = engine_counters(url)
+            counters = {k: after[k] - before.get(k, 0.0) for k in after}
+            results.append(table(name, samples, wall, totals, args.sample_rate, counters))
     finally:
         proc.terminate()
         proc.wait(timeout=60)
