@@ -171,6 +171,30 @@ def print_table(result: dict) -> None:
         print(f"| {name} | {ms} | {100 * ms / total:.0f}% |")
 
 
+def keystroke_reuse(model_dir: Path, requests, tokens: int, block_tokens: int = 16) -> dict:
+    """How much of each prompt the KV pool could reuse from the same user's previous one: the
+    engine's own PromptBuilder lays out consecutive requests of one user, and the pool reuses the
+    whole blocks of their common first tokens (EngineConfig.kv_block_tokens; 16 by default)."""
+    from engine.model_dir import load_tokenizer_from_dir, read_model_dir
+    from engine.prompt import PromptBuilder
+
+    builder = PromptBuilder(load_tokenizer_from_dir(model_dir), read_model_dir(model_dir).config.block_size)
+    previous: dict[int, list[int]] = {}
+    reusable, total, whole_misses = 0, 0, 0
+    for r in requests:
+        ids = builder.build(r.prefix, r.suffix, tokens)
+        if r.user in previous:
+            old, common = previous[r.user], 0
+            while common < min(len(old), len(ids)) and old[common] == ids[common]:
+                common += 1
+            reusable += common // block_tokens * block_tokens
+            total += len(ids)
+            whole_misses += common < block_tokens
+        previous[r.user] = ids
+    return {"prompts": len(requests), "prompt_tokens_reusable_share": round(reusable / total, 3) if total else None,
+            "prompts_sharing_no_block": whole_misses, "block_tokens": block_tokens}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.request_profile", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -192,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     # one editor typing through one file, each keystroke's request after the previous answer
     alone = schedule(texts[:1], 1.0, 3.0 * args.alone, args.before, args.after, seed=1)[:args.alone]
     loaded = schedule(texts, args.rate, args.duration, args.before, args.after, seed=2) if args.rate > 0 else []
+    from engine.model_dir import default_model_dir
+
+    reuse = keystroke_reuse(Path(args.model) if args.model else default_model_dir(), alone, args.tokens)
+    print(f"keystroke reuse (one editor, {len(alone)} requests): {reuse}")
     proc, url = start_server(args.model, ["--no-response-cache", *args.server_arg],
                              Path(tempfile.mkdtemp(prefix="profile-")) / "server.log")
     results = []
@@ -217,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "method": "py-spy samples of the server process (all threads, CPU only, --nonblocking), each put in the "
                   "category of its innermost frame that has one; ms = samples / sample rate / answered requests",
-        "phases": results})
+        "keystroke_reuse": reuse, "phases": results})
     return 0
 
 
