@@ -198,6 +198,41 @@ def keystroke_reuse(model_dir: Path, requests, tokens: int, block_tokens: int = 
             "prompts_sharing_no_block": whole_misses, "block_tokens": block_tokens}
 
 
+def submit_costs(model_dir: Path, requests, tokens: int) -> dict:
+    """Median milliseconds of the per-request work before the first forward, each step alone in
+    this process (perf counters, no server): what Engine.submit does for every keystroke."""
+    from engine.draft import LiveIndex
+    from engine.healing import split_heal
+    from engine.model_dir import load_tokenizer_from_dir, read_model_dir
+    from engine.prompt import PromptBuilder
+    from engine.repetition import RepetitionGuard
+    from engine.suffix_index import SuffixIndex
+
+    tokenizer = load_tokenizer_from_dir(model_dir)
+    builder = PromptBuilder(tokenizer, read_model_dir(model_dir).config.block_size)
+    steps = {
+        "token healing split (engine/healing.py split_heal)": lambda r: split_heal(r.prefix, tokenizer.split),
+        "prompt: tokenise + lay out (engine/prompt.py PromptBuilder.build)":
+            lambda r: builder.build(r.prefix, r.suffix, tokens),
+        "cache model: tokenise the whole prefix and suffix again (engine/tokenizer.py encode)":
+            lambda r: (tokenizer.encode(r.prefix), tokenizer.encode(r.suffix)),
+        "cache model: suffix indexes of prefix and suffix (engine/suffix_index.py SuffixIndex.build)":
+            lambda r: (SuffixIndex.build([tokenizer.encode(r.prefix)]), SuffixIndex.build([tokenizer.encode(r.suffix)])),
+        "loop guard setup (engine/repetition.py RepetitionGuard.for_prompt)":
+            lambda r: RepetitionGuard.for_prompt(r.prefix, r.suffix),
+        "draft index of the prompt (engine/draft.py LiveIndex)": lambda r: LiveIndex(builder.build(r.prefix, r.suffix, tokens)),
+    }
+    costs = {}
+    for name, step in steps.items():
+        times = []
+        for r in requests:
+            started = time.perf_counter()
+            step(r)
+            times.append(time.perf_counter() - started)
+        costs[name] = round(float(np.median(times)) * 1000, 3)
+    return costs
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.request_profile", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -223,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
 
     reuse = keystroke_reuse(Path(args.model) if args.model else default_model_dir(), alone, args.tokens)
     print(f"keystroke reuse (one editor, {len(alone)} requests): {reuse}")
+    costs = submit_costs(Path(args.model) if args.model else default_model_dir(), alone, args.tokens)
+    print("per-request steps before the first forward, median ms (in-process):", json.dumps(costs, indent=1))
     proc, url = start_server(args.model, ["--no-response-cache", *args.server_arg],
                              Path(tempfile.mkdtemp(prefix="profile-")) / "server.log")
     results = []
@@ -248,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "method": "py-spy samples of the server process (all threads, CPU only, --nonblocking), each put in the "
                   "category of its innermost frame that has one; ms = samples / sample rate / requests the engine admitted (prefix-cache lookups; a request preempted and readmitted counts twice)",
-        "keystroke_reuse": reuse, "phases": results})
+        "keystroke_reuse": reuse, "submit_steps_median_ms": costs, "phases": results})
     return 0
 
 
