@@ -115,8 +115,10 @@ runpy.run_path(src + "/convert_hf_to_gguf.py", run_name="__main__")
 def gguf_file(hf: Path, work: Path, src: Path | None = None) -> Path:
     """`hf` as q8_0 GGUF, made once with the converter in `src` (a llama.cpp tree; default
     `llama_cpp_source`)."""
-    out = work / hf.parent.name / "model-q8_0.gguf"
+    # hf_dir's exports are <work>/<model>/hf; a model directory given as it is names itself
+    out = work / (hf.parent.name if hf.name == "hf" else hf.name) / "model-q8_0.gguf"
     if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
         src = src or llama_cpp_source(work)
         print(f"converting {hf} to GGUF q8_0", file=sys.stderr, flush=True)
         tmp = out.with_suffix(".tmp")
