@@ -9,8 +9,10 @@ category of the innermost frame on its stack that belongs to one (CATEGORIES, in
 kernel called from the model counts as the model's forward, a regex called from the tokenizer as
 tokenising; forwards are split into prefill and decode by the scheduler method above them.
 
-Prints, per phase, a table of CPU milliseconds per admitted request by category (all threads, the
-samples that wait for work left out; on 2 cores CPU time can exceed wall time) beside the requests' measured latency; writes capacity_profile.json
+Prints, per phase, a table of busy milliseconds per admitted request by category: py-spy's samples
+of threads that were running or ready to run (the samples that wait for work left out), over all
+threads, so on 2 cores they can exceed wall time, and on a crowded machine they include time a
+ready thread waited for a core beside the requests' measured latency; writes capacity_profile.json
 and the raw folded stacks (capacity_profile_<phase>.txt) into --out.
 """
 from __future__ import annotations
@@ -159,7 +161,7 @@ def table(name: str, samples: list, wall: float, totals: dict[str, int], rate_hz
             "first_chunk_ms": percentiles_ms([s.first_chunk_s for s in ok if s.first_chunk_s is not None]),
             "mean_tokens": round(float(np.mean([s.tokens for s in ok])), 1) if ok else 0.0,
             "engine_admitted": n, "idle_ms_per_request": round(totals.get(IDLE, 0) / rate_hz * 1000 / n, 2),
-            "cpu_ms_per_request": per_request, "cpu_ms_per_request_total": round(sum(per_request.values()), 2),
+            "busy_ms_per_request": per_request, "busy_ms_per_request_total": round(sum(per_request.values()), 2),
             "engine_counters": counters}
 
 
@@ -167,10 +169,10 @@ def print_table(result: dict) -> None:
     print(f"\n## {result['phase']}: {result['answered']} of {result['requests']} answered, {result['engine_admitted']} "
           f"admitted by the engine; to the last token "
           f"p50 {result['last_token_ms']['p50']} ms, p95 {result['last_token_ms']['p95']} ms; "
-          f"CPU {result['cpu_ms_per_request_total']} ms a request; engine counters {result['engine_counters']}\n")
-    print("| where | CPU ms a request | share |\n| --- | ---: | ---: |")
-    total = result["cpu_ms_per_request_total"] or 1
-    for name, ms in result["cpu_ms_per_request"].items():
+          f"busy {result['busy_ms_per_request_total']} ms a request; engine counters {result['engine_counters']}\n")
+    print("| where | busy ms a request | share |\n| --- | ---: | ---: |")
+    total = result["busy_ms_per_request_total"] or 1
+    for name, ms in result["busy_ms_per_request"].items():
         print(f"| {name} | {ms} | {100 * ms / total:.0f}% |")
 
 
