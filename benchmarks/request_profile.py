@@ -4,7 +4,7 @@ Starts `code-assistant serve` (the shipped model unless --model), samples it wit
 install py-spy`; it attaches to the server's pid) while it answers the capacity benchmark's
 requests (fill-in-the-middle, --before/--after characters around the cursor, streamed, greedy,
 --tokens tokens), first one at a time (one editor, each request after the previous answer) and then
-under open-loop load (--rate requests/s from --users editors). Every CPU sample is put in the
+under open-loop load (--rate requests/s from --users editors). Every sample of a busy thread is put in the
 category of the innermost frame on its stack that belongs to one (CATEGORIES, in order), so a torch
 kernel called from the model counts as the model's forward, a regex called from the tokenizer as
 tokenising; forwards are split into prefill and decode by the scheduler method above them.
@@ -60,7 +60,7 @@ CATEGORIES = [
 ]
 FORWARD = "model forward"
 # py-spy --nonblocking cannot always tell a waiting thread from a running one: samples whose
-# innermost frame waits for work are counted apart, not as CPU.
+# innermost frame waits for work are counted apart, not as busy.
 IDLE = "idle: waiting for work (epoll, Condition/Event.wait)"
 IDLE_LEAVES = ("EpollSelector.select (", "Condition.wait (", "Event.wait (", "_wait_for_tstate_lock (")
 # The scheduler thread hands every chunk to the event loop with call_soon_threadsafe, which writes
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "capacity_profile.json", {
         "benchmark": "request profile", "model": args.model or "shipped (models/default)",
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "method": "py-spy samples of the server process (all threads, CPU only, --nonblocking), each put in the "
+        "method": "py-spy samples of the server process (all threads, threads waiting for work left out, --nonblocking), each put in the "
                   "category of its innermost frame that has one; ms = samples / sample rate / requests the engine admitted (prefix-cache lookups; a request preempted and readmitted counts twice)",
         "keystroke_reuse": reuse, "submit_steps_median_ms": costs, "phases": results})
     return 0
