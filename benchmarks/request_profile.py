@@ -218,11 +218,13 @@ def submit_costs(model_dir: Path, requests, tokens: int) -> dict:
             lambda r: builder.build(r.prefix, r.suffix, tokens),
         "cache model: tokenise the whole prefix and suffix again (engine/tokenizer.py encode)":
             lambda r: (tokenizer.encode(r.prefix), tokenizer.encode(r.suffix)),
-        "cache model: suffix indexes of prefix and suffix (engine/suffix_index.py SuffixIndex.build)":
-            lambda r: (SuffixIndex.build([tokenizer.encode(r.prefix)]), SuffixIndex.build([tokenizer.encode(r.suffix)])),
+        "cache model: tokenise + suffix indexes of prefix and suffix (engine/suffix_index.py SuffixIndex.build)":
+            lambda r: (SuffixIndex.build([tokenizer.encode(r.prefix)]),
+                       SuffixIndex.build([tokenizer.encode(r.suffix)])),
         "loop guard setup (engine/repetition.py RepetitionGuard.for_prompt)":
             lambda r: RepetitionGuard.for_prompt(r.prefix, r.suffix),
-        "draft index of the prompt (engine/draft.py LiveIndex)": lambda r: LiveIndex(builder.build(r.prefix, r.suffix, tokens)),
+        "prompt + draft index of it (engine/draft.py LiveIndex)":
+            lambda r: LiveIndex(builder.build(r.prefix, r.suffix, tokens)),
     }
     costs = {}
     for name, step in steps.items():
@@ -285,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "capacity_profile.json", {
         "benchmark": "request profile", "model": args.model or "shipped (models/default)",
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "method": "py-spy samples of the server process (all threads, threads waiting for work left out, --nonblocking), each put in the "
-                  "category of its innermost frame that has one; ms = samples / sample rate / requests the engine admitted (prefix-cache lookups; a request preempted and readmitted counts twice)",
+        "method": "py-spy samples of the server process (all threads, threads waiting for work left out, "
+                  "--nonblocking), each put in the category of its innermost frame that has one; ms = samples / "
+                  "sample rate / requests the engine admitted (prefix-cache lookups; a request preempted and "
+                  "readmitted counts twice)",
         "keystroke_reuse": reuse, "submit_steps_median_ms": costs, "phases": results})
     return 0
 
