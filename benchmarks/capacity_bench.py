@@ -364,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-llama-server", action="store_true", help="only ours")
     p.add_argument("--llama-home", default=os.environ.get("LLAMA_CPP_HOME", str(LLAMA_CPP_HOME)),
                    help="scripts/build-llama-cpp.sh's output folder (bin/llama-server, src/)")
+    p.add_argument("--llama-server", help="the llama-server binary (default: bin/llama-server of --llama-home)")
     p.add_argument("--slots", type=int, default=16, help="llama-server's parallel slots (-np)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="llama-server's threads (-t)")
     p.add_argument("--work", default=str(Path.home() / ".cache" / "code-assistant" / "bench"),
@@ -383,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         print("code-assistant bench capacity: users, gap, rates and duration must be positive", file=sys.stderr)
         return 2
     llama_home = Path(args.llama_home)
-    binary = llama_home / "bin" / "llama-server"
+    binary = Path(args.llama_server) if args.llama_server else llama_home / "bin" / "llama-server"
     if not args.no_llama_server and not binary.is_file():
         print(f"code-assistant bench capacity: no {binary}; run scripts/build-llama-cpp.sh first, or pass "
               "--no-llama-server", file=sys.stderr)
