@@ -13,9 +13,9 @@ Each offered rate in `--rates` (default: users / gap) runs against our server (`
 serve`, started here on a loopback port) and llama.cpp's `llama-server` (built by
 scripts/build-llama-cpp.sh; `-np` slots, continuous batching, `cache_prompt`) on the same weights
 (the shipped model as GGUF q8_0), alternating which goes first, with the same requests: ours on
-/v1/completions (prompt + suffix), llama-server on /infill (input_prefix + input_suffix). llama-server
-refuses a prompt longer than its context, so its prefix and suffix are trimmed beforehand to what
-our engine keeps of them (see `trim_for_context`); ours gets the whole text and trims it itself.
+/v1/completions with the whole text (prompt + suffix; the engine trims it to the model's context),
+llama-server on /completion with the token ids our engine's PromptBuilder makes of that text (see
+`LlamaServer`), so that both models see the same tokens.
 
 Per rate and server: p50/p95/p99 to the first chunk and to the last token, errors by kind (429,
 5xx, other 4xx, timeout, connection), achieved rate and how late the dispatcher sent. The goal line:
@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -46,9 +47,6 @@ from .report import pyplot, write_json
 
 TYPING_CHARS_PER_S = 5.0   # ~60 words a minute: how far the cursor moves during a pause
 LLAMA_CPP_HOME = Path.home() / ".cache" / "code-assistant" / "llama.cpp-0.3.36"
-# Tokens of llama-server's context left unused when trimming: re-encoding a cut text can take a
-# token or two more than the ids it came from.
-TRIM_SPARE_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -131,19 +129,6 @@ def schedule(texts: list[str], rate: float, duration_s: float, before: int, afte
     return sorted(requests, key=lambda r: r.at)
 
 
-def trim_for_context(tokenizer, prefix: str, suffix: str, context: int, tokens: int) -> tuple[str, str]:
-    """The characters of prefix and suffix that fit llama-server's `context` with `tokens` to
-    generate: the last tokens of the prefix and the first of the suffix, counted with the model's own
-    tokenizer and shared as our engine's PromptBuilder shares them (the suffix at most a quarter
-    when the prefix is long), decoded back to text."""
-    room = context - min(tokens, context // 2) - 3 - TRIM_SPARE_TOKENS   # 3: the FIM tokens
-    pre, suf = tokenizer.encode(prefix), tokenizer.encode(suffix)
-    keep_suf = min(len(suf), room // 4 if len(pre) > room - room // 4 else room - len(pre))
-    keep_pre = room - keep_suf
-    return (tokenizer.decode(pre[-keep_pre:]) if len(pre) > keep_pre else prefix,
-            tokenizer.decode(suf[:keep_suf]) if len(suf) > keep_suf else suffix)
-
-
 class Target:
     """One server under load: how a request is sent and its stream read."""
 
@@ -175,15 +160,20 @@ class Ours(Target):
 
 
 class LlamaServer(Target):
+    """llama-server's /completion with the prompt as token ids: the FIM layout our engine's
+    PromptBuilder makes of the same text (without token healing), within the model's context less
+    the tokens to generate. Not /infill with the text: llama.cpp cannot split text as our tokenizer
+    does (the GGUF records GPT-2's pre-tokenizer), so its own ids of a text differ from the model's,
+    and more of them overflow the context (268 tokens where the model's tokenizer counts 248)."""
+
     name = "llama-server"
 
-    def __init__(self, url: str, tokens: int, trimmed: dict[EditorRequest, tuple[str, str]]):
-        self.url, self.tokens, self.trimmed = url, tokens, trimmed
+    def __init__(self, url: str, tokens: int, prompts: dict[EditorRequest, list[int]]):
+        self.url, self.tokens, self.prompts = url, tokens, prompts
 
     def request(self, r):
-        prefix, suffix = self.trimmed[r]
-        return "/infill", {"input_prefix": prefix, "input_suffix": suffix, "n_predict": self.tokens,
-                           "temperature": 0, "top_k": 1, "stream": True, "cache_prompt": True}
+        return "/completion", {"prompt": self.prompts[r], "n_predict": self.tokens, "temperature": 0, "top_k": 1,
+                               "stream": True, "cache_prompt": True}
 
     def chunk(self, event):
         return event.get("content", ""), event.get("tokens_predicted") if event.get("stop") else None
@@ -366,7 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scripts/build-llama-cpp.sh's output folder (bin/llama-server, src/)")
     p.add_argument("--llama-server", help="the llama-server binary (default: bin/llama-server of --llama-home)")
     p.add_argument("--slots", type=int, default=16, help="llama-server's parallel slots (-np)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="llama-server's threads (-t)")
+    # One thread: ggml's threads spin at every barrier, and on cores shared with other work a
+    # spinning thread waits for one that is not running: here -t 2 took 1.2-11 s a request and -t 1
+    # 0.1-0.3 s (same request, the machine's load average ~11).
+    p.add_argument("--threads", type=int, default=1, help="llama-server's threads (-t)")
     p.add_argument("--work", default=str(Path.home() / ".cache" / "code-assistant" / "bench"),
                    help="where the GGUF copy of the model is kept")
     p.add_argument("--out", default="bench-results")
@@ -391,9 +384,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # the servers it started stop too
     logs = Path(tempfile.mkdtemp(prefix="capacity-"))
 
     from engine.model_dir import default_model_dir, load_tokenizer_from_dir, read_model_dir
+    from engine.prompt import PromptBuilder
 
     model_dir = Path(args.model) if args.model else default_model_dir()
     context = read_model_dir(model_dir).config.block_size
@@ -407,12 +402,12 @@ def main(argv: list[str] | None = None) -> int:
         proc, url = start_server(str(model_dir), ["--no-response-cache", *args.server_arg], logs / "ours.log")
         servers.append((Ours(url, args.tokens), proc))
         if not args.no_llama_server:
-            tokenizer = load_tokenizer_from_dir(model_dir)
-            trimmed = {r: trim_for_context(tokenizer, r.prefix, r.suffix, context, args.tokens)
-                       for requests in points.values() for r in requests}
+            builder = PromptBuilder(load_tokenizer_from_dir(model_dir), context)
+            prompts = {r: builder.build(r.prefix, r.suffix, args.tokens) for requests in points.values()
+                       for r in requests}
             gguf = shipped_gguf(args.model, Path(args.work), llama_home)
             proc, url = start_llama_server(binary, gguf, args.slots, context, args.threads, logs / "llama.log")
-            servers.append((LlamaServer(url, args.tokens, trimmed), proc))
+            servers.append((LlamaServer(url, args.tokens, prompts), proc))
         for target, _ in servers:  # warm-up: first requests pay for lazy loading and compiled kernels
             asyncio.run(run_point(target, points[rates[0]][:5], args.timeout))
         for i, rate in enumerate(rates):
@@ -440,12 +435,11 @@ def main(argv: list[str] | None = None) -> int:
                      "ours": {"endpoint": "/v1/completions (prompt + suffix)",
                               "serve_args": ["--no-response-cache", *args.server_arg]},
                      "llama_server": None if args.no_llama_server else {
-                         "endpoint": "/infill", "slots": args.slots, "context_per_slot": context,
+                         "endpoint": "/completion", "slots": args.slots, "context_per_slot": context,
                          "threads": args.threads, "cache_prompt": True, "continuous_batching": True,
                          "weights": "the same model as GGUF q8_0",
-                         "trimming": f"prefix and suffix cut to the model's {context}-token context less "
-                                     f"{args.tokens} to generate, 3 FIM tokens and {TRIM_SPARE_TOKENS} spare, "
-                                     "counted with the model's tokenizer, the suffix at most a quarter"}},
+                         "prompt": "token ids: our engine's PromptBuilder layout of the same text (FIM, within "
+                                   f"the {context}-token context less {args.tokens} to generate), no healing"}},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_generator": "on the same machine as the servers"},
         "points": [asdict(r) for r in results],
