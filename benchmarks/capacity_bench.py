@@ -99,7 +99,7 @@ def editor_files(users: int, min_chars: int) -> list[str]:
         if len(text) >= min_chars:
             texts.append(text)
     if len(texts) < users:
-        raise SystemExit(f"only {len(texts)} stdlib files have {min_chars}+ characters; fewer users or context")
+        raise ValueError(f"only {len(texts)} stdlib files have {min_chars}+ characters: fewer users or context")
     step = len(texts) / users
     return [texts[int(i * step)] for i in range(users)]
 
@@ -111,11 +111,12 @@ def schedule(texts: list[str], rate: float, duration_s: float, before: int, afte
     rng = random.Random(seed)
     mean_gap = len(texts) / rate
     requests = []
+
+    def pause() -> float:
+        return rng.expovariate(1 / mean_gap) if gaps == "exponential" else mean_gap * rng.uniform(0.5, 1.5)
+
     for user, text in enumerate(texts):
         cursor = rng.randrange(before, len(text) - after)
-        def pause() -> float:
-            return rng.expovariate(1 / mean_gap) if gaps == "exponential" else mean_gap * rng.uniform(0.5, 1.5)
-
         # users do not start in step: the first request comes a pause (exponential: memoryless, so
         # the rate is right from the start) or a uniform share of one (jittered) after the start
         at = pause() if gaps == "exponential" else rng.uniform(0, mean_gap)
@@ -392,7 +393,11 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir = Path(args.model) if args.model else default_model_dir()
     context = read_model_dir(model_dir).config.block_size
-    texts = editor_files(args.users, 2 * (args.before + args.after))
+    try:
+        texts = editor_files(args.users, 2 * (args.before + args.after))
+    except ValueError as e:
+        print(f"code-assistant bench capacity: {e}", file=sys.stderr)
+        return 2
     points = {rate: schedule(texts, rate, args.duration, args.before, args.after, args.gaps, args.seed + i)
               for i, rate in enumerate(rates)}
 
