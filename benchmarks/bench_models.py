@@ -112,10 +112,14 @@ runpy.run_path(src + "/convert_hf_to_gguf.py", run_name="__main__")
 """
 
 
-def gguf_file(hf: Path, work: Path) -> Path:
-    out = work / hf.parent.name / "model-q8_0.gguf"
+def gguf_file(hf: Path, work: Path, src: Path | None = None) -> Path:
+    """`hf` as q8_0 GGUF, made once with the converter in `src` (a llama.cpp tree; default
+    `llama_cpp_source`)."""
+    # hf_dir's exports are <work>/<model>/hf; a model directory given as it is names itself
+    out = work / (hf.parent.name if hf.name == "hf" else hf.name) / "model-q8_0.gguf"
     if not out.is_file():
-        src = llama_cpp_source(work)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        src = src or llama_cpp_source(work)
         print(f"converting {hf} to GGUF q8_0", file=sys.stderr, flush=True)
         tmp = out.with_suffix(".tmp")
         subprocess.run([sys.executable, "-c", CONVERT, str(src), str(hf), "--outtype", "q8_0", "--outfile", str(tmp)],
