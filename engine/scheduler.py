@@ -145,12 +145,12 @@ class Scheduler:
     def drop_cancelled(self) -> None:
         for request in [r for r in self.running if r.cancelled.is_set()]:
             self.finish(request, "cancelled")
-        if any(r.cancelled.is_set() for r in self.waiting):
-            with self.lock:
-                gone = [r for r in self.waiting if r.cancelled.is_set()]
+        with self.lock:  # submitting threads append meanwhile: even reading the queue needs the lock
+            gone = [r for r in self.waiting if r.cancelled.is_set()]
+            if gone:
                 self.waiting = deque(r for r in self.waiting if not r.cancelled.is_set())
-            for request in gone:
-                self.finish(request, "cancelled")
+        for request in gone:
+            self.finish(request, "cancelled")
 
     # ---- admission --------------------------------------------------------------------------
     def admit(self) -> None:

@@ -125,3 +125,28 @@ def test_a_cancelled_request_leaves_at_the_next_step_and_gives_its_blocks_back(t
     request.cancel()
     scheduler.step()
     assert chunks[-1].finish_reason == "cancelled" and not scheduler.running and pool.held() == 0
+
+
+def test_cancelled_waiting_requests_are_dropped_while_other_threads_submit(tokenizer):
+    """Found under open-loop load: reading the queue unlocked while a submitting thread appended
+    raised "deque mutated during iteration" and failed every running request."""
+    import threading
+
+    scheduler, _, _ = make(tokenizer, max_queue=100_000, max_batch=1)
+    for _ in range(5_000):
+        submit(scheduler, PROMPT, 1)
+    stop = threading.Event()
+
+    def submitting():
+        while not stop.is_set():
+            request, _ = submit(scheduler, PROMPT, 1)
+            request.cancel()
+
+    thread = threading.Thread(target=submitting)
+    thread.start()
+    try:
+        for _ in range(300):
+            scheduler.drop_cancelled()
+    finally:
+        stop.set()
+        thread.join()
