@@ -28,6 +28,11 @@ from .state import ServerState
 
 log = logging.getLogger("code_assistant.http")
 
+# What a newcomer who ran `make serve` must know before judging the suggestions (README, first screen).
+SHIPPED_MODEL_NOTE = ("this is the shipped 3.35 M-parameter demonstration model, trained on 2 CPU cores: expect "
+                      "short, often empty suggestions. For real completions serve a code model: code-assistant serve "
+                      "--model Qwen/Qwen2.5-Coder-0.5B (a Hugging Face name, a .gguf file or an Ollama name)")
+
 
 def model_version(model_dir: Path | None) -> str:
     """A version that changes whenever the weights or config change: `version` from config.json if the
@@ -77,6 +82,8 @@ def create_app(settings: ServerSettings | None = None, engine: Engine | None = N
         log.info("model loaded", extra={"fields": {"event": "model_loaded", "model": loaded.model_name,
                                                    "version": version, "device": settings.device,
                                                    "kernels": path["kernels"], "kernels_reason": path["reason"]}})
+        if version == model_version(default_model_dir()):
+            log.warning(SHIPPED_MODEL_NOTE, extra={"fields": {"event": "shipped_model", "note": SHIPPED_MODEL_NOTE}})
 
     def load_in_background() -> None:
         try:
