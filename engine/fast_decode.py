@@ -84,6 +84,8 @@ class FastDecoder:
         """Why the compiled decode step cannot run this model here, or None when it can."""
         if device.type != "cpu":
             return f"it runs on the CPU only (device {device})"
+        if kernels.decode_kernel() is None:  # first: without the library no layer has its kernel either
+            return kernels.unavailable("decode_kernel") or "the kernel did not build (the log says why)"
         if not all(isinstance(m, (Int8Linear, Int4Linear)) and m.kernel is not None
                    for m in [model.head] + [l for b in model.layers for l in (b.attn.qkv, b.attn.out, b.mlp.up, b.mlp.down)]):
             return "the model's linear layers are not int8 or int4 with the compiled kernel"
@@ -91,8 +93,6 @@ class FastDecoder:
             return "the embeddings are not int8"
         if model.config.activation not in ACTIVATION_CODES:
             return f"activation {model.config.activation} is not in the kernel"
-        if kernels.decode_kernel() is None:
-            return "the kernel did not build (the log says why)"
         return None
 
     @staticmethod

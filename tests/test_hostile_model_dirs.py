@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -47,28 +45,34 @@ def command_line(command: str, model: Path, tmp: Path) -> list[str]:
             "bench-engine": ["bench", "engine", "--model", model, "--quick", "--out", tmp / "b"]}[command]
 
 
-def limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
+# The CLI runs as the child of this small launcher, not of pytest: Linux keeps a process's resident
+# high-water mark across exec, so a process forked from pytest (grown to ~800 MB late in the suite)
+# would report pytest's pages as its own peak.
+LAUNCHER = """
+import os, resource, signal, sys
+limit, seconds = int(sys.argv[1]), int(sys.argv[2])
+pid = os.fork()
+if pid == 0:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.execv(sys.executable, [sys.executable, "-m", "code_assistant_cli", *sys.argv[3:]])
+signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
+signal.alarm(seconds)
+_, status, usage = os.wait4(pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
 
 
 def run_bounded(args: list) -> tuple[int, str, float, float]:
     """(exit code, stderr, seconds, peak resident MB of that process) of the CLI under the limits."""
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "code_assistant_cli", *map(str, args)], cwd=REPO,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=limit_memory)
-    timer = threading.Timer(TIME_LIMIT_S, proc.kill)
-    timer.start()
-    try:
-        stderr = proc.stderr.read()
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS, which Popen.wait drops
-    finally:
-        timer.cancel()
-        proc.stderr.close()
-    proc.returncode = code = os.waitstatus_to_exitcode(status)
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, str(MEMORY_LIMIT_BYTES), str(TIME_LIMIT_S),
+                           *map(str, args)], cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=TIME_LIMIT_S + 30)
+    code, max_rss_kb = map(int, done.stdout.split())
     if code == -9:
         raise AssertionError(f"{args[0]} still ran after {TIME_LIMIT_S} s")
-    return code, stderr.decode(errors="replace"), time.monotonic() - started, usage.ru_maxrss / 1024
+    return code, done.stderr.decode(errors="replace"), time.monotonic() - started, max_rss_kb / 1024
 
 
 # ---- the cases ------------------------------------------------------------------------------------

@@ -253,7 +253,7 @@ def test_closed_engine_refuses_and_unknown_quantize_raises(tiny_model_dir, make_
     with pytest.raises(EngineError):
         engine.complete("x")
     with pytest.raises(ValueError):
-        Engine.load(tiny_model_dir, quantize="int4")
+        Engine.load(tiny_model_dir, quantize="int3")
 
 
 def test_a_failing_callback_cancels_only_its_request(fp32_engine):
