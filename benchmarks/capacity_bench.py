@@ -42,7 +42,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from .http_bench import free_port, start_server
+from .http_bench import free_port, start_server, wait_ready
 from .report import pyplot, write_json
 
 TYPING_CHARS_PER_S = 5.0   # ~60 words a minute: how far the cursor moves during a pause
@@ -277,19 +277,8 @@ def start_llama_server(binary: Path, gguf: Path, slots: int, context: int, threa
            "-c", str(context * slots), "-t", str(threads), "-cb"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            last = (log_path.read_text(errors="replace").strip().splitlines() or [""])[-1]
-            raise ChildProcessError(f"llama-server exited with {proc.returncode}: {last}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("llama-server did not become ready in 120 s")
+    wait_ready(proc, url + "/health", log_path, "llama-server")
+    return proc, url
 
 
 def shipped_gguf(model: str | None, work: Path, llama_home: Path) -> Path:

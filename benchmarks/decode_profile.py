@@ -17,7 +17,8 @@ import torch
 
 def run(model_dir: str, tokens: int, threads: int, context: int) -> dict:
     from engine import kernels
-    from engine.fast_decode import FastDecoder, block_pool_layout
+    from engine.fast_decode import FastDecoder
+    from engine.kv_cache import block_pool_layout
     from engine.kv_cache import KVCache
     from engine.quantize import load_int8_model
 

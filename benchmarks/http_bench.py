@@ -146,19 +146,25 @@ def start_server(model: str | None, extra: list[str], log_path: Path) -> tuple[s
     # The server's request log goes to a file: a pipe nobody reads would fill and stall the server.
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    wait_ready(proc, url + "/ready", log_path, "the server")
+    return proc, url
+
+
+def wait_ready(proc: subprocess.Popen, probe: str, log_path: Path, name: str, timeout: float = 120) -> None:
+    """Until `probe` answers 200; a process that exits first or a timeout raises with its log's last line."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             last = (log_path.read_text(errors="replace").strip().splitlines() or [""])[-1]
-            raise ChildProcessError(f"the server exited with {proc.returncode}: {last}")
+            raise ChildProcessError(f"{name} exited with {proc.returncode}: {last}")
         try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return proc, url
+            if httpx.get(probe, timeout=1).status_code == 200:
+                return
         except httpx.TransportError:
             pass
         time.sleep(0.2)
     proc.terminate()
-    raise RuntimeError("server did not become ready in 120 s")
+    raise RuntimeError(f"{name} did not become ready in {timeout:.0f} s")
 
 
 def plot(results: list[LevelResult], path: Path, title: str) -> None:

@@ -13,7 +13,8 @@ import torch
 from benchmarks.bench_models import hf_dir
 from benchmarks.engine_bench import copy_bandwidth_gbs
 from engine import kernels
-from engine.fast_decode import FastDecoder, block_pool_layout
+from engine.fast_decode import FastDecoder
+from engine.kv_cache import block_pool_layout
 from engine.kv_cache import KVCache
 from engine.quantize import Int4Linear, Int8Linear, load_int4_model, load_int8_model
 

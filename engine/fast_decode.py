@@ -19,7 +19,6 @@ import logging
 import torch
 
 from . import kernels
-from .kv_cache import block_pool_layout  # noqa: F401  (the pool as the kernel reads it)
 from .model import Transformer
 from .quantize import Int4Linear, Int8Embedding, Int8Linear
 

@@ -347,7 +347,6 @@ def _read_int4_state(model_dir: ModelDir) -> dict[str, torch.Tensor]:
         t = stored.get(name)
         if t is None:
             raise ModelDirError(f"{model_dir.path}: the weights have no tensor for {name!r}")
-        scale = stored.get(name + SCALE_SUFFIX)
         if len(shape) == 2 and name not in ("embed.weight", "pos_embed.weight"):
             padded = shape[1] + (-shape[1] % INT4_PAD)
             want = {name: ((shape[0], padded // 2), torch.uint8), name + SCALE_SUFFIX: ((shape[0], padded // INT4_GROUP), torch.float32)}

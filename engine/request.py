@@ -17,7 +17,7 @@ import torch
 from .draft import DraftSource, LiveIndex
 from .kv_cache import BlockTable
 from .repetition import RepetitionGuard
-from .sampling import SamplingParams
+from .sampling_params import SamplingParams
 
 
 class EngineBusy(RuntimeError):

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import torch
 
-# Re-exported: the token choice's callers take the parameters from here (engine/sampling_params.py
-# holds them, torch-free, with their bounds).
-from .sampling_params import SMALLEST_POSITIVE, SamplingError, SamplingParams  # noqa: F401
+from .sampling_params import SamplingParams
 
 
 def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,

@@ -14,7 +14,8 @@ import torch
 from benchmarks.hf_models import FAMILIES, TINY, save_random_model
 from engine import CompletionInput, Engine, EngineConfig, SamplingParams
 from engine import kernels
-from engine.fast_decode import FastDecoder, block_pool_layout
+from engine.fast_decode import FastDecoder
+from engine.kv_cache import block_pool_layout
 from engine.kv_cache import KVCache
 from engine.quantize import Int8Linear, load_int8_model, quantize_tensor
 

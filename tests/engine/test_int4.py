@@ -16,7 +16,8 @@ import torch
 from benchmarks.hf_models import FAMILIES, TINY, save_random_model
 from engine import Engine, EngineConfig, SamplingParams
 from engine import kernels
-from engine.fast_decode import FastDecoder, block_pool_layout
+from engine.fast_decode import FastDecoder
+from engine.kv_cache import block_pool_layout
 from engine.kv_cache import KVCache
 from engine.model_dir import ModelDirError, load_model_dir
 from engine.quantize import (Int4Linear, dequantize_int4, load_int4_model, load_int8_model, quantize_int4,

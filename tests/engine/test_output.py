@@ -7,7 +7,7 @@ import torch
 from engine.model_dir import load_model_dir
 from engine.output import Output
 from engine.request import Request
-from engine.sampling import SamplingParams
+from engine.sampling_params import SamplingParams
 
 
 @pytest.fixture(scope="module")

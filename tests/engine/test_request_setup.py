@@ -9,7 +9,7 @@ from engine.inputs import CompletionInput, ContextFile
 from engine.model_dir import load_model_dir
 from engine.prompt import PromptBuilder
 from engine.request_setup import SNIPPET_INDEXES, RequestSetup
-from engine.sampling import SamplingParams
+from engine.sampling_params import SamplingParams
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def test_values_float32_sampling_cannot_compute_are_rejected_naming_the_field(fi
 
 
 def test_extreme_allowed_values_sample_without_nan():
-    from engine.sampling import SMALLEST_POSITIVE
+    from engine.sampling_params import SMALLEST_POSITIVE
 
     logits = torch.tensor([3.0, 2.9, -50.0, 80.0, 79.9])
     g = torch.Generator().manual_seed(0)

@@ -11,7 +11,7 @@ from engine.kv_cache import BlockPool
 from engine.model_dir import load_model_dir
 from engine.output import Output
 from engine.request import EngineBusy, Request
-from engine.sampling import SamplingParams
+from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 
 
