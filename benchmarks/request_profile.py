@@ -46,7 +46,7 @@ CATEGORIES = [
     ("loop guard (engine/repetition.py)", ("engine/repetition.py",)),
     ("sampling / choosing (engine/sampling.py)", ("engine/sampling.py",)),
     ("KV blocks (engine/kv_cache.py)", ("engine/kv_cache.py",)),
-    ("model forward", ("engine/model.py", "engine/fast_decode.py", "engine/paged_attention.py", "torch/",
+    ("model forward", ("engine/model.py", "engine/runner.py", "engine/fast_decode.py", "torch/",
                        "engine/kernels.py")),
     ("scheduler bookkeeping (engine/engine.py)", ("engine/engine.py",)),
     ("completion route, SSE framing (http_api/routes, generation.py)", ("http_api/routes/", "http_api/generation.py",
@@ -84,10 +84,10 @@ def categorise(stack: list[str]) -> str:
 
 def forward_kind(stack: list[str]) -> str:
     text = ";".join(stack)
-    if "_prefill (" in text:
-        return "model forward: prefill (Engine._prefill)"
-    if "_decode_step (" in text:
-        return "model forward: decode steps (Engine._decode_step)"
+    if "prefill (engine/scheduler.py" in text:
+        return "model forward: prefill (Scheduler.prefill)"
+    if "decode_step (engine/scheduler.py" in text:
+        return "model forward: decode steps (Scheduler.decode_step)"
     return "model forward: other (warm-up, thread measurement)"
 
 
