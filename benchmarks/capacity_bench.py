@@ -82,6 +82,9 @@ class PointResult:
     mean_tokens: float = 0.0
     late_ms_p99: float = 0.0
     holds: bool = False
+    # CPU seconds the server process used during the point, per answered request (ms): how much
+    # work a request costs, steadier than latency on a shared machine.
+    server_cpu_ms_per_request: float | None = None
 
 
 def editor_files(users: int, min_chars: int) -> list[str]:
@@ -233,6 +236,12 @@ async def run_point(target: Target, requests: list[EditorRequest], timeout: floa
             tasks.append(asyncio.create_task(send(client, target, r, due, timeout)))
         samples = await asyncio.gather(*tasks)
     return samples, loop.time() - start
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its waited-for children so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def percentiles_ms(values: list[float]) -> dict:
@@ -393,7 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[tuple[Target, subprocess.Popen]] = []
     results: list[PointResult] = []
     try:
-        proc, url = start_server(str(model_dir), ["--no-response-cache", *args.server_arg], logs / "ours.log")
+        # Every simulated editor connects from 127.0.0.1: the per-address cap (100, for probes' sake)
+        # would turn a slow point into 503s and closed connections.
+        serve_args = ["--no-response-cache", "--max-connections-per-client", "10000", *args.server_arg]
+        proc, url = start_server(str(model_dir), serve_args, logs / "ours.log")
         servers.append((Ours(url, args.tokens), proc))
         if not args.no_llama_server:
             builder = PromptBuilder(load_tokenizer_from_dir(model_dir), context)
@@ -406,9 +418,13 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(run_point(target, points[rates[0]][:5], args.timeout))
         for i, rate in enumerate(rates):
             order = servers if i % 2 == 0 else servers[::-1]
-            for target, _ in order:
+            for target, proc in order:
+                cpu_before = cpu_seconds(proc.pid)
                 samples, elapsed = asyncio.run(run_point(target, points[rate], args.timeout))
                 result = summarise(target.name, rate, args.duration, samples, elapsed, args.slo_ms)
+                if result.answered:
+                    cpu_ms = (cpu_seconds(proc.pid) - cpu_before) * 1000 / result.answered
+                    result.server_cpu_ms_per_request = round(cpu_ms, 2)
                 results.append(result)
                 print(json.dumps(asdict(result)), flush=True)
                 time.sleep(0.5)   # the servers settle (every answer of the point is already in)
@@ -427,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                      "timeout_s": args.timeout, "slo_ms": args.slo_ms, "seed": args.seed,
                      "typing_chars_per_s": TYPING_CHARS_PER_S, "greedy": True, "streamed": True,
                      "ours": {"endpoint": "/v1/completions (prompt + suffix)",
-                              "serve_args": ["--no-response-cache", *args.server_arg]},
+                              "serve_args": serve_args},
                      "llama_server": None if args.no_llama_server else {
                          "endpoint": "/completion", "slots": args.slots, "context_per_slot": context,
                          "threads": args.threads, "cache_prompt": True, "continuous_batching": True,

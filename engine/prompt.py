@@ -31,6 +31,8 @@ FILES_SHARE = 3        # neighbouring files take at most 1/FILES_SHARE of the pr
 SUFFIX_SHARE = 4       # the suffix takes at most 1/SUFFIX_SHARE of the rest when the prefix is long
 MIN_PROMPT_TOKENS = 4  # what a request keeps whatever it asks to generate
 MAX_STRIDE = 256       # tokens; see PromptBuilder.build
+TOKENS_PER_LINE = 8    # of code, roughly: turns the stride into a spacing of cut lines (see PromptBuilder.cut)
+ANCHOR_TOKENS = 8      # the tokens after a line break that decide whether a prefix may be cut there
 # The repository's name in layouts that start with one: front ends send paths relative to the
 # workspace, not its name, and the models only need the marker to know files follow.
 REPO_NAME = "repository"
@@ -87,18 +89,17 @@ class PromptBuilder:
     def __init__(self, tokenizer: Tokenizer, block_size: int, context_tokens: int = 0):
         self.tokenizer, self.block_size = tokenizer, block_size
         self.context_tokens = min(context_tokens or block_size, block_size)
+        self.stride = max(1, min(self.block_size // 8, MAX_STRIDE))
+        self.cut_every = max(1, self.stride // TOKENS_PER_LINE)
+        self._line_breaks: frozenset[int] | None = None  # ids of tokens that hold a line break
 
     def budget(self, max_tokens: int, max_prompt_tokens: int | None = None) -> int:
         return prompt_budget(self.context_tokens, max_tokens, max_prompt_tokens)
 
     def build(self, prompt: str, suffix: str | None, max_tokens: int, files: tuple[ContextFile, ...] = (),
               path: str | None = None, max_prompt_tokens: int | None = None) -> list[int]:
-        """Ids for a plain or FIM prompt within the budget, trimmed from the far ends.
-
-        A long prefix is cut at a multiple of a stride (an eighth of the context, at most
-        MAX_STRIDE tokens), not at exactly the budget: the next keystroke then keeps the same first
-        tokens, so prefix reuse still applies.
-        """
+        """Ids for a plain or FIM prompt within the budget, trimmed from the far ends; a long
+        prefix is cut where `cut` says, so that the next keystroke's prompt starts the same."""
         t = self.tokenizer
         fim = t.fim if suffix is not None else None
         room = self.budget(max_tokens, max_prompt_tokens) - len(t.bos_ids) - (3 if fim else 0)
@@ -107,11 +108,41 @@ class PromptBuilder:
         pre = t.encode_continuation(prompt) if inside else t.encode(prompt)
         suf = t.encode_continuation(suffix) if fim else []
         keep_suf = suffix_room(len(pre), len(suf), room)
-        stride = max(1, min(self.block_size // 8, MAX_STRIDE))
-        pre = pre[_aligned_start(len(pre), room - keep_suf, stride):]
+        pre = pre[self.cut(pre, room - keep_suf):]
         if fim is None:
             return t.bos_ids + before + inside + pre or [t.eot_id]
         return t.bos_ids + before + fim_ids(fim, inside + pre, suf[:keep_suf])
+
+    def cut(self, ids: list[int], budget: int) -> int:
+        """Where a prefix of `ids` longer than `budget` starts: the earliest line start from which
+        the rest fits, among the line starts chosen by their own content (the ANCHOR_TOKENS tokens
+        that follow, one line in `cut_every`).
+
+        Editors send a window of characters before the cursor, and it slides with every keystroke:
+        cut at a fixed distance from either end, the prompt's first tokens would change each time
+        and nothing could be reused. A line chosen by its content is chosen again while the user
+        types on (until the rest outgrows the budget, then the next chosen line is), whatever the
+        window's start, so consecutive prompts share their first tokens and the KV pool reuses
+        their blocks. Without such a line in reach (a minified line, a budget below one line),
+        the cut falls on a multiple of the stride from the first token.
+        """
+        over = len(ids) - budget
+        if over <= 0:
+            return 0
+        breaks = self.line_breaks()
+        reach = range(over, min(len(ids) - ANCHOR_TOKENS, over + budget // 2))
+        line_starts = [start for start in reach if ids[start - 1] in breaks]
+        for start in line_starts:
+            if hash(tuple(ids[start:start + ANCHOR_TOKENS])) % self.cut_every == 0:
+                return start
+        if line_starts:
+            return line_starts[0]
+        return _aligned_start(len(ids), budget, self.stride)
+
+    def line_breaks(self) -> frozenset[int]:
+        if self._line_breaks is None:
+            self._line_breaks = frozenset(i for i, b in enumerate(self.tokenizer.token_bytes()) if b"\n" in b)
+        return self._line_breaks
 
     def _files(self, files: tuple[ContextFile, ...], path: str | None, budget: int) -> tuple[list[int], list[int]]:
         """Neighbouring files within `budget` tokens: (ids before the prompt, ids that open the

@@ -33,3 +33,43 @@ def test_the_text_layouts_are_the_token_layouts_written_out():
         if style != "codellama":
             assert FIM_TEXT_TEMPLATES[style] == f"{prefix}{{prefix}}{suffix}{{suffix}}{middle}"
     assert FIM_TEXT_TEMPLATES["codellama"].format(prefix="a", suffix="b") == "<PRE> a <SUF>b <MID>"
+
+
+def typed_windows(text: str, before: int, step: int, count: int, start: int) -> list[str]:
+    """What an editor sends as it types on through `text`: the `before` characters behind the cursor."""
+    return [text[max(0, cursor - before):cursor] for cursor in range(start, start + step * count, step)]
+
+
+def test_a_sliding_window_is_cut_at_the_same_line_keystroke_after_keystroke():
+    from pathlib import Path
+
+    from engine.model_dir import default_model_dir, load_tokenizer_from_dir
+    from engine.prompt import PromptBuilder
+
+    tokenizer = load_tokenizer_from_dir(default_model_dir())
+    builder = PromptBuilder(tokenizer, 256)
+    text = Path(__file__).parents[2].joinpath("engine", "scheduler.py").read_text()
+    windows = typed_windows(text, 4000, 15, 40, 6000)
+    prompts = [builder.build(w, "\n\ndef after():\n    pass\n", 32) for w in windows]
+    assert all(len(ids) <= builder.budget(32) for ids in prompts)
+    fim = tokenizer.fim
+    for window, ids in zip(windows, prompts):  # the kept prefix opens a line (after its indentation, maybe)
+        kept = tokenizer.decode(ids[ids.index(fim.prefix) + 1:ids.index(fim.suffix)])
+        assert window.endswith(kept) and len(kept) < len(window)
+        assert window[:-len(kept)].rstrip(" \t").endswith("\n")
+    shared = []
+    for old, new in zip(prompts, prompts[1:]):
+        common = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+        shared.append(common)
+    # Each keystroke types ~4 tokens; the cut moves on only when the rest outgrows the budget.
+    assert sum(common >= 64 for common in shared) >= 0.75 * len(shared), shared
+
+
+def test_a_prefix_that_fits_is_kept_whole_and_one_without_line_breaks_is_cut_on_the_stride():
+    from engine.model_dir import default_model_dir, load_tokenizer_from_dir
+    from engine.prompt import PromptBuilder
+
+    builder = PromptBuilder(load_tokenizer_from_dir(default_model_dir()), 256)
+    assert builder.cut(list(range(100)), 100) == 0
+    no_breaks = [builder.tokenizer.encode("x")[0]] * 500
+    assert builder.cut(no_breaks, 200) % builder.stride == 0
