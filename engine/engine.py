@@ -23,6 +23,7 @@ from .cache_model import CacheModel
 from .config import EngineConfig
 from .inputs import CompletionInput, ContextFile
 from .kv_cache import BlockPool, KVCache
+from .mailbox import ChunkMailbox
 from .model import Transformer
 from .model_dir import default_model_dir, load_model_dir, load_tokenizer_from_dir
 from .output import Output
@@ -197,14 +198,13 @@ class Engine:
 
     async def stream(self, job: CompletionInput | str, logits_processor: LogitsProcessor | None = None,
                      **fields) -> AsyncIterator[Chunk]:
-        """The completion's chunks as they come (`job` as for `complete`)."""
+        """The completion's chunks as they come (`job` as for `complete`); a reader that falls
+        behind gets what came meanwhile as one chunk (engine/mailbox.py)."""
         job = as_input(job, fields)
-        loop = asyncio.get_running_loop()
-        chunks: asyncio.Queue[Chunk] = asyncio.Queue()
+        mailbox = ChunkMailbox(asyncio.get_running_loop())
         # Tokenizing a long prompt and building its cache model take milliseconds of CPU: in a
         # thread, so the event loop goes on serving everyone else meanwhile.
-        submitting = asyncio.ensure_future(asyncio.to_thread(
-            self.submit, job, lambda c: loop.call_soon_threadsafe(chunks.put_nowait, c), logits_processor))
+        submitting = asyncio.ensure_future(asyncio.to_thread(self.submit, job, mailbox.put, logits_processor))
         try:
             request = await asyncio.shield(submitting)
         except asyncio.CancelledError:  # the caller left while the thread was still submitting
@@ -212,7 +212,7 @@ class Engine:
             raise
         try:
             while True:
-                chunk = await chunks.get()
+                chunk = await mailbox.take()
                 if request.error:
                     raise EngineError(request.error)
                 yield chunk

@@ -22,6 +22,9 @@ class Runner:
     def __init__(self, model: Transformer, cache: KVCache, device: torch.device, kernels: bool = True):
         self.model, self.cache, self.device = model, cache, device
         self.window = model.config.sliding_window or None
+        # Rows of up to this many new tokens run compiled: decode steps always, prompts too where
+        # the scheduler measured the compiled step no slower for them (Scheduler._measure_compiled_prefill).
+        self.max_queries = MAX_QUERIES
         self.compiled: FastDecoder | None = None
         reason = "EngineConfig.kernels is False" if not kernels else FastDecoder.unavailable(model, device)
         if reason is None:
@@ -38,7 +41,7 @@ class Runner:
         B rows of T token ids at `positions` (row b: its sequence's blocks tables[b], its first
         n_real[b] tokens real); their keys and values go into the pool."""
         compiled = self.compiled
-        if compiled is not None and len(idx[0]) <= MAX_QUERIES and len(idx) * len(idx[0]) <= compiled.max_rows:
+        if compiled is not None and len(idx[0]) <= self.max_queries and len(idx) * len(idx[0]) <= compiled.max_rows:
             return compiled.forward(idx, positions, self._layout, tables, n_real, last_only)
         positions_t = torch.tensor(positions, device=self.device)
         batch = self.cache.batch(tables, positions_t, n_real, self.window)

@@ -22,6 +22,7 @@ import torch
 from . import kernels
 from .config import EngineConfig
 from .draft import propose
+from .fast_decode import MAX_QUERIES
 from .kv_cache import NULL_BLOCK, BlockPool, BlockTable
 from .output import Output
 from .request import INTERNAL_ERROR, EngineBusy, Request
@@ -29,6 +30,8 @@ from .runner import Runner
 
 log = logging.getLogger("engine")
 KERNEL_THREADS_GAIN = 1.3  # how much faster all threads must make a compiled step to be used
+PROBE_PROMPT = 128            # tokens of the prompt that times the compiled step against PyTorch's
+COMPILED_PREFILL_SLACK = 1.25  # how much slower the compiled step may be and still run prompts
 
 
 class Scheduler:
@@ -79,6 +82,7 @@ class Scheduler:
         try:
             threads = self._measure_pytorch_threads()
             kernels.use_threads(self._measure_kernel_threads())
+            self._measure_compiled_prefill()
         except Exception:  # a model that cannot run a plain forward fails its requests, not here
             log.exception("measuring the scheduler's threads failed; keeping %d", self.threads)
         torch.set_num_threads(threads)
@@ -148,6 +152,33 @@ class Scheduler:
         log.info("scheduler thread: the compiled step runs %d thread(s) (8 rows: %s)", chosen,
                  ", ".join(f"{n} thread(s) {t * 1e3:.2f} ms" for n, t in best.items()))
         return chosen
+
+    def _measure_compiled_prefill(self) -> None:
+        """Prefill through the compiled step too where it is no slower than PyTorch's forward
+        (COMPILED_PREFILL_SLACK) for a PROBE_PROMPT-token prompt.
+
+        PyTorch's forward gives the GIL up and takes it back around each of its ~25 operations a
+        layer; under load the HTTP event loop takes it each time, and the scheduler waits for it
+        back: at 25 requests/s on the shipped model the scheduler thread spent 40 ms of wall time
+        a request for 24 ms of CPU. The compiled step gives the GIL up once a call. A 0.5B model's
+        prompt runs faster in PyTorch's blocked matmuls and stays there.
+        """
+        runner = self.runner
+        if runner.compiled is None or self.block_size < PROBE_PROMPT:
+            return
+        prompt = [list(range(1, PROBE_PROMPT + 1))]
+        args = (prompt, [list(range(PROBE_PROMPT))], [[NULL_BLOCK] * self.pool.blocks_for(PROBE_PROMPT)])
+        best: dict[int, float] = {}
+        for limit in (runner.max_queries, self.config.prefill_chunk) * 3:
+            runner.max_queries = limit
+            start = time.perf_counter()
+            runner.forward(*args, last_only=True)
+            best[limit] = min(best.get(limit, float("inf")), time.perf_counter() - start)
+        pytorch, compiled = best[MAX_QUERIES], best[self.config.prefill_chunk]
+        runner.max_queries = self.config.prefill_chunk if compiled <= COMPILED_PREFILL_SLACK * pytorch else MAX_QUERIES
+        log.info("scheduler thread: prompts run %s (%d tokens: PyTorch %.1f ms, compiled %.1f ms)",
+                 "compiled" if runner.max_queries > MAX_QUERIES else "in PyTorch", PROBE_PROMPT,
+                 pytorch * 1e3, compiled * 1e3)
 
     def isolating(self, requests: list[Request], step: Callable[[list[Request]], None]) -> None:
         """Run `step` over `requests`; when it raises, run it again for each request alone that it
