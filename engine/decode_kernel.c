@@ -43,6 +43,7 @@ typedef struct {
     const float *bias;     /* (n,) or NULL */
     int64_t n, k;
     int64_t bits;          /* 0 or 8: the above; 4: int4 groups (w, scale as `int4_linear` below says) */
+    const int8_t *packed;  /* int8: w again in panels for many rows (see `gemm_packed`), or NULL */
 } qlinear;
 
 typedef struct {
@@ -291,6 +292,62 @@ static void gemm_rows(const uint8_t *xu, int64_t xstride, const float *sx, int64
     }
 }
 
+/* ---- many rows: weights packed in panels, no horizontal sums ----
+ *
+ * tile_4x4 sums each (row, output) dot product across a vector's lanes at the end: fine for a
+ * decode step's few rows, which must read every weight once anyway, but for a prompt's rows the
+ * folding cost as much as the multiplies (K is 192-1,024 here). With the weights packed as
+ * panels of PANEL outputs, packed[(n / PANEL) * Kp * PANEL + (k / 4) * PANEL * 4 + (n % PANEL) * 4 + k % 4]
+ * (engine/quantize.py Int8Linear.pack; zero past n and k), one VNNI instruction multiplies four
+ * inputs of a row, broadcast, by those four inputs' weights of PANEL outputs, and each lane
+ * accumulates one output's dot product: the sums come out in place. A tile is PACKED_ROWS rows
+ * by two panels; rows past M are zero activations whose results are not stored. The integer sums
+ * are exact, so the outputs equal tile_4x4's bit for bit (the same float epilogue). */
+#define PANEL 16
+#define PACKED_ROWS 8
+#define PACKED_MIN_ROWS 8  /* fewer rows read the weights once through tile_4x4 */
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+static void gemm_packed(const uint8_t *xu, int64_t Kp, const float *sx, int64_t M, const qlinear *L,
+                        float *y, int64_t n0, int64_t n1) {
+    for (int64_t m0 = 0; m0 < M; m0 += PACKED_ROWS) {
+        const int64_t nm = M - m0 < PACKED_ROWS ? M - m0 : PACKED_ROWS;
+        for (int64_t n = n0; n < n1; n += 2 * PANEL) {
+            const int8_t *p0 = L->packed + (n / PANEL) * Kp * PANEL;
+            const int8_t *p1 = p0 + Kp * PANEL;
+            const int two = n + PANEL < n1;
+            __m512i acc[PACKED_ROWS][2];
+            for (int m = 0; m < PACKED_ROWS; m++) acc[m][0] = acc[m][1] = _mm512_setzero_si512();
+            for (int64_t k = 0; k < Kp; k += 4) {
+                __m512i w0 = _mm512_loadu_si512((const void *)(p0 + k * PANEL));
+                __m512i w1 = two ? _mm512_loadu_si512((const void *)(p1 + k * PANEL)) : _mm512_setzero_si512();
+                const uint8_t *x = xu + m0 * Kp + k;
+#pragma GCC unroll 8
+                for (int m = 0; m < PACKED_ROWS; m++) {
+                    __m512i a = _mm512_set1_epi32(*(const int32_t *)(x + m * Kp));
+                    acc[m][0] = _mm512_dpbusd_epi32(acc[m][0], a, w0);
+                    acc[m][1] = _mm512_dpbusd_epi32(acc[m][1], a, w1);
+                }
+            }
+            for (int half = 0; half < 1 + two; half++) {
+                const int64_t nn = n + half * PANEL, cols = n1 - nn < PANEL ? n1 - nn : PANEL;
+                const __mmask16 mask = (__mmask16)((1u << cols) - 1);
+                __m512i offset = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(mask, L->wsum + nn), 7);  /* 128 * wsum */
+                __m512 scale = _mm512_maskz_loadu_ps(mask, L->scale + nn);
+                __m512 bias = L->bias ? _mm512_maskz_loadu_ps(mask, L->bias + nn) : _mm512_setzero_ps();
+                for (int m = 0; m < nm; m++) {
+                    __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[m][half], offset));
+                    v = _mm512_mul_ps(v, _mm512_set1_ps(sx[m0 + m]));
+                    v = _mm512_mul_ps(v, scale);
+                    if (L->bias) v = _mm512_add_ps(v, bias);
+                    _mm512_mask_storeu_ps(y + (m0 + m) * L->n + nn, mask, v);
+                }
+            }
+        }
+    }
+}
+#endif
+
 typedef struct {
     const uint8_t *xu;
     const float *sx;
@@ -304,6 +361,12 @@ typedef struct {
 static void linear_chunk(void *ctx, int64_t c) {
     const linear_job *j = ctx;
     int64_t n0 = c * LINEAR_CHUNK, n1 = n0 + LINEAR_CHUNK < j->L->n ? n0 + LINEAR_CHUNK : j->L->n;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    if (j->L->packed && j->M >= PACKED_MIN_ROWS) {
+        gemm_packed(j->xu, j->Kp, j->sx, j->M, j->L, j->y, n0, n1);
+        return;
+    }
+#endif
     gemm_rows(j->xu, j->Kp, j->sx, j->M, j->L, j->y, j->L->n, n0, n1);
 }
 
@@ -312,10 +375,11 @@ static void linear_int4(const float *x, int64_t M, const qlinear *L, float *y, i
 
 static void linear(const float *x, int64_t M, const qlinear *L, float *y, int64_t n_threads) {
     if (L->bits == 4) { linear_int4(x, M, L, y, n_threads); return; }
-    int64_t Kp = round_up(L->k, 64);
-    uint8_t *xu = scratch((size_t)(M * Kp + M * 4 + ALIGN));
-    float *sx = (float *)(xu + round_up(M * Kp, ALIGN));
+    int64_t Kp = round_up(L->k, 64), Mp = round_up(M, PACKED_ROWS);  /* rows past M: zeros for gemm_packed */
+    uint8_t *xu = scratch((size_t)(Mp * Kp + M * 4 + ALIGN));
+    float *sx = (float *)(xu + round_up(Mp * Kp, ALIGN));
     quantize_rows(x, M, L->k, Kp, xu, Kp, sx);
+    memset(xu + M * Kp, 128, (size_t)((Mp - M) * Kp));
     linear_job job = {xu, sx, M, Kp, L, y};
     /* Below ~64K multiply-adds a second thread costs more than it brings (measured). */
     parallel_for((L->n + LINEAR_CHUNK - 1) / LINEAR_CHUNK, linear_chunk, &job,

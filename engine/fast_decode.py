@@ -30,6 +30,10 @@ ACTIVATION_CODES = {"gelu_tanh": 0, "gelu": 1, "silu": 2, "relu": 3}
 # (494 M weights) at 16 rows 160 vs 210 ms a step here, at 64 rows 435 vs 301; the shipped model
 # (3.3 M) at 64 rows 13 vs 18 ms. So about 32 rows of the 0.5B shape.
 MAX_STEP_MACS = 16e9
+# Models with at most this many int8 weights keep a second copy packed for steps of many rows
+# (decode_kernel.c gemm_packed: the shipped model's 128-token prompt ~2x faster); a bigger model
+# would double a large footprint, and its prompts run in PyTorch's matmuls anyway.
+PACK_MAX_WEIGHTS = 64 * 2**20
 MAX_QUERIES = 16  # new tokens a row; a longer prompt is prefilled by the PyTorch forward
 
 
@@ -48,8 +52,13 @@ class FastDecoder:
         def norm(module) -> tuple[int | None, int | None]:
             return ptr(module.weight), ptr(getattr(module, "bias", None))
 
+        int8_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, Int8Linear))
+        pack = int8_weights <= PACK_MAX_WEIGHTS
+
         def linear(module: Int8Linear | Int4Linear) -> kernels.QLinear:
             self._keep.append(module)
+            if pack and isinstance(module, Int8Linear) and module.packed is None:
+                module.pack()
             return module.native()
 
         layers = (kernels.LayerWeights * c.n_layer)()

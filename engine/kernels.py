@@ -205,7 +205,8 @@ i64, f32p, ptr = ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.c_void_p
 
 class QLinear(ctypes.Structure):
     _fields_ = [("w", ptr), ("scale", ptr), ("wsum", ptr), ("bias", ptr), ("n", i64), ("k", i64),
-                ("bits", i64)]  # 0 (int8) or 4 (engine/quantize.py's Int4Linear)
+                ("bits", i64),  # 0 (int8) or 4 (engine/quantize.py's Int4Linear)
+                ("packed", ptr)]  # int8: the weights in panels for many rows (Int8Linear.pack), or None
 
 
 class LayerWeights(ctypes.Structure):

@@ -106,11 +106,19 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_sum", weight_int8.sum(dim=1, dtype=torch.int32))
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
         self.kernel = kernels.decode_kernel() if use_kernels else None
+        self.packed: torch.Tensor | None = None
+
+    def pack(self) -> None:
+        """Keep a copy of the weights in the compiled kernel's panels for many rows (decode_kernel.c
+        `gemm_packed`): (out / 16, in / 4, 16, 4), zero-padded to 16 outputs and 64 inputs."""
+        w = F.pad(self.weight, (0, -self.in_features % 64, 0, -self.out_features % 16))
+        self.packed = w.view(w.shape[0] // 16, 16, w.shape[1] // 4, 4).transpose(1, 2).contiguous()
 
     def native(self) -> kernels.QLinear:
         """This layer as the C kernel's struct (pointers into the buffers: valid while they live)."""
         return kernels.QLinear(self.weight.data_ptr(), self.scale.data_ptr(), self.weight_sum.data_ptr(),
-                               kernels.address(self.bias), self.out_features, self.in_features)
+                               kernels.address(self.bias), self.out_features, self.in_features, 0,
+                               kernels.address(self.packed))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float().contiguous()

@@ -49,6 +49,27 @@ def test_int8_matmul_kernel_equals_pytorch_bit_for_bit(shape):
     assert torch.equal(Int8Linear(q, scale, b)(x), Int8Linear(q, scale, b, use_kernels=False)(x))
 
 
+@pytest.mark.parametrize("shape", [(8, 192, 576, True), (13, 70, 37, False), (31, 260, 70, True), (64, 64, 33, False)])
+def test_packed_panels_give_the_kernel_the_same_result_bit_for_bit(shape):
+    """Many rows run over the weights packed in panels (decode_kernel.c gemm_packed) where the CPU
+    has VNNI: the same integers as the 4x4 tiles and the PyTorch twin, so the same floats."""
+    require_kernel()
+    M, K, N, bias = shape
+    torch.manual_seed(2)
+    q, scale = quantize_tensor(torch.randn(N, K) * 0.05)
+    b = torch.randn(N) if bias else None
+    x = torch.randn(M, K) * 3
+    packed = Int8Linear(q, scale, b)
+    packed.pack()
+    y = torch.empty(M, N)
+    packed.kernel.int8_linear(x.data_ptr(), M, packed.native(), y.data_ptr(), 1)
+    tiles = Int8Linear(q, scale, b)
+    y_tiles = torch.empty(M, N)
+    tiles.kernel.int8_linear(x.data_ptr(), M, tiles.native(), y_tiles.data_ptr(), 1)
+    assert torch.equal(y, y_tiles)
+    assert torch.equal(y, Int8Linear(q, scale, b, use_kernels=False)(x))
+
+
 @pytest.mark.parametrize("use_kernels", [True, False], ids=["kernel", "pytorch"])
 def test_a_row_gets_the_same_result_alone_or_in_a_batch(use_kernels):
     """One activation scale per row: what a sequence gets never depends on its batch neighbours."""
