@@ -771,6 +771,114 @@ static inline __attribute__((always_inline)) void attend_heads(
     }
 }
 
+#if defined(__AVX512F__)
+#define ATT_GROUP 8         /* queries of one row that read each key and value once, together */
+#define ATT_CHUNK 64        /* keys a group scores at a time (with their values: in L2) */
+#define ATT_GROUP_ACC 2048  /* floats of one query's heads a group may hold (heads x D) */
+
+/* The sums of 16 vectors' lanes, in order, in one vector: pairs interleaved and added, then
+ * halves of 128-bit lanes, then the lanes themselves (30 shuffles and adds where 16 separate
+ * horizontal sums took ~130). */
+static inline __m512 sums16(const __m512 *v) {
+    __m512 s[8], t[4];
+    for (int i = 0; i < 8; i++)
+        s[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++) {
+        __m512d c = _mm512_castps_pd(s[2 * i]), d = _mm512_castps_pd(s[2 * i + 1]);
+        t[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(c, d)), _mm512_castpd_ps(_mm512_unpackhi_pd(c, d)));
+    }
+    __m512 w01 = _mm512_add_ps(_mm512_shuffle_f32x4(t[0], t[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                               _mm512_shuffle_f32x4(t[0], t[1], _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 w23 = _mm512_add_ps(_mm512_shuffle_f32x4(t[2], t[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                               _mm512_shuffle_f32x4(t[2], t[3], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(w01, w23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* Up to ATT_GROUP queries of one row (query t at position ps[t], over keys [starts[t], ps[t]]),
+ * heads [h0, h1), fp32 keys and values. attend_heads reads a query's whole history from the pool;
+ * a row's draft or prompt tokens each read it again, from memory once it outgrows the caches
+ * (two thirds of the shipped model's decode step at 10 rows x 7 tokens). Here each chunk of
+ * ATT_CHUNK keys serves every query of the group while it is in cache. Per query and head: 16
+ * keys' dot products summed together (sums16), the online softmax per chunk, and the values added
+ * into accumulators held in registers, U keys at a time in U sets (one chain of dependent adds
+ * would wait out each add's latency). */
+static inline __attribute__((always_inline)) void attend_group(
+    const kv_layout *c, int64_t layer, const float *q, int64_t q_stride, const int64_t *ps, const int64_t *starts,
+    int64_t nq, const int64_t *table, int64_t h0, int64_t h1, int64_t group, const int64_t D, float scale,
+    float *out, int64_t out_stride)
+{
+    float acc[ATT_GROUP * ATT_GROUP_ACC], scores[ATT_CHUNK], m[ATT_GROUP * ATT_MAX_HEADS], l[ATT_GROUP * ATT_MAX_HEADS];
+    int64_t off[ATT_CHUNK];
+    const int64_t nh = h1 - h0, bt = c->block_tokens, nd = D / 16, U = 8 / nd;
+    int64_t lo = starts[0], hi = ps[0];
+    for (int64_t t = 1; t < nq; t++) {
+        lo = starts[t] < lo ? starts[t] : lo;
+        hi = ps[t] > hi ? ps[t] : hi;
+    }
+    for (int64_t x = 0; x < nq * nh * D; x++) acc[x] = 0.0f;
+    for (int64_t x = 0; x < nq * nh; x++) { m[x] = -INFINITY; l[x] = 0.0f; }
+    for (int64_t j0 = lo; j0 <= hi; j0 += ATT_CHUNK) {
+        const int64_t n = hi - j0 + 1 < ATT_CHUNK ? hi - j0 + 1 : ATT_CHUNK;
+        for (int64_t i = 0; i < n; i++) off[i] = kv_offset(c, layer, table[(j0 + i) / bt], (j0 + i) % bt, 0);
+        for (int64_t t = 0; t < nq; t++) {
+            const int64_t a = starts[t] > j0 ? starts[t] - j0 : 0, e = ps[t] - j0 + 1 < n ? ps[t] - j0 + 1 : n;
+            if (a >= e) continue;
+            for (int64_t x = 0; x < nh; x++) {
+                const int64_t g = (h0 + x) / group;
+                const float *qv = q + t * q_stride + (h0 + x) * D, *k = (const float *)c->k + g * c->head_stride;
+                const float *v = (const float *)c->v + g * c->head_stride;
+                int64_t i = a;
+                for (; i + 16 <= e; i += 16) {
+                    __m512 prod[16];
+                    for (int u = 0; u < 16; u++) {
+                        const float *ku = k + off[i + u];
+                        __m512 p = _mm512_mul_ps(_mm512_loadu_ps(qv), _mm512_loadu_ps(ku));
+                        for (int64_t d = 1; d < nd; d++) p = _mm512_fmadd_ps(_mm512_loadu_ps(qv + d * 16), _mm512_loadu_ps(ku + d * 16), p);
+                        prod[u] = p;
+                    }
+                    _mm512_storeu_ps(scores + i, _mm512_mul_ps(sums16(prod), _mm512_set1_ps(scale)));
+                }
+                for (; i < e; i++) scores[i] = dot_f32(qv, k + off[i], D) * scale;
+                float *mx = m + t * nh + x, *lx = l + t * nh + x, *ax = acc + (t * nh + x) * D, top = *mx;
+                for (i = a; i < e; i++) top = scores[i] > top ? scores[i] : top;
+                if (top > *mx) {  /* rescale what was summed under the old maximum */
+                    const float r = *mx == -INFINITY ? 0.0f : expf(*mx - top);
+                    *lx *= r;
+                    for (int64_t d = 0; d < D; d++) ax[d] *= r;
+                    *mx = top;
+                }
+                for (i = a; i < e; i++) scores[i] -= top;
+                exp_inplace(scores + a, e - a);
+                for (i = a; i < e; i++) *lx += scores[i];
+                __m512 sets[8];
+                for (int64_t r = 0; r < 8; r++) sets[r] = _mm512_setzero_ps();
+                for (i = a; i + U <= e; i += U)
+                    for (int64_t u = 0; u < U; u++) {
+                        const __m512 w = _mm512_set1_ps(scores[i + u]);
+                        for (int64_t d = 0; d < nd; d++)
+                            sets[u * nd + d] = _mm512_fmadd_ps(w, _mm512_loadu_ps(v + off[i + u] + d * 16), sets[u * nd + d]);
+                    }
+                for (; i < e; i++) {
+                    const __m512 w = _mm512_set1_ps(scores[i]);
+                    for (int64_t d = 0; d < nd; d++) sets[d] = _mm512_fmadd_ps(w, _mm512_loadu_ps(v + off[i] + d * 16), sets[d]);
+                }
+                for (int64_t d = 0; d < nd; d++) {
+                    __m512 sum = _mm512_loadu_ps(ax + d * 16);
+                    for (int64_t u = 0; u < U; u++) sum = _mm512_add_ps(sum, sets[u * nd + d]);
+                    _mm512_storeu_ps(ax + d * 16, sum);
+                }
+            }
+        }
+    }
+    for (int64_t t = 0; t < nq; t++)
+        for (int64_t x = 0; x < nh; x++) {
+            const float inv = 1.0f / l[t * nh + x];
+            for (int64_t d = 0; d < D; d++) out[t * out_stride + (h0 + x) * D + d] = acc[(t * nh + x) * D + d] * inv;
+        }
+}
+#endif
+
 typedef struct {
     const kv_layout *c;
     int64_t layer, H, group, D, window, splits, per_split;
@@ -778,7 +886,39 @@ typedef struct {
     const float *q;
     int64_t q_stride;
     float *out;
+    int64_t groups;  /* > 0: tasks are (row, group of ATT_GROUP queries, slice of heads): attend_group */
 } attention_job;
+
+#if defined(__AVX512F__)
+static void attention_group_chunk(void *ctx, int64_t task) {
+    const attention_job *j = ctx;
+    const int64_t H = j->H, D = j->D, group = j->group, s = task % j->splits, gi = (task / j->splits) % j->groups;
+    const int64_t b = task / j->splits / j->groups, t0 = gi * ATT_GROUP, i0 = b * j->T + t0;
+    const int64_t h0 = (s * j->per_split) / group * group;
+    const int64_t h1 = s == j->splits - 1 ? H : ((s + 1) * j->per_split) / group * group;
+    const int64_t real = j->n_real ? j->n_real[b] : j->T;
+    int64_t nq = j->T - t0 < ATT_GROUP ? j->T - t0 : ATT_GROUP, starts[ATT_GROUP];
+    for (int64_t t = 0; t < nq; t++) {
+        if (t0 + t >= real) {  /* padding: zeros */
+            memset(j->out + (i0 + t) * H * D + h0 * D, 0, (size_t)((h1 - h0) * D) * sizeof(float));
+            continue;
+        }
+        const int64_t p = j->positions[i0 + t];
+        starts[t] = j->window > 0 && p - j->window + 1 > 0 ? p - j->window + 1 : 0;
+    }
+    nq = real - t0 < nq ? real - t0 : nq;
+    if (nq <= 0) return;
+    const int64_t *table = j->tables + b * j->max_blocks, *ps = j->positions + i0;
+    const float *q = j->q + i0 * j->q_stride, scale = 1.0f / sqrtf((float)D);
+    float *o = j->out + i0 * H * D;
+    switch (D) {
+    case 32: attend_group(j->c, j->layer, q, j->q_stride, ps, starts, nq, table, h0, h1, group, 32, scale, o, H * D); break;
+    case 64: attend_group(j->c, j->layer, q, j->q_stride, ps, starts, nq, table, h0, h1, group, 64, scale, o, H * D); break;
+    case 128: attend_group(j->c, j->layer, q, j->q_stride, ps, starts, nq, table, h0, h1, group, 128, scale, o, H * D); break;
+    default: attend_group(j->c, j->layer, q, j->q_stride, ps, starts, nq, table, h0, h1, group, D, scale, o, H * D);
+    }
+}
+#endif
 
 /* One query's slice of heads (whole groups of query heads that share a key head). */
 static void attention_chunk(void *ctx, int64_t task) {
@@ -813,9 +953,20 @@ static void attention(const kv_layout *c, int64_t layer, const float *q, int64_t
     if (M * H * kv_max * D < (1 << 15)) n_threads = 1;
     /* Work items: (query, slice of heads); heads are split only as far as the threads need. */
     int64_t splits = 1;
+#if defined(__AVX512F__)
+    /* fp32 keys and values, a head size of whole vectors, heads that fit: queries of a row in groups */
+    if (!c->int8 && D % 16 == 0 && D <= 128 && H * D <= ATT_GROUP_ACC && H <= ATT_MAX_HEADS) {
+        const int64_t groups = (T + ATT_GROUP - 1) / ATT_GROUP;
+        while (B * groups * splits < 4 * n_threads && splits * 2 <= Hkv) splits *= 2;
+        attention_job job = {c, layer, H, group, D, window, splits, (H + splits - 1) / splits, positions, T, n_real,
+                             tables, max_blocks, q, q_stride, out, groups};
+        parallel_for(B * groups * splits, attention_group_chunk, &job, n_threads);
+        return;
+    }
+#endif
     while (M * splits < 4 * n_threads && splits * 2 <= Hkv) splits *= 2;
     attention_job job = {c, layer, H, group, D, window, splits, (H + splits - 1) / splits, positions, T, n_real,
-                         tables, max_blocks, q, q_stride, out};
+                         tables, max_blocks, q, q_stride, out, 0};
     parallel_for(M * splits, attention_chunk, &job, n_threads);
 }
 
