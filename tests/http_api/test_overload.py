@@ -8,6 +8,7 @@ import json
 import time
 
 import httpx
+import pytest
 
 # One batch slot, held by a long greedy generation of the random long model (no loop guard, no
 # drafts: it runs to max_tokens, about a second), so that the requests after it wait.
@@ -95,3 +96,25 @@ async def test_a_request_the_queue_would_keep_too_long_is_answered_429_at_once(l
     assert waited < 1.0
     assert server.metric("engine_requests_shed_total") == 3
     assert server.metric("code_completion_requests_total", status="429") == 3
+
+
+async def test_the_openai_client_raises_conflict_for_a_superseded_request_and_does_not_retry_it(long_model_dir,
+                                                                                             start_server):
+    import openai
+
+    server = start_server(long_model_dir, *ONE_SLOT, "--max-queue-wait-ms", "0")
+    client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="not-needed", timeout=60)  # default retries
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+        hold = asyncio.create_task(http.post("/complete", json=HOLD))
+        await wait_for(lambda: server.metric("engine_running_batch_size") == 1)
+        older = asyncio.create_task(client.completions.create(model="code-assistant", prompt="a = ", max_tokens=4,
+                                                              temperature=0, user="doc-1"))
+        await wait_for(lambda: server.metric("engine_queue_depth") == 1)
+        newer = asyncio.create_task(client.completions.create(model="code-assistant", prompt="a = 1", max_tokens=4,
+                                                              temperature=0, user="doc-1"))
+        with pytest.raises(openai.ConflictError) as superseded:
+            await older
+        assert superseded.value.code == "superseded"
+        assert (await newer).choices[0].finish_reason in ("stop", "length")
+        await hold
+    assert server.metric("code_completion_requests_total", status="409") == 1  # no retry came
