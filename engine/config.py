@@ -10,6 +10,12 @@ from .cache_model import DEFAULT_WEIGHT, MixConfig
 class EngineConfig:
     max_batch: int = 32            # sequences decoded together
     max_queue: int = 256           # waiting requests beyond which submit raises EngineBusy
+    # The longest a request may wait in the queue for a batch slot (0: as long as max_queue allows).
+    # One the queue would keep longer, by its depth and the rate it has been moving at
+    # (engine/overload.py), is shed at submit; one still waiting after it is shed then: both with
+    # EngineBusy, at once rather than late. Off for the engine's own callers (scripts, evaluations
+    # want every answer); the HTTP server, which serves editors, turns it on (http_api/settings.py).
+    max_queue_wait_ms: float = 0.0
     kv_cache_mb: float = 256.0     # the KV pool, whatever the model's context length
     kv_block_tokens: int = 16      # positions per pool block: the unit of allocation and prefix reuse
     kv_int8: bool = False          # int8 keys/values with a scale per (token, head): ~3.6x less cache memory
@@ -41,8 +47,8 @@ class EngineConfig:
     kernels: bool = True
 
     def check(self) -> None:
-        if self.max_batch < 1 or self.max_queue < 0:
-            raise ValueError("EngineConfig needs max_batch >= 1 and max_queue >= 0")
+        if self.max_batch < 1 or self.max_queue < 0 or self.max_queue_wait_ms < 0:
+            raise ValueError("EngineConfig needs max_batch >= 1, max_queue >= 0 and max_queue_wait_ms >= 0")
         if self.kv_block_tokens < 1 or self.kv_cache_mb <= 0 or self.draft_tokens < 0 or self.prefill_chunk < 1:
             raise ValueError("EngineConfig needs kv_block_tokens >= 1, kv_cache_mb > 0, draft_tokens >= 0 "
                              "and prefill_chunk >= 1")

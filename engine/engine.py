@@ -56,6 +56,9 @@ class Engine:
       draft_accepted_by_position  accepted draft tokens by their index in the draft (counters, a list)
       tokens_generated       tokens emitted over all requests (counter)
       requests               requests admitted (counter)
+      requests_shed          requests refused or dropped from the queue with EngineBusy: queue full,
+                             or not started within EngineConfig.max_queue_wait_ms (counter)
+      requests_superseded    requests finished with "superseded" by a newer one of their session (counter)
       kv_bytes_per_token     KV-cache bytes one cached token takes (constant)
     """
 
@@ -160,7 +163,10 @@ class Engine:
     # ---- requests ---------------------------------------------------------------------------
     def submit(self, job: CompletionInput, on_chunk: Callable[[Chunk], None],
                logits_processor: LogitsProcessor | None = None) -> Request:
-        """Queue a request; `on_chunk` is called from the scheduler thread. Raises EngineBusy when full.
+        """Queue a request; `on_chunk` is called from the scheduler thread. Raises EngineBusy when the
+        queue is full or would keep it past EngineConfig.max_queue_wait_ms; a request still waiting
+        after that ends in EngineBusy too (raised by `complete` and `stream`). A job with a session
+        supersedes that session's older request (it finishes with "superseded").
 
         The job's prompt and suffix are the text before and after the cursor, whole: the engine
         decides what fits. Its files go into the prompt as far as the budget allows and into the
@@ -191,7 +197,7 @@ class Engine:
         request = self.submit(job, on_chunk, logits_processor)
         done.wait()
         if request.error:
-            raise EngineError(request.error)
+            raise request.failure()
         ttft = (request.first_token_at - request.submitted) if request.first_token_at else 0.0
         return Completion("".join(p.text for p in parts), request.generated, parts[-1].finish_reason,
                           len(request.prompt_ids), ttft, request.reused_tokens)
@@ -214,7 +220,7 @@ class Engine:
             while True:
                 chunk = await mailbox.take()
                 if request.error:
-                    raise EngineError(request.error)
+                    raise request.failure()  # EngineBusy when shed from the queue, else EngineError
                 yield chunk
                 if chunk.finish_reason:
                     return

@@ -26,6 +26,10 @@ class CompletionInput:
     params: SamplingParams = field(default_factory=SamplingParams)
     path: str | None = None                       # the file being completed (left out of the workspace index)
     max_prompt_tokens: int | None = None          # lowers the engine's prompt budget for this request
+    # Who is asking: one editor's document, say. A newer request of the same session supersedes
+    # the older ones still waiting or running (they finish with "superseded"): an editor's next
+    # keystroke makes its previous completion worthless. None: no session, nothing superseded.
+    session: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not (self.suffix is None or isinstance(self.suffix, str)):
@@ -35,4 +39,6 @@ class CompletionInput:
         files = tuple(self.files)
         if not all(isinstance(f, ContextFile) for f in files):
             raise TypeError("files must be ContextFile values")
+        if self.session is not None and not isinstance(self.session, str):
+            raise TypeError(f"session must be a string or None, got {type(self.session).__name__}")
         object.__setattr__(self, "files", files)

@@ -21,7 +21,13 @@ from .sampling_params import SamplingParams
 
 
 class EngineBusy(RuntimeError):
-    """The request queue is full; front ends answer 429/busy."""
+    """The engine will not serve the request in time: its queue is full, or would keep it waiting
+    past EngineConfig.max_queue_wait_ms. Front ends answer 429/busy with `retry_after_s`: the
+    scheduler's estimate of when the queue ahead of it will have drained."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class EngineError(RuntimeError):
@@ -36,7 +42,9 @@ INTERNAL_ERROR = "internal error in the engine while generating this request"
 class Chunk:
     text: str                      # new text since the previous chunk
     tokens: int                    # tokens generated so far
-    finish_reason: str | None = None   # at the end: "stop" | "length" | "cancelled" ("error": see EngineError)
+    # At the end: "stop" | "length" | "cancelled" | "superseded" (by a newer request of the same
+    # session); "error": see Request.failure.
+    finish_reason: str | None = None
     prompt_tokens: int = 0         # tokens of the prompt the engine really ran (after fitting it to the context)
 
 
@@ -63,6 +71,8 @@ class Request:
     generator: torch.Generator | None = None
     logits_processor: LogitsProcessor | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = "cancelled"   # the finish reason once `cancelled` is set
+    session: str | None = None     # who is asking (CompletionInput.session)
     drafts: list[DraftSource] = field(default_factory=list)
     own_index: LiveIndex | None = None   # the prompt and the output so far, for drafts
     tokens: list[int] = field(default_factory=list)  # prompt then output: the sequence
@@ -78,6 +88,7 @@ class Request:
     first_token_at: float | None = None
     reused_tokens: int = 0
     error: str | None = None
+    retry_after_s: float | None = None   # set with `error` when the scheduler shed the request (EngineBusy)
     heal: bytes = b""              # bytes the next tokens must still spell (token healing)
     skip_bytes: int = 0            # leading output bytes the user already has (the healed token)
     healing_tokens: int = 0        # generated tokens that only re-spelled the healed text
@@ -89,6 +100,15 @@ class Request:
         """Tokens that produced new text: what max_tokens limits and usage reports."""
         return len(self.output_ids) - self.healing_tokens
 
-    def cancel(self) -> None:
-        """Finish the request with "cancelled"; its blocks are freed before the next decode step."""
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Finish the request with `reason` ("cancelled", or "superseded"; the first reason given
+        stands); its blocks are freed before the next decode step."""
+        if not self.cancelled.is_set():
+            self.cancel_reason = reason
         self.cancelled.set()
+
+    def failure(self) -> Exception:
+        """What the caller raises for a request that ended in an error (`error` is set)."""
+        if self.retry_after_s is not None:
+            return EngineBusy(self.error, self.retry_after_s)
+        return EngineError(self.error)

@@ -53,7 +53,7 @@ class RequestSetup:
         stop_loops = self.config.stop_loops if params.stop_loops is None else params.stop_loops
         guard = RepetitionGuard.for_prompt(job.prompt, suffix) if stop_loops else None
         request = Request(ids, params, on_chunk, generator, logits_processor, heal=heal, skip_bytes=len(heal),
-                          guard=guard, tokens=list(ids))
+                          guard=guard, tokens=list(ids), session=job.session)
         if self.config.draft_tokens:
             if isinstance(logits_processor, CacheModel):
                 sources = logits_processor.sources

@@ -6,6 +6,8 @@ starts with (`admit`). A step forwards each running sequence's last token plus a
 that may follow it (speculative decoding, engine/draft.py) through the runner (engine/runner.py)
 and keeps what the model agrees with; output (engine/output.py) turns the chosen tokens into text.
 Short of blocks, a draft goes first, then the newest sequence goes back to the queue (preemption).
+Under overload requests leave early rather than late: a session's newer request supersedes its
+older ones, and one the queue would not start within max_queue_wait_ms is shed (engine/overload.py).
 A step that raises is run again for each request alone, so a failure fails only its own request.
 The ladder: `admit` -> `prefill` -> `decode_step` -> `verify` -> Output.choose / Output.accept.
 """
@@ -25,6 +27,7 @@ from .draft import propose
 from .fast_decode import MAX_QUERIES
 from .kv_cache import NULL_BLOCK, BlockPool, BlockTable
 from .output import Output
+from .overload import QueueRate
 from .request import INTERNAL_ERROR, EngineBusy, Request
 from .runner import Runner
 
@@ -44,7 +47,10 @@ class Scheduler:
         self.lock = threading.Lock()       # guards `waiting` against the submitting threads
         self.counters = {"requests": 0, "prefix_cache_lookups": 0, "prefix_cache_hits": 0,
                          "prefix_tokens_reused": 0, "preemptions": 0,
-                         "draft_tokens_proposed": 0, "draft_tokens_accepted": 0}
+                         "draft_tokens_proposed": 0, "draft_tokens_accepted": 0,
+                         "requests_shed": 0, "requests_superseded": 0}
+        self.queue_rate = QueueRate()      # how fast the queue moves while it has a backlog
+        self.sessions: dict[str, Request] = {}  # each session's newest request (under `lock`)
         self.accepted_by_position = [0] * config.draft_tokens
         self.stopped = False
         self._wake = threading.Event()
@@ -55,11 +61,35 @@ class Scheduler:
         self._thread.start()
 
     def enqueue(self, request: Request) -> None:
+        """Queue a request. Its session's older request is superseded first (it leaves at the next
+        step, and its place counts no more); then the request is shed with EngineBusy if the queue
+        is full or would keep it waiting past max_queue_wait_ms."""
         with self.lock:
-            if len(self.waiting) >= self.config.max_queue:
-                raise EngineBusy(f"queue full ({self.config.max_queue} waiting)")
+            self._supersede_older(request)
+            self._check_room()
             self.waiting.append(request)
+            if request.session is not None:
+                self.sessions[request.session] = request
         self._wake.set()
+
+    def _supersede_older(self, request: Request) -> None:
+        older = self.sessions.get(request.session) if request.session is not None else None
+        if older is not None:
+            older.cancel("superseded")
+
+    def _check_room(self) -> None:
+        ahead = sum(not r.cancelled.is_set() for r in self.waiting)
+        limit_s = self.config.max_queue_wait_ms / 1000
+        if ahead >= self.config.max_queue:
+            raise self._busy(f"queue full ({self.config.max_queue} waiting)", ahead)
+        wait_s = self.queue_rate.wait_s(ahead)
+        if limit_s and wait_s is not None and wait_s > limit_s:
+            raise self._busy(f"{ahead} requests ahead would keep it waiting ~{wait_s:.1f} s "
+                             f"(at most {limit_s:g} s)", ahead)
+
+    def _busy(self, message: str, ahead: int) -> EngineBusy:
+        self.counters["requests_shed"] += 1
+        return EngineBusy(message, self.queue_rate.retry_after_s(ahead, fallback_s=1.0))
 
     def wake(self) -> None:
         self._wake.set()
@@ -94,12 +124,16 @@ class Scheduler:
             self.step()
 
     def step(self) -> None:
-        """Drop the cancelled, admit who fits, and decode one step of everyone running."""
+        """Drop the cancelled and the overdue, admit who fits, and decode one step of everyone running."""
         try:
             self.drop_cancelled()
+            self.shed_overdue()
+            backlog, started, admitted = bool(self.waiting), time.perf_counter(), self.counters["requests"]
             self.admit()
             if self.running:
                 self.isolating(list(self.running), self.decode_step)
+            if backlog:  # (a preempted sequence's return is not counted: it is no new request)
+                self.queue_rate.record(self.counters["requests"] - admitted, time.perf_counter() - started)
         except Exception:  # a bug outside any request's step must not hang every client
             log.exception("engine scheduler failed")
             for request in list(self.running):
@@ -201,14 +235,39 @@ class Scheduler:
                     self.isolating([request], step)
 
     def drop_cancelled(self) -> None:
+        """Finish the cancelled and superseded requests, running or waiting."""
         for request in [r for r in self.running if r.cancelled.is_set()]:
-            self.finish(request, "cancelled")
+            self._drop(request)
         with self.lock:  # submitting threads append meanwhile: even reading the queue needs the lock
             gone = [r for r in self.waiting if r.cancelled.is_set()]
             if gone:
                 self.waiting = deque(r for r in self.waiting if not r.cancelled.is_set())
         for request in gone:
-            self.finish(request, "cancelled")
+            self._drop(request)
+
+    def _drop(self, request: Request) -> None:
+        self.counters["requests_superseded"] += request.cancel_reason == "superseded"
+        self.finish(request, request.cancel_reason)
+
+    def shed_overdue(self) -> None:
+        """Requests that waited past max_queue_wait_ms without starting leave with EngineBusy: their
+        editor has stopped waiting, and serving them late would make everyone after them late too.
+        (A preempted sequence has started: it keeps its place.)"""
+        limit_s = self.config.max_queue_wait_ms / 1000
+        if not limit_s or not self.waiting:
+            return
+        now = time.perf_counter()
+        with self.lock:
+            overdue = [r for r in self.waiting if not r.admitted and now - r.submitted > limit_s]
+            if not overdue:
+                return
+            leaving = set(overdue)
+            self.waiting = deque(r for r in self.waiting if r not in leaving)
+            self.counters["requests_shed"] += len(overdue)
+            retry_after_s = self.queue_rate.retry_after_s(len(self.waiting), fallback_s=limit_s)
+        for request in overdue:
+            request.retry_after_s = retry_after_s
+            self.fail(request, f"no batch slot within {limit_s:g} s (max_queue_wait_ms)")
 
     # ---- admission --------------------------------------------------------------------------
     def admit(self) -> None:
@@ -359,10 +418,19 @@ class Scheduler:
             self.pool.seal(request.table, request.tokens, request.cached)
             self.pool.release(request.table)
 
+    def _forget_session(self, request: Request) -> None:
+        if request.session is None:
+            return
+        with self.lock:
+            if self.sessions.get(request.session) is request:
+                del self.sessions[request.session]
+
     def finish(self, request: Request, reason: str) -> None:
         self._release(request)
+        self._forget_session(request)
         self.output.finish(request, reason)
 
     def fail(self, request: Request, message: str) -> None:
         self._release(request)
+        self._forget_session(request)
         self.output.fail(request, message)

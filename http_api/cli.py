@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=["int8", "int4", "none"], help="weights: int8, int4 or fp32 (default: the engine's)")
     p.add_argument("--max-batch", type=int, help="sequences decoded together (KV-cache slots)")
     p.add_argument("--max-queue", type=int, help="waiting requests beyond which the server answers 429")
+    p.add_argument("--max-queue-wait-ms", type=float,
+                   help="the longest a request may wait for a batch slot before the answer is 429 (default 500; 0: wait)")
     p.add_argument("--api-keys-file", type=Path, help="one API key a line (also: CODE_ASSISTANT_API_KEYS=k1,k2)")
     p.add_argument("--rate-limit", type=int, help="requests per minute per API key (0 = unlimited)")
     p.add_argument("--redis-url", help="share the temperature-0 response cache through Redis")
@@ -54,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     flags = {"model_dir": args.model, "host": args.host, "port": args.port, "device": args.device,
              "quantize": args.quantize, "max_batch": args.max_batch,
-             "max_queue": args.max_queue, "api_keys_file": args.api_keys_file, "rate_limit": args.rate_limit,
+             "max_queue": args.max_queue, "max_queue_wait_ms": args.max_queue_wait_ms,
+             "api_keys_file": args.api_keys_file, "rate_limit": args.rate_limit,
              "redis_url": args.redis_url, "drain_timeout_s": args.drain_timeout, "log_level": args.log_level,
              "workspace": args.workspace, "workspace_rescan_s": args.workspace_rescan,
              "workspace_max_megabytes": args.workspace_max_megabytes, "workspace_exclude": args.exclude,

@@ -5,6 +5,7 @@ Every failure a client can cause ends here as a 4xx; anything else is a logged 5
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,8 +36,16 @@ def error_response(error: APIError) -> JSONResponse:
 
 
 def busy_error(exc: EngineBusy) -> APIError:
+    """Retry-After: the engine's estimate of when the queue ahead will have drained, in whole seconds."""
     return APIError(429, f"the server is busy ({exc}); retry shortly", "server_busy", code="engine_busy",
-                    headers={"Retry-After": "1"})
+                    headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
+
+
+def superseded_error() -> APIError:
+    """A newer request of the same session replaced this one. 409, and `x-should-retry: false`
+    (the openai clients' own header): a retry would supersede the newer request in turn."""
+    return APIError(409, "a newer request with the same user superseded this one", "invalid_request_error",
+                    param="user", code="superseded", headers={"x-should-retry": "false"})
 
 
 def sampling_error(exc: SamplingError) -> APIError:

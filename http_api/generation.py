@@ -10,6 +10,7 @@ from typing import AsyncIterator
 
 from engine import CompletionInput, Engine, EngineError
 
+from .errors import superseded_error
 from .metrics import Metrics
 from .response_cache import ResponseCache, cache_key
 
@@ -42,8 +43,9 @@ class CompletionService:
             "files": [[f.path, f.text] for f in job.files], "max_prompt_tokens": job.max_prompt_tokens})
 
     async def open_completion(self, job: CompletionInput) -> tuple[AsyncIterator[str], CompletionRecord]:
-        """Start a completion and wait for its first text, so that a full queue (EngineBusy) or bad
-        parameters surface before any response bytes are sent. Returns the text pieces and a record."""
+        """Start a completion and wait for its first text, so that a busy engine (EngineBusy), bad
+        parameters or a newer request of the same session surface before any response bytes are
+        sent. Returns the text pieces and a record."""
         record = CompletionRecord()
         key = self._cache_key(job)
         if key is not None and (hit := await self.cache.get(key)) is not None:
@@ -58,6 +60,9 @@ class CompletionService:
         except BaseException:
             await chunks.aclose()
             raise
+        if first.finish_reason == "superseded":
+            await chunks.aclose()
+            raise superseded_error()
         record.time_to_first_token_s = time.perf_counter() - started
         record.prompt_tokens = first.prompt_tokens
         self.metrics.ttft.labels(self.model).observe(record.time_to_first_token_s)
@@ -68,6 +73,9 @@ class CompletionService:
             chunk = first
             while True:
                 record.completion_tokens = chunk.tokens
+                if chunk.finish_reason == "superseded":  # its last text is nobody's any more
+                    record.finish_reason = chunk.finish_reason
+                    raise superseded_error()
                 record.text += chunk.text
                 if chunk.text:
                     yield chunk.text

@@ -14,8 +14,9 @@ SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 
 
 def completion_input(settings: ServerSettings, body: CompletionRequest | SimpleCompleteRequest, prompt: str,
-                     prompt_param: str = "prompt") -> CompletionInput:
-    """`prompt`: the body's one prompt, named `prompt_param` in errors."""
+                     prompt_param: str = "prompt", caller: str = "") -> CompletionInput:
+    """`prompt`: the body's one prompt, named `prompt_param` in errors; `caller`: who sent it (the
+    key id, or an id of the client's address without keys)."""
     # The server's own policy limits; what sampling can compute is SamplingParams' to say.
     if body.max_tokens > settings.max_tokens_limit:
         raise APIError(400, f"max_tokens must be between 1 and {settings.max_tokens_limit}, got {body.max_tokens}",
@@ -33,7 +34,13 @@ def completion_input(settings: ServerSettings, body: CompletionRequest | SimpleC
     except SamplingError as e:
         raise sampling_error(e) from e
     return CompletionInput(prompt, suffix, context_files(settings, body.extra_context), params,
-                           max_prompt_tokens=max_prompt_tokens)
+                           max_prompt_tokens=max_prompt_tokens, session=session(caller, body.user))
+
+
+def session(caller: str, user: str | None) -> str | None:
+    """The engine's session for a request: its `user` (one editor's document, say), within its
+    caller, so that no caller can supersede another's requests by sending the same `user`."""
+    return None if not user else f"{caller}:{user}"
 
 
 def context_files(settings: ServerSettings, items: list[ContextFileIn] | None) -> tuple[ContextFile, ...]:

@@ -38,7 +38,8 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 def engine_load(engine: Engine) -> dict[str, float]:
-    """Queue depth, running batch, KV-cache use, prefix-cache and draft counters from the engine's public stats."""
+    """Queue depth, running batch, KV-cache use, prefix-cache, draft and overload counters from the
+    engine's public stats."""
     stats = engine.stats
     return {
         "queue_depth": float(stats.get("queue_depth", engine.queue_depth())),
@@ -49,6 +50,8 @@ def engine_load(engine: Engine) -> dict[str, float]:
         "draft_proposed": float(stats.get("draft_tokens_proposed", 0)),
         "draft_accepted": float(stats.get("draft_tokens_accepted", 0)),
         "draft_accepted_by_position": [float(n) for n in stats.get("draft_accepted_by_position", [])],
+        "shed": float(stats.get("requests_shed", 0)),
+        "superseded": float(stats.get("requests_superseded", 0)),
     }
 
 
@@ -60,7 +63,8 @@ class EngineCollector(Collector):
         engine = self.get_engine()
         load = engine_load(engine) if engine is not None else {
             "queue_depth": 0.0, "running": 0.0, "kv_cache_usage": 0.0, "prefix_hits": 0.0, "prefix_lookups": 0.0,
-            "draft_proposed": 0.0, "draft_accepted": 0.0, "draft_accepted_by_position": []}
+            "draft_proposed": 0.0, "draft_accepted": 0.0, "draft_accepted_by_position": [], "shed": 0.0,
+            "superseded": 0.0}
         yield GaugeMetricFamily("engine_queue_depth", "Requests waiting for a batch slot.", value=load["queue_depth"])
         yield GaugeMetricFamily("engine_running_batch_size", "Sequences decoded together in the current step.",
                                 value=load["running"])
@@ -81,6 +85,12 @@ class EngineCollector(Collector):
         for position, n in enumerate(load["draft_accepted_by_position"]):
             by_position.add_metric([str(position)], n)
         yield by_position
+        yield CounterMetricFamily("engine_requests_shed",
+                                  "Requests refused busy (429): queue full, or no batch slot within the queue wait.",
+                                  value=load["shed"])
+        yield CounterMetricFamily("engine_requests_superseded",
+                                  "Requests dropped for a newer request of the same user (409 superseded).",
+                                  value=load["superseded"])
 
 
 class Metrics:

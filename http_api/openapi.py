@@ -25,11 +25,13 @@ ERRORS = {
     401: "missing or wrong API key (only when the server has keys)",
     404: "unknown model",
     408: "the request body did not arrive within the body timeout",
+    409: "superseded: a newer request with the same `user` replaced this one (do not retry it)",
     413: "request body, prompt or extra context over the server's limits",
-    429: "rate limit exceeded or the engine's queue is full (see Retry-After)",
+    429: "rate limit exceeded, or the engine is busy: its queue is full or would not start the request "
+         "within the server's queue wait (see Retry-After)",
     503: "the model is not loaded, the engine could not finish, or too many connections (see Retry-After)",
 }
-COSTLY = [400, 401, 404, 408, 413, 429, 503]   # the completion routes
+COSTLY = [400, 401, 404, 408, 409, 413, 429, 503]   # the completion routes
 OPERATIONS: dict[tuple[str, str], tuple[type, list[int]]] = {
     ("post", "/v1/completions"): (schemas.CompletionResponse, COSTLY),
     ("post", "/complete"): (schemas.SimpleCompleteResponse, COSTLY),
@@ -121,7 +123,8 @@ def build_openapi(app: FastAPI, settings: ServerSettings) -> dict:
                 operation["security"] = [{}, {"bearer": []}]  # a key only when the server has keys
     completions = doc["paths"]["/v1/completions"]["post"]["responses"]["200"]
     completions["description"] = ("The completion; with `stream: true`, server-sent events: `data: <completion>` "
-                                  "each, `data: [DONE]` at the end, or a last `data: {\"error\": ...}` if cut off")
+                                  "each, `data: [DONE]` at the end, or a last `data: {\"error\": ...}` if cut off "
+                                  "(the engine failed, or a newer request with the same `user` superseded it)")
     # In OpenAPI 3.1 an event stream's schema describes one event.
     completions["content"]["text/event-stream"] = {"schema": {
         "type": "object", "required": ["data"], "properties": {

@@ -66,7 +66,9 @@ class CompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     seed: Integer | None = None
     n: Integer = 1
-    user: str | None = Field(None, max_length=256)
+    user: str | None = Field(None, max_length=256, description=(
+        "Who is asking: one editor's document, say. A newer request with the same user (and key) "
+        "supersedes an older one still waiting or running: that one is answered 409 `superseded`."))
     presence_penalty: float = 0.0    # OpenAI's, in [-2, 2] (engine/sampling.py)
     frequency_penalty: float = 0.0
     # Accepted so standard clients work, but only their neutral values are supported.
@@ -111,6 +113,7 @@ class SimpleCompleteRequest(BaseModel):
     cache_weight: float | None = None
     extra_context: list[ContextFileIn] | None = None
     max_prompt_tokens: Integer | None = Field(None, description="As in CompletionRequest")
+    user: str | None = Field(None, max_length=256, description="As in CompletionRequest")
 
     _utf8 = field_validator("code", "suffix")(lambda v: v if v is None else _must_be_utf8(v))
     _stop = field_validator("stop")(_stops)

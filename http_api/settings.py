@@ -17,6 +17,11 @@ class ServerSettings(BaseSettings):
     quantize: str | None = None    # "int8" | "int4" | "none"; None: the engine's default
     max_batch: int = 32
     max_queue: int = 256
+    # The longest a completion may wait for a batch slot before it is shed with 429 (at submit when
+    # the queue's measured pace says it would wait longer; engine/overload.py). An editor asks
+    # again at the user's next pause (~1 s while typing): an answer that waited longer is usually
+    # stale, and waiting for it would only make the requests behind it late too. 0: wait.
+    max_queue_wait_ms: float = Field(500.0, ge=0)
     draft_tokens: int = 8          # speculative decoding from the context (engine/draft.py); 0: off
 
     api_keys_file: Path | None = None

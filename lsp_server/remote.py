@@ -5,7 +5,7 @@ from the server's context length, failures turned into empty completions); each 
 `Prompt` to its request and its response to text:
 
 - `code-assistant` (this module): `code-assistant serve`'s /v1/completions with `suffix`,
-  `extra_context`, `max_prompt_tokens` and /v1/events;
+  `extra_context`, `max_prompt_tokens`, a `user` per document and /v1/events;
 - `openai` (openai_compat.py): any OpenAI-compatible /v1/completions (vLLM, TGI, LM Studio);
 - `llama.cpp` (llama_cpp.py): llama-server's /infill with `input_extra`;
 - `ollama` (ollama.py): /api/generate with `suffix`.
@@ -15,6 +15,7 @@ log line; the editor never hangs on it.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from typing import Any, Callable
@@ -154,9 +155,19 @@ def text_of_choice(payload: Any) -> tuple[str, str]:
 
 
 class CodeAssistantBackend(HttpBackend):
-    """`code-assistant serve`: FIM through `suffix`, the cache model's `extra_context`, and events."""
+    """`code-assistant serve`: FIM through `suffix`, the cache model's `extra_context`, and events.
+    Each document's requests carry one `user`, so the server drops a document's older completion
+    as soon as the next one comes (this process already gave up on it)."""
 
     name = "code-assistant"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.editor_id = uuid.uuid4().hex[:12]  # this editor: another's documents never share a `user`
+
+    def document_user(self, path: str) -> str:
+        """A stable id of one document of this editor; opaque, so the path stays here."""
+        return f"{self.editor_id}-{hashlib.sha256(path.encode()).hexdigest()[:16]}"
 
     async def context_length(self) -> int | None:
         return models_context_length(await self.get_json("/v1/models"), self.model)
@@ -170,6 +181,8 @@ class CodeAssistantBackend(HttpBackend):
                                 "temperature": float(params.temperature)}
         if self.model:
             body["model"] = self.model
+        if prompt.path is not None:
+            body["user"] = self.document_user(prompt.path)
         if prompt.files:  # best first: the server puts what fits into the prompt, all into its cache model
             body["extra_context"] = [{"path": file.path, "text": file.text} for file in prompt.files]
         if params.max_prompt_tokens is not None:  # contextTokens, as the engine in this process would take it

@@ -64,7 +64,7 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
                             service: ServiceDep):
     check_model(body.model, service)
     prompt = _check_supported(body)
-    job = completion_input(state.settings, body, prompt)
+    job = completion_input(state.settings, body, prompt, caller=caller)
     id, created = completion_id(), int(time.time())
     note_completion(request, state, id, prompt, body.suffix, body.stream)
     if not body.stream:
@@ -84,10 +84,11 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
                 final["choices"] = []
                 yield _sse(final)
             yield "data: [DONE]\n\n"
-        except EngineError as e:
+        except (EngineError, APIError) as e:
             # The 200 and earlier chunks are sent: an error event (what OpenAI's SDK raises on) and
-            # no [DONE], so no client takes the cut-off text for a finished completion.
-            error = engine_error(e)
+            # no [DONE], so no client takes the cut-off text for a finished completion (one the
+            # engine failed, or one a newer request of the same `user` superseded).
+            error = e if isinstance(e, APIError) else engine_error(e)
             log_fields(request)["error"] = error.code
             yield _sse(error_body(error.message, error.type, error.param, error.code))
         finally:

@@ -19,7 +19,7 @@ async def complete(body: SimpleCompleteRequest, request: Request, state: StateDe
                    service: ServiceDep) -> dict:
     check_model(body.model, service)
     started = time.perf_counter()
-    job = completion_input(state.settings, body, body.code, prompt_param="code")
+    job = completion_input(state.settings, body, body.code, prompt_param="code", caller=caller)
     id = completion_id()
     note_completion(request, state, id, body.code, body.suffix, False)
     record = await cancel_on_disconnect(request, service.complete(job))

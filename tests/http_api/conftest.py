@@ -97,8 +97,11 @@ def long_model_dir(tmp_path_factory, code_bpe) -> Path:
 @pytest.fixture(scope="session")
 def server(long_model_dir, tmp_path_factory):
     """The open server (no keys, no rate limit) most tests share. The random model's text loops, and
-    the loop guard would end it early: these tests need generations that run to max_tokens."""
-    proc = ServerProcess(long_model_dir, tmp_path_factory.mktemp("server") / "server.log", "--no-stop-loops")
+    the loop guard would end it early: these tests need generations that run to max_tokens. Requests
+    wait for a batch slot as long as the queue allows (no --max-queue-wait-ms): these tests check
+    that every request is served; shedding under overload is test_overload.py's."""
+    proc = ServerProcess(long_model_dir, tmp_path_factory.mktemp("server") / "server.log", "--no-stop-loops",
+                         "--max-queue-wait-ms", "0")
     yield proc
     proc.stop()
 

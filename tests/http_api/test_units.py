@@ -157,3 +157,13 @@ def test_flags_override_the_environment(monkeypatch):
     settings = cli.settings_from_args(cli.build_parser().parse_args(["--port", "9002"]))
     assert (settings.port, settings.rate_limit, settings.host) == (9002, 7, "127.0.0.1")
     assert load_api_keys(settings.api_keys_file, settings.api_keys) == {"k1", "k2"}
+
+
+def test_the_user_field_is_a_session_within_its_caller():
+    settings = ServerSettings()
+    def session_of(caller, **fields):
+        return completion_input(settings, CompletionRequest(prompt="a", **fields), "a", caller=caller).session
+    assert session_of("key-1", user="doc") == session_of("key-1", user="doc") != session_of("key-2", user="doc")
+    assert session_of("key-1") is None and session_of("key-1", user="") is None
+    assert completion_input(settings, SimpleCompleteRequest(code="a", user="doc"), "a", caller="key-1").session \
+        == session_of("key-1", user="doc")

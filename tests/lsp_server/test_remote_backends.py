@@ -117,6 +117,25 @@ async def test_context_tokens_bounds_what_each_backend_sends(tiny_model_dir, bac
     assert 0 < len(sent) <= 100 * CHARS_PER_TOKEN_ESTIMATE
 
 
+async def test_a_code_assistant_server_gets_one_opaque_user_per_document(tiny_model_dir):
+    # The server supersedes a document's older request with its newer one (docs/http-api.md): the
+    # user must be stable per document, differ between documents, and not carry the path.
+    with running("openai") as (url, requests):  # speaks /v1/models and /v1/completions as serve does
+        client = await start(tiny_model_dir, "--remote", url)
+        await initialize(client, {"debounceMs": 0, "remoteUrl": url, "prefetch": False, "backend": "code-assistant",
+                                  "model": "Qwen/Qwen2.5-Coder-1.5B", "typedAheadReuse": False})
+        open_document(client, HELPERS, uri=HELPERS_URI)
+        open_document(client, MAIN, uri=MAIN_URI)
+        lines = MAIN.split("\n")
+        for line, uri in ((len(lines) - 1, MAIN_URI), (len(lines) - 2, MAIN_URI), (1, HELPERS_URI)):
+            text = (MAIN if uri == MAIN_URI else HELPERS).split("\n")[line]
+            await client.text_document_inline_completion_async(inline_params(line, len(text), uri=uri))
+        assert await finish(client) == 0
+    main_first, main_second, helpers = [body["user"] for body in requests]
+    assert main_first == main_second != helpers
+    assert "main" not in main_first and "helpers" not in helpers
+
+
 def test_the_remote_path_loads_no_torch():
     # An editor talking to a team server should not pay for torch (~1 s and ~300 MB to import).
     code = ("import sys; import lsp_server.cli, lsp_server.server; "
