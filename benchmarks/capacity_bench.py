@@ -85,6 +85,9 @@ class PointResult:
     # CPU seconds the server process used during the point, per answered request (ms): how much
     # work a request costs, steadier than latency on a shared machine.
     server_cpu_ms_per_request: float | None = None
+    # Requests the same editor's next one replaced before they finished (HTTP 409, or a stream that
+    # ended with a `superseded` error): an editor drops those itself. Neither answered nor errors.
+    superseded: int = 0
 
 
 def editor_files(users: int, min_chars: int) -> list[str]:
@@ -183,7 +186,12 @@ class LlamaServer(Target):
         return event.get("content", ""), event.get("tokens_predicted") if event.get("stop") else None
 
 
+SUPERSEDED = "superseded"  # the same editor's newer request replaced it: what an editor cancels itself
+
+
 def error_kind(status: int) -> str:
+    if status == 409:
+        return SUPERSEDED
     return "429" if status == 429 else "5xx" if status >= 500 else "4xx"
 
 
@@ -203,7 +211,12 @@ async def send(client: httpx.AsyncClient, target: Target, r: EditorRequest, due:
             async for line in response.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
-                text, tokens = target.chunk(json.loads(line[6:]))
+                event = json.loads(line[6:])
+                if "error" in event:  # the stream ended early (superseded by the editor's next request, or failed)
+                    code = (event["error"] or {}).get("code")
+                    sample.error = SUPERSEDED if code == SUPERSEDED else "stream error"
+                    return
+                text, tokens = target.chunk(event)
                 if text:
                     chunks += 1
                     if sample.first_chunk_s is None:
@@ -256,16 +269,18 @@ def summarise(server: str, rate: float, duration_s: float, samples: list[Sample]
     ok = [s for s in samples if s.error is None]
     kinds: dict[str, int] = {}
     for s in samples:
-        if s.error:
+        if s.error and s.error != SUPERSEDED:
             kinds[s.error] = kinds.get(s.error, 0) + 1
     last = percentiles_ms([s.last_token_s for s in ok])
-    errors = len(samples) - len(ok)
+    superseded = sum(s.error == SUPERSEDED for s in samples)
+    errors = len(samples) - len(ok) - superseded
     return PointResult(server, rate, duration_s, len(samples), len(ok), errors, kinds,
                        round(len(ok) / elapsed, 2) if elapsed > 0 else 0.0,
                        percentiles_ms([s.first_chunk_s for s in ok if s.first_chunk_s is not None]), last,
                        round(float(np.mean([s.tokens for s in ok])), 1) if ok else 0.0,
                        round(float(np.percentile([s.late_s for s in samples], 99)) * 1000, 1) if samples else 0.0,
-                       bool(ok) and errors == 0 and last["p95"] is not None and last["p95"] < slo_ms)
+                       bool(ok) and errors == 0 and last["p95"] is not None and last["p95"] < slo_ms, None,
+                       superseded)
 
 
 def held_rate(results: list[PointResult], server: str) -> float | None:
