@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="return the model's text even where it repeats itself (no loop guard)")
     p.add_argument("--draft-tokens", type=int, help="speculative decoding: tokens drafted from the context "
                                                     "per step (0: off; default 8)")
+    p.add_argument("--context-tokens", type=int, help="prompt tokens a request may use at most (default: the "
+                                                      "model's whole context; a long-context model's prefill "
+                                                      "grows with it)")
     return p
 
 
@@ -72,6 +75,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         flags["stop_loops"] = False
     if args.draft_tokens is not None:
         flags["draft_tokens"] = args.draft_tokens
+    if args.context_tokens is not None:
+        flags["context_tokens"] = args.context_tokens
     return ServerSettings(**{k: v for k, v in flags.items() if v is not None})
 
 

@@ -23,6 +23,9 @@ class ServerSettings(BaseSettings):
     # stale, and waiting for it would only make the requests behind it late too. 0: wait.
     max_queue_wait_ms: float = Field(500.0, ge=0)
     draft_tokens: int = 8          # speculative decoding from the context (engine/draft.py); 0: off
+    # Prompt tokens a request may use at most (0: the model's whole context): bounds prefill time
+    # for models with long contexts (EngineConfig.context_tokens).
+    context_tokens: int = Field(0, ge=0)
 
     api_keys_file: Path | None = None
     api_keys: str = ""             # CODE_ASSISTANT_API_KEYS: comma-separated
