@@ -162,8 +162,8 @@ def propose(sources: list[DraftSource], request: "Request", max_tokens: int) -> 
 
 
 # Measured on the shipped model (the compiled decode step, one row, a loaded 2-core machine): a
-# forward of 1 + 2 tokens costs ~1.6 one-token forwards, 1 + 8 tokens ~6, and in a batch every row
-# is padded to the widest. So a draft pays only when well over half of it is kept.
+# forward of 1 + 1 tokens costs ~1.6 one-token forwards, 1 + 2 ~2.3, 1 + 8 ~6, and in a batch every
+# row is padded to the widest. So a draft pays only when well over half of it is kept.
 PROBE_TOKENS = 16     # drafted tokens a request's acceptance is judged on
 MIN_ACCEPTANCE = 0.5  # below this share kept, drafts go off ...
 PAUSE_TOKENS = 16     # ... for this many generated tokens, then a new probe starts

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import struct
 from bisect import bisect_left, bisect_right
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,7 +207,9 @@ class SuffixIndex:
 
     def _match(self, length: int, ends, following, occurrences: int, span: tuple[int, int]) -> Match:
         if isinstance(following, list):  # a few occurrences, read in Python
-            counts = Counter(following)
+            counts: dict[int, int] = {}
+            for token in following:
+                counts[token] = counts.get(token, 0) + 1
             ids = sorted(counts)
             return Match(length, np.array(ids, np.int64), np.array([counts[i] for i in ids], np.int64),
                          occurrences, np.array(ends, np.int64), self, span)
