@@ -31,29 +31,38 @@ from .request import Chunk, LogitsProcessor, Request
 from .suffix_index import SuffixIndex
 from .tokenizer import Tokenizer
 
-SNIPPET_INDEXES = 64   # neighbouring files' indexes kept for the next keystrokes
-CURSOR_INDEXES = 128   # indexes of the texts before and after the cursor (two a user)
+SNIPPET_INDEXES = 64         # neighbouring files' indexes kept for the next keystrokes
+# Indexes of the texts before and after the cursor kept: at most this many, holding at most this
+# many tokens (~12 bytes a token: the text, its tokens, their sorted positions; ~12 MB).
+CURSOR_TEXTS, CURSOR_TOKENS = 1024, 1_000_000
 
 
 class RecentIndexes:
-    """Token ids and suffix index of recently seen texts, by text, least recently used out first."""
+    """Suffix indexes of recently seen texts, by text; the least recently used goes first once
+    there are more than `max_entries`, or their documents hold more than `max_tokens` tokens."""
 
-    def __init__(self, tokenizer: Tokenizer, size: int):
-        self.tokenizer, self.size = tokenizer, size
-        self._entries: OrderedDict[str, tuple[list[int], SuffixIndex]] = OrderedDict()
+    def __init__(self, tokenizer: Tokenizer, max_entries: int, max_tokens: int | None = None):
+        self.tokenizer, self.max_entries, self.max_tokens = tokenizer, max_entries, max_tokens
+        self._entries: OrderedDict[str, SuffixIndex] = OrderedDict()
+        self._tokens = 0
         self._lock = threading.Lock()  # submit runs on the callers' threads
 
-    def get(self, text: str) -> tuple[list[int], SuffixIndex]:
+    def get(self, text: str) -> SuffixIndex:
         with self._lock:
-            entry = self._entries.pop(text, None)
-        if entry is None:
-            ids = self.tokenizer.encode(text)
-            entry = ids, SuffixIndex.build([ids])
+            index = self._entries.pop(text, None)
+            if index is not None:
+                self._tokens -= index.n_tokens
+        if index is None:
+            index = SuffixIndex.build([self.tokenizer.encode(text)])
         with self._lock:
-            self._entries[text] = entry  # re-inserted last: least recently used goes first
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-        return entry
+            if text not in self._entries:  # another thread may have put it back meanwhile
+                self._entries[text] = index  # (re-)inserted last: least recently used goes first
+                self._tokens += index.n_tokens
+            while len(self._entries) > self.max_entries or (
+                    self.max_tokens is not None and self._tokens > self.max_tokens and len(self._entries) > 1):
+                _, gone = self._entries.popitem(last=False)
+                self._tokens -= gone.n_tokens
+        return index
 
 
 class RequestSetup:
@@ -63,7 +72,7 @@ class RequestSetup:
         # the cache model matches every file in it but the one being edited.
         self.workspace = None
         self._snippets = RecentIndexes(tokenizer, SNIPPET_INDEXES)
-        self._cursor_texts = RecentIndexes(tokenizer, CURSOR_INDEXES)
+        self._cursor_texts = RecentIndexes(tokenizer, CURSOR_TEXTS, CURSOR_TOKENS)
 
     def request(self, job: CompletionInput, on_chunk: Callable[[Chunk], None],
                 logits_processor: LogitsProcessor | None = None) -> Request:
@@ -108,8 +117,10 @@ class RequestSetup:
 
     def context_model(self, prefix: str, suffix: str | None, files: tuple[ContextFile, ...], weight: float,
                       path: str | None) -> CacheModel:
-        history, prefix_index = self._cursor_texts.get(prefix)
-        suffix_ids, suffix_index = self._cursor_texts.get(suffix) if suffix else ([], None)
+        prefix_index = self._cursor_texts.get(prefix)
+        suffix_index = self._cursor_texts.get(suffix) if suffix else None
+        history = prefix_index.document(0)
+        suffix_ids = suffix_index.document(0) if suffix_index is not None else []
         sources = [("prefix", prefix_index.longest_match)]
         if suffix_ids:
             sources.append(("suffix", suffix_index.longest_match))
@@ -130,4 +141,4 @@ class RequestSetup:
     def snippet_index(self, text: str) -> SuffixIndex:
         """A read-only index of one snippet, kept for the next request: editors send the same
         neighbouring files keystroke after keystroke."""
-        return self._snippets.get(text)[1]
+        return self._snippets.get(text)

@@ -104,6 +104,11 @@ class SuffixIndex:
     def nbytes(self) -> int:
         return len(self._bytes) + self.positions.nbytes + self.starts.nbytes
 
+    def document(self, i: int) -> list[int]:
+        """Document i's token ids."""
+        end = int(self.starts[i + 1]) if i + 1 < len(self.starts) else len(self.tokens) - 1
+        return self.tokens[int(self.starts[i]) + 1:end].astype(np.int64).tolist()
+
     def document_of(self, positions: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.starts, positions, side="right") - 1
 
@@ -261,15 +266,30 @@ class SuffixIndex:
 
 def sort_positions(tokens: np.ndarray, depth: int = MAX_MATCH) -> np.ndarray:
     """Positions of `tokens` that are not separators, sorted by the `depth` tokens starting there
-    (past the end sorts first, like a shorter string). Prefix doubling: after the round for k, the
-    rank of i orders tokens[i:i+2k]."""
+    (past the end sorts first, like a shorter string), equal ones by position. Prefix doubling:
+    after the round for k, the rank of i orders tokens[i:i+2k]. The first rank orders windows of as
+    many tokens as fit one int64 key together (a power of two: 4 for up to ~55,000 distinct ids), so
+    a prompt's index takes two rounds fewer than from single tokens."""
     n = len(tokens)
     if n == 0:
         return np.zeros(0, np.uint32)
     _, rank = np.unique(tokens, return_inverse=True)
     rank = rank.astype(np.int64)
-    order = np.argsort(rank, kind="stable")
-    k, distinct = 1, int(rank.max()) + 1
+    distinct = int(rank.max()) + 1
+    k = 1
+    while 2 * k <= depth and (distinct + 1) ** (2 * k) < 2**63:
+        k *= 2
+    key = rank.copy()            # window tokens after the first count rank + 1, 0 past the end
+    for j in range(1, k):
+        key *= distinct + 1
+        if j < n:
+            key[:n - j] += rank[j:] + 1
+    order = np.argsort(key, kind="stable")
+    if k > 1:
+        ordered = key[order]
+        rank = np.empty(n, np.int64)
+        rank[order] = np.concatenate([[0], np.cumsum(ordered[1:] != ordered[:-1])])
+        distinct = int(rank.max()) + 1
     while k < depth and distinct < n:
         shifted = np.zeros(n, np.int64)           # 0: past the end
         shifted[:n - k] = rank[k:] + 1
