@@ -117,6 +117,8 @@ class RequestSetup:
 
     def context_model(self, prefix: str, suffix: str | None, files: tuple[ContextFile, ...], weight: float,
                       path: str | None) -> CacheModel:
+        """The cache model over these texts at this weight, built whatever the weight: the drafts
+        read its matches even where it is not mixed in."""
         prefix_index = self._cursor_texts.get(prefix)
         suffix_index = self._cursor_texts.get(suffix) if suffix else None
         history = prefix_index.document(0)
