@@ -53,21 +53,23 @@ class MixConfig:
                 + self.frequency * math.log(max(1, top_count)))
 
 
-# A source answers: the longest tail of this history you hold (its length for the history one
-# token shorter bounds the search), and what followed it.
+# A source answers: the longest tail of this history you hold (its match for the history one token
+# shorter, or that match's length, bounds the search), and what followed it.
 Source = Callable[..., Match]
 
 
 class CacheModel:
     """The engine's per-request logits processor. `sources` are (kind, query) pairs; `history` is
-    the tokens before the cursor, which generated tokens extend."""
+    the tokens before the cursor, which generated tokens extend. Its matches are computed once per
+    history: the request's drafts (engine/draft.py PromptLookup) read the same ones before a step."""
 
     def __init__(self, sources: list[tuple[str, Source]], history: list[int], config: MixConfig | None = None):
         self.config = config or MixConfig()
         self.sources = sources
         self.history = list(history[-MAX_MATCH:])
-        self.previous: list[int | None] = [None] * len(sources)
+        self.previous: list[Match | None] = [None] * len(sources)
         self.seen_outputs = 0
+        self._matches: list[tuple[str, Match]] | None = None  # for the history as it is
 
     @classmethod
     def from_contexts(cls, contexts: list[list[int]], history: list[int], config: MixConfig | None = None,
@@ -76,15 +78,20 @@ class CacheModel:
         index = SuffixIndex.build(contexts)
         return cls([(kind, index.longest_match)], history, config)
 
+    def matches(self) -> list[tuple[str, Match]]:
+        """Each source's longest match for the history as it is now (computed at most once)."""
+        if self._matches is None:
+            self._matches = []
+            for i, (kind, query) in enumerate(self.sources):
+                match = query(self.history, previous=self.previous[i])
+                self.previous[i] = match
+                self._matches.append((kind, match))
+        return self._matches
+
     def predict(self) -> tuple[int, np.ndarray | None, np.ndarray | None, float]:
         """(length, next token ids, counts, trust logit) of the longest match over the sources,
         pooling the sources tied at that length; (0, None, None, 0) when nothing matches."""
-        found: list[tuple[str, Match]] = []
-        for i, (kind, query) in enumerate(self.sources):
-            match = query(self.history, previous=self.previous[i])
-            self.previous[i] = match.length
-            if match.found:
-                found.append((kind, match))
+        found = [(kind, match) for kind, match in self.matches() if match.found]
         if not found:
             return 0, None, None, 0.0
         best = max(m.length for _, m in found)
@@ -95,7 +102,7 @@ class CacheModel:
             ids, inverse = np.unique(np.concatenate([m.ids for _, m in tied]), return_inverse=True)
             counts = np.zeros(len(ids), np.int64)
             np.add.at(counts, inverse, np.concatenate([m.counts for _, m in tied]))
-        trust = max(self.config.trust(k, m.length, int(m.counts.max())) for k, m in tied)
+        trust = max(self.config.trust(k, m.length, max(m.counts.tolist())) for k, m in tied)
         return best, ids, counts, trust
 
     def mixture_weight(self, trust: float) -> float:
@@ -104,15 +111,21 @@ class CacheModel:
     def observe(self, output_ids: list[int]) -> None:
         """Append newly generated tokens to the history the next query matches."""
         new = output_ids[self.seen_outputs:]
-        if len(new) != 1:  # a previous length bounds the next one only for one appended token
+        if len(new) != 1:  # a previous match bounds the next one only for one appended token
             self.previous = [None] * len(self.sources)
         self.history.extend(new)
         self.seen_outputs = len(output_ids)
         del self.history[:-MAX_MATCH]
+        self._matches = None
+
+    def follow(self, output_ids: list[int]) -> None:
+        """Observe the request's output if it grew since the last call (the scheduler's drafts and
+        the logits processor both call it for the same tokens)."""
+        if len(output_ids) != self.seen_outputs:
+            self.observe(output_ids)
 
     def __call__(self, request, logits: torch.Tensor) -> torch.Tensor:
-        if len(request.output_ids) != self.seen_outputs:
-            self.observe(request.output_ids)
+        self.follow(request.output_ids)
         length, ids, counts, trust = self.predict()
         if ids is None:
             return logits
@@ -128,8 +141,8 @@ class CacheModel:
             # numpy on the scheduler thread: torch's small ops there pay for waking its OpenMP
             # workers (measured 188 us a step in the engine vs 47 us alone; numpy: see the card).
             row = logits.numpy()
-            top = row.max()
-            lse = top + np.log(np.exp(row - top).sum())
+            top = np.maximum.reduce(row)  # row.max() and .sum() without their Python wrappers
+            lse = top + np.log(np.add.reduce(np.exp(row - top)))
             row[ids] = np.log((1.0 - lam) * np.exp(row[ids] - lse) + lam * p_cache) + lse - shift
             return logits
         logits = logits.float()

@@ -36,7 +36,8 @@ class Output:
         token-healing mask; `draft` is the token a draft proposes here (see sample_token)."""
         # Models pad their embedding past the tokenizer (Qwen2.5: 151,936 rows, 151,665 tokens);
         # the padding rows are never chosen.
-        logits = logits[:self.n_vocab]
+        if logits.shape[0] > self.n_vocab:
+            logits = logits[:self.n_vocab]
         if request.logits_processor is not None:
             logits = request.logits_processor(request, logits)
         if request.heal:

@@ -8,10 +8,15 @@ be sent now (text that so far only copies the block before it is held back until
 completes the repeat, and is cut, or turns into something new, and is sent).
 
 `has_loop` is the same notion as a yes/no for a finished text: what the tests and benchmarks count.
+
+The guard runs once a token, so it remembers what does not change while the text only grows: the
+line starts before each line (they depend on the text before it), and the checks of complete lines
+(they can only change when a newline comes).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 CONTEXT_LINES = 16       # prompt lines the guard compares with (a repeat of the line above is a loop too)
 MAX_BLOCK_LINES = 8      # longest block whose immediate repeat is a loop
@@ -26,6 +31,11 @@ class RepetitionGuard:
     """`prompt` is the text before the cursor; `suffix` the text after it (None: none given)."""
     context: str
     next_line: str
+    # What the last check saw: its text, the cut the checks of complete lines gave it, and the
+    # earlier line starts of each line start (all valid while the text only grows).
+    _seen: str = field(default="", init=False, repr=False, compare=False)
+    _lines_cut: int | None = field(default=None, init=False, repr=False, compare=False)
+    _earlier: dict[int, list[int]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def for_prompt(cls, prompt: str, suffix: str | None) -> "RepetitionGuard":
@@ -40,19 +50,36 @@ class RepetitionGuard:
         full = self.context + text
         offset = len(self.context)
         starts = _line_starts(full, offset)
-        cut = self._duplicate_of_next_line(full, offset, starts, finished)
-        if cut is None:
-            # Finished, the last line is complete: a copy it ends counts, one it only began does not.
-            cut = _repeated_block(full, offset, starts, complete_only=not finished)
+        grown = text.startswith(self._seen)
+        if not grown:
+            self._earlier.clear()
+        earlier = self._earlier_starts(full)
+        if grown and not finished and self._lines_cut is None and "\n" not in text[len(self._seen):]:
+            cut = None  # no line was completed since the last check, which found nothing
+        else:
+            cut = self._duplicate_of_next_line(full, offset, starts, finished)
+            if cut is None:
+                # Finished, the last line is complete: a copy it ends counts, one it only began does not.
+                cut = _repeated_block(full, offset, starts, complete_only=not finished, earlier=earlier)
+        if not finished:
+            self._seen, self._lines_cut = text, cut
         if cut is None:
             cut = _repeated_unit(full, offset, starts[-1])
         if cut is not None:
             return cut - offset, cut - offset
         if finished:
             return None, len(text)
-        hold = min(_copy_in_progress(full, offset, starts), _unit_in_progress(full, offset, starts[-1]),
+        hold = min(_copy_in_progress(full, offset, starts, earlier), _unit_in_progress(full, offset, starts[-1]),
                    self._next_line_in_progress(full, offset, starts))
         return None, hold - offset
+
+    def _earlier_starts(self, full: str):
+        def earlier(before: int) -> list[int]:
+            found = self._earlier.get(before)
+            if found is None:
+                found = self._earlier[before] = _earlier_starts(full, before, MAX_BLOCK_LINES)
+            return found
+        return earlier
 
     def _duplicate_of_next_line(self, full: str, offset: int, starts: list[int], finished: bool) -> int | None:
         """Cut before a completed line that equals the document's next line."""
@@ -123,11 +150,13 @@ def _earlier_starts(full: str, before: int, n: int) -> list[int]:
     return found
 
 
-def _repeated_block(full: str, offset: int, starts: list[int], complete_only: bool = True) -> int | None:
+def _repeated_block(full: str, offset: int, starts: list[int], complete_only: bool = True,
+                    earlier: Callable[[int], list[int]] | None = None) -> int | None:
     """Where a generated copy of the block of lines right before it begins, once the copy is
-    complete (its last line ended by a newline; with complete_only=False also at the end)."""
+    complete (its last line ended by a newline; with complete_only=False also at the end).
+    `earlier(s)`: the line starts before s (_earlier_starts), when the caller keeps them."""
     for s2 in starts:
-        for s1 in _earlier_starts(full, s2, MAX_BLOCK_LINES):
+        for s1 in earlier(s2) if earlier else _earlier_starts(full, s2, MAX_BLOCK_LINES):
             block = full[s1:s2]
             if not block.strip():
                 continue
@@ -139,13 +168,13 @@ def _repeated_block(full: str, offset: int, starts: list[int], complete_only: bo
     return None
 
 
-def _copy_in_progress(full: str, offset: int, starts: list[int]) -> int:
+def _copy_in_progress(full: str, offset: int, starts: list[int], earlier: Callable[[int], list[int]]) -> int:
     """The earliest generated line start from which the text so far copies the block before it."""
     for s2 in starts:
         tail = full[s2:]
-        for s1 in _earlier_starts(full, s2, MAX_BLOCK_LINES):
-            block = full[s1:s2]
-            if block.strip() and len(tail) < len(block) and block.startswith(tail):
+        for s1 in earlier(s2):
+            # block = full[s1:s2], not blank, longer than the tail and starting with it
+            if len(tail) < s2 - s1 and full.startswith(tail, s1, s2) and full[s1:s2].strip():
                 return max(offset, s2 - 1)
     return len(full)
 
@@ -156,8 +185,10 @@ def _repeated_unit(full: str, offset: int, line_start: int) -> int | None:
     end = full.find("\n", line_start)
     line_end = len(full) if end == -1 else end
     line = full[line_start:line_end]
-    for period in range(2, min(MAX_UNIT_CHARS, len(line) // 2) + 1):
-        repeats = _unit_repeats(line[-period:])
+    no_letter = _letterless_tail(line)
+    for period in _doubled_periods(line):
+        worded = period >= MIN_UNIT_CHARS and period > no_letter  # the unit line[-period:] has a letter
+        repeats = UNIT_REPEATS if worded else SYMBOL_UNIT_REPEATS
         span = period * repeats
         if span > len(line):
             continue
@@ -170,22 +201,43 @@ def _repeated_unit(full: str, offset: int, line_start: int) -> int | None:
     return None
 
 
-def _unit_repeats(unit: str) -> int:
-    """How many copies in a row make a loop of this unit."""
-    worded = len(unit) >= MIN_UNIT_CHARS and any(c.isalpha() for c in unit)
-    return UNIT_REPEATS if worded else SYMBOL_UNIT_REPEATS
+def _letterless_tail(line: str) -> int:
+    """How many of the line's last characters (up to MAX_UNIT_CHARS) hold no letter."""
+    for i in range(1, min(len(line), MAX_UNIT_CHARS) + 1):
+        if line[-i].isalpha():
+            return i - 1
+    return MAX_UNIT_CHARS
 
 
 def _unit_in_progress(full: str, offset: int, line_start: int) -> int:
     """Hold back the line's tail once a unit repeats twice, until it either repeats on or stops."""
     line = full[line_start:]
+    n = len(line)
     best = len(full)
-    for period in range(2, min(MAX_UNIT_CHARS, len(line) // 2) + 1):
-        reps = 1
-        while reps * period + period <= len(line) and \
-                line[len(line) - (reps + 1) * period:len(line) - reps * period] == line[len(line) - period:]:
+    for period in _doubled_periods(line):
+        unit = line[n - period:]
+        if not unit.strip():
+            continue
+        reps = 2
+        while reps * period + period <= n and line[n - (reps + 1) * period:n - reps * period] == unit:
             reps += 1
-        unit = line[len(line) - period:]
-        if reps >= 2 and unit.strip():
-            best = min(best, max(offset, len(full) - (reps - 1) * period))
+        best = min(best, max(offset, len(full) - (reps - 1) * period))
     return best
+
+
+def _doubled_periods(line: str) -> list[int]:
+    """The periods (2 to MAX_UNIT_CHARS, ascending) whose last two copies end the line: every
+    repeated unit has them. Only periods at which the last character recurs are compared."""
+    n = len(line)
+    top = min(MAX_UNIT_CHARS, n // 2)
+    found: list[int] = []
+    if top < 2:
+        return found
+    last, lowest = line[-1], n - 1 - top
+    at = line.rfind(last, lowest, n - 2)   # period n - 1 - at, from 2 up
+    while at != -1:
+        period = n - 1 - at
+        if line[n - period:] == line[n - 2 * period:n - period]:
+            found.append(period)
+        at = line.rfind(last, lowest, at)
+    return found

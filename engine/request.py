@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from .draft import DraftSource, LiveIndex
+from .draft import DraftSource, DraftSwitch, LiveIndex
 from .kv_cache import BlockTable
 from .repetition import RepetitionGuard
 from .sampling_params import SamplingParams
@@ -75,6 +75,7 @@ class Request:
     session: str | None = None     # who is asking (CompletionInput.session)
     drafts: list[DraftSource] = field(default_factory=list)
     own_index: LiveIndex | None = None   # the prompt and the output so far, for drafts
+    draft_switch: DraftSwitch = field(default_factory=DraftSwitch)  # drafts off while they are rejected
     tokens: list[int] = field(default_factory=list)  # prompt then output: the sequence
     cached: int = 0                # leading tokens whose keys and values are in the pool
     table: BlockTable = field(default_factory=BlockTable)

@@ -16,7 +16,7 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
     with certainty). Greedy keeps the draft only when it is the argmax.
     """
     if params.greedy:
-        return int(torch.argmax(logits))
+        return greedy_token(logits)
     # Scaled after subtracting the maximum: every scaled logit is <= 0, so a small temperature
     # drives the others towards -inf (probability 0) instead of overflowing to inf (NaN after softmax).
     logits = logits.float()
@@ -37,6 +37,15 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
             return draft
         probs[draft] = 0.0
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def greedy_token(logits: torch.Tensor) -> int:
+    """The index of the largest logit, the first of equal ones (as torch.argmax). On a CPU float32
+    row numpy's: torch's reduction pays for waking its OpenMP workers on the scheduler thread
+    (a row of 8,192: 16 us against numpy's 2 us, two threads, measured on a loaded 2-core machine)."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and not logits.requires_grad:
+        return int(logits.numpy().argmax())
+    return int(torch.argmax(logits))
 
 
 def apply_penalties(logits: torch.Tensor, params: SamplingParams, generated: list[int]) -> None:

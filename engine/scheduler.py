@@ -369,9 +369,9 @@ class Scheduler:
 
     def _draft(self, request: Request, room: int) -> list[int]:
         room = min(room, request.params.max_tokens - request.generated - 1, self.block_size - len(request.tokens))
-        if room <= 0 or not request.drafts:
+        if room <= 0 or not request.drafts or not request.draft_switch.allows(request.generated):
             return []
-        return propose(request.drafts, request.tokens, room)
+        return propose(request.drafts, request, room)
 
     def _preempt(self, request: Request) -> None:
         self._release(request)
@@ -385,16 +385,20 @@ class Scheduler:
         draft's first j tokens, which the request holds by then, so every logits processor sees
         exactly the history it would see without a draft."""
         self.counters["draft_tokens_proposed"] += len(draft)
+        accepted = 0
         try:
             for j in range(len(draft) + 1):
                 proposed = draft[j] if j < len(draft) else None
                 token = self.output.choose(request, logits[j], proposed)
                 if token == proposed:
+                    accepted += 1
                     self.counters["draft_tokens_accepted"] += 1
                     self.accepted_by_position[j] += 1
                 if not self._accept(request, token) or token != proposed:
                     break
         finally:  # also when a logits processor raised part way: the tokens taken so far stand
+            if draft:
+                request.draft_switch.record(len(draft), accepted, request.generated)
             if request in self.running:
                 # Keys and values are final for every token but the last; blocks past it held a
                 # rejected draft and go back.

@@ -8,7 +8,7 @@ from engine.config import EngineConfig
 from engine.inputs import CompletionInput, ContextFile
 from engine.model_dir import load_model_dir
 from engine.prompt import PromptBuilder
-from engine.request_setup import SNIPPET_INDEXES, RequestSetup
+from engine.request_setup import SNIPPET_INDEXES, RecentIndexes, RequestSetup
 from engine.sampling_params import SamplingParams
 
 
@@ -50,6 +50,30 @@ def test_neighbouring_files_are_indexed_once_and_the_least_recent_goes(tokenizer
     for i in range(SNIPPET_INDEXES):
         setup.snippet_index(f"x{i} = {i}\n")
     assert setup.snippet_index("def a():\n    pass\n") is not first
+
+
+def test_the_texts_around_the_cursor_are_indexed_once_while_they_recur(tokenizer):
+    """Typing changes the text before the cursor and leaves the text after it: that one's index is
+    reused; a request sent again reuses both."""
+    setup = setup_for(tokenizer)
+
+    def indexes(prefix: str, suffix: str) -> dict:
+        return {kind: query.__self__ for kind, query in setup.cache_model(prefix, suffix, (), None).sources}
+
+    first = indexes("def f(x):\n    return ", "\n\nprint(f(2))\n")
+    typed = indexes("def f(x):\n    return x", "\n\nprint(f(2))\n")
+    assert typed["suffix"] is first["suffix"] and typed["prefix"] is not first["prefix"]
+    assert indexes("def f(x):\n    return ", "\n\nprint(f(2))\n")["prefix"] is first["prefix"]
+    assert first["prefix"].document(0) == tokenizer.encode("def f(x):\n    return ")
+
+
+def test_recent_indexes_hold_at_most_their_tokens(tokenizer):
+    recent = RecentIndexes(tokenizer, max_entries=100, max_tokens=50)
+    first = recent.get("x = 1\n" * 5)
+    assert recent.get("x = 1\n" * 5) is first
+    for i in range(10):
+        recent.get(f"y{i} = {i}\n" * 3)
+    assert recent.get("x = 1\n" * 5) is not first
 
 
 def test_a_random_request_gets_its_seeded_generator_and_a_greedy_one_none(tokenizer):

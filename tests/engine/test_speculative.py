@@ -176,3 +176,37 @@ def test_the_workspace_index_drafts_what_only_it_holds(make_engine, tmp_path):
     generate_ids(spec, prompt, SamplingParams(max_tokens=len(copy)), logits_processor=copier)
     alone = spec.stats["draft_tokens_accepted"] - with_index  # the request's own repetitions only
     assert with_index >= len(copy) * 2 // 3 and alone < with_index // 3, (with_index, alone)
+
+
+def test_drafts_switch_off_while_the_model_rejects_them_and_back_on_when_it_copies(make_engine):
+    """A request whose drafts are rejected stops drafting (they only widen its steps) and drafts
+    again after a pause once the model copies; the text is the same as without drafts."""
+    spec, plain = make_engine(draft_tokens=8), make_engine(draft_tokens=0)
+    t = spec.tokenizer
+    distinct = [i for i in range(t.n_vocab) if i not in t.special_ids]
+    a, b, fresh = distinct[400], distinct[401], distinct[402:460]
+    phase = 45
+    seen = {}
+
+    def model(request, logits):
+        """First "a b x0 a b x1 a b x2 ...": after every "a b" a draft proposes what followed the
+        last "a b" and the model says a new x; then the prompt again and again, which drafts copy."""
+        n = len(request.output_ids)
+        if n == phase and request.drafts:
+            seen.setdefault("at_switch", dict(spec.stats))
+        if n < phase:
+            token = (a, b, fresh[n // 3])[n % 3]
+        else:
+            token = request.prompt_ids[(n - phase) % len(request.prompt_ids)]
+        out = torch.full_like(logits, float("-inf"))
+        out[token] = 0.0
+        return out
+
+    prompt = t.decode(distinct[300:320])
+    params = SamplingParams(max_tokens=2 * phase)
+    with_drafts, _ = generate_ids(spec, prompt, params, logits_processor=model)
+    assert with_drafts == generate_ids(plain, prompt, params, logits_processor=model)[0]
+    before, after = seen["at_switch"], spec.stats
+    # Without the switch every third token of the first phase drafts 8 rejected tokens (112 here).
+    assert 0 < before["draft_tokens_proposed"] <= 48 and before["draft_tokens_accepted"] <= 2, before
+    assert after["draft_tokens_accepted"] - before["draft_tokens_accepted"] >= phase // 2, (before, after)
