@@ -5,8 +5,9 @@ A GGUF file becomes, once, a Hugging Face directory in a cache ($CODE_ASSISTANT_
 family code as any downloaded config (engine/families.py); the tensors under the names
 transformers uses, dequantised with the `gguf` package (F16 and BF16 stay as they are; quantised
 types become float32, which holds a block's scale times its integer exactly); and tokenizer.json
-built from `tokenizer.ggml.*`. From there the engine loads it as any other directory, int8 by
-default, so a Q4_K file costs what its float model costs once loaded.
+built from `tokenizer.ggml.*`, with the FIM and end-of-text ids the metadata gives recorded in
+config.json (`code_assistant.fim_token_ids`, `eot_token_id`). From there the engine loads it as any
+other directory, int8 by default, so a Q4_K file costs what its float model costs once loaded.
 
 What the converter (convert_hf_to_gguf.py) did to the tensors is undone here: Llama's q/k rows are
 permuted for llama.cpp's interleaved RoPE, GPT-2's Conv1D weights are transposed.
@@ -46,6 +47,10 @@ PRE_TOKENIZERS = {
     "default": [GPT2_SPLIT],
 }
 CONTROL, USER_DEFINED, BYTE = 3, 4, 6   # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
+# Where a file names its fill-in-the-middle tokens (prefix, suffix, middle): llama.cpp's keys, then
+# the older ones (CodeLlama's early files). llama.cpp reads them the same way before it looks at text.
+FIM_KEYS = (("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.fim_mid_token_id"),
+            ("tokenizer.ggml.prefix_token_id", "tokenizer.ggml.suffix_token_id", "tokenizer.ggml.middle_token_id"))
 
 
 def cache_dir() -> Path:
@@ -258,6 +263,29 @@ def sentencepiece_merges(tokens: list[str], scores: list[float], types: list[int
     return [(left, right) for *_, left, right in merges]
 
 
+def special_token_ids(f: GGUFFile) -> dict:
+    """config.json's `fim_token_ids` and `eot_token_id` from the metadata, where it has them (ids in
+    the vocabulary): the engine then takes them over finding tokens by their text, which stays the
+    fallback (engine/tokenizer.py). The end of text is EOT where the file has one (llama.cpp's
+    end-of-generation token, e.g. <|im_end|> or <EOT>), else EOS."""
+    n = len(f.require("tokenizer.ggml.tokens"))
+
+    def is_id(i) -> bool:
+        return isinstance(i, int) and 0 <= i < n
+
+    out = {}
+    for keys in FIM_KEYS:
+        ids = [f.get(k) for k in keys]
+        if all(map(is_id, ids)):
+            out["fim_token_ids"] = ids
+            break
+    eot = next((i for i in (f.get("tokenizer.ggml.eot_token_id"), f.get("tokenizer.ggml.eos_token_id")) if is_id(i)),
+               None)
+    if eot is not None:
+        out["eot_token_id"] = eot
+    return out
+
+
 def tokenizer_config(f: GGUFFile) -> dict:
     tokens = f.require("tokenizer.ggml.tokens")
 
@@ -282,7 +310,7 @@ def write_model_dir(path: Path, out: Path) -> Path:
     except (TypeError, ValueError) as e:
         raise ModelDirError(f"{path}: bad model config from the GGUF metadata: {e}") from e
     name = f.get("general.name") or path.stem
-    raw["code_assistant"] = {"format": FORMAT, "quantization": None, "name": name,
+    raw["code_assistant"] = {"format": FORMAT, "quantization": None, "name": name, **special_token_ids(f),
                              "converted_from": {"gguf": str(path), "file_type": f.get("general.file_type")}}
     out.mkdir(parents=True, exist_ok=True)
     tensors = hf_tensors(f, config)

@@ -288,13 +288,34 @@ def load_tokenizer_from_dir(model_dir: ModelDir | str | Path) -> Tokenizer:
             if not all(isinstance(i, int) and 0 <= i < model_dir.config.vocab_size for i in eos_ids):
                 raise ModelDirError(f"{model_dir.path / CONFIG_FILE}: eos_token_id {eos!r} is not a token id "
                                     f"below vocab_size {model_dir.config.vocab_size}")
-            tokenizer = load_hf_tokenizer(model_dir.path, eos_ids, max_vocab=model_dir.config.vocab_size)
+            fim_ids, eot_id = _given_special_ids(model_dir)
+            tokenizer = load_hf_tokenizer(model_dir.path, eos_ids, max_vocab=model_dir.config.vocab_size,
+                                          fim_ids=fim_ids, eot_id=eot_id)
     except TokenizerError as e:
         raise ModelDirError(str(e)) from e
     if tokenizer.n_vocab > model_dir.config.vocab_size:
         raise ModelDirError(f"{model_dir.path}: tokenizer has {tokenizer.n_vocab} tokens, the model only "
                             f"{model_dir.config.vocab_size}")
     return tokenizer
+
+
+def _given_special_ids(model_dir: ModelDir) -> tuple[tuple[int, int, int] | None, int | None]:
+    """The FIM (prefix, suffix, middle) and end-of-text ids config.json's code_assistant section
+    names (`fim_token_ids`, `eot_token_id`: a GGUF file's metadata, engine/gguf.py), or None each."""
+    own = model_dir.raw.get("code_assistant") or {}
+    fim, eot = own.get("fim_token_ids"), own.get("eot_token_id")
+    n = model_dir.config.vocab_size
+
+    def is_id(i) -> bool:
+        return isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n
+
+    if fim is not None and not (isinstance(fim, list) and len(fim) == 3 and all(map(is_id, fim))):
+        raise ModelDirError(f"{model_dir.path / CONFIG_FILE}: code_assistant.fim_token_ids {fim!r} must be three "
+                            f"token ids (prefix, suffix, middle) below vocab_size {n}")
+    if eot is not None and not is_id(eot):
+        raise ModelDirError(f"{model_dir.path / CONFIG_FILE}: code_assistant.eot_token_id {eot!r} is not a token id "
+                            f"below vocab_size {n}")
+    return (tuple(fim) if fim is not None else None), eot
 
 
 # ---- the whole model ----------------------------------------------------------------------------
