@@ -3,8 +3,9 @@
 A GGUF file becomes, once, a Hugging Face directory in a cache ($CODE_ASSISTANT_GGUF_CACHE, else
 ~/.cache/code-assistant/gguf): config.json from the file's `ARCH.*` metadata, read through the same
 family code as any downloaded config (engine/families.py); the tensors under the names
-transformers uses, dequantised with the `gguf` package (F16 and BF16 stay as they are; quantised
-types become float32, which holds a block's scale times its integer exactly); and tokenizer.json
+transformers uses, dequantised with the `gguf` package (F32, F16 and BF16 stay as they are;
+quantised types become float16, which halves float32's disk and moves a weight by at most 1/16
+of a Q8_0 step: see `GGUFFile.tensor`); and tokenizer.json
 built from `tokenizer.ggml.*`, with the FIM and end-of-text ids the metadata gives recorded in
 config.json (`code_assistant.fim_token_ids`, `eot_token_id`). From there the engine loads it as any
 other directory, int8 by default, so a Q4_K file costs what its float model costs once loaded.
@@ -53,6 +54,10 @@ FIM_KEYS = (("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.fim_suf_token_id
             ("tokenizer.ggml.prefix_token_id", "tokenizer.ggml.suffix_token_id", "tokenizer.ggml.middle_token_id"))
 
 
+CACHE_LAYOUT = "quantised-as-float16"
+FLOAT16_MAX = 65504.0
+
+
 def cache_dir() -> Path:
     if os.environ.get("CODE_ASSISTANT_GGUF_CACHE"):
         return Path(os.environ["CODE_ASSISTANT_GGUF_CACHE"])
@@ -63,7 +68,8 @@ def gguf_to_model_dir(path: Path) -> Path:
     """The model directory of a GGUF file, written once per file (its path, size and mtime)."""
     path = Path(path).resolve()
     stat = path.stat()
-    key = hashlib.sha256(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    # CACHE_LAYOUT in the key: a directory an older version wrote (float32) is not taken for this one's
+    key = hashlib.sha256(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{CACHE_LAYOUT}".encode()).hexdigest()[:16]
     out = cache_dir() / f"{path.stem[:60]}-{key}"
     if (out / CONFIG_FILE).is_file():
         return out
@@ -103,7 +109,11 @@ class GGUFFile:
         return value
 
     def tensor(self, name: str) -> torch.Tensor:
-        """A tensor in numpy's (row-major) order, F16/BF16 as they are, anything else float32."""
+        """A tensor in numpy's (row-major) order: F32, F16 and BF16 as they are; a quantised type
+        dequantised to float16 (float32 where a value is beyond float16's range). Float16 keeps 11
+        significant bits: a weight moves by at most 2^-11 of itself (by 2^-25 below 2^-14, where
+        float16 is subnormal): at most 1/16 of a Q8_0 step (its weights are at most 127 steps),
+        1/256 of a Q4_0 step; and a 0.5B Q4_K_M file's directory takes ~1 GB, not ~2 GB."""
         from gguf import GGMLQuantizationType, dequantize
 
         t = self.tensors.get(name)
@@ -118,7 +128,10 @@ class GGUFFile:
         if kind.name == "BF16":
             raw = np.array(t.data).view(np.int16).reshape(shape)
             return torch.from_numpy(raw).view(torch.bfloat16)
-        return torch.from_numpy(np.array(dequantize(t.data, kind), dtype=np.float32).reshape(shape))
+        values = np.array(dequantize(t.data, kind), dtype=np.float32).reshape(shape)
+        if kind.name == "F32" or not np.abs(values).max(initial=0.0) < FLOAT16_MAX:
+            return torch.from_numpy(values)
+        return torch.from_numpy(values.astype(np.float16))
 
 
 # ---- config -------------------------------------------------------------------------------------
