@@ -33,7 +33,9 @@ from .tokenizer import HF_TOKENIZER_FILE
 # GGUF architecture -> ours (engine/families.py). GGUF's `starcoder` is GPTBigCode.
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "starcoder2": "starcoder2", "gpt2": "gpt2",
                  "starcoder": "gpt_bigcode"}
-TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K")
+# Q4_1, Q5_0, Q5_1: besides their own files, what llama-quantize falls back to where a K-quant does not fit
+# (rows not a multiple of 256: Qwen2.5-0.5B's 896; its Q4_K_M file is mostly Q5_0 and Q8_0, a Q5_K_M Q5_1).
+TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
 
 # llama.cpp's pre-tokenizer regexes (src/llama-vocab.cpp), by `tokenizer.ggml.pre`.
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
