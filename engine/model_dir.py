@@ -23,8 +23,8 @@ from safetensors.torch import save_file
 
 from .families import FamilyError, config_from_hf, iter_ours, weight_rules
 from .model import ModelConfig, Transformer
-from .model_checks import (ModelDirError, check_int8_shapes, check_layer_count, check_tensor_shapes,
-                           read_checkpoint_headers, read_json_object, shard_path, validate_config)
+from .model_checks import (ModelDirError, check_int4_shapes, check_int8_shapes, check_layer_count,
+                           check_tensor_shapes, read_checkpoint_headers, read_json_object, shard_path, validate_config)
 from .tokenizer import (CODE_PAT_STR, HF_TOKENIZER_FILE, TOKENIZER_FILE, Tokenizer, TokenizerError, load_hf_tokenizer,
                         load_tokenizer, special_token_ids)
 
@@ -185,7 +185,11 @@ def _checked_checkpoint(model_dir: ModelDir) -> tuple[_Checkpoint, dict[str, tup
     checkpoint = _Checkpoint(model_dir.path)
     check_layer_count(model_dir.config, checkpoint.tensors, model_dir.path / CONFIG_FILE)
     expected = expected_shapes(model_dir.config)
-    if model_dir.int8:
+    if model_dir.int8 and model_dir.quantization.get("method") == "int4-group32":  # engine/quantize.py's INT4_METHOD
+        from .quantize import INT4_GROUP, INT4_PAD  # quantize.py imports this module
+
+        check_int4_shapes(expected, checkpoint.tensors, model_dir.path, SCALE_SUFFIX, INT4_GROUP, INT4_PAD)
+    elif model_dir.int8:
         check_int8_shapes(expected, _legacy_names(model_dir), checkpoint.tensors, model_dir.path, SCALE_SUFFIX)
     else:
         check_tensor_shapes(expected, weight_rules(model_dir.config, legacy=model_dir.legacy), checkpoint.tensors,
