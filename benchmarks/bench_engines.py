@@ -273,7 +273,7 @@ class LlamaServer:
         wait_ready(self.proc, self.url + "/health", self.log, "llama-server")
 
     def server_cpu_s(self) -> float:
-        """The server's threads' CPU time, in nanoseconds (schedstat; /proc/PID/stat counts 10 ms ticks)."""
+        """The server's threads' CPU seconds, from schedstat's nanoseconds (/proc/PID/stat counts 10 ms ticks)."""
         return sum(int((task / "schedstat").read_text().split()[0])
                    for task in Path(f"/proc/{self.proc.pid}/task").iterdir()) / 1e9
 
