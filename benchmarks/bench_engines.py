@@ -12,29 +12,52 @@ takes nothing else down. Commands are JSON lines:
 
 Every engine gets the same prompt token ids (ours builds them from the same text) and makes
 exactly `n` new tokens where it can (ours stops at an end-of-text token, as it does for users).
+
+Weights: `ours`, `ours-pytorch`: int8 per row; `ours-int4`: int4 groups of 32 (engine/quantize.py);
+`llama.cpp`: GGUF q8_0; `llama.cpp-q4_k_m`: GGUF Q4_K_M (llama-quantize). llama.cpp runs through
+llama-cpp-python where it is installed, else through the llama-server that scripts/build-llama-cpp.sh
+builds from the same llama.cpp source (one slot, token ids over loopback HTTP); the ready line says which.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-ENGINES = ("ours", "ours-pytorch", "transformers", "ctranslate2", "llama.cpp")
+ENGINES = ("ours", "ours-int4", "ours-pytorch", "transformers", "ctranslate2", "llama.cpp", "llama.cpp-q4_k_m")
+# The GGUF type each llama.cpp engine runs (benchmarks/bench_models.py's gguf_file makes it).
+GGUF_TYPES = {"llama.cpp": "q8_0", "llama.cpp-q4_k_m": "q4_k_m"}
 INSTALL = "pip install -e '.[bench-engines]' (llama-cpp-python builds from source: docs/engine.md)"
+
+
+def llama_server_binary() -> Path:
+    from .bench_models import LLAMA_CPP_HOME
+
+    return LLAMA_CPP_HOME / "bin" / "llama-server"
+
+
+def has_module(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
 
 
 def missing(engine: str) -> str | None:
     """Why `engine` cannot run here, or None."""
-    module = {"transformers": "transformers", "ctranslate2": "ctranslate2", "llama.cpp": "llama_cpp"}.get(engine)
-    if module is None:
+    if engine in GGUF_TYPES:
+        if has_module("llama_cpp") or llama_server_binary().is_file():
+            return None
+        return f"llama_cpp is not installed ({INSTALL}), nor is {llama_server_binary()} (scripts/build-llama-cpp.sh)"
+    module = {"transformers": "transformers", "ctranslate2": "ctranslate2"}.get(engine)
+    if module is None or has_module(module):
         return None
-    try:
-        __import__(module)
-    except ImportError:
-        return f"{module} is not installed ({INSTALL})"
-    return None
+    return f"{module} is not installed ({INSTALL})"
 
 
 def cpu_s() -> float:
@@ -57,7 +80,7 @@ def rss_mb() -> float:
 
 
 class Ours:
-    def __init__(self, artifacts: dict, threads: int, max_batch: int, kernels: bool = True):
+    def __init__(self, artifacts: dict, threads: int, max_batch: int, kernels: bool = True, quantize: str = "int8"):
         import torch
 
         from engine import CompletionInput, Engine, EngineConfig, SamplingParams
@@ -68,7 +91,7 @@ class Ours:
         # guard and drafts (speculative decoding: benchmarks/speculative_bench.py) off.
         config = EngineConfig(max_batch=max_batch, token_healing=False, cache_weight=0.0, stop_loops=False,
                               draft_tokens=0, kernels=kernels)
-        self.engine = Engine.load(artifacts["hf"], quantize="int8", config=config)
+        self.engine = Engine.load(artifacts["hf"], quantize=quantize, config=config)
 
     def generate(self, ids: list[int], text: str, n: int) -> dict:
         import threading
@@ -196,10 +219,12 @@ class CTranslate2:
 
 
 class LlamaCpp:
-    def __init__(self, artifacts: dict, threads: int, max_batch: int):
+    backend = "llama-cpp-python"
+
+    def __init__(self, gguf: str, context: int, threads: int):
         import llama_cpp
 
-        self.llm = llama_cpp.Llama(model_path=str(artifacts["gguf"]), n_ctx=artifacts["context"], n_threads=threads,
+        self.llm = llama_cpp.Llama(model_path=gguf, n_ctx=context, n_threads=threads,
                                    n_threads_batch=threads, n_batch=512, verbose=False)
 
     def generate(self, ids: list[int], text: str, n: int) -> dict:
@@ -222,13 +247,76 @@ class LlamaCpp:
         return {"tokens": count, "seconds": time.perf_counter() - start}
 
 
+class LlamaServer:
+    """llama.cpp's llama-server (scripts/build-llama-cpp.sh) on the GGUF: one slot, its default
+    threading, /completion with token ids, streamed, greedy, the end-of-text token ignored so that
+    it makes `n` tokens as llama-cpp-python's generate does. Its CPU time is the server process's."""
+
+    backend = "llama-server"
+
+    def __init__(self, gguf: str, context: int, threads: int):
+        import tempfile
+
+        import httpx
+
+        from .http_bench import free_port, wait_ready
+
+        self.httpx = httpx
+        self.log = Path(tempfile.mkdtemp(prefix="bench-llama-server-")) / "llama-server.log"
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [str(llama_server_binary()), "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-np", "1",
+             "-c", str(context), "-t", str(threads), "-tb", str(threads), "-b", "512", "--no-cache-prompt"],
+            stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
+        atexit.register(lambda: (self.proc.terminate(), self.proc.wait(timeout=30)))
+        wait_ready(self.proc, self.url + "/health", self.log, "llama-server")
+
+    def server_cpu_s(self) -> float:
+        """The server's threads' CPU seconds, from schedstat's nanoseconds (/proc/PID/stat counts 10 ms ticks)."""
+        return sum(int((task / "schedstat").read_text().split()[0])
+                   for task in Path(f"/proc/{self.proc.pid}/task").iterdir()) / 1e9
+
+    def generate(self, ids: list[int], text: str, n: int) -> dict:
+        """A token that ends inside a UTF-8 character is not streamed (the server waits for the rest):
+        it is counted from `tokens_predicted` and listed as -1."""
+        body = {"prompt": ids, "n_predict": n, "temperature": 0, "top_k": 1, "stream": True, "ignore_eos": True,
+                "cache_prompt": False}
+        start = time.perf_counter()
+        first, tokens = None, []
+        with self.httpx.stream("POST", self.url + "/completion", json=body, timeout=600) as response:
+            response.raise_for_status()
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                event = json.loads(line[6:])
+                if event.get("tokens") and first is None:
+                    first, cpu = time.perf_counter(), self.server_cpu_s()
+                held_back = event.get("tokens_predicted", 0) - len(tokens) - len(event.get("tokens") or [])
+                tokens += [-1] * max(0, held_back) + (event.get("tokens") or [])
+        return {"tokens": tokens, "ttft_s": first - start, "total_s": time.perf_counter() - start,
+                "decode_cpu_s": self.server_cpu_s() - cpu}
+
+    def streams(self, ids: list[list[int]], texts: list[str], n: int) -> dict:
+        """One after another, as for llama-cpp-python (the capacity benchmark runs its parallel slots)."""
+        start = time.perf_counter()
+        count = sum(len(self.generate(r, "", n)["tokens"]) for r in ids)
+        return {"tokens": count, "seconds": time.perf_counter() - start}
+
+    def rss(self) -> dict:
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines())
+        return {"rss_mb": round(int(status["VmRSS"].split()[0]) / 1024, 1),
+                "peak_rss_mb": round(int(status["VmHWM"].split()[0]) / 1024, 1)}
+
+
 def make(engine: str, artifacts: dict, threads: int, max_batch: int):
-    if engine == "ours":
-        return Ours(artifacts, threads, max_batch)
-    if engine == "ours-pytorch":
-        return Ours(artifacts, threads, max_batch, kernels=False)
-    return {"transformers": Transformers, "ctranslate2": CTranslate2, "llama.cpp": LlamaCpp}[engine](
-        artifacts, threads, max_batch)
+    if engine in ("ours", "ours-int4", "ours-pytorch"):
+        return Ours(artifacts, threads, max_batch, kernels=engine != "ours-pytorch",
+                    quantize="int4" if engine == "ours-int4" else "int8")
+    if engine in GGUF_TYPES:
+        runner = LlamaCpp if has_module("llama_cpp") else LlamaServer
+        return runner(artifacts[f"gguf-{GGUF_TYPES[engine]}"], artifacts["context"], threads)
+    return {"transformers": Transformers, "ctranslate2": CTranslate2}[engine](artifacts, threads, max_batch)
 
 
 def serve(engine: str, artifacts: dict, threads: int, max_batch: int) -> None:
@@ -236,7 +324,10 @@ def serve(engine: str, artifacts: dict, threads: int, max_batch: int) -> None:
     runner = make(engine, artifacts, threads, max_batch)
     out = sys.stdout
     sys.stdout = sys.stderr  # engines that print must not break the protocol
-    print(json.dumps({"ready": True, "rss_load_mb": round(rss_mb() - rss0, 1)}), file=out, flush=True)
+    own_rss = getattr(runner, "rss", None)  # an engine in a process of its own measures that one
+    load_mb = own_rss()["rss_mb"] if own_rss else rss_mb() - rss0
+    print(json.dumps({"ready": True, "rss_load_mb": round(load_mb, 1), "backend": getattr(runner, "backend", engine)}),
+          file=out, flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
         try:
@@ -245,7 +336,7 @@ def serve(engine: str, artifacts: dict, threads: int, max_batch: int) -> None:
             elif cmd["op"] == "streams":
                 reply = runner.streams(cmd["ids"], cmd["texts"], cmd["n"])
             elif cmd["op"] == "rss":
-                reply = {"rss_mb": round(rss_mb(), 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
+                reply = own_rss() if own_rss else {"rss_mb": round(rss_mb(), 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
             else:
                 reply = {"error": f"unknown op {cmd['op']!r}"}
         except Exception as e:  # reported to the driver, which records it beside the engine's numbers

@@ -2,9 +2,10 @@
 
 Every engine gets the same float weights: a Hugging Face directory (the shipped model exported
 with our own writer, or a random model of a named shape), converted once per machine into
-CTranslate2's int8 directory (its transformers converter) and llama.cpp's q8_0 GGUF
-(convert_hf_to_gguf.py from the llama-cpp-python source distribution, fetched with pip when it is
-not given). Artifacts are cached under the work directory.
+CTranslate2's int8 directory (its transformers converter) and llama.cpp's GGUF: q8_0 straight from
+convert_hf_to_gguf.py, Q4_K_M by llama-quantize from the converter's bf16 file (the converter and
+the binary from scripts/build-llama-cpp.sh's folder, else the converter from the llama-cpp-python
+source distribution, fetched with pip). Artifacts are cached under the work directory.
 """
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ from .hf_models import FAMILIES, QWEN_0_5B, save_random_model
 # Named models: the shipped one, and Qwen2.5-Coder-0.5B's shape with random weights (no hub here),
 # its 32,768 positions included (the paged pool holds what the streams use, not every context).
 SHAPES = {"qwen2-0.5b": (FAMILIES["qwen2"], QWEN_0_5B, 151936)}
+
+# scripts/build-llama-cpp.sh's output: src/ (the converter), bin/llama-quantize, bin/llama-server.
+LLAMA_CPP_HOME = Path(os.environ.get("LLAMA_CPP_HOME") or Path(os.environ.get("CODE_ASSISTANT_CACHE")
+                      or Path.home() / ".cache" / "code-assistant") / "llama.cpp-0.3.36")
 
 
 def hf_dir(name_or_path: str, work: Path) -> Path:
@@ -72,11 +77,13 @@ def ctranslate2_dir(hf: Path, work: Path) -> Path:
 
 
 def llama_cpp_source(work: Path) -> Path:
-    """llama.cpp's Python converter: $LLAMA_CPP_CONVERT_DIR, else the source distribution of the
-    installed llama-cpp-python (downloaded once with pip and unpacked under `work`)."""
+    """llama.cpp's Python converter: $LLAMA_CPP_CONVERT_DIR, else LLAMA_CPP_HOME/src, else the source
+    distribution of the installed llama-cpp-python (downloaded once with pip and unpacked under `work`)."""
     given = os.environ.get("LLAMA_CPP_CONVERT_DIR")
     if given:
         return Path(given)
+    if (LLAMA_CPP_HOME / "src" / "convert_hf_to_gguf.py").is_file():
+        return LLAMA_CPP_HOME / "src"
     import llama_cpp
 
     version = llama_cpp.__version__
@@ -112,20 +119,42 @@ runpy.run_path(src + "/convert_hf_to_gguf.py", run_name="__main__")
 """
 
 
-def gguf_file(hf: Path, work: Path, src: Path | None = None) -> Path:
-    """`hf` as q8_0 GGUF, made once with the converter in `src` (a llama.cpp tree; default
-    `llama_cpp_source`)."""
+def gguf_file(hf: Path, work: Path, src: Path | None = None, quant: str = "q8_0") -> Path:
+    """`hf` as GGUF, made once: q8_0 by the converter in `src` (a llama.cpp tree; default
+    `llama_cpp_source`), q4_k_m by LLAMA_CPP_HOME's llama-quantize from the converter's bf16 file
+    (lossless for bf16 weights; removed once quantised)."""
+    if quant not in ("q8_0", "q4_k_m"):
+        raise ValueError(f"no GGUF type {quant!r} here (q8_0, q4_k_m)")
     # hf_dir's exports are <work>/<model>/hf; a model directory given as it is names itself
-    out = work / (hf.parent.name if hf.name == "hf" else hf.name) / "model-q8_0.gguf"
-    if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        src = src or llama_cpp_source(work)
-        print(f"converting {hf} to GGUF q8_0", file=sys.stderr, flush=True)
+    out = work / (hf.parent.name if hf.name == "hf" else hf.name) / f"model-{quant}.gguf"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    src = src or llama_cpp_source(work)
+    quantize = LLAMA_CPP_HOME / "bin" / "llama-quantize"
+    if quant != "q8_0" and not quantize.is_file():
+        raise FileNotFoundError(f"no {quantize}: run scripts/build-llama-cpp.sh")
+    converted = out.with_suffix(".tmp") if quant == "q8_0" else out.with_name("model-bf16.gguf.tmp")
+    print(f"converting {hf} to GGUF {quant}", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-c", CONVERT, str(src), str(hf), "--outtype", "q8_0" if quant == "q8_0" else "bf16",
+                    "--outfile", str(converted)], check=True)
+    if quant != "q8_0":
         tmp = out.with_suffix(".tmp")
-        subprocess.run([sys.executable, "-c", CONVERT, str(src), str(hf), "--outtype", "q8_0", "--outfile", str(tmp)],
-                       check=True)
-        tmp.rename(out)
+        subprocess.run([str(quantize), str(converted), str(tmp), quant.upper(), str(os.cpu_count() or 1)], check=True,
+                       stdout=subprocess.DEVNULL)
+        converted.unlink()
+        converted = tmp
+    converted.rename(out)
     return out
+
+
+def gguf_weight_bytes(path: Path) -> int:
+    """Bytes of a GGUF's tensors one decode step reads: all of them, but the token embedding only
+    where it is also the head (no output.weight), since otherwise its rows are looked up."""
+    from gguf import GGUFReader
+
+    tensors = {t.name: int(t.n_bytes) for t in GGUFReader(str(path)).tensors}
+    return sum(n for name, n in tensors.items() if name != "token_embd.weight" or "output.weight" not in tensors)
 
 
 def describe(hf: Path) -> dict:

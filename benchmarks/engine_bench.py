@@ -4,16 +4,19 @@ For each model (the shipped one, a named random shape such as qwen2-0.5b, or a d
 engine runs in its own process on the same float weights, each with its own int8 scheme: ours
 (int8 weights with per-row scales, the compiled decode step; `ours-pytorch` is the same engine
 with the kernels off), transformers + torch's quantize_dynamic, CTranslate2 int8, llama.cpp q8_0
-(through llama-cpp-python). An engine that is not installed is skipped with the reason printed.
+(through llama-cpp-python, or llama-server where that is not installed); and 4-bit beside it:
+`ours-int4` (int4 groups of 32) and `llama.cpp-q4_k_m` (the same weights through llama-quantize).
+An engine that is not installed is skipped with the reason printed.
 Engines take turns on each prompt (A, B, C, D, A, B, ...) so that the load of a shared machine
 falls on all of them alike; medians are reported.
 
 Measured per model and thread count: batch-1 decode tokens/s (greedy, the time after the first
 token) and time to first token; aggregate tokens/s with many streams (each engine's own way:
 our continuous batching, batched generate, generate_batch, llama.cpp one request after another);
-resident memory of each engine's process. Beside them: the memory-bandwidth bound of batch-1
-decode (int8 weight bytes read per token / measured copy bandwidth). Writes engine_bench.json and
-engine_bench.png into --out and prints a Markdown table.
+resident memory of each engine's process. Beside them: each engine's memory-bandwidth bound of
+batch-1 decode (the bytes of its weights read per token / measured copy bandwidth: int8 for the
+int8 engines, our int4 layout, the GGUF's own tensors) and how near it gets. Writes
+engine_bench.json and engine_bench.png into --out and prints a Markdown table.
 """
 from __future__ import annotations
 
@@ -35,12 +38,14 @@ from engine.model_dir import load_tokenizer_from_dir, read_model_dir
 from engine.prompt import PromptBuilder
 
 from . import bench_engines
-from .bench_models import ctranslate2_dir, describe, gguf_file, hf_dir
+from .bench_models import ctranslate2_dir, describe, gguf_file, gguf_weight_bytes, hf_dir
 from .report import pyplot, write_json
 
 # Real Python to cut prompts from: the standard library, so the benchmark needs no data.
 PROMPT_SOURCES = ["json/decoder.py", "json/encoder.py", "email/utils.py", "argparse.py", "textwrap.py"]
 ROOT = Path(__file__).resolve().parents[1]
+# Engines compared head to head: batch-1 decode tokens/s of the first over the second, per prompt.
+RATIOS = (("ours-int4", "llama.cpp-q4_k_m"), ("ours", "llama.cpp"), ("ours-int4", "ours"))
 
 
 def code_prompts(n: int, chars: int) -> list[str]:
@@ -75,6 +80,25 @@ def int8_weight_bytes(hf_raw: dict) -> int:
     up = c.intermediate_size * (2 if c.mlp == "swiglu" else 1)
     per_layer = c.n_embd * qkv + c.n_head * c.head_dim * c.n_embd + c.n_embd * up + c.intermediate_size * c.n_embd
     return c.n_layer * per_layer + c.vocab_size * c.n_embd
+
+
+def int4_weight_bytes(hf_raw: dict) -> int:
+    """The same for our int4 layout (engine/quantize.py): per linear layer, half a byte a weight
+    and a float32 scale per 32, inputs padded to a multiple of 128; a tied head in int8 per row."""
+    from engine.quantize import INT4_GROUP, INT4_PAD
+
+    c = config_from_hf(hf_raw)
+
+    def linear(n_out: int, n_in: int) -> int:
+        padded = n_in + (-n_in % INT4_PAD)
+        return n_out * (padded // 2 + 4 * (padded // INT4_GROUP))
+
+    qkv = (c.n_head + 2 * c.n_kv_head) * c.head_dim
+    up = c.intermediate_size * (2 if c.mlp == "swiglu" else 1)
+    per_layer = (linear(qkv, c.n_embd) + linear(c.n_embd, c.n_head * c.head_dim) + linear(up, c.n_embd)
+                 + linear(c.n_embd, c.intermediate_size))
+    head = c.vocab_size * (c.n_embd + 4) if c.tie_embeddings else linear(c.vocab_size, c.n_embd)
+    return c.n_layer * per_layer + head
 
 
 def check_weights(model_dir: Path) -> None:
@@ -146,8 +170,9 @@ def bench_model(model: str, engines: list[str], threads_list: list[int], args, w
             try:
                 if engine == "ctranslate2":
                     artifacts["ctranslate2"] = ctranslate2_dir(hf, work)
-                elif engine == "llama.cpp":
-                    artifacts["gguf"] = gguf_file(hf, work)
+                elif engine in bench_engines.GGUF_TYPES:
+                    quant = bench_engines.GGUF_TYPES[engine]
+                    artifacts[f"gguf-{quant}"] = gguf_file(hf, work, quant=quant)
             except Exception as e:  # a converter that fails skips its engine, not the run
                 reason = f"conversion failed: {type(e).__name__}: {e}"
         if reason:
@@ -158,11 +183,20 @@ def bench_model(model: str, engines: list[str], threads_list: list[int], args, w
     wb = int8_weight_bytes(raw)
     report["bandwidth_bound"] = {"int8_weight_mb_per_token": round(wb / 2**20, 1),
                                  "tokens_per_s": round(bandwidth * 1e9 / wb, 1)}
+    report["bandwidth_bounds"] = {}  # each engine's own weight bytes
+    for engine in runnable:
+        quant = bench_engines.GGUF_TYPES.get(engine)
+        nbytes = (gguf_weight_bytes(artifacts[f"gguf-{quant}"]) if quant else
+                  int4_weight_bytes(raw) if engine == "ours-int4" else wb)
+        report["bandwidth_bounds"][engine] = {"weight_mb_per_token": round(nbytes / 2**20, 1),
+                                              "tokens_per_s": round(bandwidth * 1e9 / nbytes, 1)}
+    report["backends"] = {}
     for threads in threads_list:
         workers = {}
         for engine in runnable:
             print(f"{model}: starting {engine} ({threads} thread{'s' * (threads > 1)})", file=sys.stderr, flush=True)
             workers[engine] = Worker(engine, artifacts, threads, max(1, args.streams))
+            report["backends"][engine] = workers[engine].ready.get("backend", engine)
         first = {}
         for engine, w in workers.items():  # warm-up, and the first tokens each engine chooses
             text, ids = prompts[-1]
@@ -182,7 +216,14 @@ def bench_model(model: str, engines: list[str], threads_list: list[int], args, w
             entry[str(threads)] = {"decode_tokens_per_s": round(statistics.median(rates), 1),
                                    "decode_cpu_ms_per_token": round(statistics.median(decode_cpu_ms(r) for r in rs), 3),
                                    "ttft_ms": round(1e3 * statistics.median(r["ttft_s"] for r in rs), 1),
+                                   "share_of_bandwidth_bound": round(statistics.median(rates) / report[
+                                       "bandwidth_bounds"][engine]["tokens_per_s"], 3),
                                    "runs": [round(x, 1) for x in rates]}
+        for a, b in RATIOS:  # each prompt's pair of runs, one after the other
+            if a in runs and b in runs:
+                ratios = [decode_rate(x) / decode_rate(y) for x, y in zip(runs[a], runs[b])]
+                report.setdefault("decode_ratios", {}).setdefault(f"{a} / {b}", {})[str(threads)] = {
+                    "median": round(statistics.median(ratios), 3), "runs": [round(x, 3) for x in ratios]}
         if "ours" in first:  # same weights, so greedy starts alike until int8 rounding tips a near tie
             ours = first["ours"]["tokens"]
             report.setdefault("greedy_prefix_agreeing_with_ours", {})[str(threads)] = {
@@ -253,9 +294,20 @@ def table(report: dict) -> str:
         cells = [f"{max(r['peak_rss_mb'] for r in m['rss_mb'][e].values()):,.0f}" if e in m["rss_mb"] else "-"
                  for e in engines]
         lines.append(f"| {m['model']} | peak RSS, MB | " + " | ".join(cells) + " |")
-        lines.append(f"| {m['model']} | bandwidth bound (batch 1) | {m['bandwidth_bound']['tokens_per_s']:,.0f} tok/s "
-                     f"({m['bandwidth_bound']['int8_weight_mb_per_token']} MB/token at "
-                     f"{report['machine']['copy_bandwidth_gb_s']} GB/s) |" + " |" * (len(engines) - 1))
+        bounds = m.get("bandwidth_bounds", {})
+        cells = [f"{bounds[e]['tokens_per_s']:,.0f} tok/s ({bounds[e]['weight_mb_per_token']} MiB/token)" if e in bounds
+                 else "-" for e in engines]
+        lines.append(f"| {m['model']} | bandwidth bound, batch 1 (weights / {report['machine']['copy_bandwidth_gb_s']} "
+                     "GB/s) | " + " | ".join(cells) + " |")
+        for t in threads:
+            cells = [f"{m['batch1'][e][t]['share_of_bandwidth_bound']:.0%}"
+                     if "share_of_bandwidth_bound" in m["batch1"].get(e, {}).get(t, {}) else "-" for e in engines]
+            lines.append(f"| {m['model']} | batch 1, {t} thread{'s' * (t != '1')}: share of the bound | "
+                         + " | ".join(cells) + " |")
+        for pair, by_threads in m.get("decode_ratios", {}).items():
+            for t, r in sorted(by_threads.items(), key=lambda kv: int(kv[0])):
+                lines.append(f"| {m['model']} | {pair}, batch 1, {t} thread{'s' * (t != '1')}: decode speed ratio "
+                             f"(median of prompts) | {r['median']:.2f}x |" + " |" * (len(engines) - 1))
     return "\n".join(lines)
 
 
@@ -273,7 +325,10 @@ def plot(report: dict, path: Path) -> None:
             ax.bar([j + i * width for j in range(len(engines))],
                    [m["batch1"][e].get(t, {}).get("decode_tokens_per_s", 0) for e in engines], width=width,
                    label=f"{t} thread{'s' * (t != '1')}")
-        ax.axhline(m["bandwidth_bound"]["tokens_per_s"], ls="--", color="grey", label="memory-bandwidth bound")
+        ax.axhline(m["bandwidth_bound"]["tokens_per_s"], ls="--", color="grey", label="memory-bandwidth bound, int8")
+        if "ours-int4" in m.get("bandwidth_bounds", {}):
+            ax.axhline(m["bandwidth_bounds"]["ours-int4"]["tokens_per_s"], ls=":", color="grey",
+                       label="memory-bandwidth bound, our int4")
         ax.set_xticks([j + width * (len(threads) - 1) / 2 for j in range(len(engines))], engines, fontsize=8)
         ax.set_title(f"{m['model']}: batch-1 decode, tokens/s")
         ax.legend(fontsize=8)
@@ -282,7 +337,7 @@ def plot(report: dict, path: Path) -> None:
         ax.bar(names, [m["streams"][e]["tokens_per_s"] for e in names], color="tab:green")
         ax.set_title(f"{m['model']}: {report['settings']['streams']} streams, aggregate tokens/s", fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(f"same weights, int8 in each engine; {report['machine']['cpus']} CPUs, "
+    fig.suptitle(f"same weights, int8 (and 4-bit) in each engine; {report['machine']['cpus']} CPUs, "
                  f"load average {report['machine']['load_average_at_start']:.1f} at start")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -3,10 +3,12 @@
 A GGUF file becomes, once, a Hugging Face directory in a cache ($CODE_ASSISTANT_GGUF_CACHE, else
 ~/.cache/code-assistant/gguf): config.json from the file's `ARCH.*` metadata, read through the same
 family code as any downloaded config (engine/families.py); the tensors under the names
-transformers uses, dequantised with the `gguf` package (F16 and BF16 stay as they are; quantised
-types become float32, which holds a block's scale times its integer exactly); and tokenizer.json
-built from `tokenizer.ggml.*`. From there the engine loads it as any other directory, int8 by
-default, so a Q4_K file costs what its float model costs once loaded.
+transformers uses, dequantised with the `gguf` package (F32, F16 and BF16 stay as they are;
+quantised types become float16, which halves float32's disk and moves a weight by at most 1/16
+of a Q8_0 step: see `GGUFFile.tensor`); and tokenizer.json
+built from `tokenizer.ggml.*`, with the FIM and end-of-text ids the metadata gives recorded in
+config.json (`code_assistant.fim_token_ids`, `eot_token_id`). From there the engine loads it as any
+other directory, int8 by default, so a Q4_K file costs what its float model costs once loaded.
 
 What the converter (convert_hf_to_gguf.py) did to the tensors is undone here: Llama's q/k rows are
 permuted for llama.cpp's interleaved RoPE, GPT-2's Conv1D weights are transposed.
@@ -31,7 +33,9 @@ from .tokenizer import HF_TOKENIZER_FILE
 # GGUF architecture -> ours (engine/families.py). GGUF's `starcoder` is GPTBigCode.
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "starcoder2": "starcoder2", "gpt2": "gpt2",
                  "starcoder": "gpt_bigcode"}
-TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K")
+# Q4_1, Q5_0, Q5_1: besides their own files, what llama-quantize falls back to where a K-quant does not fit
+# (rows not a multiple of 256: Qwen2.5-0.5B's 896; its Q4_K_M file is mostly Q5_0 and Q8_0, a Q5_K_M Q5_1).
+TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
 
 # llama.cpp's pre-tokenizer regexes (src/llama-vocab.cpp), by `tokenizer.ggml.pre`.
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -46,6 +50,14 @@ PRE_TOKENIZERS = {
     "default": [GPT2_SPLIT],
 }
 CONTROL, USER_DEFINED, BYTE = 3, 4, 6   # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
+# Where a file names its fill-in-the-middle tokens (prefix, suffix, middle): llama.cpp's keys, then
+# the older ones (CodeLlama's early files). llama.cpp reads them the same way before it looks at text.
+FIM_KEYS = (("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.fim_mid_token_id"),
+            ("tokenizer.ggml.prefix_token_id", "tokenizer.ggml.suffix_token_id", "tokenizer.ggml.middle_token_id"))
+
+
+CACHE_LAYOUT = "quantised-as-float16"
+FLOAT16_MAX = 65504.0
 
 
 def cache_dir() -> Path:
@@ -58,7 +70,8 @@ def gguf_to_model_dir(path: Path) -> Path:
     """The model directory of a GGUF file, written once per file (its path, size and mtime)."""
     path = Path(path).resolve()
     stat = path.stat()
-    key = hashlib.sha256(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    # CACHE_LAYOUT in the key: a directory an older version wrote (float32) is not taken for this one's
+    key = hashlib.sha256(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{CACHE_LAYOUT}".encode()).hexdigest()[:16]
     out = cache_dir() / f"{path.stem[:60]}-{key}"
     if (out / CONFIG_FILE).is_file():
         return out
@@ -98,7 +111,11 @@ class GGUFFile:
         return value
 
     def tensor(self, name: str) -> torch.Tensor:
-        """A tensor in numpy's (row-major) order, F16/BF16 as they are, anything else float32."""
+        """A tensor in numpy's (row-major) order: F32, F16 and BF16 as they are; a quantised type
+        dequantised to float16 (float32 where a value is beyond float16's range). Float16 keeps 11
+        significant bits: a weight moves by at most 2^-11 of itself (by 2^-25 below 2^-14, where
+        float16 is subnormal): at most 1/16 of a Q8_0 step (its weights are at most 127 steps),
+        1/256 of a Q4_0 step; and a 0.5B Q4_K_M file's directory takes ~1 GB, not ~2 GB."""
         from gguf import GGMLQuantizationType, dequantize
 
         t = self.tensors.get(name)
@@ -113,7 +130,10 @@ class GGUFFile:
         if kind.name == "BF16":
             raw = np.array(t.data).view(np.int16).reshape(shape)
             return torch.from_numpy(raw).view(torch.bfloat16)
-        return torch.from_numpy(np.array(dequantize(t.data, kind), dtype=np.float32).reshape(shape))
+        values = np.array(dequantize(t.data, kind), dtype=np.float32).reshape(shape)
+        if kind.name == "F32" or not np.abs(values).max(initial=0.0) < FLOAT16_MAX:
+            return torch.from_numpy(values)
+        return torch.from_numpy(values.astype(np.float16))
 
 
 # ---- config -------------------------------------------------------------------------------------
@@ -258,6 +278,29 @@ def sentencepiece_merges(tokens: list[str], scores: list[float], types: list[int
     return [(left, right) for *_, left, right in merges]
 
 
+def special_token_ids(f: GGUFFile) -> dict:
+    """config.json's `fim_token_ids` and `eot_token_id` from the metadata, where it has them (ids in
+    the vocabulary): the engine then takes them over finding tokens by their text, which stays the
+    fallback (engine/tokenizer.py). The end of text is EOT where the file has one (llama.cpp's
+    end-of-generation token, e.g. <|im_end|> or <EOT>), else EOS."""
+    n = len(f.require("tokenizer.ggml.tokens"))
+
+    def is_id(i) -> bool:
+        return isinstance(i, int) and 0 <= i < n
+
+    out = {}
+    for keys in FIM_KEYS:
+        ids = [f.get(k) for k in keys]
+        if all(map(is_id, ids)):
+            out["fim_token_ids"] = ids
+            break
+    eot = next((i for i in (f.get("tokenizer.ggml.eot_token_id"), f.get("tokenizer.ggml.eos_token_id")) if is_id(i)),
+               None)
+    if eot is not None:
+        out["eot_token_id"] = eot
+    return out
+
+
 def tokenizer_config(f: GGUFFile) -> dict:
     tokens = f.require("tokenizer.ggml.tokens")
 
@@ -282,7 +325,7 @@ def write_model_dir(path: Path, out: Path) -> Path:
     except (TypeError, ValueError) as e:
         raise ModelDirError(f"{path}: bad model config from the GGUF metadata: {e}") from e
     name = f.get("general.name") or path.stem
-    raw["code_assistant"] = {"format": FORMAT, "quantization": None, "name": name,
+    raw["code_assistant"] = {"format": FORMAT, "quantization": None, "name": name, **special_token_ids(f),
                              "converted_from": {"gguf": str(path), "file_type": f.get("general.file_type")}}
     out.mkdir(parents=True, exist_ok=True)
     tensors = hf_tensors(f, config)

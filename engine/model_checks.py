@@ -306,6 +306,25 @@ def check_tensor_shapes(expected: dict[str, tuple[int, ...]], rules, tensors: di
                                 f"config.json implies {want if len(parts) == 1 else 'a part of ' + str(want)}")
 
 
+def check_int4_shapes(expected: dict[str, tuple[int, ...]], tensors: dict[str, TensorInfo], source: Path,
+                      scale_suffix: str, group: int, pad: int) -> None:
+    """int4 checkpoints (engine/quantize.py's layout): each linear weight packed two a byte, uint8
+    (out, padded_in / 2) with inputs padded to a multiple of `pad`, and a float scale per `group`
+    inputs; the embeddings int8 as check_int8_shapes says."""
+    embeddings = ("embed.weight", "pos_embed.weight")
+    packed = {n: (s[0], (s[1] + -s[1] % pad) // 2) for n, s in expected.items() if len(s) == 2 and n not in embeddings}
+    for name, want in packed.items():
+        info, scale = tensors.get(name), tensors.get(name + scale_suffix)
+        if info is None or info.shape != want or info.dtype != "U8":
+            found = "nothing" if info is None else f"{info.dtype} {info.shape}"
+            raise ModelDirError(f"{source}: int4 tensor {name} should be U8 {want}, found {found}")
+        want_scale = (want[0], 2 * want[1] // group)
+        if scale is None or scale.shape != want_scale or scale.dtype not in FLOAT_DTYPES:
+            found = "nothing" if scale is None else f"{scale.dtype} {scale.shape}"
+            raise ModelDirError(f"{source}: {name + scale_suffix} should be a float {want_scale}, found {found}")
+    check_int8_shapes({n: s for n, s in expected.items() if n not in packed}, {}, tensors, source, scale_suffix)
+
+
 def check_int8_shapes(expected: dict[str, tuple[int, ...]], stored_name: dict[str, str],
                       tensors: dict[str, TensorInfo], source: Path, scale_suffix: str) -> None:
     """int8 checkpoints (our names): each weight's shape, and an int8 weight has its per-row scale."""

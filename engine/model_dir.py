@@ -23,8 +23,8 @@ from safetensors.torch import save_file
 
 from .families import FamilyError, config_from_hf, iter_ours, weight_rules
 from .model import ModelConfig, Transformer
-from .model_checks import (ModelDirError, check_int8_shapes, check_layer_count, check_tensor_shapes,
-                           read_checkpoint_headers, read_json_object, shard_path, validate_config)
+from .model_checks import (ModelDirError, check_int4_shapes, check_int8_shapes, check_layer_count,
+                           check_tensor_shapes, read_checkpoint_headers, read_json_object, shard_path, validate_config)
 from .tokenizer import (CODE_PAT_STR, HF_TOKENIZER_FILE, TOKENIZER_FILE, Tokenizer, TokenizerError, load_hf_tokenizer,
                         load_tokenizer, special_token_ids)
 
@@ -185,7 +185,11 @@ def _checked_checkpoint(model_dir: ModelDir) -> tuple[_Checkpoint, dict[str, tup
     checkpoint = _Checkpoint(model_dir.path)
     check_layer_count(model_dir.config, checkpoint.tensors, model_dir.path / CONFIG_FILE)
     expected = expected_shapes(model_dir.config)
-    if model_dir.int8:
+    if model_dir.int8 and model_dir.quantization.get("method") == "int4-group32":  # engine/quantize.py's INT4_METHOD
+        from .quantize import INT4_GROUP, INT4_PAD  # quantize.py imports this module
+
+        check_int4_shapes(expected, checkpoint.tensors, model_dir.path, SCALE_SUFFIX, INT4_GROUP, INT4_PAD)
+    elif model_dir.int8:
         check_int8_shapes(expected, _legacy_names(model_dir), checkpoint.tensors, model_dir.path, SCALE_SUFFIX)
     else:
         check_tensor_shapes(expected, weight_rules(model_dir.config, legacy=model_dir.legacy), checkpoint.tensors,
@@ -288,13 +292,34 @@ def load_tokenizer_from_dir(model_dir: ModelDir | str | Path) -> Tokenizer:
             if not all(isinstance(i, int) and 0 <= i < model_dir.config.vocab_size for i in eos_ids):
                 raise ModelDirError(f"{model_dir.path / CONFIG_FILE}: eos_token_id {eos!r} is not a token id "
                                     f"below vocab_size {model_dir.config.vocab_size}")
-            tokenizer = load_hf_tokenizer(model_dir.path, eos_ids, max_vocab=model_dir.config.vocab_size)
+            fim_ids, eot_id = _given_special_ids(model_dir)
+            tokenizer = load_hf_tokenizer(model_dir.path, eos_ids, max_vocab=model_dir.config.vocab_size,
+                                          fim_ids=fim_ids, eot_id=eot_id)
     except TokenizerError as e:
         raise ModelDirError(str(e)) from e
     if tokenizer.n_vocab > model_dir.config.vocab_size:
         raise ModelDirError(f"{model_dir.path}: tokenizer has {tokenizer.n_vocab} tokens, the model only "
                             f"{model_dir.config.vocab_size}")
     return tokenizer
+
+
+def _given_special_ids(model_dir: ModelDir) -> tuple[tuple[int, int, int] | None, int | None]:
+    """The FIM (prefix, suffix, middle) and end-of-text ids config.json's code_assistant section
+    names (`fim_token_ids`, `eot_token_id`: a GGUF file's metadata, engine/gguf.py), or None each."""
+    own = model_dir.raw.get("code_assistant") or {}
+    fim, eot = own.get("fim_token_ids"), own.get("eot_token_id")
+    n = model_dir.config.vocab_size
+
+    def is_id(i) -> bool:
+        return isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n
+
+    if fim is not None and not (isinstance(fim, list) and len(fim) == 3 and all(map(is_id, fim))):
+        raise ModelDirError(f"{model_dir.path / CONFIG_FILE}: code_assistant.fim_token_ids {fim!r} must be three "
+                            f"token ids (prefix, suffix, middle) below vocab_size {n}")
+    if eot is not None and not is_id(eot):
+        raise ModelDirError(f"{model_dir.path / CONFIG_FILE}: code_assistant.eot_token_id {eot!r} is not a token id "
+                            f"below vocab_size {n}")
+    return (tuple(fim) if fim is not None else None), eot
 
 
 # ---- the whole model ----------------------------------------------------------------------------

@@ -69,20 +69,30 @@ class Tokenizer:
     special_ids: frozenset[int]    # ids plain text never produces; generating one ends a completion
     added_ids: frozenset[int]      # tokens added beside the BPE vocabulary (special or not)
 
-    def _find_specials(self, eos_ids: tuple[int, ...] = ()) -> None:
+    def _find_specials(self, eos_ids: tuple[int, ...] = (), fim_ids: tuple[int, int, int] | None = None,
+                       eot_id: int | None = None) -> None:
+        """The special ids by name; `fim_ids` and `eot_id`, where the model says them (a GGUF file's
+        metadata), win over the names."""
         def find(*names: str) -> int | None:
             return next((self.token_id(n) for n in names if self.token_id(n) is not None), None)
 
-        self.fim = next((FimTokens(style, *ids) for style, names in FIM_STYLES.items()
-                         if None not in (ids := tuple(self.token_id(n) for n in names))), None)
+        by_name = {style: ids for style, names in FIM_STYLES.items()
+                   if None not in (ids := tuple(self.token_id(n) for n in names))}
+        if fim_ids is not None:
+            style = next((style for style, ids in by_name.items() if ids == tuple(fim_ids)), "given")
+            self.fim = FimTokens(style, *fim_ids)
+        else:
+            self.fim = next((FimTokens(style, *ids) for style, ids in by_name.items()), None)
         self.file_sep_id = find(*FILE_SEPARATORS)
         self.repo_name_id = find(*REPO_NAMES)
         self.filename_id = find(*FILE_NAMES)
         # A stop name counts only as an added token: "</s>" may be plain text in a code vocabulary.
-        stops = [i for i in (self.token_id(n) for n in STOP_NAMES) if i in self.added_ids] + list(eos_ids)
+        stops = ([i for i in (self.token_id(n) for n in STOP_NAMES) if i in self.added_ids] + list(eos_ids)
+                 + ([eot_id] if eot_id is not None else []))
         if not stops:
             raise TokenizerError("the tokenizer has no end-of-text token (eos_token or <|endoftext|>)")
-        self.eot_id = self.token_id(EOT) if self.token_id(EOT) in self.added_ids else stops[0]
+        self.eot_id = (eot_id if eot_id is not None else
+                       self.token_id(EOT) if self.token_id(EOT) in self.added_ids else stops[0])
         self.special_ids = self.special_ids | frozenset(stops)
 
     # The ids the legacy trainer's FIM transform uses (training/fim.py).
@@ -193,7 +203,8 @@ class HFTokenizer(Tokenizer):
     """A `tokenizer.json`: byte-level BPE (GPT-2, StarCoder, Qwen, DeepSeek-Coder) or SentencePiece
     BPE with byte fallback (CodeLlama)."""
 
-    def __init__(self, spec: dict, eos_names: tuple[str, ...] = (), eos_ids: tuple[int, ...] = ()):
+    def __init__(self, spec: dict, eos_names: tuple[str, ...] = (), eos_ids: tuple[int, ...] = (),
+                 fim_ids: tuple[int, int, int] | None = None, eot_id: int | None = None):
         from tokenizers import Tokenizer as Backend
 
         text = json.dumps(spec)
@@ -214,7 +225,7 @@ class HFTokenizer(Tokenizer):
         self.bos_ids = with_specials[:with_specials.index(plain[0])] if plain and plain[0] in with_specials else []
         self._bytes: list[bytes] | None = None
         eos = tuple(i for i in (self.token_id(n) for n in eos_names) if i is not None) + tuple(eos_ids)
-        self._find_specials(eos)
+        self._find_specials(eos, fim_ids, eot_id)
 
     def token_id(self, name: str) -> int | None:
         return self._vocab.get(name)
@@ -333,11 +344,12 @@ def load_tokenizer(path: str | Path, pat_str: str = CODE_PAT_STR, name: str = "c
     return TiktokenTokenizer(make_encoding(name, read_ranks(path, max_vocab), pat_str))
 
 
-def load_hf_tokenizer(model_dir: str | Path, eos_ids: tuple[int, ...] = (), max_vocab: int | None = None
-                      ) -> HFTokenizer:
+def load_hf_tokenizer(model_dir: str | Path, eos_ids: tuple[int, ...] = (), max_vocab: int | None = None,
+                      fim_ids: tuple[int, int, int] | None = None, eot_id: int | None = None) -> HFTokenizer:
     """tokenizer.json of a Hugging Face directory, with the end-of-text names from
-    tokenizer_config.json / special_tokens_map.json and the ids config.json gives. `max_vocab`
-    (the model's vocab_size) bounds the file's size and its tokens before the tokenizer is built."""
+    tokenizer_config.json / special_tokens_map.json and the ids config.json gives (`fim_ids`,
+    `eot_id`: where the model names them by id, over the names). `max_vocab` (the model's
+    vocab_size) bounds the file's size and its tokens before the tokenizer is built."""
     model_dir = Path(model_dir)
     path = model_dir / HF_TOKENIZER_FILE
     if not path.is_file():
@@ -355,7 +367,7 @@ def load_hf_tokenizer(model_dir: str | Path, eos_ids: tuple[int, ...] = (), max_
     if max_vocab is not None and isinstance(vocab, (dict, list)) and len(vocab) > max_vocab:
         raise TokenizerError(f"{path} has {len(vocab)} tokens, the model only {max_vocab}")
     try:
-        return HFTokenizer(spec, eos_names, eos_ids)
+        return HFTokenizer(spec, eos_names, eos_ids, fim_ids, eot_id)
     except TokenizerError:
         raise
     except (TypeError, AttributeError, KeyError, ValueError, RecursionError) as e:

@@ -12,6 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from engine import Engine, EngineConfig
+from engine.hub import resolve_model
 from engine.model_dir import CONFIG_FILE, default_model_dir
 
 from .auth import KeyRing, load_api_keys
@@ -70,7 +71,8 @@ def create_app(settings: ServerSettings | None = None, engine: Engine | None = N
     model_dir = settings.model_dir or default_model_dir()
 
     def serve(loaded: Engine) -> None:
-        version = settings.model_version or model_version(Path(model_dir))
+        # the directory the engine read: a hub name, a GGUF file or an Ollama name resolved
+        version = settings.model_version or model_version(resolve_model(model_dir))
         state.service = CompletionService(loaded, state.cache, metrics, loaded.model_name, version)
         metrics.model_info.labels(loaded.model_name, version).set(1)
         if settings.workspace:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from benchmarks.hf_models import FAMILIES, TINY, save_random_model
-from engine import Engine, EngineConfig, SamplingParams
+from engine import CompletionInput, Engine, EngineConfig, SamplingParams
 from engine import kernels
 from engine.fast_decode import FastDecoder
 from engine.kv_cache import block_pool_layout
@@ -176,3 +176,24 @@ def test_eval_reports_bits_per_byte_as_the_engine_runs_int4(hf_dirs):
         assert results[weights]["weights"] == weights
     assert results["int4"]["bits_per_byte"] != results["int8"]["bits_per_byte"]  # the int4 weights did run
     assert abs(results["int4"]["bits_per_byte"] / results["int8"]["bits_per_byte"] - 1) < 0.1
+
+
+def test_an_int4_directory_serves_and_evaluates_as_the_source_does_at_load(tmp_path):
+    """128 inputs a row: the packed weights' headers (64 bytes a row) differ from the float shapes, and
+    the checks every loader runs on the headers take them as int4 (not as a broken int8 file)."""
+    shape = {**TINY, "hidden": 128, "intermediate": 256}
+    source = save_random_model(tmp_path / "qwen2-128", FAMILIES["qwen2"], shape)
+    assert cli("quantize", "--bits", "4", "--model", str(source), "--out", str(tmp_path / "int4")).returncode == 0
+    results = {}
+    for name, model in (("source", source), ("int4 directory", tmp_path / "int4")):
+        run = cli("eval", "--model", str(model), "--src", str(ROOT / "tests" / "data" / "heldout" / "toolz"),
+                  "--max-windows", "2", "--weights", "int4")
+        assert run.returncode == 0, run.stderr
+        results[name] = json.loads(run.stdout.strip().splitlines()[-1])["bits_per_byte"]
+    assert results["int4 directory"] == results["source"]  # the same integers, stored or made at load
+    engine = Engine.load(tmp_path / "int4", quantize="int4")
+    try:
+        out = engine.complete(CompletionInput("def add(a, b):\n    return ", params=SamplingParams(max_tokens=4)))
+    finally:
+        engine.close()
+    assert out.tokens > 0
