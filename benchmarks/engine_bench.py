@@ -235,10 +235,17 @@ def bench_model(model: str, engines: list[str], threads_list: list[int], args, w
                 # One request after another costs the same per token however many there are: 8 tell it.
                 sub = many if engine != "llama.cpp" else many[:min(8, len(many))]
                 r = w.ask(op="streams", ids=[ids for _, ids in sub], texts=[t for t, _ in sub], n=args.new_tokens)
+                # The same requests one after another, prompts included as in the streams: what
+                # batching gains (8 of them tell the per-request rate).
+                alone = [w.ask(op="generate", ids=ids, text=text, n=args.new_tokens) for text, ids in many[:8]]
+                sequential = sum(len(a["tokens"]) for a in alone) / sum(a["total_s"] for a in alone)
                 report["streams"][engine] = {"streams": len(many) if engine != "llama.cpp" else f"{len(sub)}, one by one",
                                              "tokens": r["tokens"], "seconds": round(r["seconds"], 2),
-                                             "tokens_per_s": round(r["tokens"] / r["seconds"], 1), "threads": threads}
-                print(f"{model}: {engine} {len(sub)} streams {r['tokens'] / r['seconds']:.0f} tok/s", file=sys.stderr, flush=True)
+                                             "tokens_per_s": round(r["tokens"] / r["seconds"], 1), "threads": threads,
+                                             "sequential_tokens_per_s": round(sequential, 1),
+                                             "gain_over_sequential": round(r["tokens"] / r["seconds"] / sequential, 2)}
+                print(f"{model}: {engine} {len(sub)} streams {r['tokens'] / r['seconds']:.0f} tok/s, one after another "
+                      f"{sequential:.0f} tok/s", file=sys.stderr, flush=True)
         for engine, w in workers.items():
             rss = w.ask(op="rss")
             report["rss_mb"].setdefault(engine, {})[str(threads)] = {"after_load": w.ready["rss_load_mb"], **rss}
@@ -290,6 +297,9 @@ def table(report: dict) -> str:
             cells = [f"{m['streams'][e]['tokens_per_s']:,.0f}" if e in m["streams"] else "-" for e in engines]
             n = next(iter(m["streams"].values()))
             lines.append(f"| {m['model']} | {report['settings']['streams']} streams, {n['threads']} threads: tok/s | "
+                         + " | ".join(cells) + " |")
+            cells = [f"{m['streams'][e]['gain_over_sequential']:.2f}x" if e in m["streams"] else "-" for e in engines]
+            lines.append(f"| {m['model']} | the streams against the same requests one after another | "
                          + " | ".join(cells) + " |")
         cells = [f"{max(r['peak_rss_mb'] for r in m['rss_mb'][e].values()):,.0f}" if e in m["rss_mb"] else "-"
                  for e in engines]
