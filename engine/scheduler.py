@@ -32,7 +32,7 @@ from .request import INTERNAL_ERROR, EngineBusy, Request
 from .runner import Runner
 
 log = logging.getLogger("engine")
-KERNEL_THREADS_GAIN = 1.3  # how much faster all threads must make a compiled step to be used
+SHORT_STEP_S = 0.002      # an 8-row compiled step shorter than this runs one thread
 PROBE_PROMPT = 128            # tokens of the prompt that times the compiled step against PyTorch's
 COMPILED_PREFILL_SLACK = 1.25  # how much slower the compiled step may be and still run prompts
 
@@ -163,28 +163,31 @@ class Scheduler:
         return chosen
 
     def _measure_kernel_threads(self) -> int:
-        """The thread count for the compiled decode step: all of them only where they make a step
-        of 8 rows clearly faster (KERNEL_THREADS_GAIN).
+        """The thread count for the compiled decode step: one where an 8-row step is short
+        (SHORT_STEP_S at one thread), else all of them.
 
         A helper thread of the C kernels' pool spins a while after each parallel region before it
         sleeps. For a small model the regions are short and far apart (Python runs between steps),
-        so the helper mostly spins, on a core the HTTP event loop needs: on the shipped model a
-        second thread cost a server at 17 requests/s 38 instead of 31 ms of CPU a request, and its
-        p95 latency rose. A 0.5B model's matmuls are long enough to gain from it.
+        so the helper mostly spins, on a core the HTTP event loop needs: on the shipped model (0.5 ms
+        an 8-row step) a second thread cost a server at 17 requests/s 38 instead of 31 ms of CPU a
+        request, and its p95 latency rose. A 0.5B model's step (75 ms) gains from the second thread
+        (42 ms). The step's length decides, not a race of one thread against all: timed while other
+        processes start beside it (the engine bench loads four engines at once), all threads lost
+        that race and a 0.5B engine ran at half speed for its whole life.
         """
         if self.threads <= 1 or self.runner.compiled is None:
             return self.threads
-        rows = min(8, self.config.max_batch)
+        rows = min(8, self.runner.compiled.max_rows)
         args = ([[0]] * rows, [[0]] * rows, [[NULL_BLOCK]] * rows)  # padding-like rows: the null block
-        best: dict[int, float] = {}
-        for n in (1, self.threads) * 5:
-            kernels.use_threads(n)
+        kernels.use_threads(1)
+        one = float("inf")
+        for _ in range(3):
             start = time.perf_counter()
             self.runner.forward(*args)
-            best[n] = min(best.get(n, float("inf")), time.perf_counter() - start)
-        chosen = self.threads if best[1] > KERNEL_THREADS_GAIN * best[self.threads] else 1
-        log.info("scheduler thread: the compiled step runs %d thread(s) (8 rows: %s)", chosen,
-                 ", ".join(f"{n} thread(s) {t * 1e3:.2f} ms" for n, t in best.items()))
+            one = min(one, time.perf_counter() - start)
+        chosen = 1 if one < SHORT_STEP_S else self.threads
+        log.info("scheduler thread: the compiled step runs %d thread(s) (%d rows at one thread: %.2f ms)",
+                 chosen, rows, one * 1e3)
         return chosen
 
     def _measure_compiled_prefill(self) -> None:
