@@ -236,7 +236,10 @@ def test_cpu_image_serves_as_user_10001_and_drains_on_docker_stop(docker_env, im
     # Without the loop guard and drafts the shipped model's greedy text runs to max_tokens a token a
     # step: requests long enough to be in flight when the container is stopped.
     docker_cmd(docker_env, "run", "-d", "--network", "host", "--name", name, IMAGE,
-               "serve", "--host", "127.0.0.1", "--port", str(port), "--no-stop-loops", "--draft-tokens", "0")
+               "serve", "--host", "127.0.0.1", "--port", str(port), "--no-stop-loops", "--draft-tokens", "0",
+               # 48 requests for 32 batch slots: the 16 waiting would be shed (429) after 500 ms;
+               # here every one must be drained, queued ones included (shedding: tests/http_api/test_overload.py)
+               "--max-queue-wait-ms", "0")
     try:
         deadline = time.monotonic() + 120
         while True:
