@@ -216,14 +216,18 @@ static void parallel_for(int64_t n_chunks, chunk_fn fn, void *ctx, int64_t n_thr
 }
 
 /* ---- activation quantization: the PyTorch fallback must match this exactly ---- */
+/* One row's scale, int8 and int4 alike: max|x| / 127, at least 1e-12. */
+static float row_scale(const float *r, int64_t K) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < K; i++) { float a = fabsf(r[i]); amax = a > amax ? a : amax; }
+    const float s = amax / 127.0f;
+    return s < 1e-12f ? 1e-12f : s;
+}
+
 static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t stride, uint8_t *xu, int64_t Kp, float *sx) {
     for (int64_t m = 0; m < M; m++) {
         const float *r = x + m * K;
-        float amax = 0.0f;
-        for (int64_t i = 0; i < K; i++) { float a = fabsf(r[i]); amax = a > amax ? a : amax; }
-        float s = amax / 127.0f;
-        if (s < 1e-12f) s = 1e-12f;
-        sx[m] = s;
+        const float s = sx[m] = row_scale(r, K);
         uint8_t *o = xu + m * stride;
         for (int64_t i = 0; i < K; i++) {
             float q = nearbyintf(r[i] / s);
@@ -427,11 +431,7 @@ static void quantize_rows_int4(const float *x, int64_t M, int64_t K, int64_t Kp,
     const int64_t G = Kp / 32;
     for (int64_t m = 0; m < M; m++) {
         const float *r = x + m * K;
-        float amax = 0.0f;
-        for (int64_t i = 0; i < K; i++) { float a = fabsf(r[i]); amax = a > amax ? a : amax; }
-        float s = amax / 127.0f;
-        if (s < 1e-12f) s = 1e-12f;
-        sx[m] = s;
+        const float s = sx[m] = row_scale(r, K);
         int8_t *o = xq + m * Kp;
         int32_t *xs = xsum8 + m * G * 4;
         for (int64_t g = 0; g < G; g++) {

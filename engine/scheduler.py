@@ -201,8 +201,8 @@ class Scheduler:
         prompt runs faster in PyTorch's blocked matmuls and stays there.
         """
         runner = self.runner
-        if runner.compiled is None or self.block_size < PROBE_PROMPT:
-            return
+        if runner.compiled is None or self.block_size < PROBE_PROMPT or PROBE_PROMPT > runner.compiled.max_rows:
+            return  # a step this wide runs in PyTorch anyway (FastDecoder.max_rows): nothing to compare
         prompt = [list(range(1, PROBE_PROMPT + 1))]
         args = (prompt, [list(range(PROBE_PROMPT))], [[NULL_BLOCK] * self.pool.blocks_for(PROBE_PROMPT)])
         best: dict[int, float] = {}
