@@ -21,6 +21,7 @@ import torch
 
 from .cache_model import CacheModel
 from .config import EngineConfig
+from .fast_decode import FastDecoder
 from .inputs import CompletionInput, ContextFile
 from .kv_cache import BlockPool, KVCache
 from .mailbox import ChunkMailbox
@@ -70,8 +71,10 @@ class Engine:
         self.model_name = model_name
         c = model.config
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        kv_int8 = cfg.kv_int8 if cfg.kv_int8 is not None else (
+            cfg.kernels and FastDecoder.unavailable(model, self.device) is None)
         self.cache = KVCache.sized(cfg.kv_cache_mb, c.n_layer, cfg.kv_block_tokens, c.n_kv_head, c.head_dim,
-                                   dtype=dtype, device=self.device, int8=cfg.kv_int8, kernel=cfg.kernels)
+                                   dtype=dtype, device=self.device, int8=kv_int8, kernel=cfg.kernels)
         self.pool = BlockPool(self.cache.n_blocks, cfg.kv_block_tokens)
         # The longest sequence the engine runs: the model's positions, or the pool when smaller.
         self._context_length = min(c.block_size, (self.pool.n_blocks - 1) * cfg.kv_block_tokens)

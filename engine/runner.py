@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from . import kernels
 from .fast_decode import MAX_QUERIES, FastDecoder
 from .kv_cache import KVCache
 from .model import Transformer
@@ -25,6 +26,9 @@ class Runner:
         # Rows of up to this many new tokens run compiled: decode steps always, prompts too where
         # the scheduler measured the compiled step no slower for them (Scheduler._measure_compiled_prefill).
         self.max_queries = MAX_QUERIES
+        # The C kernels' threads: `threads` for a forward of at least `all_threads_from` new tokens,
+        # one for a shorter one (Scheduler._measure_kernel_threads sets both).
+        self.threads, self.all_threads_from = 1, 1
         self.compiled: FastDecoder | None = None
         reason = "EngineConfig.kernels is False" if not kernels else FastDecoder.unavailable(model, device)
         if reason is None:
@@ -41,6 +45,7 @@ class Runner:
         B rows of T token ids at `positions` (row b: its sequence's blocks tables[b], its first
         n_real[b] tokens real); their keys and values go into the pool."""
         compiled = self.compiled
+        kernels.use_threads(self.threads if len(idx) * len(idx[0]) >= self.all_threads_from else 1)
         if compiled is not None and len(idx[0]) <= self.max_queries and len(idx) * len(idx[0]) <= compiled.max_rows:
             return compiled.forward(idx, positions, self._layout, tables, n_real, last_only)
         positions_t = torch.tensor(positions, device=self.device)

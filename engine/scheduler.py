@@ -14,6 +14,7 @@ The ladder: `admit` -> `prefill` -> `decode_step` -> `verify` -> Output.choose /
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -32,7 +33,8 @@ from .request import INTERNAL_ERROR, EngineBusy, Request
 from .runner import Runner
 
 log = logging.getLogger("engine")
-SHORT_STEP_S = 0.002      # an 8-row compiled step shorter than this runs one thread
+SHORT_STEP_S = 0.002      # a compiled step shorter than this (at one thread) runs one thread
+PROBE_POSITION = 255      # where the rows of the step that times the compiled step sit: a history to attend to
 PROBE_PROMPT = 128            # tokens of the prompt that times the compiled step against PyTorch's
 COMPILED_PREFILL_SLACK = 1.25  # how much slower the compiled step may be and still run prompts
 
@@ -111,7 +113,7 @@ class Scheduler:
         threads = self.threads
         try:
             threads = self._measure_pytorch_threads()
-            kernels.use_threads(self._measure_kernel_threads())
+            self._measure_kernel_threads()
             self._measure_compiled_prefill()
         except Exception:  # a model that cannot run a plain forward fails its requests, not here
             log.exception("measuring the scheduler's threads failed; keeping %d", self.threads)
@@ -162,33 +164,38 @@ class Scheduler:
                  ", ".join(f"{n} thread(s) {t * 1e3:.1f} ms" for n, t in best.items()))
         return chosen
 
-    def _measure_kernel_threads(self) -> int:
-        """The thread count for the compiled decode step: one where an 8-row step is short
-        (SHORT_STEP_S at one thread), else all of them.
+    def _measure_kernel_threads(self) -> None:
+        """The compiled step's thread count by its size: one thread for a step shorter than
+        SHORT_STEP_S at one thread, all of them from the token count where it is not.
 
         A helper thread of the C kernels' pool spins a while after each parallel region before it
-        sleeps. For a small model the regions are short and far apart (Python runs between steps),
-        so the helper mostly spins, on a core the HTTP event loop needs: on the shipped model (0.5 ms
-        an 8-row step) a second thread cost a server at 17 requests/s 38 instead of 31 ms of CPU a
-        request, and its p95 latency rose. A 0.5B model's step (75 ms) gains from the second thread
-        (42 ms). The step's length decides, not a race of one thread against all: timed while other
-        processes start beside it (the engine bench loads four engines at once), all threads lost
-        that race and a 0.5B engine ran at half speed for its whole life.
+        sleeps. For short steps far apart (Python runs between them) the helper mostly spins, on a
+        core the HTTP event loop needs: on the shipped model (0.5 ms an 8-row step) a second thread
+        cost a server at 17 requests/s 38 instead of 31 ms of CPU a request, and its p95 latency
+        rose. A long step gains from the second thread: a 0.5B model's 8-row step (75 ms at one
+        thread, 42 at two), and the shipped model's 32-row steps of many streams. So an 8-row step
+        at one thread, its rows with PROBE_POSITION positions of history, gives the time a token; the
+        runner uses every thread for steps of at least SHORT_STEP_S's worth of tokens. Timed at
+        one thread, not raced against all: timed while other processes start beside it (the engine
+        bench loads four engines at once), all threads lost that race and a 0.5B engine ran at half
+        speed for its whole life.
         """
+        self.runner.threads = self.threads
         if self.threads <= 1 or self.runner.compiled is None:
-            return self.threads
+            return
         rows = min(8, self.runner.compiled.max_rows)
-        args = ([[0]] * rows, [[0]] * rows, [[NULL_BLOCK]] * rows)  # padding-like rows: the null block
-        kernels.use_threads(1)
+        position = min(PROBE_POSITION, self.block_size - 1)
+        tables = [[NULL_BLOCK] * self.pool.blocks_for(position + 1)] * rows  # padding-like rows: the null block
+        args = ([[0]] * rows, [[position]] * rows, tables)
+        self.runner.all_threads_from = 1 << 30
         one = float("inf")
         for _ in range(3):
             start = time.perf_counter()
             self.runner.forward(*args)
             one = min(one, time.perf_counter() - start)
-        chosen = 1 if one < SHORT_STEP_S else self.threads
-        log.info("scheduler thread: the compiled step runs %d thread(s) (%d rows at one thread: %.2f ms)",
-                 chosen, rows, one * 1e3)
-        return chosen
+        self.runner.all_threads_from = max(1, math.ceil(SHORT_STEP_S / one * rows))
+        log.info("scheduler thread: the compiled step runs %d threads from %d tokens, else one (%d rows at one "
+                 "thread: %.2f ms)", self.threads, self.runner.all_threads_from, rows, one * 1e3)
 
     def _measure_compiled_prefill(self) -> None:
         """Prefill through the compiled step too where it is no slower than PyTorch's forward
