@@ -36,7 +36,7 @@ MIN_PROMPT_TOKENS = 4  # what a request keeps whatever it asks to generate
 # and at least MIN_SUFFIX_TOKENS (the next few lines, where what closes the middle is).
 FIRST_CHUNK_S = 0.4
 SUFFIX_PREFILL_S = FIRST_CHUNK_S / 4
-MIN_SUFFIX_TOKENS = 32
+MIN_SUFFIX_TOKENS = 16
 CUT_SHARE = 4          # the prefix's cut moves on ~1/CUT_SHARE of the context at a time; see PromptBuilder.cut
 TOKENS_PER_LINE = 8    # of code, roughly: turns the stride into a spacing of cut lines (see PromptBuilder.cut)
 ANCHOR_TOKENS = 8      # the tokens after a line break that decide whether a prefix may be cut there
