@@ -80,7 +80,10 @@ def suffix_budget(prefill_tokens_per_s: float | None, context_tokens: int) -> in
     prefills within FIRST_CHUNK_S."""
     if not prefill_tokens_per_s or context_tokens <= prefill_tokens_per_s * FIRST_CHUNK_S:
         return 0
-    return max(MIN_SUFFIX_TOKENS, int(prefill_tokens_per_s * SUFFIX_PREFILL_S))
+    # In steps of MIN_SUFFIX_TOKENS: a timing a little off on a busy machine keeps the same budget,
+    # so the same editor's prompts stay the same from one start of the server to the next.
+    steps = int(prefill_tokens_per_s * SUFFIX_PREFILL_S) // MIN_SUFFIX_TOKENS
+    return max(1, steps) * MIN_SUFFIX_TOKENS
 
 
 def fim_ids(fim: FimTokens, prefix: list[int], suffix: list[int], spm: bool = False) -> list[int]:
