@@ -37,6 +37,10 @@ class EngineConfig:
     # Prompt tokens a request may use at most (0: the model's whole context): bounds prefill time
     # for models with long contexts.
     context_tokens: int = 0
+    # Suffix tokens a fill-in-the-middle prompt keeps at most (0: what this machine prefills in
+    # engine/prompt.py's SUFFIX_PREFILL_S, timed when the engine starts): the suffix follows the
+    # prefix's changing end, so it is prefilled again at every keystroke.
+    suffix_tokens: int = 0
     # Weight of the per-request n-gram cache model mixed into decoding (engine/cache_model.py) when
     # SamplingParams.cache_weight is None; 0 turns it off.
     cache_weight: float = DEFAULT_WEIGHT
@@ -53,6 +57,8 @@ class EngineConfig:
     def check(self) -> None:
         if self.max_batch < 1 or self.max_queue < 0 or self.max_queue_wait_ms < 0:
             raise ValueError("EngineConfig needs max_batch >= 1, max_queue >= 0 and max_queue_wait_ms >= 0")
+        if self.context_tokens < 0 or self.suffix_tokens < 0:
+            raise ValueError("EngineConfig needs context_tokens >= 0 and suffix_tokens >= 0")
         if self.kv_block_tokens < 1 or self.kv_cache_mb <= 0 or self.draft_tokens < 0 or self.prefill_chunk < 1:
             raise ValueError("EngineConfig needs kv_block_tokens >= 1, kv_cache_mb > 0, draft_tokens >= 0 "
                              "and prefill_chunk >= 1")

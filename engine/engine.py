@@ -28,7 +28,8 @@ from .mailbox import ChunkMailbox
 from .model import Transformer
 from .model_dir import default_model_dir, load_model_dir, load_tokenizer_from_dir
 from .output import Output
-from .prompt import PromptBuilder
+from .prefill_rate import prefill_tokens_per_s
+from .prompt import PromptBuilder, suffix_budget
 from .request import INTERNAL_ERROR, Chunk, Completion, EngineBusy, EngineError, LogitsProcessor, Request
 from .request_setup import RequestSetup
 from .runner import Runner
@@ -78,7 +79,9 @@ class Engine:
         self.pool = BlockPool(self.cache.n_blocks, cfg.kv_block_tokens)
         # The longest sequence the engine runs: the model's positions, or the pool when smaller.
         self._context_length = min(c.block_size, (self.pool.n_blocks - 1) * cfg.kv_block_tokens)
-        self.prompts = PromptBuilder(tokenizer, self._context_length, cfg.context_tokens)
+        context = min(cfg.context_tokens or self._context_length, self._context_length)
+        suffix_tokens = cfg.suffix_tokens or suffix_budget(prefill_tokens_per_s(self.model, self.device), context)
+        self.prompts = PromptBuilder(tokenizer, self._context_length, cfg.context_tokens, suffix_tokens)
         self.setup = RequestSetup(tokenizer, self.prompts, cfg)
         self.runner = Runner(self.model, self.cache, self.device, cfg.kernels)
         self.output = Output(tokenizer, c.block_size, self.device)

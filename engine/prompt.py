@@ -30,7 +30,14 @@ COMMENT_OF_SUFFIX = {ext: marker for marker, exts in LINE_COMMENTS.items() for e
 FILES_SHARE = 3        # neighbouring files take at most 1/FILES_SHARE of the prompt budget
 SUFFIX_SHARE = 4       # the suffix takes at most 1/SUFFIX_SHARE of the rest when the prefix is long
 MIN_PROMPT_TOKENS = 4  # what a request keeps whatever it asks to generate
-MAX_STRIDE = 256       # tokens; see PromptBuilder.build
+# The suffix follows the prefix's changing end, so its tokens are prefilled again at every keystroke.
+# Where the whole context prefills within FIRST_CHUNK_S (an interactive wait for the first text),
+# that costs nothing worth a limit; elsewhere the suffix keeps what prefills in a quarter of it,
+# and at least MIN_SUFFIX_TOKENS (the next few lines, where what closes the middle is).
+FIRST_CHUNK_S = 0.4
+SUFFIX_PREFILL_S = FIRST_CHUNK_S / 4
+MIN_SUFFIX_TOKENS = 16
+CUT_SHARE = 4          # the prefix's cut moves on ~1/CUT_SHARE of the context at a time; see PromptBuilder.cut
 TOKENS_PER_LINE = 8    # of code, roughly: turns the stride into a spacing of cut lines (see PromptBuilder.cut)
 ANCHOR_TOKENS = 8      # the tokens after a line break that decide whether a prefix may be cut there
 # The repository's name in layouts that start with one: front ends send paths relative to the
@@ -67,6 +74,18 @@ def suffix_room(prefix_length: int, suffix_length: int, room: int) -> int:
     return min(suffix_length, share if prefix_length > room - share else room - prefix_length)
 
 
+def suffix_budget(prefill_tokens_per_s: float | None, context_tokens: int) -> int:
+    """Suffix tokens a FIM prompt keeps at most on a machine that prefills this many tokens a
+    second, in a `context_tokens` window; 0 (no limit) where that is unknown or the whole window
+    prefills within FIRST_CHUNK_S."""
+    if not prefill_tokens_per_s or context_tokens <= prefill_tokens_per_s * FIRST_CHUNK_S:
+        return 0
+    # In steps of MIN_SUFFIX_TOKENS: a timing a little off on a busy machine keeps the same budget,
+    # so the same editor's prompts stay the same from one start of the server to the next.
+    steps = int(prefill_tokens_per_s * SUFFIX_PREFILL_S) // MIN_SUFFIX_TOKENS
+    return max(1, steps) * MIN_SUFFIX_TOKENS
+
+
 def fim_ids(fim: FimTokens, prefix: list[int], suffix: list[int], spm: bool = False) -> list[int]:
     """Prefix and suffix ids in the fill-in-the-middle layout; the middle follows. PSM (what serving
     builds): <prefix> P <suffix> S <middle>; SPM (Bavarian et al. 2022, variant 2, a training
@@ -86,10 +105,11 @@ def comment_marker(path: str | None) -> str:
 class PromptBuilder:
     """Token ids of a completion prompt for one model."""
 
-    def __init__(self, tokenizer: Tokenizer, block_size: int, context_tokens: int = 0):
+    def __init__(self, tokenizer: Tokenizer, block_size: int, context_tokens: int = 0, suffix_tokens: int = 0):
         self.tokenizer, self.block_size = tokenizer, block_size
         self.context_tokens = min(context_tokens or block_size, block_size)
-        self.stride = max(1, min(self.block_size // 8, MAX_STRIDE))
+        self.suffix_tokens = suffix_tokens  # the most a FIM prompt's suffix keeps (0: what suffix_room gives)
+        self.stride = max(1, self.context_tokens // CUT_SHARE)
         self.cut_every = max(1, self.stride // TOKENS_PER_LINE)
         self._line_breaks: frozenset[int] | None = None  # ids of tokens that hold a line break
 
@@ -108,6 +128,10 @@ class PromptBuilder:
         pre = t.encode_continuation(prompt) if inside else t.encode(prompt)
         suf = t.encode_continuation(suffix) if fim else []
         keep_suf = suffix_room(len(pre), len(suf), room)
+        if 0 < self.suffix_tokens < keep_suf:
+            # The prefix's cut reckons with the whole budget, not the lines kept of it: these vary
+            # from keystroke to keystroke, and the cut would move back and forth with them.
+            keep_suf, suf = self.suffix_tokens, suf[:self.suffix_end(suf, self.suffix_tokens)]
         pre = pre[self.cut(pre, room - keep_suf):]
         if fim is None:
             return t.bos_ids + before + inside + pre or [t.eot_id]
@@ -123,8 +147,14 @@ class PromptBuilder:
         and nothing could be reused. A line chosen by its content is chosen again while the user
         types on (until the rest outgrows the budget, then the next chosen line is), whatever the
         window's start, so consecutive prompts share their first tokens and the KV pool reuses
-        their blocks. Without such a line in reach (a minified line, a budget below one line),
-        the cut falls on a multiple of the stride from the first token.
+        their blocks. Each move recomputes the whole prompt; chosen lines lie ~`stride` tokens
+        apart (a quarter of the context), so that happens once in that many typed tokens.
+
+        Where no chosen line is in reach (they are one in `cut_every` on average, so gaps of many
+        more happen), one line in cut_every/2 is chosen, then one in cut_every/4, and so on: the
+        first line start alone would move the cut at every line typed. Without any line start in
+        reach (a minified line, a budget below one line), the cut falls on a multiple of the
+        stride from the first token.
         """
         over = len(ids) - budget
         if over <= 0:
@@ -132,12 +162,22 @@ class PromptBuilder:
         breaks = self.line_breaks()
         reach = range(over, min(len(ids) - ANCHOR_TOKENS, over + budget // 2))
         line_starts = [start for start in reach if ids[start - 1] in breaks]
-        for start in line_starts:
-            if hash(tuple(ids[start:start + ANCHOR_TOKENS])) % self.cut_every == 0:
-                return start
-        if line_starts:
-            return line_starts[0]
-        return _aligned_start(len(ids), budget, self.stride)
+        if not line_starts:
+            return _aligned_start(len(ids), budget, self.stride)
+        anchors = [hash(tuple(ids[start:start + ANCHOR_TOKENS])) for start in line_starts]
+        every = self.cut_every
+        while every > 1:
+            for start, anchor in zip(line_starts, anchors):
+                if anchor % every == 0:
+                    return start
+            every //= 2
+        return line_starts[0]
+
+    def suffix_end(self, ids: list[int], most: int) -> int:
+        """How many of a suffix's `ids` to keep for at most `most`: through the last line break
+        among them, or all `most` where the first line alone is longer."""
+        breaks = self.line_breaks()
+        return next((end for end in range(min(most, len(ids)), 0, -1) if ids[end - 1] in breaks), min(most, len(ids)))
 
     def line_breaks(self) -> frozenset[int]:
         if self._line_breaks is None:

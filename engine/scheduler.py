@@ -284,6 +284,11 @@ class Scheduler:
         """Admit waiting requests, oldest first, while the batch and the pool have room."""
         while self.waiting and len(self.running) < self.config.max_batch:
             request = self.waiting[0]
+            if request.cancelled.is_set():  # superseded (or gone) during the prefill before it
+                with self.lock:
+                    self.waiting.popleft()
+                self._drop(request)
+                continue
             table = self._place(request)
             if table is None:
                 if self.running:
@@ -325,6 +330,10 @@ class Scheduler:
         self.running.append(request)  # from here a failure in the forward fails this request too
         tokens, chunk = request.tokens, self.config.prefill_chunk
         for start in range(reused, len(tokens), chunk):
+            if start > reused and request.cancelled.is_set():  # superseded: its newer request reuses
+                request.cached = start                          # the chunks done (they stay cached)
+                self._drop(request)
+                return
             end = min(start + chunk, len(tokens))
             logits = self.runner.forward([tokens[start:end]], [list(range(start, end))], [table.blocks],
                                          last_only=True)[0, -1]

@@ -57,7 +57,8 @@ def load_engine(settings: ServerSettings) -> Engine:
                        config=EngineConfig(max_batch=settings.max_batch, max_queue=settings.max_queue,
                                            max_queue_wait_ms=settings.max_queue_wait_ms,
                                            stop_loops=settings.stop_loops, draft_tokens=settings.draft_tokens,
-                                           context_tokens=settings.context_tokens),
+                                           context_tokens=settings.context_tokens,
+                                           suffix_tokens=settings.suffix_tokens),
                        **quantize)
 
 

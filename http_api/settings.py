@@ -26,6 +26,8 @@ class ServerSettings(BaseSettings):
     # Prompt tokens a request may use at most (0: the model's whole context): bounds prefill time
     # for models with long contexts (EngineConfig.context_tokens).
     context_tokens: int = Field(0, ge=0)
+    # Suffix tokens a prompt keeps at most (0: what the machine prefills in time; EngineConfig.suffix_tokens).
+    suffix_tokens: int = Field(0, ge=0)
 
     api_keys_file: Path | None = None
     api_keys: str = ""             # CODE_ASSISTANT_API_KEYS: comma-separated

@@ -163,3 +163,52 @@ def test_the_engine_finishes_a_superseded_request_with_superseded(make_engine):
     newer = engine.complete("y = 1", params=SamplingParams(max_tokens=4), session="doc")
     assert older[-1].finish_reason == "superseded" and newer.finish_reason in ("stop", "length")
     assert engine.stats["requests_superseded"] == 1
+
+
+class ArrivingRunner:
+    """A scripted runner that calls `arrive` during its first forward: a request that comes while a
+    prefill runs (on the server, from another thread)."""
+
+    def __init__(self, runner, arrive):
+        self.runner, self.arrive, self.model, self.device = runner, arrive, runner.model, runner.device
+
+    def forward(self, *args, **kwargs):
+        arrive, self.arrive = self.arrive, None
+        if arrive is not None:
+            arrive()
+        return self.runner.forward(*args, **kwargs)
+
+
+def test_a_request_superseded_during_an_earlier_prefill_is_not_prefilled(tokenizer):
+    # One editor whose keystrokes come faster than a long prefill: the waiting request the next
+    # keystroke superseded must not run its own prefill before the newest one is admitted.
+    from .test_scheduler import ScriptedRunner
+
+    other, older, arrived = [21, 22, 23, 24], [31, 32, 33, 34], []
+    base = ScriptedRunner(tokenizer.n_vocab, tokenizer.encode("x")[0])
+    runner = ArrivingRunner(base, lambda: arrived.append(submit(scheduler, session="doc", prompt=[41, 42, 43])))
+    scheduler, pool, _ = make(tokenizer, runner=runner)
+    first = submit(scheduler, prompt=other)
+    waiting = submit(scheduler, session="doc", prompt=older)
+    scheduler.step()  # `first` prefills; meanwhile the editor's next keystroke supersedes `waiting`
+    assert reasons(waiting) == ["superseded"] and waiting[0].generated == 0
+    assert not any(row[:4] == older for idx, _ in base.calls for row in idx)
+    run_to_end(scheduler)
+    assert reasons(first, waiting, *arrived) == ["length", "superseded", "length"] and pool.held() == 0
+
+
+def test_a_prefill_superseded_between_its_chunks_stops_and_leaves_them_cached(tokenizer):
+    from .test_scheduler import ScriptedRunner
+
+    prompt = list(range(11, 23))  # 12 tokens: three chunks of 4, three blocks of 4
+    arrived = []
+    base = ScriptedRunner(tokenizer.n_vocab, tokenizer.encode("x")[0])
+    runner = ArrivingRunner(base, lambda: arrived.append(submit(scheduler, session="doc", prompt=prompt + [23])))
+    scheduler, pool, _ = make(tokenizer, runner=runner, prefill_chunk=4)
+    older = submit(scheduler, session="doc", prompt=prompt)
+    scheduler.step()  # the older one's first chunk, then the newer one's prompt from its second block
+    newer = arrived[0][0]
+    assert reasons(older) == ["superseded"] and newer.reused_tokens == 4
+    assert [positions[0][0] for _, positions in base.calls[:4]] == [0, 4, 8, 12]
+    run_to_end(scheduler)
+    assert reasons(*arrived) == ["length"] and pool.held() == 0

@@ -9,7 +9,7 @@ import pytest
 
 from engine import CompletionInput, ContextFile, Engine, EngineConfig
 from http_api import cli
-from http_api.app import create_app
+from http_api.app import create_app, load_engine
 from http_api.auth import KeyRing, key_id, load_api_keys
 from http_api.errors import APIError
 from http_api.jobs import completion_input
@@ -157,6 +157,16 @@ def test_flags_override_the_environment(monkeypatch):
     settings = cli.settings_from_args(cli.build_parser().parse_args(["--port", "9002"]))
     assert (settings.port, settings.rate_limit, settings.host) == (9002, 7, "127.0.0.1")
     assert load_api_keys(settings.api_keys_file, settings.api_keys) == {"k1", "k2"}
+
+
+def test_serve_passes_the_suffix_budget_to_the_engine(tiny_model_dir):
+    settings = cli.settings_from_args(cli.build_parser().parse_args(["--model", str(tiny_model_dir),
+                                                                     "--suffix-tokens", "24"]))
+    engine = load_engine(settings)
+    try:
+        assert settings.suffix_tokens == 24 and engine.prompts.suffix_tokens == 24
+    finally:
+        engine.close()
 
 
 def test_the_user_field_is_a_session_within_its_caller():
