@@ -135,6 +135,7 @@ static struct {
     _Atomic uint64_t ticket;     /* region (24 bits) | chunks (20 bits) | next chunk (20 bits) */
     _Atomic int64_t done;
     _Atomic int sleeping, helpers_wanted;
+    _Atomic int resting;         /* set by pool_rest: no region follows soon, helpers sleep at once */
     int helpers;
     chunk_fn fn;
     void *ctx;
@@ -170,7 +171,7 @@ static void *helper_main(void *arg) {
         uint64_t region;
         int spins = 0;
         while ((region = T_REGION(atomic_load(&pool.ticket))) == seen) {
-            if (++spins < SPIN_ROUNDS) { cpu_relax(); continue; }
+            if (++spins < SPIN_ROUNDS && !atomic_load(&pool.resting)) { cpu_relax(); continue; }
             pthread_mutex_lock(&pool.lock);
             atomic_fetch_add(&pool.sleeping, 1);
             while ((region = T_REGION(atomic_load(&pool.ticket))) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
@@ -201,6 +202,7 @@ static void parallel_for(int64_t n_chunks, chunk_fn fn, void *ctx, int64_t n_thr
     pool.fn = fn;
     pool.ctx = ctx;
     atomic_store(&pool.done, 0);
+    atomic_store(&pool.resting, 0);
     const uint64_t region = (T_REGION(atomic_load(&pool.ticket)) + 1) & 0xFFFFFF;
     atomic_store(&pool.ticket, TICKET(region, n_chunks, 0));
     if (atomic_load(&pool.sleeping)) {
@@ -213,6 +215,13 @@ static void parallel_for(int64_t n_chunks, chunk_fn fn, void *ctx, int64_t n_thr
         if (spins < SPIN_ROUNDS) cpu_relax();
         else sched_yield();
     }
+}
+
+/* The caller's forward is over: helpers go to sleep now rather than spin SPIN_ROUNDS first. Between
+ * the regions of one forward spinning pays (the next comes within microseconds); after it, the
+ * engine runs Python for a while, and a spinning helper takes a core the HTTP event loop needs. */
+void pool_rest(void) {
+    atomic_store(&pool.resting, 1);
 }
 
 /* ---- activation quantization: the PyTorch fallback must match this exactly ---- */

@@ -199,6 +199,14 @@ def use_threads(n: int | None) -> None:
     _threads.n = n
 
 
+def rest() -> None:
+    """The forward is over: the C kernels' helper threads sleep now instead of spinning a while
+    (decode_kernel.c `pool_rest`)."""
+    lib = decode_kernel()
+    if lib is not None:
+        lib.pool_rest()
+
+
 # ---- engine/decode_kernel.c: its structs (the same fields in the same order) and functions ------
 i64, f32p, ptr = ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.c_void_p
 
@@ -243,6 +251,8 @@ def decode_kernel() -> ctypes.CDLL | None:
         lib.decode_forward.restype = ctypes.c_int
         lib.decode_profile.argtypes = [i64, ptr]
         lib.decode_profile.restype = None
+        lib.pool_rest.argtypes = []
+        lib.pool_rest.restype = None
         lib.paged_attention.argtypes = [ctypes.POINTER(KVLayout), i64, ptr, i64, ptr, i64, i64, ptr, ptr, i64,
                                         i64, i64, i64, i64, ptr, i64]
         lib.paged_attention.restype = None

@@ -44,8 +44,16 @@ class Runner:
         """Logits (B, T, vocab), or (B, 1, vocab) of each row's last real token with last_only, for
         B rows of T token ids at `positions` (row b: its sequence's blocks tables[b], its first
         n_real[b] tokens real); their keys and values go into the pool."""
+        threads = self.threads if len(idx) * len(idx[0]) >= self.all_threads_from else 1
+        kernels.use_threads(threads)
+        try:
+            return self._forward(idx, positions, tables, n_real, last_only)
+        finally:
+            if threads > 1:
+                kernels.rest()
+
+    def _forward(self, idx, positions, tables, n_real, last_only) -> torch.Tensor:
         compiled = self.compiled
-        kernels.use_threads(self.threads if len(idx) * len(idx[0]) >= self.all_threads_from else 1)
         if compiled is not None and len(idx[0]) <= self.max_queries and len(idx) * len(idx[0]) <= compiled.max_rows:
             return compiled.forward(idx, positions, self._layout, tables, n_real, last_only)
         positions_t = torch.tensor(positions, device=self.device)

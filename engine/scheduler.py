@@ -169,8 +169,8 @@ class Scheduler:
         SHORT_STEP_S at one thread, all of them from the token count where it is not.
 
         A helper thread of the C kernels' pool spins a while after each parallel region before it
-        sleeps. For short steps far apart (Python runs between them) the helper mostly spins, on a
-        core the HTTP event loop needs: on the shipped model (0.5 ms an 8-row step) a second thread
+        sleeps (after a forward the runner sends it to sleep at once: kernels.rest). For short
+        steps the helper mostly spins or wakes, on a core the HTTP event loop needs: on the shipped model (0.5 ms an 8-row step) a second thread
         cost a server at 17 requests/s 38 instead of 31 ms of CPU a request, and its p95 latency
         rose. A long step gains from the second thread: a 0.5B model's 8-row step (75 ms at one
         thread, 42 at two), and the shipped model's 32-row steps of many streams. So an 8-row step
