@@ -83,22 +83,16 @@ def int8_weight_bytes(hf_raw: dict) -> int:
 
 
 def int4_weight_bytes(hf_raw: dict) -> int:
-    """The same for our int4 layout (engine/quantize.py): per linear layer, half a byte a weight
-    and a float32 scale per 32, inputs padded to a multiple of 128; a tied head in int8 per row."""
-    from engine.quantize import INT4_GROUP, INT4_PAD
+    """The same for our int4 layout (engine/quantize.py's `int4_bytes`): every linear layer and the
+    head, tied or not, in int4 groups of 32 with a float16 scale each."""
+    from engine.quantize import int4_bytes
 
     c = config_from_hf(hf_raw)
-
-    def linear(n_out: int, n_in: int) -> int:
-        padded = n_in + (-n_in % INT4_PAD)
-        return n_out * (padded // 2 + 4 * (padded // INT4_GROUP))
-
     qkv = (c.n_head + 2 * c.n_kv_head) * c.head_dim
     up = c.intermediate_size * (2 if c.mlp == "swiglu" else 1)
-    per_layer = (linear(qkv, c.n_embd) + linear(c.n_embd, c.n_head * c.head_dim) + linear(up, c.n_embd)
-                 + linear(c.n_embd, c.intermediate_size))
-    head = c.vocab_size * (c.n_embd + 4) if c.tie_embeddings else linear(c.vocab_size, c.n_embd)
-    return c.n_layer * per_layer + head
+    per_layer = (int4_bytes(qkv, c.n_embd) + int4_bytes(c.n_embd, c.n_head * c.head_dim) + int4_bytes(up, c.n_embd)
+                 + int4_bytes(c.n_embd, c.intermediate_size))
+    return c.n_layer * per_layer + int4_bytes(c.vocab_size, c.n_embd)
 
 
 def check_weights(model_dir: Path) -> None:

@@ -44,7 +44,7 @@
 /* ---- the model, as pointers into the PyTorch tensors (engine/fast_decode.py builds these) ---- */
 typedef struct {
     const int8_t *w;       /* (n, k) row-major */
-    const float *scale;    /* (n,) */
+    const float *scale;    /* (n,); int4: float16 group scales (`int4_linear` below) */
     const int32_t *wsum;   /* (n,) sum of each row's int8 weights */
     const float *bias;     /* (n,) or NULL */
     int64_t n, k;
@@ -64,7 +64,7 @@ typedef struct {
     int64_t activation;     /* 0 gelu_tanh, 1 gelu (erf), 2 silu, 3 relu */
     int64_t gated;          /* SwiGLU: up holds [gate | up] */
     int64_t sliding_window; /* 0: full attention */
-    const int8_t *embed; const float *embed_scale;   /* (vocab, n_embd) */
+    const int8_t *embed; const float *embed_scale;   /* (vocab, n_embd); NULL: the int4 head's rows (tied) */
     const int8_t *pos_embed; const float *pos_scale; /* (block_size, n_embd) or NULL */
     const float *rope_cos, *rope_sin;                /* (block_size, head_dim) or NULL */
     const float *norm_w, *norm_b;
@@ -426,16 +426,32 @@ void int8_linear(const float *x, int64_t M, const qlinear *L, float *y, int64_t 
 
 /* ---- int4 weights (engine/quantize.py's Int4Linear; its PyTorch twin is int4_matmul) ----
  *
- * Weights: symmetric int4 in groups of 32 along the input, one float32 scale a group; the input
- * is padded with zero weights to Kp = a multiple of 128. Each group is 16 bytes, byte i holding
- * u[i] | u[i + 16] << 4 with u = q + 8 (0..15). Scales come tiled for the kernel:
- * scale[(n / 4) * G * 4 + g * 4 + n % 4] (G = Kp / 32 groups; n padded to a multiple of 4).
+ * Weights: symmetric int4 in groups of 32 along the input, one float16 scale a group (widened to
+ * float32, exactly, where it is used); the input is padded with zero weights to Kp = a multiple of
+ * 128. Each group is 16 bytes, byte i holding u[i] | u[i + 16] << 4 with u = q + 8 (0..15). Scales
+ * come tiled for the kernel: scale[(n / 4) * G * 4 + g * 4 + n % 4] (G = Kp / 32 groups; n padded to
+ * a multiple of 4).
  * Activations: quantized per row as for int8 (sx = max|x| / 127, xq = round-half-even(x / sx)).
  * A group's dot is exact in int32: acc_g = sum u * xq - 8 * sum xq. The float epilogue, which
  * the PyTorch twin repeats step for step: p[g % 4] += float(acc_g) * scale_g over g in order,
  * then y = (((p0 + p1) + (p2 + p3)) * sx) (+ bias). VNNI multiplies the unsigned nibbles by the
  * signed activations, which are laid out per 128 inputs as the low halves of its four groups
  * (64 bytes) and then the high halves, to meet the nibbles as they unpack. */
+/* IEEE half -> float, exact (every half is a float); F16C's conversion gives the same. */
+static inline float half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1F, mantissa = h & 0x3FF;
+    uint32_t bits;
+    if (exponent == 0x1F) bits = sign | 0x7F800000u | (mantissa << 13);
+    else if (exponent) bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    else {  /* zero or subnormal: mantissa * 2^-24 */
+        float v = (float)mantissa * 0x1p-24f;
+        return sign ? -v : v;
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
 static void quantize_rows_int4(const float *x, int64_t M, int64_t K, int64_t Kp, int8_t *xq, int32_t *xsum8, float *sx) {
     const int64_t G = Kp / 32;
     for (int64_t m = 0; m < M; m++) {
@@ -467,7 +483,7 @@ static inline __attribute__((always_inline)) void tile_int4_rows(const int8_t *x
                                                                  int64_t nj, float *y, int64_t ystride) {
     const int64_t Kp = round_up(L->k, 128), G = Kp / 32, half = Kp / 2;
     const uint8_t *w0 = (const uint8_t *)L->w + n * half;
-    const float *st = L->scale + (n / 4) * G * 4;
+    const uint16_t *st = (const uint16_t *)L->scale + (n / 4) * G * 4;
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
     __m512 p[4];
     for (int m = 0; m < 4; m++) p[m] = _mm512_setzero_ps();
@@ -484,7 +500,8 @@ static inline __attribute__((always_inline)) void tile_int4_rows(const int8_t *x
                 lo[j] = hi[j] = _mm512_setzero_si512();
             }
         }
-        __m512 scale = _mm512_loadu_ps(st + (b / 32) * 4);  /* 4 groups x 4 weight rows */
+        /* 4 groups x 4 weight rows */
+        __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(st + (b / 32) * 4)));
         for (int m = 0; m < nm; m++) {
             __m512i xlo = _mm512_loadu_si512((const void *)(xq + m * Kp + b));
             __m512i xhi = _mm512_loadu_si512((const void *)(xq + m * Kp + b + 64));
@@ -520,7 +537,7 @@ static inline __attribute__((always_inline)) void tile_int4_rows(const int8_t *x
                 int32_t acc = 0;
                 for (int i = 0; i < 16; i++) acc += (int32_t)(w[i] & 15) * xl[i] + (int32_t)(w[i] >> 4) * xh[i];
                 acc -= xsum8[m * G * 4 + g * 4];
-                p[g % 4] = p[g % 4] + (float)acc * st[g * 4 + j];
+                p[g % 4] = p[g % 4] + (float)acc * half_to_float(st[g * 4 + j]);
             }
             float v = ((p[0] + p[1]) + (p[2] + p[3])) * sx[m];
             if (L->bias) v = v + L->bias[n + j];
@@ -575,6 +592,20 @@ static void linear_int4(const float *x, int64_t M, const qlinear *L, float *y, i
 
 void int4_linear(const float *x, int64_t M, const qlinear *L, float *y, int64_t n_threads) {
     linear(x, M, L, y, n_threads);
+}
+
+/* Row r of an int4 layer's weights, dequantized into out (its first E inputs): the embedding of a
+ * tied int4 head, as engine/quantize.py's Int4Embedding (one product a weight, the same floats). */
+static void embed_int4_row(const qlinear *L, int64_t r, float *out, int64_t E) {
+    const int64_t Kp = round_up(L->k, 128), G = Kp / 32;
+    const uint8_t *w = (const uint8_t *)L->w + r * (Kp / 2);
+    const uint16_t *st = (const uint16_t *)L->scale + (r / 4) * G * 4 + r % 4;
+    for (int64_t e = 0; e < E; e++) {
+        const int64_t g = e / 32, i = e % 32;
+        const uint8_t byte = w[g * 16 + i % 16];
+        const int q = (i < 16 ? byte & 15 : byte >> 4) - 8;
+        out[e] = (float)q * half_to_float(st[g * 4]);
+    }
 }
 
 /* ---- elementwise pieces ---- */
@@ -1096,9 +1127,13 @@ int decode_forward(const model_weights *mw, const int64_t *idx, const int64_t *p
     uint64_t t0 = now();
 
     for (int64_t i = 0; i < M; i++) {
-        const int8_t *er = mw->embed + idx[i] * E;
-        float es = mw->embed_scale[idx[i]];
-        for (int64_t e = 0; e < E; e++) x[i * E + e] = (float)er[e] * es;
+        if (mw->embed) {
+            const int8_t *er = mw->embed + idx[i] * E;
+            float es = mw->embed_scale[idx[i]];
+            for (int64_t e = 0; e < E; e++) x[i * E + e] = (float)er[e] * es;
+        } else {
+            embed_int4_row(&mw->head, idx[i], x + i * E, E);
+        }
         if (mw->pos_embed) {
             const int8_t *pr = mw->pos_embed + positions[i] * E;
             float ps = mw->pos_scale[positions[i]];

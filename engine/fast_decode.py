@@ -20,7 +20,7 @@ import torch
 
 from . import kernels
 from .model import Transformer
-from .quantize import Int4Linear, Int8Embedding, Int8Linear
+from .quantize import Int4Embedding, Int4Linear, Int8Embedding, Int8Linear
 
 log = logging.getLogger("engine")
 
@@ -66,11 +66,13 @@ class FastDecoder:
             layers[i] = kernels.LayerWeights(*norm(block.attn_norm), *norm(block.mlp_norm), linear(block.attn.qkv),
                                              linear(block.attn.out), linear(block.mlp.up), linear(block.mlp.down))
         pos = model.pos_embed
+        # an int4 embedding is the tied head's table: the kernel looks its rows up there
+        embed = model.embed if isinstance(model.embed, Int8Embedding) else None
         rope = c.position == "rope"
         self.weights = kernels.ModelWeights(
             c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.head_dim, c.intermediate_size, c.vocab_size,
             c.block_size, int(c.norm == "rmsnorm"), c.norm_eps, ACTIVATION_CODES[c.activation],
-            int(c.mlp == "swiglu"), c.sliding_window, ptr(model.embed.weight), ptr(model.embed.scale),
+            int(c.mlp == "swiglu"), c.sliding_window, ptr(embed.weight if embed else None), ptr(embed.scale if embed else None),
             ptr(pos.weight) if pos is not None else None, ptr(pos.scale) if pos is not None else None,
             ptr(model.rope_cos) if rope else None, ptr(model.rope_sin) if rope else None, *norm(model.norm),
             linear(model.head), layers)
@@ -97,8 +99,11 @@ class FastDecoder:
         if not all(isinstance(m, (Int8Linear, Int4Linear)) and m.kernel is not None
                    for m in [model.head] + [l for b in model.layers for l in (b.attn.qkv, b.attn.out, b.mlp.up, b.mlp.down)]):
             return "the model's linear layers are not int8 or int4 with the compiled kernel"
-        if not isinstance(model.embed, Int8Embedding) or (model.pos_embed is not None and not isinstance(model.pos_embed, Int8Embedding)):
-            return "the embeddings are not int8"
+        tied_int4 = (isinstance(model.embed, Int4Embedding) and isinstance(model.head, Int4Linear)
+                     and model.embed.weight.data_ptr() == model.head.weight.data_ptr())
+        if not (isinstance(model.embed, Int8Embedding) or tied_int4) or (
+                model.pos_embed is not None and not isinstance(model.pos_embed, Int8Embedding)):
+            return "the embeddings are not int8 (nor the int4 head's table)"
         if model.config.activation not in ACTIVATION_CODES:
             return f"activation {model.config.activation} is not in the kernel"
         return None

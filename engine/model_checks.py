@@ -307,12 +307,11 @@ def check_tensor_shapes(expected: dict[str, tuple[int, ...]], rules, tensors: di
 
 
 def check_int4_shapes(expected: dict[str, tuple[int, ...]], tensors: dict[str, TensorInfo], source: Path,
-                      scale_suffix: str, group: int, pad: int) -> None:
-    """int4 checkpoints (engine/quantize.py's layout): each linear weight packed two a byte, uint8
-    (out, padded_in / 2) with inputs padded to a multiple of `pad`, and a float scale per `group`
-    inputs; the embeddings int8 as check_int8_shapes says."""
-    embeddings = ("embed.weight", "pos_embed.weight")
-    packed = {n: (s[0], (s[1] + -s[1] % pad) // 2) for n, s in expected.items() if len(s) == 2 and n not in embeddings}
+                      scale_suffix: str, group: int, pad: int, kept_int8: tuple[str, ...]) -> None:
+    """int4 checkpoints (engine/quantize.py's layout): each 2-D weight but those `kept_int8` packed two
+    a byte, uint8 (out, padded_in / 2) with inputs padded to a multiple of `pad`, and a float scale per
+    `group` inputs; the `kept_int8` ones (embeddings) int8 as check_int8_shapes says."""
+    packed = {n: (s[0], (s[1] + -s[1] % pad) // 2) for n, s in expected.items() if len(s) == 2 and n not in kept_int8}
     for name, want in packed.items():
         info, scale = tensors.get(name), tensors.get(name + scale_suffix)
         if info is None or info.shape != want or info.dtype != "U8":

@@ -185,10 +185,12 @@ def _checked_checkpoint(model_dir: ModelDir) -> tuple[_Checkpoint, dict[str, tup
     checkpoint = _Checkpoint(model_dir.path)
     check_layer_count(model_dir.config, checkpoint.tensors, model_dir.path / CONFIG_FILE)
     expected = expected_shapes(model_dir.config)
-    if model_dir.int8 and model_dir.quantization.get("method") == "int4-group32":  # engine/quantize.py's INT4_METHOD
-        from .quantize import INT4_GROUP, INT4_PAD  # quantize.py imports this module
+    if model_dir.int8 and str(model_dir.quantization.get("method")).startswith("int4"):
+        from .quantize import INT4_GROUP, INT4_PAD, check_int4_layout, int4_kept_int8  # quantize.py imports this module
 
-        check_int4_shapes(expected, checkpoint.tensors, model_dir.path, SCALE_SUFFIX, INT4_GROUP, INT4_PAD)
+        check_int4_layout(model_dir)
+        check_int4_shapes(expected, checkpoint.tensors, model_dir.path, SCALE_SUFFIX, INT4_GROUP, INT4_PAD,
+                          int4_kept_int8(model_dir.config))
     elif model_dir.int8:
         check_int8_shapes(expected, _legacy_names(model_dir), checkpoint.tensors, model_dir.path, SCALE_SUFFIX)
     else:
@@ -210,7 +212,7 @@ def load_state(model_dir: ModelDir, dtype: torch.dtype = torch.float32,
     """Our state dict (our tensor names) of a model directory. Float tensors become `dtype`; int8
     weights stay int8 beside their `.scale`. `transform(name, tensor)` may replace each tensor as it
     is read (the int8 loader quantizes there, so the float copy of the whole model never exists)."""
-    if isinstance(model_dir.quantization, dict) and model_dir.quantization.get("method") == "int4-group32":
+    if isinstance(model_dir.quantization, dict) and str(model_dir.quantization.get("method")).startswith("int4"):
         raise ModelDirError(f"{model_dir.path} holds int4 weights, which only Engine.load(..., quantize='int4') runs")
     checkpoint, expected = _checked_checkpoint(model_dir)
     if model_dir.int8:

@@ -17,16 +17,20 @@ chosen at load, so it can change without a new checkpoint:
 The embedding is quantized per row too; a tied head is a linear layer over the same stored integers.
 
 int4 weights (`quantize --bits 4`, `Engine.load(..., quantize="int4")`): every linear layer's
-weight is symmetric int4 in groups of 32 along the input dimension with one float32 scale a group
-(scale = the group's largest-magnitude weight / -8, q = round(w / scale) in -8..7, as llama.cpp's
-Q4_0), rows padded with zero weights to a multiple of 128 inputs. Stored as `<name>`: uint8
-(out, padded_in / 2), two weights a byte (group g's 16 bytes: byte i = (q[i] + 8) | (q[i + 16] + 8) << 4),
-and `<name>.scale`: float32 (out, padded_in / 32). Embeddings stay int8 per row and a tied head runs
-on them in int8 (a quarter of the 0.5B shape's weights). `Int4Linear` runs them on the CPU:
-activations quantized per row to int8 as above, each group's dot exact in int32, the groups'
+weight is symmetric int4 in groups of 32 along the input dimension with one float16 scale a group
+(scale = the group's largest-magnitude weight / -8 rounded to float16, q = round(w / scale) in -8..7,
+as llama.cpp's Q4_0), rows padded with zero weights to a multiple of 128 inputs: 4.5 bits a weight.
+Stored as `<name>`: uint8 (out, padded_in / 2), two weights a byte (group g's 16 bytes: byte i =
+(q[i] + 8) | (q[i + 16] + 8) << 4), and `<name>.scale`: float16 (out, padded_in / 32). A tied
+embedding is the head, so it is stored once in int4 too: the head runs the int4 matmul over it and
+the embedding (`Int4Embedding`) dequantizes the rows it looks up; an untied token embedding and
+position embeddings stay int8 per row (one row a token is read). `Int4Linear` runs the layers on the
+CPU: activations quantized per row to int8 as above, each group's dot exact in int32, the groups'
 float sums in the order engine/decode_kernel.c's `int4_linear` adds them (`int4_matmul` is its
-PyTorch twin, bit for bit). config.json says `"method": "int4-group32"`; the int8 and float loaders
-refuse such a directory, the int4 loader quantizes any other at load.
+PyTorch twin, bit for bit). config.json says `"method": "int4-group32-f16"`; the int8 and float
+loaders refuse such a directory, the int4 loader quantizes any other at load. Directories of the
+first int4 layout (`"int4-group32"`: float32 scales, the tied head in int8) are refused with one
+line that says to quantize the source again.
 """
 from __future__ import annotations
 
@@ -165,18 +169,19 @@ def swap_in_int8(model: Transformer, int8_state: dict[str, torch.Tensor], device
     return model
 
 
-# ---- int4 ---------------------------------------------------------------------------------------
+# ---- int4 ----------------------------------------------------------------------------------------
 INT4_GROUP = 32
 INT4_PAD = 128  # inputs a kernel step takes: 4 groups
-INT4_METHOD = "int4-group32"
+INT4_METHOD = "int4-group32-f16"
+OLD_INT4_METHOD = "int4-group32"  # the first layout: float32 scales, a tied head in int8; refused
 INT4_QUANTIZATION = {
     "method": INT4_METHOD,
-    "version": 1,
+    "version": 2,
     "weights": "int4, symmetric, groups of 32 along the input, scale = the group's largest-magnitude weight / -8 "
-               "(float32, <name>.scale, (out, padded_in / 32)); two weights a byte, <name>: uint8 (out, padded_in / 2), "
+               "(float16, <name>.scale, (out, padded_in / 32)); two weights a byte, <name>: uint8 (out, padded_in / 2), "
                "group g's 16 bytes: byte i = (q[i] + 8) | (q[i + 16] + 8) << 4; inputs padded with zeros to a multiple of 128",
-    "quantized": "linear layers in int4; token and position embeddings in int8 per row (int8-per-channel); "
-                 "a tied head runs on the embedding's int8",
+    "quantized": "linear layers in int4, and a tied token embedding (it is the head) in int4; an untied token "
+                 "embedding and position embeddings in int8 per row (int8-per-channel)",
 }
 
 
@@ -185,14 +190,48 @@ def is_int4(model_dir: ModelDir) -> bool:
     return isinstance(q, dict) and q.get("method") == INT4_METHOD
 
 
+def check_int4_layout(model_dir: ModelDir) -> None:
+    """Refuse, in one line, a directory of the first int4 layout."""
+    q = model_dir.quantization
+    if isinstance(q, dict) and q.get("method") == OLD_INT4_METHOD:
+        raise ModelDirError(f"{model_dir.path} holds int4 weights of an older layout ({OLD_INT4_METHOD}: float32 scales, "
+                            f"the head in int8): quantize its source again with `code-assistant quantize --bits 4`")
+
+
+def int4_kept_int8(config) -> tuple[str, ...]:
+    """The 2-D weights an int4 model keeps in int8 per row: the embeddings, but a tied token
+    embedding, which is the head and int4."""
+    return ("pos_embed.weight",) if config.tie_embeddings else ("embed.weight", "pos_embed.weight")
+
+
+def int4_bytes(n_out: int, n_in: int) -> int:
+    """Bytes of one (n_out, n_in) weight in int4: half a byte a weight (inputs padded to a multiple of
+    128) and a float16 scale a group of 32."""
+    padded = n_in + (-n_in % INT4_PAD)
+    return n_out * (padded // 2 + 2 * (padded // INT4_GROUP))
+
+
+# Weights quantize_int4 takes at a time: its float temporaries of a whole 0.5B-shape embedding
+# (151,936 x 896) took the load's peak from 2.1 to 2.7 GB.
+_QUANTIZE_CHUNK = 1 << 22
+
+
 def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, in) float weight -> packed uint8 (out, padded_in / 2) and float32 scales (out, padded_in / 32)."""
-    w = weight.detach().float()
+    """(out, in) float weight -> packed uint8 (out, padded_in / 2) and float16 scales (out, padded_in / 32)."""
+    rows = max(1, _QUANTIZE_CHUNK // max(1, weight.shape[1]))
+    parts = [_quantize_int4_rows(w) for w in weight.detach().split(rows)]
+    return torch.cat([p for p, _ in parts]), torch.cat([s for _, s in parts])
+
+
+def _quantize_int4_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w = weight.float()
     n, k = w.shape
     w = F.pad(w, (0, -k % INT4_PAD)).view(n, -1, INT4_GROUP)
     extreme = w.gather(-1, w.abs().argmax(dim=-1, keepdim=True))
-    scale = torch.where(extreme == 0, torch.ones_like(extreme), extreme / -8.0)
-    u = (torch.round(w / scale).clamp(-8, 7) + 8).to(torch.uint8)
+    scale = (extreme / -8.0).clamp(-65504.0, 65504.0).half()
+    # a group too small for a float16 step (|w| < 2.4e-7, or all zero) becomes zeros
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    u = (torch.round(w / scale.float()).clamp(-8, 7) + 8).to(torch.uint8)
     packed = u[..., :16] | (u[..., 16:] << 4)
     return packed.reshape(n, -1).contiguous(), scale.squeeze(-1).contiguous()
 
@@ -204,7 +243,7 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, in_features: int) -> torch.Tensor:
-    w = unpack_int4(packed).float() * scale.unsqueeze(-1)
+    w = unpack_int4(packed).float() * scale.float().unsqueeze(-1)
     return w.reshape(packed.shape[0], -1)[:, :in_features]
 
 
@@ -214,12 +253,13 @@ _INT4_CHUNK = 1 << 24
 
 def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The arithmetic of decode_kernel.c's int4_linear in PyTorch, rounding step for rounding step.
-    Each group's dot is exact as a float matmul: every partial sum is an integer below 2^24."""
+    Each group's dot is exact as a float matmul: every partial sum is an integer below 2^24; a float16
+    scale is exact in float32, as the kernel widens it."""
     n, groups = scale.shape
     x_scale = (x.abs().amax(dim=1, keepdim=True) / 127.0).clamp_(min=1e-12)
     xq = F.pad(torch.round(x / x_scale).clamp_(-127, 127), (0, groups * INT4_GROUP - x.shape[1]))
     w = unpack_int4(packed).float().permute(1, 2, 0)  # (groups, 32, out)
-    per_group = scale.t().unsqueeze(1)  # (groups, 1, out)
+    per_group = scale.float().t().unsqueeze(1)  # (groups, 1, out)
     rows = max(1, _INT4_CHUNK // (groups * n))
     out = []
     for xc in xq.split(rows):
@@ -240,7 +280,7 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = packed.shape[0], in_features
         self.register_buffer("weight", packed.contiguous())
-        self.register_buffer("scale", scale.float().contiguous())
+        self.register_buffer("scale", scale.half().contiguous())
         # the kernel's layout: (out / 4, groups, 4), out padded with zero scales to a multiple of 4
         tiled = F.pad(self.scale, (0, 0, 0, -self.out_features % 4)).view(-1, 4, scale.shape[1]).transpose(1, 2)
         self.register_buffer("scale_tiled", tiled.contiguous())
@@ -262,6 +302,22 @@ class Int4Linear(nn.Module):
         else:
             y = int4_matmul(rows, self.weight, self.scale, self.bias)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+class Int4Embedding(nn.Module):
+    """Row lookup in a tied head's int4 weights (`Int4Linear`'s buffers, shared): each row looked up
+    is dequantized as `dequantize_int4` does (decode_kernel.c's `embed_int4_row` the same)."""
+
+    def __init__(self, head: Int4Linear, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.register_buffer("weight", head.weight)
+        self.register_buffer("scale", head.scale)
+        self.embedding_dim, self.dtype = head.in_features, dtype
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        flat = idx.reshape(-1)
+        rows = unpack_int4(self.weight[flat]).float() * self.scale[flat].float().unsqueeze(-1)
+        return rows.reshape(*idx.shape, -1)[..., :self.embedding_dim].to(self.dtype)
 
 
 def _quantize_as_read(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -308,30 +364,31 @@ def _return_freed_memory() -> None:
         pass
 
 
-def _is_linear_weight(name: str, tensor: torch.Tensor) -> bool:
-    return tensor.dim() == 2 and name.endswith(".weight") and name not in ("embed.weight", "pos_embed.weight")
-
-
 def int4_state(model_dir: ModelDir) -> dict[str, torch.Tensor]:
     """The int4 state of any model directory: read as it is (int4), or quantized one tensor at a
     time (float; int8 weights are dequantized, then requantized)."""
+    check_int4_layout(model_dir)
     if is_int4(model_dir):
         return _read_int4_state(model_dir)
     if model_dir.quantization and model_dir.quantization.get("method") != QUANTIZATION["method"]:
         raise ModelDirError(f"{model_dir.path}: unknown quantization {model_dir.quantization.get('method')!r}")
+    kept_int8 = int4_kept_int8(model_dir.config)
     pending: dict[str, torch.Tensor] = {}
+
+    def in_int4(name: str, tensor: torch.Tensor) -> bool:
+        return tensor.dim() == 2 and name.endswith(".weight") and name not in kept_int8
 
     def as_read(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
         if name.endswith(SCALE_SUFFIX):  # an int8 weight's scale: the weight came just before
             base = name[:-len(SCALE_SUFFIX)]
             q = pending.pop(base)
-            if _is_linear_weight(base, q):
+            if in_int4(base, q):
                 return dict(zip((base, name), quantize_int4(q.float() * tensor.float().unsqueeze(-1))))
             return {base: q, name: _own(tensor)}
         if tensor.dtype == torch.int8:
             pending[name] = _own(tensor)
             return {}
-        if _is_linear_weight(name, tensor) and tensor.is_floating_point():
+        if in_int4(name, tensor) and tensor.is_floating_point():
             return dict(zip((name, name + SCALE_SUFFIX), quantize_int4(tensor)))
         return _quantize_as_read(name, tensor)
 
@@ -352,14 +409,15 @@ def _read_int4_state(model_dir: ModelDir) -> dict[str, torch.Tensor]:
             stored = {name: f.get_tensor(name) for name in f.keys()}
     except (OSError, SafetensorError) as e:
         raise ModelDirError(f"{model_dir.path / WEIGHTS_FILE}: {e}") from e
+    kept_int8 = int4_kept_int8(model_dir.config)
     state = {}
     for name, shape in expected_shapes(model_dir.config).items():
         t = stored.get(name)
         if t is None:
             raise ModelDirError(f"{model_dir.path}: the weights have no tensor for {name!r}")
-        if len(shape) == 2 and name not in ("embed.weight", "pos_embed.weight"):
+        if len(shape) == 2 and name not in kept_int8:
             padded = shape[1] + (-shape[1] % INT4_PAD)
-            want = {name: ((shape[0], padded // 2), torch.uint8), name + SCALE_SUFFIX: ((shape[0], padded // INT4_GROUP), torch.float32)}
+            want = {name: ((shape[0], padded // 2), torch.uint8), name + SCALE_SUFFIX: ((shape[0], padded // INT4_GROUP), torch.float16)}
         elif len(shape) == 2:
             want = {name: (shape, torch.int8), name + SCALE_SUFFIX: ((shape[0],), torch.float32)}
         else:
@@ -369,7 +427,7 @@ def _read_int4_state(model_dir: ModelDir) -> dict[str, torch.Tensor]:
             if got is None or tuple(got.shape) != tuple(want_shape) or got.dtype != dtype:
                 found = "nothing" if got is None else f"{got.dtype} {tuple(got.shape)}"
                 raise ModelDirError(f"{model_dir.path}: int4 tensor {key} should be {dtype} {tuple(want_shape)}, found {found}")
-            state[key] = got.float() if dtype.is_floating_point else got
+            state[key] = got.float() if dtype.is_floating_point and dtype != torch.float16 else got
     return state
 
 
@@ -383,20 +441,20 @@ def load_int4_model(path: str | Path, device: str | torch.device = "cpu", dtype:
     quantized = {n[:-len(SCALE_SUFFIX)] for n in state if n.endswith(SCALE_SUFFIX)}
     floats = {n: t.to(dtype) for n, t in state.items() if n not in quantized and not n.endswith(SCALE_SUFFIX)}
     model = build_model(model_dir.config, floats)
-    embed_q, embed_scale = state["embed.weight"], state["embed.weight" + SCALE_SUFFIX]
 
-    def linear(name: str, bias: torch.Tensor | None) -> nn.Module:
-        return Int4Linear(state[name + ".weight"], state[name + ".weight" + SCALE_SUFFIX], bias,
-                          _in_features(model, name), use_kernels)
+    def linear(name: str, bias: torch.Tensor | None) -> Int4Linear:
+        weight = "embed.weight" if name == "head" and model.config.tie_embeddings else name + ".weight"
+        return Int4Linear(state[weight], state[weight + SCALE_SUFFIX], bias, _in_features(model, name), use_kernels)
 
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
-            if isinstance(child, nn.Linear) and full != "head":
+            if isinstance(child, nn.Linear):
                 setattr(module, child_name, linear(full, state.get(full + ".bias")))
-    model.head = (Int8Linear(embed_q, embed_scale, None, use_kernels) if model.config.tie_embeddings
-                  else linear("head", None))
-    model.embed = Int8Embedding(embed_q, embed_scale, dtype)
+    if model.config.tie_embeddings:
+        model.embed = Int4Embedding(model.head, dtype)
+    else:
+        model.embed = Int8Embedding(state["embed.weight"], state["embed.weight" + SCALE_SUFFIX], dtype)
     if model.pos_embed is not None:
         model.pos_embed = Int8Embedding(state["pos_embed.weight"], state["pos_embed.weight" + SCALE_SUFFIX], dtype)
     left = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
@@ -432,8 +490,9 @@ def int4_model_card(source: ModelDir, out: Path) -> str:
             "(CPU only; the compiled decode step where it builds)\n\n"
             "Quality cost: measure it on your code with `code-assistant eval --model DIR --src FOLDER --weights int4` "
             "beside `--weights int8` on the source. Measured on tests/data/heldout: the shipped 3.35 M model "
-            "(44,817 tokens), bits per byte 1.3842 int8, 1.3881 int4 (+0.28 %); a briefly trained 1.05 M Llama "
-            "(models/default/MODEL_CARD.md), 2.1695 int8, 2.1693 int4 (-0.01 %).\n")
+            "(44,817 tokens, a tied head), bits per byte 1.3842 int8, 1.3951 int4 (+0.79 %; 1.3881 with its head "
+            "left in int8); a briefly trained 1.05 M Llama (untied, models/default/MODEL_CARD.md), 2.1695 int8, "
+            "2.1693 int4 (-0.01 %).\n")
 
 
 def write_int8_model_dir(src: str | Path, out: str | Path) -> Path:

@@ -1,6 +1,7 @@
-"""int4 weights (groups of 32): the compiled matmul against its PyTorch twin bit for bit (the VNNI
-and the plain C paths), the one-call decode step against the model's forward, engines token for
-token with and without kernels, and `code-assistant quantize --bits 4` as users run it."""
+"""int4 weights (groups of 32, float16 scales): the compiled matmul against its PyTorch twin bit for
+bit (the VNNI and the plain C paths), a tied head in int4 whose rows are also the embedding, the
+one-call decode step against the model's forward, engines token for token with and without kernels,
+`code-assistant quantize --bits 4` as users run it, and directories of the first int4 layout refused."""
 from __future__ import annotations
 
 import ctypes
@@ -19,9 +20,9 @@ from engine import kernels
 from engine.fast_decode import FastDecoder
 from engine.kv_cache import block_pool_layout
 from engine.kv_cache import KVCache
-from engine.model_dir import ModelDirError, load_model_dir
-from engine.quantize import (Int4Linear, dequantize_int4, load_int4_model, load_int8_model, quantize_int4,
-                             write_int8_model_dir)
+from engine.model_dir import ModelDirError, check_weights_files, load_model_dir
+from engine.quantize import (INT4_METHOD, Int4Embedding, Int4Linear, Int8Embedding, dequantize_int4, load_int4_model,
+                             load_int8_model, quantize_int4, write_int8_model_dir)
 from tests.engine.test_fast_decode import require_kernel, run_requests
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +32,7 @@ SHAPES = [(1, 64, 128, True), (3, 100, 37, False), (7, 192, 576, True), (20, 260
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory, tiny_model_dir):
     out = {"gpt2": tiny_model_dir}
-    for name in ("qwen2", "starcoder2"):
+    for name in ("qwen2", "starcoder2", "codellama"):  # codellama: an untied head
         out[name] = save_random_model(tmp_path_factory.mktemp(name) / name, FAMILIES[name], TINY)
     return out
 
@@ -39,7 +40,9 @@ def hf_dirs(tmp_path_factory, tiny_model_dir):
 def layer(shape, seed=0):
     M, K, N, bias = shape
     torch.manual_seed(seed)
-    packed, scale = quantize_int4(torch.randn(N, K) * 0.05)
+    w = torch.randn(N, K) * 0.05
+    w[0] *= 1e-3  # group scales below float16's smallest normal (6.1e-5): subnormal halves
+    packed, scale = quantize_int4(w)
     return packed, scale, (torch.randn(N) if bias else None), torch.randn(M, K) * 3
 
 
@@ -49,6 +52,7 @@ def test_quantize_int4_keeps_every_weight_within_half_a_step_but_the_clamped():
     w[2, :32] = 0  # an all-zero group
     packed, scale = quantize_int4(w)
     assert packed.dtype == torch.uint8 and packed.shape == (9, 64) and scale.shape == (9, 4)
+    assert scale.dtype == torch.float16
     step = scale.abs().repeat_interleave(32, dim=1)[:, :100]
     error = (dequantize_int4(packed, scale, 100) - w).abs()
     # -8 * scale is the group's extreme exactly; +8 steps on the other side clamp to 7
@@ -88,11 +92,28 @@ def test_an_int4_row_gets_the_same_result_alone_or_in_a_batch(use_kernels):
     assert torch.equal(lin(x)[1], lin(x[1:2])[0])
 
 
-@pytest.mark.parametrize("family", ["gpt2", "qwen2", "starcoder2"])
+def test_a_tied_head_is_int4_and_the_embedding_looks_its_rows_up(hf_dirs):
+    model, _ = load_int4_model(hf_dirs["qwen2"])
+    head, embed = model.head, model.embed
+    assert isinstance(head, Int4Linear) and isinstance(embed, Int4Embedding)
+    assert embed.weight.data_ptr() == head.weight.data_ptr()  # one table, not two
+    ids = torch.tensor([[3, 0, 17], [model.config.vocab_size - 1, 5, 3]])
+    table = dequantize_int4(head.weight, head.scale, model.config.n_embd)
+    assert torch.equal(embed(ids), table[ids])
+
+
+def test_an_untied_head_is_int4_beside_an_int8_embedding(hf_dirs):
+    model, _ = load_int4_model(hf_dirs["codellama"])
+    assert not model.config.tie_embeddings
+    assert isinstance(model.head, Int4Linear) and isinstance(model.embed, Int8Embedding)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2", "starcoder2", "codellama"])
 def test_int4_decode_step_equals_the_model_forward(hf_dirs, family):
     require_kernel()
     torch.set_grad_enabled(False)
     model, _ = load_int4_model(hf_dirs[family])
+    assert isinstance(model.head, Int4Linear)
     c = model.config
     fast = FastDecoder.build(model, torch.device("cpu"))
     assert fast is not None
@@ -114,7 +135,7 @@ def test_int4_decode_step_equals_the_model_forward(hf_dirs, family):
         token = int(ref.argmax())
 
 
-@pytest.mark.parametrize("family", ["gpt2", "qwen2"])
+@pytest.mark.parametrize("family", ["gpt2", "qwen2", "codellama"])
 def test_int4_engine_greedy_text_is_the_same_with_and_without_kernels(hf_dirs, family):
     require_kernel()
     prompts = ["def add(a, b):\n    ret", "import json\n\nclass Decoder:\n", "for i in range(10):\n    print("]
@@ -139,8 +160,15 @@ def test_quantize_bits_4_from_an_int8_directory_and_the_loaders_check_the_format
     run = cli("quantize", "--bits", "4", "--model", str(int8_dir), "--out", str(tmp_path / "int4"))
     assert run.returncode == 0, run.stderr
     config = json.loads((tmp_path / "int4" / "config.json").read_text())
-    assert config["code_assistant"]["quantization"]["method"] == "int4-group32"
-    assert "groups of 32" in (tmp_path / "int4" / "MODEL_CARD.md").read_text()
+    assert config["code_assistant"]["quantization"]["method"] == INT4_METHOD == "int4-group32-f16"
+    card = (tmp_path / "int4" / "MODEL_CARD.md").read_text()
+    assert "groups of 32" in card and "MB of safetensors" in card and "bits per byte" in card
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "int4" / "model.safetensors"), framework="pt") as f:
+        # the tied embedding, stored once as the int4 head
+        assert f.get_tensor("embed.weight").dtype == torch.uint8 and "head.weight" not in f.keys()
+        assert f.get_tensor("embed.weight.scale").dtype == torch.float16
     stored, _ = load_int4_model(tmp_path / "int4")
     at_load, _ = load_int4_model(int8_dir)  # quantized at load: the same integers
     ids, pos = torch.tensor([[5, 9, 2, 7]]), torch.arange(4).unsqueeze(0)
@@ -197,3 +225,22 @@ def test_an_int4_directory_serves_and_evaluates_as_the_source_does_at_load(tmp_p
     finally:
         engine.close()
     assert out.tokens > 0
+
+
+def test_a_directory_of_the_first_int4_layout_is_refused_in_one_line(hf_dirs, tmp_path):
+    """int4-group32 (float32 scales, the tied head int8 per row): not read as the new layout, and
+    every way in says to quantize the source again."""
+    assert cli("quantize", "--bits", "4", "--model", str(hf_dirs["qwen2"]), "--out", str(tmp_path / "old")).returncode == 0
+    config_file = tmp_path / "old" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["code_assistant"]["quantization"]["method"] = "int4-group32"
+    config_file.write_text(json.dumps(config))
+    for load in (load_int4_model, check_weights_files):
+        with pytest.raises(ModelDirError, match="older layout .*quantize its source again"):
+            load(tmp_path / "old")
+    for args in (("eval", "--model", str(tmp_path / "old"), "--src", str(ROOT / "tests" / "data" / "heldout" / "toolz"),
+                  "--max-windows", "1", "--weights", "int4"),
+                 ("quantize", "--bits", "4", "--model", str(tmp_path / "old"), "--out", str(tmp_path / "again"))):
+        run = cli(*args)
+        assert run.returncode == 2 and "older layout" in run.stderr, (args, run.stderr)
+        assert len(run.stderr.strip().splitlines()) == 1, run.stderr
