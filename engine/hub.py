@@ -7,7 +7,8 @@
 - `OWNER/NAME` or `OWNER/NAME@REVISION` is a Hugging Face repository, fetched by huggingface_hub:
   the local cache first, then the hub (HF_HUB_OFFLINE, HF_HOME, HF_ENDPOINT and HF_TOKEN are
   huggingface_hub's own settings), only the files the engine reads, with its progress bar;
-  an interrupted download resumes.
+  a dropped connection is taken up again within the download (huggingface_hub 2.4 does not
+  resume one a killed process left behind: each process writes its own temporary file).
 """
 from __future__ import annotations
 
