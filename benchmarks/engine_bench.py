@@ -44,6 +44,7 @@ from .report import pyplot, write_json
 # Real Python to cut prompts from: the standard library, so the benchmark needs no data.
 PROMPT_SOURCES = ["json/decoder.py", "json/encoder.py", "email/utils.py", "argparse.py", "textwrap.py"]
 ROOT = Path(__file__).resolve().parents[1]
+SEQUENTIAL = 8  # requests one after another beside the streams: the per-request rate
 # Engines compared head to head: batch-1 decode tokens/s of the first over the second, per prompt.
 RATIOS = (("ours-int4", "llama.cpp-q4_k_m"), ("ours", "llama.cpp"), ("ours-int4", "ours"))
 
@@ -151,7 +152,7 @@ def bench_model(model: str, engines: list[str], threads_list: list[int], args, w
     block = info.config.block_size
     builder = PromptBuilder(tokenizer, block, 0)
     n_prompts = args.repeats + 1
-    texts = code_prompts(n_prompts + args.streams, args.prompt_chars)
+    texts = code_prompts(n_prompts + args.streams + SEQUENTIAL, args.prompt_chars)
     prompts = [(t, builder.build(t, None, args.new_tokens, (), None, None)) for t in texts]
     artifacts = {"hf": hf, "context": min(block, max(len(ids) for _, ids in prompts) + args.new_tokens + 8)}
     report = {"model": model, "hf_dir": str(hf), "shape": describe(hf), "skipped": {},
@@ -225,19 +226,27 @@ def bench_model(model: str, engines: list[str], threads_list: list[int], args, w
                 for e, f in first.items() if isinstance(f["tokens"], list)}
         if args.streams and threads == max(threads_list):
             many = prompts[n_prompts:n_prompts + args.streams]
+            fresh = prompts[n_prompts + args.streams:]
             for engine, w in workers.items():
                 # One request after another costs the same per token however many there are: 8 tell it.
                 sub = many if engine != "llama.cpp" else many[:min(8, len(many))]
                 r = w.ask(op="streams", ids=[ids for _, ids in sub], texts=[t for t, _ in sub], n=args.new_tokens)
-                # The same requests one after another, prompts included as in the streams: what
-                # batching gains (8 of them tell the per-request rate).
-                alone = [w.ask(op="generate", ids=ids, text=text, n=args.new_tokens) for text, ids in many[:8]]
+                # Requests like these one after another, prompts included as in the streams: what
+                # batching gains. Prompts no engine has seen: the streams' own would be prefilled
+                # already (an engine's prefix cache keeps them), a prompt of the streams' for free.
+                alone = [w.ask(op="generate", ids=ids, text=text, n=args.new_tokens) for text, ids in fresh]
                 sequential = sum(len(a["tokens"]) for a in alone) / sum(a["total_s"] for a in alone)
-                report["streams"][engine] = {"streams": len(many) if engine != "llama.cpp" else f"{len(sub)}, one by one",
-                                             "tokens": r["tokens"], "seconds": round(r["seconds"], 2),
-                                             "tokens_per_s": round(r["tokens"] / r["seconds"], 1), "threads": threads,
-                                             "sequential_tokens_per_s": round(sequential, 1),
-                                             "gain_over_sequential": round(r["tokens"] / r["seconds"] / sequential, 2)}
+                entry = {"streams": len(many) if engine != "llama.cpp" else f"{len(sub)}, one by one",
+                         "tokens": r["tokens"], "seconds": round(r["seconds"], 2),
+                         "tokens_per_s": round(r["tokens"] / r["seconds"], 1), "threads": threads,
+                         "sequential_tokens_per_s": round(sequential, 1),
+                         "gain_over_sequential": round(r["tokens"] / r["seconds"] / sequential, 2)}
+                if "decode_tokens_per_s" in r:  # the tokens after every stream's first, beside batch 1's decode
+                    batch1 = statistics.median(decode_rate(a) for a in alone)
+                    entry |= {"decode_tokens_per_s": round(r["decode_tokens_per_s"], 1),
+                              "batch1_decode_tokens_per_s": round(batch1, 1),
+                              "decode_gain_over_batch1": round(r["decode_tokens_per_s"] / batch1, 2)}
+                report["streams"][engine] = entry
                 print(f"{model}: {engine} {len(sub)} streams {r['tokens'] / r['seconds']:.0f} tok/s, one after another "
                       f"{sequential:.0f} tok/s", file=sys.stderr, flush=True)
         for engine, w in workers.items():
@@ -293,7 +302,11 @@ def table(report: dict) -> str:
             lines.append(f"| {m['model']} | {report['settings']['streams']} streams, {n['threads']} threads: tok/s | "
                          + " | ".join(cells) + " |")
             cells = [f"{m['streams'][e]['gain_over_sequential']:.2f}x" if e in m["streams"] else "-" for e in engines]
-            lines.append(f"| {m['model']} | the streams against the same requests one after another | "
+            lines.append(f"| {m['model']} | the streams against such requests one after another | "
+                         + " | ".join(cells) + " |")
+            cells = [f"{m['streams'][e]['decode_gain_over_batch1']:.2f}x" if "decode_gain_over_batch1" in m["streams"].get(e, {})
+                     else "-" for e in engines]
+            lines.append(f"| {m['model']} | the streams' decoding (after every first token) against batch 1's | "
                          + " | ".join(cells) + " |")
         cells = [f"{max(r['peak_rss_mb'] for r in m['rss_mb'][e].values()):,.0f}" if e in m["rss_mb"] else "-"
                  for e in engines]
