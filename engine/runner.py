@@ -29,6 +29,7 @@ class Runner:
         # The C kernels' threads: `threads` for a forward of at least `all_threads_from` new tokens,
         # one for a shorter one (Scheduler._measure_kernel_threads sets both).
         self.threads, self.all_threads_from = 1, 1
+        self.kernels_on = kernels  # False: no compiled kernel is even loaded (EngineConfig.kernels)
         self.compiled: FastDecoder | None = None
         reason = "EngineConfig.kernels is False" if not kernels else FastDecoder.unavailable(model, device)
         if reason is None:
@@ -49,7 +50,7 @@ class Runner:
         try:
             return self._forward(idx, positions, tables, n_real, last_only)
         finally:
-            if threads > 1:
+            if threads > 1 and self.kernels_on:
                 kernels.rest()
 
     def _forward(self, idx, positions, tables, n_real, last_only) -> torch.Tensor:

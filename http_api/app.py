@@ -85,7 +85,7 @@ def create_app(settings: ServerSettings | None = None, engine: Engine | None = N
                 WalkSettings(max_total_bytes=settings.workspace_max_megabytes << 20), settings.workspace_rescan_s).start()
         path = loaded.decode_path
         log.info("model loaded", extra={"fields": {"event": "model_loaded", "model": loaded.model_name,
-                                                   "version": version, "device": settings.device,
+                                                   "version": version, "device": settings.device, "weights": loaded.weights,
                                                    "kernels": path["kernels"], "kernels_reason": path["reason"]}})
         if version == model_version(default_model_dir()):
             log.warning(SHIPPED_MODEL_NOTE, extra={"fields": {"event": "shipped_model", "note": SHIPPED_MODEL_NOTE}})

@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default 127.0.0.1; 0.0.0.0 to listen on every interface)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps")
-    p.add_argument("--quantize", choices=["int8", "int4", "none"], help="weights: int8, int4 or fp32 (default: the engine's)")
+    p.add_argument("--quantize", choices=["int8", "int4", "none"], help="weights: int8, int4 or fp32 (default: int4 on the CPU for a float model of 100 M+ weights, else int8)")
     p.add_argument("--max-batch", type=int, help="sequences decoded together (KV-cache slots)")
     p.add_argument("--max-queue", type=int, help="waiting requests beyond which the server answers 429")
     p.add_argument("--max-queue-wait-ms", type=float,

@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead of stdio")
     parser.add_argument("--remote", metavar="URL", help="generate on a `code-assistant serve` at URL")
     parser.add_argument("--api-key", default=None, help="bearer key for --remote")
-    parser.add_argument("--quantize", choices=["int8", "int4", "none"], help="local engine weights (default: the engine's)")
+    parser.add_argument("--quantize", choices=["int8", "int4", "none"], help="local engine weights (default: int4 on the CPU for a float model of 100 M+ weights, else int8)")
     parser.add_argument("--no-prefix-reuse", action="store_true",
                         help="recompute every prompt from scratch (for benchmarks: what prefix reuse saves)")
     parser.add_argument("--log-level", default="INFO")

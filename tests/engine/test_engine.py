@@ -352,3 +352,22 @@ def test_kernels_off_loads_no_compiled_kernel_at_all(tiny_model_dir):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["pytorch", "EngineConfig.kernels_is_False", "False"]
+
+
+def test_default_weights_follow_what_the_directory_holds_and_the_model_size(tiny_model_dir, monkeypatch):
+    """int8 for a small float model and for a directory stored int8 (the shipped one); int4 on the
+    CPU from INT4_FROM_WEIGHTS weights on, and what Engine.load runs by default."""
+    from engine import engine as engine_module
+    from engine.model_dir import default_model_dir
+
+    assert engine_module.default_weights(tiny_model_dir) == "int8"
+    monkeypatch.setattr(engine_module, "INT4_FROM_WEIGHTS", 1)
+    assert engine_module.default_weights(tiny_model_dir) == "int4"
+    assert engine_module.default_weights(tiny_model_dir, "cuda") == "int8"
+    assert engine_module.default_weights(default_model_dir()) == "int8"
+    engine = Engine.load(tiny_model_dir)
+    try:
+        assert engine.weights == "int4"
+        assert engine.complete("def add(a, b):\n    return", params=SamplingParams(max_tokens=4)).finish_reason in ("stop", "length")
+    finally:
+        engine.close()
