@@ -6,18 +6,20 @@
   ~/.ollama/models, read from the manifest Ollama's `pull` wrote.
 - `OWNER/NAME` or `OWNER/NAME@REVISION` is a Hugging Face repository, fetched by huggingface_hub:
   the local cache first, then the hub (HF_HUB_OFFLINE, HF_HOME, HF_ENDPOINT and HF_TOKEN are
-  huggingface_hub's own settings), only the files the engine reads, with its progress bar;
-  a dropped connection is taken up again within the download (huggingface_hub 2.4 does not
-  resume one a killed process left behind: each process writes its own temporary file).
+  huggingface_hub's own settings), only the files the engine reads, with its progress bar. The
+  weights resume where a download stopped, in this process or a killed one (`fetch_weights`).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
 
 from .model_dir import ModelDirError
+
+log = logging.getLogger("engine")
 
 # What the engine reads of a Hugging Face repository (engine/model_dir.py), nothing else: no
 # pickles, no other frameworks' weights.
@@ -65,6 +67,8 @@ def hub_snapshot(repo: str, revision: str | None = None) -> Path:
     except (errors.LocalEntryNotFoundError, OSError, ValueError):
         pass
     try:
+        if not huggingface_hub.constants.HF_HUB_OFFLINE:
+            fetch_weights(repo, revision)
         folder = Path(huggingface_hub.snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES))
     except errors.RepositoryNotFoundError:
         raise ModelDirError(f"model {repo}: no such repository on {huggingface_hub.constants.ENDPOINT} "
@@ -81,6 +85,59 @@ def hub_snapshot(repo: str, revision: str | None = None) -> Path:
     if not (folder / "config.json").is_file():
         raise ModelDirError(f"model {repo} has no config.json: not a transformers model repository")
     return folder
+
+
+def fetch_weights(repo: str, revision: str | None) -> None:
+    """The repository's safetensors files into huggingface_hub's blob store, each appended to the
+    part a stopped download left (blobs/ETAG.part), so that snapshot_download finds them and only
+    links them. huggingface_hub 2.4 starts a file over in every process (a temporary file unique to
+    it, deleted when it stops: its PR #4228), and weights are the gigabytes. Anything that goes
+    wrong here is left to snapshot_download, which reports it."""
+    import huggingface_hub
+    from huggingface_hub.utils import build_hf_headers
+
+    try:
+        info = huggingface_hub.HfApi().model_info(repo, revision=revision or "main")
+        blobs = Path(huggingface_hub.constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "blobs"
+        for name in sorted(s.rfilename for s in info.siblings or [] if s.rfilename.endswith(".safetensors")):
+            meta = huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(repo, name, revision=info.sha))
+            if meta.etag and meta.size and not (blobs / meta.etag).exists():
+                blobs.mkdir(parents=True, exist_ok=True)
+                _resume(meta.location, build_hf_headers(), blobs / meta.etag, meta.size, name)
+    except Exception as e:  # noqa: BLE001 - snapshot_download tries again and says what is wrong
+        log.debug("resumable download of %s stopped: %s", repo, e)
+
+
+def _resume(url: str, headers: dict, blob: Path, size: int, name: str, attempts: int = 3) -> None:
+    """`size` bytes from `url` into `blob`, through blob.part: from where it ends, again on a dropped
+    connection (up to `attempts` times), with a progress bar."""
+    import httpx
+    from tqdm.auto import tqdm
+
+    part = blob.with_name(blob.name + ".part")
+    for attempt in range(attempts):
+        have = part.stat().st_size if part.exists() else 0
+        if have > size:  # not this file's bytes
+            part.unlink()
+            have = 0
+        try:
+            if have < size:
+                ranged = {**headers, "Range": f"bytes={have}-"} if have else headers
+                with httpx.stream("GET", url, headers=ranged, follow_redirects=True, timeout=60) as r:
+                    r.raise_for_status()
+                    if have and r.status_code != 206:  # the server sent it all: start over
+                        have = 0
+                    with part.open("ab" if have else "wb") as f, tqdm(total=size, initial=have, unit="B",
+                                                                      unit_scale=True, desc=name) as bar:
+                        for chunk in r.iter_bytes():  # as they come: what arrived is kept
+                            f.write(chunk)
+                            bar.update(len(chunk))
+            if part.stat().st_size == size:
+                part.rename(blob)
+                return
+        except httpx.TransportError:
+            if attempt == attempts - 1:
+                raise
 
 
 def _complete(folder: Path) -> bool:

@@ -181,9 +181,7 @@ def test_a_name_downloads_only_what_the_engine_reads_then_works_offline(repo_fil
 
 
 def test_a_dropped_download_is_taken_up_again_and_completes(repo_files, tmp_path):
-    """huggingface_hub 2.4 asks again (with a Range header once it has written a 10 MiB chunk; this
-    file is smaller, so from byte 0) and checks the size; a download a killed process left behind is
-    not resumed by another (each process writes its own temporary file, huggingface_hub PR #4228)."""
+    """The connection drops half-way through the weights: asked again from where the file stopped."""
     home = tmp_path / "hf"
     weights = repo_files["model.safetensors"]
     blobs = home / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
@@ -192,8 +190,27 @@ def test_a_dropped_download_is_taken_up_again_and_completes(repo_files, tmp_path
         done = cli("quantize", "--model", REPO, "--out", tmp_path / "int8", env=hub_env(home, HF_ENDPOINT=hub.url))
         assert done.returncode == 0, done.stderr
     ranges = [h.get("Range") or h.get("range") for m, p, h in hub.requests if m == "GET" and p.endswith("model.safetensors")]
-    assert len(ranges) == 2
+    assert len(ranges) == 2 and ranges[0] is None
+    assert 0 < int(ranges[1].removeprefix("bytes=").rstrip("-")) <= len(weights) // 2  # what had arrived
     assert (blobs / etag(weights)).read_bytes() == weights
+
+
+def test_a_download_a_killed_process_left_is_resumed_by_the_next(repo_files, tmp_path):
+    """What a process killed mid-download leaves (blobs/ETAG.part, the weights' first bytes): the next
+    asks only for the rest, and the model loads. huggingface_hub alone would start over."""
+    home = tmp_path / "hf"
+    weights = repo_files["model.safetensors"]
+    blobs = home / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
+    blobs.mkdir(parents=True)
+    kept = len(weights) // 3
+    (blobs / f"{etag(weights)}.part").write_bytes(weights[:kept])
+    with FakeHub(REPO, repo_files) as hub:
+        done = cli("quantize", "--model", REPO, "--out", tmp_path / "int8", env=hub_env(home, HF_ENDPOINT=hub.url))
+        assert done.returncode == 0, done.stderr
+    ranges = [h.get("Range") or h.get("range") for m, p, h in hub.requests if m == "GET" and p.endswith("model.safetensors")]
+    assert ranges == [f"bytes={kept}-"]
+    assert (blobs / etag(weights)).read_bytes() == weights
+    assert not (blobs / f"{etag(weights)}.part").exists()
 
 
 def test_a_local_path_wins_over_a_name(tiny_model_dir, tmp_path):
