@@ -304,8 +304,8 @@ def table(report: dict) -> str:
             cells = [f"{m['streams'][e]['gain_over_sequential']:.2f}x" if e in m["streams"] else "-" for e in engines]
             lines.append(f"| {m['model']} | the streams against such requests one after another | "
                          + " | ".join(cells) + " |")
-            cells = [f"{m['streams'][e]['decode_gain_over_batch1']:.2f}x" if "decode_gain_over_batch1" in m["streams"].get(e, {})
-                     else "-" for e in engines]
+            gains = {e: m["streams"][e].get("decode_gain_over_batch1") for e in m["streams"]}
+            cells = [f"{gains[e]:.2f}x" if gains.get(e) is not None else "-" for e in engines]
             lines.append(f"| {m['model']} | the streams' decoding (after every first token) against batch 1's | "
                          + " | ".join(cells) + " |")
         cells = [f"{max(r['peak_rss_mb'] for r in m['rss_mb'][e].values()):,.0f}" if e in m["rss_mb"] else "-"

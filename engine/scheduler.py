@@ -165,20 +165,18 @@ class Scheduler:
         return chosen
 
     def _measure_kernel_threads(self) -> None:
-        """The compiled step's thread count by its size: one thread for a step shorter than
-        SHORT_STEP_S at one thread, all of them from the token count where it is not.
+        """The compiled step's threads by its size: all of them for a step of at least SHORT_STEP_S's
+        worth of tokens at one thread, one for a shorter step.
 
-        A helper thread of the C kernels' pool spins a while after each parallel region before it
-        sleeps (after a forward the runner sends it to sleep at once: kernels.rest). For short
-        steps the helper mostly spins or wakes, on a core the HTTP event loop needs: on the shipped model (0.5 ms an 8-row step) a second thread
-        cost a server at 17 requests/s 38 instead of 31 ms of CPU a request, and its p95 latency
-        rose. A long step gains from the second thread: a 0.5B model's 8-row step (75 ms at one
-        thread, 42 at two), and the shipped model's 32-row steps of many streams. So an 8-row step
-        at one thread, its rows with PROBE_POSITION positions of history, gives the time a token; the
-        runner uses every thread for steps of at least SHORT_STEP_S's worth of tokens. Timed at
-        one thread, not raced against all: timed while other processes start beside it (the engine
-        bench loads four engines at once), all threads lost that race and a 0.5B engine ran at half
-        speed for its whole life.
+        A short step gains little from a second thread and takes the core the HTTP event loop needs:
+        on the shipped model (0.5 ms an 8-row step) a second thread on every step cost a server at 17
+        requests/s 38 instead of 31 ms of CPU a request, and its p95 latency rose. A long step gains:
+        a 0.5B model's 8-row step (75 ms at one thread, 42 at two), the shipped model's 32-row steps
+        of many streams. After such a step the runner sends the helper to sleep at once
+        (kernels.rest) rather than let it spin. The time a token: an 8-row step at one thread, its
+        rows PROBE_POSITION positions into a history. Timed at one thread, not raced against all:
+        timed while other processes start beside it (the engine bench loads four engines at once),
+        all threads lost that race and a 0.5B engine ran at half speed for its whole life.
         """
         self.runner.threads = self.threads
         if self.threads <= 1 or self.runner.compiled is None:
