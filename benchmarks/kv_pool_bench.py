@@ -26,7 +26,7 @@ from .report import pyplot, write_json
 
 HELDOUT = Path(__file__).parents[1] / "tests" / "data" / "heldout"
 STREAM_CONFIGS = (("int8 kv, drafts", {"kv_int8": True}), ("int8 kv, no drafts", {"kv_int8": True, "draft_tokens": 0}),
-                  ("fp32 kv, no drafts", {"draft_tokens": 0}))
+                  ("fp32 kv, no drafts", {"kv_int8": False, "draft_tokens": 0}))
 
 
 def long_context(engine: Engine, tokens: int) -> str:
