@@ -94,16 +94,22 @@ def fetch_weights(repo: str, revision: str | None) -> None:
     it, deleted when it stops: its PR #4228), and weights are the gigabytes. Anything that goes
     wrong here is left to snapshot_download, which reports it."""
     import huggingface_hub
+    from filelock import FileLock
     from huggingface_hub.utils import build_hf_headers
 
     try:
         info = huggingface_hub.HfApi().model_info(repo, revision=revision or "main")
-        blobs = Path(huggingface_hub.constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "blobs"
+        folder = f"models--{repo.replace('/', '--')}"
+        blobs = Path(huggingface_hub.constants.HF_HUB_CACHE) / folder / "blobs"
+        locks = Path(huggingface_hub.constants.HF_HUB_CACHE) / ".locks" / folder  # where huggingface_hub keeps its own
         for name in sorted(s.rfilename for s in info.siblings or [] if s.rfilename.endswith(".safetensors")):
             meta = huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(repo, name, revision=info.sha))
             if meta.etag and meta.size and not (blobs / meta.etag).exists():
                 blobs.mkdir(parents=True, exist_ok=True)
-                _resume(meta.location, build_hf_headers(), blobs / meta.etag, meta.size, name)
+                locks.mkdir(parents=True, exist_ok=True)
+                with FileLock(locks / f"{meta.etag}.part.lock"):  # one process appends to a part at a time
+                    if not (blobs / meta.etag).exists():
+                        _resume(meta.location, build_hf_headers(), blobs / meta.etag, meta.size, name)
     except Exception as e:  # noqa: BLE001 - snapshot_download tries again and says what is wrong
         log.debug("resumable download of %s stopped: %s", repo, e)
 
