@@ -123,6 +123,7 @@ class Ours:
         left = threading.Semaphore(0)
         lock = threading.Lock()
         count, started, decoded = [0], set(), [0.0, 0]  # decoded: when the last stream started, tokens since
+        seen = [0] * len(texts)  # each stream's tokens so far
 
         def on_chunk(i: int):
             def call(chunk) -> None:
@@ -139,7 +140,6 @@ class Ours:
                         left.release()
             return call
 
-        seen = [0] * len(texts)
         start = time.perf_counter()
         for i, text in enumerate(texts):
             self.engine.submit(self.job(text, params=self.params(max_tokens=n)), on_chunk(i))

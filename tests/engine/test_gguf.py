@@ -101,6 +101,15 @@ def sentencepiece_llama(out: Path, shape: dict) -> Path:
     return out
 
 
+def tiny_gguf(work: Path, family: str, outtype: str) -> Path:
+    """The tiny `family` model (work/FAMILY-hf) as a GGUF file of `outtype`, each made once per session."""
+    hf = work / f"{family}-hf"
+    if not hf.is_dir():
+        tiny_hf(family, hf, TINY)
+    path = work / f"{family}-{outtype}.gguf"
+    return path if path.is_file() else convert(hf, path, outtype, PRE[family])
+
+
 def tiny_hf(family: str, out: Path, shape: dict) -> Path:
     if family == "llama":
         return sentencepiece_llama(out, shape)
@@ -254,12 +263,7 @@ TOKENIZER_TEXTS = [CODE[:3000], "def add(a, b):\n    return a + b\n", "  x = 'âˆ
 def test_a_sentencepiece_vocabulary_splits_text_as_sentencepiece_does(work):
     """No llama.cpp needed: the file's pieces and scores against the tokenizer.model they came from."""
     spm = pytest.importorskip("sentencepiece", reason="sentencepiece is the oracle")
-    hf = work / "llama-hf"
-    if not hf.is_dir():
-        tiny_hf("llama", hf, TINY)
-    path = work / "llama-f32.gguf"
-    if not path.is_file():
-        convert(hf, path, "f32", PRE["llama"])
+    path, hf = tiny_gguf(work, "llama", "f32"), work / "llama-hf"
     reference = spm.SentencePieceProcessor(model_file=str(hf / "tokenizer.model"))
     tokenizer = load_tokenizer_from_dir(path)
     for text in TOKENIZER_TEXTS:
@@ -269,12 +273,7 @@ def test_a_sentencepiece_vocabulary_splits_text_as_sentencepiece_does(work):
 
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
 def test_the_tokenizer_from_the_metadata_splits_text_as_llama_cpp_does(family, work):
-    hf = work / f"{family}-hf"
-    if not hf.is_dir():
-        tiny_hf(family, hf, TINY)
-    path = work / f"{family}-f32.gguf"
-    if not path.is_file():
-        convert(hf, path, "f32", PRE[family])
+    path = tiny_gguf(work, family, "f32")
     server = LlamaServer(path, work / f"{family}-tokenize.log")
     try:
         tokenizer = load_tokenizer_from_dir(path)
@@ -398,12 +397,7 @@ def test_quantised_files_give_llama_cpps_probabilities(kind, types, shape, work)
 # ---- what users type ----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_gguf_path_and_an_ollama_name_work_through_the_cli(work, tmp_path):
-    hf = work / "qwen2-hf"
-    if not hf.is_dir():
-        tiny_hf("qwen2", hf, TINY)
-    path = work / "qwen2-q8_0.gguf"
-    if not path.is_file():
-        convert(hf, path, "q8_0", "qwen2")
+    path = tiny_gguf(work, "qwen2", "q8_0")
     env = {"CODE_ASSISTANT_GGUF_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = cli("quantize", "--model", path, "--out", tmp_path / "from-path", env=env)
     assert done.returncode == 0, done.stderr
@@ -486,12 +480,7 @@ def test_fim_and_end_of_text_ids_come_from_the_metadata(keys, unnamed_gguf, work
 
 
 def test_ids_the_metadata_gives_outside_the_vocabulary_fall_back_to_text(work):
-    hf = work / "qwen2-hf"
-    if not hf.is_dir():
-        tiny_hf("qwen2", hf, TINY)
-    path = work / "qwen2-f32.gguf"
-    if not path.is_file():
-        convert(hf, path, "f32", "qwen2")
+    path = tiny_gguf(work, "qwen2", "f32")
     tokens = list(GGUFFile(path).get("tokenizer.ggml.tokens"))
     broken = with_special_ids(path, work / "qwen2-half-fim.gguf", {"fim_pre": tokens.index("<|fim_suffix|>")})
     tokenizer = load_tokenizer_from_dir(broken)  # one of three ids is no FIM set: the names decide
