@@ -228,22 +228,47 @@ void pool_rest(void) {
 /* One row's scale, int8 and int4 alike: max|x| / 127, at least 1e-12. */
 static float row_scale(const float *r, int64_t K) {
     float amax = 0.0f;
-    for (int64_t i = 0; i < K; i++) { float a = fabsf(r[i]); amax = a > amax ? a : amax; }
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    __m512 m = _mm512_setzero_ps();  /* max is exact: any order gives the scalar loop's result */
+    for (; i + 16 <= K; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(r + i)));
+    amax = _mm512_reduce_max_ps(m);
+#endif
+    for (; i < K; i++) { float a = fabsf(r[i]); amax = a > amax ? a : amax; }
     const float s = amax / 127.0f;
     return s < 1e-12f ? 1e-12f : s;
 }
+
+#if defined(__AVX512F__)
+/* round-half-even(x / s) of 16 floats, as int32 (the division and rounding nearbyintf's, lane by lane) */
+static inline __m512i round_div16(__m512 x, __m512 s) {
+    return _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_div_ps(x, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+#endif
 
 static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t stride, uint8_t *xu, int64_t Kp, float *sx) {
     for (int64_t m = 0; m < M; m++) {
         const float *r = x + m * K;
         const float s = sx[m] = row_scale(r, K);
         uint8_t *o = xu + m * stride;
-        for (int64_t i = 0; i < K; i++) {
+        int64_t i = 0;
+#if defined(__AVX512F__)
+        const __m512 sv = _mm512_set1_ps(s);
+        const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127), offset = _mm512_set1_epi32(128);
+        for (; i < K; i += 16) {
+            const __mmask16 mask = K - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - i)) - 1);
+            __m512i q = round_div16(_mm512_maskz_loadu_ps(mask, r + i), sv);
+            q = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(q, lo), hi), offset);
+            _mm_mask_storeu_epi8(o + i, mask, _mm512_cvtepi32_epi8(q));
+        }
+        i = K;
+#endif
+        for (; i < K; i++) {
             float q = nearbyintf(r[i] / s);
             q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
             o[i] = (uint8_t)((int)q + 128);
         }
-        for (int64_t i = K; i < Kp; i++) o[i] = 128;  /* zero, times zero-padded weights */
+        memset(o + K, 128, (size_t)(Kp - K));  /* zero, times zero-padded weights */
     }
 }
 
@@ -332,45 +357,54 @@ static void gemm_rows(const uint8_t *xu, int64_t xstride, const float *sx, int64
  * decode step's few rows, which must read every weight once anyway, but for a prompt's rows the
  * folding cost as much as the multiplies (K is 192-1,024 here). With the weights packed as
  * panels of PANEL outputs, packed[(n / PANEL) * Kp * PANEL + (k / 4) * PANEL * 4 + (n % PANEL) * 4 + k % 4]
- * (engine/quantize.py Int8Linear.pack; zero past n and k), one VNNI instruction multiplies four
- * inputs of a row, broadcast, by those four inputs' weights of PANEL outputs, and each lane
- * accumulates one output's dot product: the sums come out in place. A tile is PACKED_ROWS rows
- * by two panels; rows past M are zero activations whose results are not stored. The integer sums
- * are exact, so the outputs equal tile_4x4's bit for bit (the same float epilogue). */
+ * (engine/quantize.py Int8Linear.pack; zero past n, padded to whole tiles, and past k), one VNNI
+ * instruction multiplies four inputs of a row, broadcast, by those four inputs' weights of PANEL
+ * outputs, and each lane accumulates one output's dot product: the sums come out in place. A tile
+ * is PACKED_ROWS rows by TILE_PANELS panels (24 accumulators of the 32 registers: 4 weight loads
+ * and 6 broadcasts a 24 multiplies); rows past M are zero activations whose results are not
+ * stored. The integer sums are exact, so the outputs equal tile_4x4's bit for bit (the same
+ * float epilogue). */
 #define PANEL 16
-#define PACKED_ROWS 8
+#define TILE_PANELS 4
+#define PACKED_ROWS 6
 #define PACKED_MIN_ROWS 8  /* fewer rows read the weights once through tile_4x4 */
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-static void gemm_packed(const uint8_t *xu, int64_t Kp, const float *sx, int64_t M, const qlinear *L,
+static void gemm_packed(const uint8_t *xu, int64_t Kp, const float *sx, int64_t m_begin, int64_t M, const qlinear *L,
                         float *y, int64_t n0, int64_t n1) {
-    for (int64_t m0 = 0; m0 < M; m0 += PACKED_ROWS) {
+    for (int64_t m0 = m_begin; m0 < M; m0 += PACKED_ROWS) {
         const int64_t nm = M - m0 < PACKED_ROWS ? M - m0 : PACKED_ROWS;
-        for (int64_t n = n0; n < n1; n += 2 * PANEL) {
-            const int8_t *p0 = L->packed + (n / PANEL) * Kp * PANEL;
-            const int8_t *p1 = p0 + Kp * PANEL;
-            const int two = n + PANEL < n1;
-            __m512i acc[PACKED_ROWS][2];
-            for (int m = 0; m < PACKED_ROWS; m++) acc[m][0] = acc[m][1] = _mm512_setzero_si512();
+        for (int64_t n = n0; n < n1; n += TILE_PANELS * PANEL) {
+            const int8_t *p = L->packed + (n / PANEL) * Kp * PANEL;
+            /* named accumulators: GCC kept an array of them on the stack, reloading each every multiply */
+            __m512i a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33, a40, a41, a42, a43,
+                a50, a51, a52, a53;
+            a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = a20 = a21 = a22 = a23 = _mm512_setzero_si512();
+            a30 = a31 = a32 = a33 = a40 = a41 = a42 = a43 = a50 = a51 = a52 = a53 = _mm512_setzero_si512();
+            const uint8_t *x = xu + m0 * Kp;
+            const int8_t *p0 = p, *p1 = p + Kp * PANEL, *p2 = p1 + Kp * PANEL, *p3 = p2 + Kp * PANEL;
             for (int64_t k = 0; k < Kp; k += 4) {
-                __m512i w0 = _mm512_loadu_si512((const void *)(p0 + k * PANEL));
-                __m512i w1 = two ? _mm512_loadu_si512((const void *)(p1 + k * PANEL)) : _mm512_setzero_si512();
-                const uint8_t *x = xu + m0 * Kp + k;
-#pragma GCC unroll 8
-                for (int m = 0; m < PACKED_ROWS; m++) {
-                    __m512i a = _mm512_set1_epi32(*(const int32_t *)(x + m * Kp));
-                    acc[m][0] = _mm512_dpbusd_epi32(acc[m][0], a, w0);
-                    acc[m][1] = _mm512_dpbusd_epi32(acc[m][1], a, w1);
-                }
+                const __m512i w0 = _mm512_loadu_si512((const void *)(p0 + k * PANEL));
+                const __m512i w1 = _mm512_loadu_si512((const void *)(p1 + k * PANEL));
+                const __m512i w2 = _mm512_loadu_si512((const void *)(p2 + k * PANEL));
+                const __m512i w3 = _mm512_loadu_si512((const void *)(p3 + k * PANEL));
+#define ROW(m) do { const __m512i b = _mm512_set1_epi32(*(const int32_t *)(x + m * Kp + k)); \
+                    a##m##0 = _mm512_dpbusd_epi32(a##m##0, b, w0); a##m##1 = _mm512_dpbusd_epi32(a##m##1, b, w1); \
+                    a##m##2 = _mm512_dpbusd_epi32(a##m##2, b, w2); a##m##3 = _mm512_dpbusd_epi32(a##m##3, b, w3); } while (0)
+                ROW(0); ROW(1); ROW(2); ROW(3); ROW(4); ROW(5);
+#undef ROW
             }
-            for (int half = 0; half < 1 + two; half++) {
-                const int64_t nn = n + half * PANEL, cols = n1 - nn < PANEL ? n1 - nn : PANEL;
+            const __m512i acc[PACKED_ROWS][TILE_PANELS] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23},
+                                                           {a30, a31, a32, a33}, {a40, a41, a42, a43}, {a50, a51, a52, a53}};
+            for (int j = 0; j < TILE_PANELS; j++) {
+                const int64_t nn = n + j * PANEL, cols = n1 - nn < PANEL ? n1 - nn : PANEL;
+                if (cols <= 0) break;
                 const __mmask16 mask = (__mmask16)((1u << cols) - 1);
                 __m512i offset = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(mask, L->wsum + nn), 7);  /* 128 * wsum */
                 __m512 scale = _mm512_maskz_loadu_ps(mask, L->scale + nn);
                 __m512 bias = L->bias ? _mm512_maskz_loadu_ps(mask, L->bias + nn) : _mm512_setzero_ps();
                 for (int m = 0; m < nm; m++) {
-                    __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[m][half], offset));
+                    __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[m][j], offset));
                     v = _mm512_mul_ps(v, _mm512_set1_ps(sx[m0 + m]));
                     v = _mm512_mul_ps(v, scale);
                     if (L->bias) v = _mm512_add_ps(v, bias);
@@ -385,26 +419,31 @@ static void gemm_packed(const uint8_t *xu, int64_t Kp, const float *sx, int64_t 
 typedef struct {
     const uint8_t *xu;
     const float *sx;
-    int64_t M, Kp;
+    int64_t M, Kp, row_chunks;
     const qlinear *L;
     float *y;
 } linear_job;
 
-#define LINEAR_CHUNK 64  /* output rows a chunk */
+#define LINEAR_CHUNK 64        /* output rows a chunk */
+#define LINEAR_ROW_CHUNK 48    /* input rows a chunk of a many-row product (whole PACKED_ROWS tiles) */
 
+/* Chunk c: output rows [n0, n1) of the input rows of its row chunk (all rows when row_chunks is 1). */
 static void linear_chunk(void *ctx, int64_t c) {
     const linear_job *j = ctx;
-    int64_t n0 = c * LINEAR_CHUNK, n1 = n0 + LINEAR_CHUNK < j->L->n ? n0 + LINEAR_CHUNK : j->L->n;
+    const int64_t cc = c / j->row_chunks, rc = c % j->row_chunks;
+    const int64_t n0 = cc * LINEAR_CHUNK, n1 = n0 + LINEAR_CHUNK < j->L->n ? n0 + LINEAR_CHUNK : j->L->n;
+    const int64_t m0 = rc * LINEAR_ROW_CHUNK, m1 = j->row_chunks == 1 || m0 + LINEAR_ROW_CHUNK > j->M ? j->M : m0 + LINEAR_ROW_CHUNK;
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
     if (j->L->packed && j->M >= PACKED_MIN_ROWS) {
-        gemm_packed(j->xu, j->Kp, j->sx, j->M, j->L, j->y, n0, n1);
+        gemm_packed(j->xu, j->Kp, j->sx, m0, m1, j->L, j->y, n0, n1);
         return;
     }
 #endif
-    gemm_rows(j->xu, j->Kp, j->sx, j->M, j->L, j->y, j->L->n, n0, n1);
+    gemm_rows(j->xu + m0 * j->Kp, j->Kp, j->sx + m0, m1 - m0, j->L, j->y + m0 * j->L->n, j->L->n, n0, n1);
 }
 
-/* y (M, n) = x (M, k) through the int8 linear; output rows split over threads when there is enough work. */
+/* y (M, n) = x (M, k) through the int8 linear; output rows split over threads when there is enough
+ * work, and a many-row product's input rows too (a layer of 192 outputs is only three chunks). */
 static void linear_int4(const float *x, int64_t M, const qlinear *L, float *y, int64_t n_threads);
 
 static void linear(const float *x, int64_t M, const qlinear *L, float *y, int64_t n_threads) {
@@ -414,10 +453,12 @@ static void linear(const float *x, int64_t M, const qlinear *L, float *y, int64_
     float *sx = (float *)(xu + round_up(Mp * Kp, ALIGN));
     quantize_rows(x, M, L->k, Kp, xu, Kp, sx);
     memset(xu + M * Kp, 128, (size_t)((Mp - M) * Kp));
-    linear_job job = {xu, sx, M, Kp, L, y};
     /* Below ~64K multiply-adds a second thread costs more than it brings (measured). */
-    parallel_for((L->n + LINEAR_CHUNK - 1) / LINEAR_CHUNK, linear_chunk, &job,
-                 M * L->n * L->k >= (1 << 16) ? n_threads : 1);
+    n_threads = M * L->n * L->k >= (1 << 16) ? n_threads : 1;
+    const int64_t col_chunks = (L->n + LINEAR_CHUNK - 1) / LINEAR_CHUNK;
+    const int64_t row_chunks = n_threads > 1 && M >= 2 * LINEAR_ROW_CHUNK ? (M + LINEAR_ROW_CHUNK - 1) / LINEAR_ROW_CHUNK : 1;
+    linear_job job = {xu, sx, M, Kp, row_chunks, L, y};
+    parallel_for(col_chunks * row_chunks, linear_chunk, &job, n_threads);
 }
 
 void int8_linear(const float *x, int64_t M, const qlinear *L, float *y, int64_t n_threads) {
@@ -718,11 +759,22 @@ static void store_head(const kv_layout *c, void *base, float *scales, int64_t la
     int64_t o = kv_offset(c, layer, block, off, head);
     if (!c->int8) { memcpy((float *)base + o, x, (size_t)D * sizeof(float)); return; }
     float amax = 0.0f;
-    for (int64_t d = 0; d < D; d++) { float a = fabsf(x[d]); amax = a > amax ? a : amax; }
+    int64_t d = 0;
+#if defined(__AVX512F__)
+    __m512 m = _mm512_setzero_ps();
+    for (; d + 16 <= D; d += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + d)));
+    amax = _mm512_reduce_max_ps(m);
+#endif
+    for (; d < D; d++) { float a = fabsf(x[d]); amax = a > amax ? a : amax; }
     float s = (amax < 1e-8f ? 1e-8f : amax) / 127.0f;
     scales[scale_offset(c, layer, block, off, head)] = s;
     int8_t *dst = (int8_t *)base + o;
-    for (int64_t d = 0; d < D; d++) dst[d] = (int8_t)nearbyintf(x[d] / s);
+    d = 0;
+#if defined(__AVX512F__)
+    for (; d + 16 <= D; d += 16)
+        _mm_storeu_si128((__m128i *)(dst + d), _mm512_cvtepi32_epi8(round_div16(_mm512_loadu_ps(x + d), _mm512_set1_ps(s))));
+#endif
+    for (; d < D; d++) dst[d] = (int8_t)nearbyintf(x[d] / s);
 }
 
 /* ---- paged attention: the decode step's, and the PyTorch forward's few-query steps' ---- */
@@ -870,14 +922,25 @@ static inline __m512 sums16(const __m512 *v) {
 }
 
 /* Up to ATT_GROUP queries of one row (query t at position ps[t], over keys [starts[t], ps[t]]),
- * heads [h0, h1), fp32 keys and values or int8 ones (each key's and value's scale applied to its
- * score and weight). attend_heads reads a query's whole history from the pool;
+ * heads [h0, h1), fp32 keys and values or int8 ones (dequantised a chunk at a time). attend_heads reads a query's whole history from the pool;
  * a row's draft or prompt tokens each read it again, from memory once it outgrows the caches
  * (two thirds of the shipped model's decode step at 10 rows x 7 tokens). Here each chunk of
  * ATT_CHUNK keys serves every query of the group while it is in cache. Per query and head: 16
  * keys' dot products summed together (sums16), the online softmax per chunk, and the values added
  * into accumulators held in registers, U keys at a time in U sets (one chain of dependent adds
  * would wait out each add's latency). */
+static __thread float *att_buf = NULL;
+static __thread size_t att_floats = 0;
+
+static float *att_scratch(size_t floats) {  /* a thread's own: attention runs on every thread of the pool */
+    if (floats > att_floats) {
+        free(att_buf);
+        att_floats = (floats + 1023) & ~(size_t)1023;
+        att_buf = aligned_alloc(ALIGN, att_floats * sizeof(float));
+    }
+    return att_buf;
+}
+
 static inline __attribute__((always_inline)) __m512 kv16(const void *base, int64_t o, const int int8) {
     return int8 ? _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)base + o))))
                 : _mm512_loadu_ps((const float *)base + o);
@@ -890,8 +953,20 @@ static inline __attribute__((always_inline)) void attend_group(
 {
     float acc[ATT_GROUP * ATT_GROUP_ACC], scores[ATT_MAX_HEADS * ATT_CHUNK], m[ATT_GROUP * ATT_MAX_HEADS];
     float l[ATT_GROUP * ATT_MAX_HEADS];
-    int64_t off[ATT_CHUNK], soff[ATT_CHUNK];
+    int64_t off[ATT_CHUNK];
     const int64_t nh = h1 - h0, bt = c->block_tokens, nd = D / 16, U = 8 / nd;
+    /* int8: each chunk's keys and values, times their scales, into float32 once for all the
+     * group's queries (as the PyTorch forward dequantises them); converting them again for every
+     * query and head took most of a prompt's attention */
+    const int64_t g0 = h0 / group, gn = (h1 - 1) / group + 1 - g0;
+    const void *kb = c->k, *vb = c->v;
+    int64_t hs = c->head_stride;
+    float *kf = NULL, *vf = NULL;
+    if (int8) {
+        kf = att_scratch((size_t)(2 * ATT_CHUNK * gn * D));
+        vf = kf + ATT_CHUNK * gn * D;
+        kb = kf, vb = vf, hs = D;
+    }
     int64_t lo = starts[0], hi = ps[0];
     for (int64_t t = 1; t < nq; t++) {
         lo = starts[t] < lo ? starts[t] : lo;
@@ -901,9 +976,23 @@ static inline __attribute__((always_inline)) void attend_group(
     for (int64_t x = 0; x < nq * nh; x++) { m[x] = -INFINITY; l[x] = 0.0f; }
     for (int64_t j0 = lo; j0 <= hi; j0 += ATT_CHUNK) {
         const int64_t n = hi - j0 + 1 < ATT_CHUNK ? hi - j0 + 1 : ATT_CHUNK;
-        for (int64_t i = 0; i < n; i++) off[i] = kv_offset(c, layer, table[(j0 + i) / bt], (j0 + i) % bt, 0);
-        if (int8)
-            for (int64_t i = 0; i < n; i++) soff[i] = scale_offset(c, layer, table[(j0 + i) / bt], (j0 + i) % bt, 0);
+        if (int8) {
+            for (int64_t i = 0; i < n; i++) {
+                const int64_t block = table[(j0 + i) / bt], slot = (j0 + i) % bt;
+                for (int64_t g = g0; g < g0 + gn; g++) {
+                    const int64_t o = kv_offset(c, layer, block, slot, g), so = scale_offset(c, layer, block, slot, g);
+                    const __m512 ks = _mm512_set1_ps(c->k_scale[so]), vs = _mm512_set1_ps(c->v_scale[so]);
+                    float *kd = kf + (i * gn + g - g0) * D, *vd = vf + (i * gn + g - g0) * D;
+                    for (int64_t d = 0; d < D; d += 16) {
+                        _mm512_storeu_ps(kd + d, _mm512_mul_ps(kv16(c->k, o + d, 1), ks));
+                        _mm512_storeu_ps(vd + d, _mm512_mul_ps(kv16(c->v, o + d, 1), vs));
+                    }
+                }
+                off[i] = (i * gn - g0) * D;
+            }
+        } else {
+            for (int64_t i = 0; i < n; i++) off[i] = kv_offset(c, layer, table[(j0 + i) / bt], (j0 + i) % bt, 0);
+        }
         for (int64_t t = 0; t < nq; t++) {
             const int64_t a = starts[t] > j0 ? starts[t] - j0 : 0, e = ps[t] - j0 + 1 < n ? ps[t] - j0 + 1 : n;
             if (a >= e) continue;
@@ -915,29 +1004,21 @@ static inline __attribute__((always_inline)) void attend_group(
             for (; i + 16 <= e; i += 16)
                 for (int64_t x = 0; x < nh; x++) {
                     const float *qv = qt + (h0 + x) * D;
-                    const int64_t g = (h0 + x) / group, ko = g * c->head_stride;
+                    const int64_t g = (h0 + x) / group, ko = g * hs;
                     __m512 prod[16];
                     for (int u = 0; u < 16; u++) {
                         const int64_t o = ko + off[i + u];
-                        __m512 p = _mm512_mul_ps(_mm512_loadu_ps(qv), kv16(c->k, o, int8));
-                        for (int64_t d = 1; d < nd; d++) p = _mm512_fmadd_ps(_mm512_loadu_ps(qv + d * 16), kv16(c->k, o + d * 16, int8), p);
+                        __m512 p = _mm512_mul_ps(_mm512_loadu_ps(qv), kv16(kb, o, 0));
+                        for (int64_t d = 1; d < nd; d++) p = _mm512_fmadd_ps(_mm512_loadu_ps(qv + d * 16), kv16(kb, o + d * 16, 0), p);
                         prod[u] = p;
                     }
-                    __m512 factor = _mm512_set1_ps(scale);
-                    if (int8) {  /* each key's own scale */
-                        float ks[16];
-                        for (int u = 0; u < 16; u++) ks[u] = c->k_scale[soff[i + u] + g * c->s_head_stride];
-                        factor = _mm512_mul_ps(_mm512_loadu_ps(ks), factor);
-                    }
-                    _mm512_storeu_ps(scores + x * ATT_CHUNK + i, _mm512_mul_ps(sums16(prod), factor));
+                    _mm512_storeu_ps(scores + x * ATT_CHUNK + i, _mm512_mul_ps(sums16(prod), _mm512_set1_ps(scale)));
                 }
             for (; i < e; i++)
                 for (int64_t x = 0; x < nh; x++) {
                     const float *qv = qt + (h0 + x) * D;
-                    const int64_t g = (h0 + x) / group, o = g * c->head_stride + off[i];
-                    scores[x * ATT_CHUNK + i] = int8
-                        ? dot_int8(qv, (const int8_t *)c->k + o, D) * c->k_scale[soff[i] + g * c->s_head_stride] * scale
-                        : dot_f32(qv, (const float *)c->k + o, D) * scale;
+                    const int64_t g = (h0 + x) / group, o = g * hs + off[i];
+                    scores[x * ATT_CHUNK + i] = dot_f32(qv, (const float *)kb + o, D) * scale;
                 }
             for (int64_t x = 0; x < nh; x++) {  /* the online softmax, head by head */
                 float *sx = scores + x * ATT_CHUNK, *mx = m + t * nh + x, *lx = l + t * nh + x, top = *mx;
@@ -956,24 +1037,20 @@ static inline __attribute__((always_inline)) void attend_group(
             for (int64_t i0 = a; i0 < e; i0 += 16) {  /* values, 16 keys at a time, every head */
                 const int64_t i1 = i0 + 16 < e ? i0 + 16 : e;
                 for (int64_t x = 0; x < nh; x++) {
-                    const int64_t g = (h0 + x) / group, vo = g * c->head_stride;
-                    const float *w = scores + x * ATT_CHUNK;
+                    const int64_t g = (h0 + x) / group, vo = g * hs;
+                    const float *wv = scores + x * ATT_CHUNK;
                     float *ax = acc + (t * nh + x) * D;
-                    float scaled[16];  /* int8: the weights times each value's own scale */
-                    if (int8)
-                        for (i = i0; i < i1; i++) scaled[i - i0] = w[i] * c->v_scale[soff[i] + g * c->s_head_stride];
-                    const float *wv = int8 ? scaled - i0 : w;
                     __m512 sets[8];
                     for (int64_t r = 0; r < 8; r++) sets[r] = _mm512_setzero_ps();
                     for (i = i0; i + U <= i1; i += U)
                         for (int64_t u = 0; u < U; u++) {
                             const __m512 wu = _mm512_set1_ps(wv[i + u]);
                             for (int64_t d = 0; d < nd; d++)
-                                sets[u * nd + d] = _mm512_fmadd_ps(wu, kv16(c->v, vo + off[i + u] + d * 16, int8), sets[u * nd + d]);
+                                sets[u * nd + d] = _mm512_fmadd_ps(wu, kv16(vb, vo + off[i + u] + d * 16, 0), sets[u * nd + d]);
                         }
                     for (; i < i1; i++) {
                         const __m512 wu = _mm512_set1_ps(wv[i]);
-                        for (int64_t d = 0; d < nd; d++) sets[d] = _mm512_fmadd_ps(wu, kv16(c->v, vo + off[i] + d * 16, int8), sets[d]);
+                        for (int64_t d = 0; d < nd; d++) sets[d] = _mm512_fmadd_ps(wu, kv16(vb, vo + off[i] + d * 16, 0), sets[d]);
                     }
                     for (int64_t d = 0; d < nd; d++) {
                         __m512 sum = _mm512_loadu_ps(ax + d * 16);

@@ -114,8 +114,8 @@ class Int8Linear(nn.Module):
 
     def pack(self) -> None:
         """Keep a copy of the weights in the compiled kernel's panels for many rows (decode_kernel.c
-        `gemm_packed`): (out / 16, in / 4, 16, 4), zero-padded to 16 outputs and 64 inputs."""
-        w = F.pad(self.weight, (0, -self.in_features % 64, 0, -self.out_features % 16))
+        `gemm_packed`): (out / 16, in / 4, 16, 4), zero-padded to whole tiles of 64 outputs and to 64 inputs."""
+        w = F.pad(self.weight, (0, -self.in_features % 64, 0, -self.out_features % 64))
         self.packed = w.view(w.shape[0] // 16, 16, w.shape[1] // 4, 4).transpose(1, 2).contiguous()
 
     def native(self) -> kernels.QLinear:
