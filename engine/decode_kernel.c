@@ -898,6 +898,131 @@ static inline __attribute__((always_inline)) void attend_heads(
 }
 
 #if defined(__AVX512F__)
+/* 16 keys' or values' elements as float32 (int8: converted, unscaled) */
+static inline __attribute__((always_inline)) __m512 kv16(const void *base, int64_t o, const int int8) {
+    return int8 ? _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)base + o))))
+                : _mm512_loadu_ps((const float *)base + o);
+}
+#endif
+
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__AVX512BW__)
+#define ATT_ONE_INT8 1
+/* The lane sums of 8 vectors, in order, in one (integer adds: exact in any order). */
+static inline __m256i sums8(const __m256i *v) {
+    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* One query at position p of one row over int8 keys and values [start, p], heads [h0, h1), D a
+ * multiple of 32: a decode step's row. attend_heads converted every key to float32 for one query's
+ * product with it (two thirds of the shipped model's 32-row step); here the query is quantised
+ * instead, per head as llama.cpp does for its q8_0 keys (sq = max|q| / 127, round half even), and
+ * VNNI multiplies it with the stored bytes exactly: dot = sq * sk * sum(q8 * k8). Values are summed
+ * in float32, each value's scale folded into its softmax weight, into accumulators held in
+ * registers for up to 16 vectors of heads at a time. */
+static inline __attribute__((always_inline)) void attend_one_int8(
+    const kv_layout *c, int64_t layer, const float *q, const int64_t *table, int64_t start, int64_t p, int64_t h0,
+    int64_t h1, int64_t group, const int64_t D, float scale, float *out)
+{
+    int8_t q8[ATT_MAX_ACC] __attribute__((aligned(64)));
+    float qscale[ATT_MAX_HEADS], scores[ATT_MAX_HEADS * ATT_MAX_BLOCK], m[ATT_MAX_HEADS], l[ATT_MAX_HEADS];
+    float acc[ATT_MAX_ACC];
+    int32_t qsum128[ATT_MAX_HEADS];
+    int64_t off[ATT_MAX_BLOCK], soff[ATT_MAX_BLOCK];
+    const int64_t nh = h1 - h0, bt = c->block_tokens, nd32 = D / 32, nd16 = D / 16;
+    const int64_t heads_a_pass = 16 / nd16 > 0 ? 16 / nd16 : 1;
+    for (int64_t x = 0; x < nh; x++) {
+        const float *qv = q + (h0 + x) * D;
+        __m512 mx = _mm512_setzero_ps();
+        for (int64_t d = 0; d < D; d += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(qv + d)));
+        float sq = _mm512_reduce_max_ps(mx) / 127.0f;
+        sq = sq < 1e-30f ? 1e-30f : sq;
+        __m512i sum = _mm512_setzero_si512();
+        for (int64_t d = 0; d < D; d += 16) {
+            const __m512i r = round_div16(_mm512_loadu_ps(qv + d), _mm512_set1_ps(sq));
+            sum = _mm512_add_epi32(sum, r);
+            _mm_storeu_si128((__m128i *)(q8 + x * D + d), _mm512_cvtepi32_epi8(r));
+        }
+        qsum128[x] = 128 * _mm512_reduce_add_epi32(sum);  /* VNNI takes the keys as k + 128, unsigned */
+        qscale[x] = sq * scale;
+        m[x] = -INFINITY;
+        l[x] = 0.0f;
+    }
+    for (int64_t x = 0; x < nh * D; x++) acc[x] = 0.0f;
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    for (int64_t j0 = start; j0 <= p;) {
+        const int64_t n = p - j0 + 1 < ATT_MAX_BLOCK ? p - j0 + 1 : ATT_MAX_BLOCK;
+        for (int64_t i = 0; i < n; i++) {
+            const int64_t block = table[(j0 + i) / bt], slot = (j0 + i) % bt;
+            off[i] = kv_offset(c, layer, block, slot, 0);
+            soff[i] = scale_offset(c, layer, block, slot, 0);
+        }
+        for (int64_t x = 0; x < nh; x++) {  /* scores, 8 keys at a time */
+            const int64_t g = (h0 + x) / group, ko = g * c->head_stride, so = g * c->s_head_stride;
+            const int8_t *kx = (const int8_t *)c->k + ko, *qx = q8 + x * D;
+            float *sx = scores + x * ATT_MAX_BLOCK;
+            for (int64_t i0 = 0; i0 < n; i0 += 8) {
+                const int64_t nk = n - i0 < 8 ? n - i0 : 8;
+                __m256i v[8];
+                for (int u = 0; u < 8; u++) {
+                    v[u] = _mm256_setzero_si256();
+                    if (u < nk)
+                        for (int64_t d = 0; d < nd32; d++)
+                            v[u] = _mm256_dpbusd_epi32(v[u], _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(kx + off[i0 + u] + d * 32)), flip),
+                                                       _mm256_loadu_si256((const __m256i *)(qx + d * 32)));
+                }
+                float ks[8] = {0};
+                for (int64_t u = 0; u < nk; u++) ks[u] = c->k_scale[soff[i0 + u] + so];
+                __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(sums8(v), _mm256_set1_epi32(qsum128[x])));
+                f = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_set1_ps(qscale[x])), _mm256_loadu_ps(ks));
+                _mm256_mask_storeu_ps(sx + i0, (__mmask8)((1u << nk) - 1), f);
+            }
+            float top = m[x];  /* the online softmax */
+            for (int64_t i = 0; i < n; i++) top = sx[i] > top ? sx[i] : top;
+            if (top > m[x]) {
+                const float r = m[x] == -INFINITY ? 0.0f : expf(m[x] - top);
+                l[x] *= r;
+                for (int64_t d = 0; d < D; d++) acc[x * D + d] *= r;
+                m[x] = top;
+            }
+            for (int64_t i = 0; i < n; i++) sx[i] -= top;
+            exp_inplace(sx, n);
+            float sum = 0.0f;
+            for (int64_t i = 0; i < n; i++) {
+                sum += sx[i];
+                sx[i] *= c->v_scale[soff[i] + g * c->s_head_stride];  /* the value's own scale, folded in */
+            }
+            l[x] += sum;
+        }
+        for (int64_t x0 = 0; x0 < nh; x0 += heads_a_pass) {  /* values: each token's heads in a row */
+            const int64_t x1 = x0 + heads_a_pass < nh ? x0 + heads_a_pass : nh, nv = (x1 - x0) * nd16;
+            __m512 a[16];
+#pragma GCC unroll 16
+            for (int r = 0; r < 16; r++) a[r] = r < nv ? _mm512_loadu_ps(acc + x0 * D + r * 16) : _mm512_setzero_ps();
+            for (int64_t i = 0; i < n; i++) {
+                const int8_t *vt = (const int8_t *)c->v + off[i];
+#pragma GCC unroll 16
+                for (int r = 0; r < 16; r++) {
+                    if (r >= nv) break;
+                    const int64_t x = x0 + r / nd16, g = (h0 + x) / group;
+                    a[r] = _mm512_fmadd_ps(_mm512_set1_ps(scores[x * ATT_MAX_BLOCK + i]),
+                                           kv16(vt, g * c->head_stride + (r % nd16) * 16, 1), a[r]);
+                }
+            }
+#pragma GCC unroll 16
+            for (int r = 0; r < 16; r++) if (r < nv) _mm512_storeu_ps(acc + x0 * D + r * 16, a[r]);
+        }
+        j0 += n;
+    }
+    for (int64_t x = 0; x < nh; x++) {
+        const float inv = 1.0f / l[x];
+        for (int64_t d = 0; d < D; d++) out[(h0 + x) * D + d] = acc[x * D + d] * inv;
+    }
+}
+#endif
+
+#if defined(__AVX512F__)
 #define ATT_GROUP 8         /* queries of one row that read each key and value once, together */
 #define ATT_CHUNK 64        /* keys a group scores at a time (with their values: in L2) */
 #define ATT_GROUP_ACC 2048  /* floats of one query's heads a group may hold (heads x D) */
@@ -939,11 +1064,6 @@ static float *att_scratch(size_t floats) {  /* a thread's own: attention runs on
         att_buf = aligned_alloc(ALIGN, att_floats * sizeof(float));
     }
     return att_buf;
-}
-
-static inline __attribute__((always_inline)) __m512 kv16(const void *base, int64_t o, const int int8) {
-    return int8 ? _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)base + o))))
-                : _mm512_loadu_ps((const float *)base + o);
 }
 
 static inline __attribute__((always_inline)) void attend_group(
@@ -1069,6 +1189,118 @@ static inline __attribute__((always_inline)) void attend_group(
 }
 #endif
 
+#define ATT_BLOCK_Q 16   /* a prompt's queries that attend together, one to a vector lane */
+#define ATT_KCHUNK 64    /* keys of a chunk (with their values, in float32: L1) */
+
+/* Up to ATT_BLOCK_Q queries of one row (a prompt's; query t at ps[t] over keys [starts[t], ps[t]]),
+ * heads [h0, h1). attend_group sums each (query, key) product across a vector's lanes and folds the
+ * lanes (sums16): for a prompt's many queries over few dimensions (D = 32) the folding and the
+ * conversions cost more than the products. Here the queries are the lanes: the block's queries of
+ * a head are transposed once (qT[d] = 16 queries' element d), so a key's scores for all of them are
+ * D multiply-adds of its elements, broadcast; the online softmax runs lane by lane; values are
+ * added the same way into transposed outputs, 16 dimensions at a time in registers. A chunk's keys
+ * and values are read (int8: dequantised, as the PyTorch forward does) into float32 rows once for
+ * the block. Lanes past nq compute and are not stored. */
+static inline __attribute__((always_inline)) void attend_block(
+    const kv_layout *c, int64_t layer, const float *q, int64_t q_stride, const int64_t *ps, const int64_t *starts,
+    int64_t nq, const int64_t *table, int64_t h0, int64_t h1, int64_t group, const int64_t D, float scale,
+    float *out, int64_t out_stride, const int int8)
+{
+    float *kf = att_scratch((size_t)(2 * ATT_KCHUNK * D + 2 * D * 16 + ATT_KCHUNK * 16));
+    float *vf = kf + ATT_KCHUNK * D, *qT = vf + ATT_KCHUNK * D, *oT = qT + D * 16, *pw = oT + D * 16;
+    const int64_t bt = c->block_tokens;
+    int64_t lo = starts[0], hi = ps[0];
+    int32_t pos[16], first[16];
+    for (int64_t t = 0; t < 16; t++) {
+        const int64_t u = t < nq ? t : nq - 1;  /* spare lanes repeat the last query */
+        pos[t] = (int32_t)ps[u];
+        first[t] = (int32_t)starts[u];
+        lo = starts[u] < lo ? starts[u] : lo;
+        hi = ps[u] > hi ? ps[u] : hi;
+    }
+    const __m512i qpos = _mm512_loadu_si512(pos), qfirst = _mm512_loadu_si512(first);
+    const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
+    for (int64_t h = h0; h < h1; h++) {
+        const int64_t g = h / group;
+        for (int64_t d = 0; d < D; d++)
+            for (int64_t t = 0; t < 16; t++) qT[d * 16 + t] = q[(t < nq ? t : nq - 1) * q_stride + h * D + d] * scale;
+        for (int64_t d = 0; d < D * 16; d++) oT[d] = 0.0f;
+        __m512 m = neg_inf, l = _mm512_setzero_ps();
+        for (int64_t j0 = lo; j0 <= hi; j0 += ATT_KCHUNK) {
+            const int64_t n = hi - j0 + 1 < ATT_KCHUNK ? hi - j0 + 1 : ATT_KCHUNK;
+            for (int64_t i = 0; i < n; i++) {
+                const int64_t block = table[(j0 + i) / bt], slot = (j0 + i) % bt;
+                const int64_t o = kv_offset(c, layer, block, slot, g);
+                __m512 ks = _mm512_set1_ps(1.0f), vs = ks;
+                if (int8) {
+                    const int64_t so = scale_offset(c, layer, block, slot, g);
+                    ks = _mm512_set1_ps(c->k_scale[so]);
+                    vs = _mm512_set1_ps(c->v_scale[so]);
+                }
+                for (int64_t d = 0; d < D; d += 16) {
+                    _mm512_storeu_ps(kf + i * D + d, _mm512_mul_ps(kv16(c->k, o + d, int8), ks));
+                    _mm512_storeu_ps(vf + i * D + d, _mm512_mul_ps(kv16(c->v, o + d, int8), vs));
+                }
+            }
+            __m512 top = m;
+            for (int64_t i0 = 0; i0 < n; i0 += 8) {  /* scores, 8 keys at a time: 8 chains of multiply-adds */
+                __m512 s[8];
+                const float *kr[8];
+#pragma GCC unroll 8
+                for (int u = 0; u < 8; u++) {
+                    s[u] = _mm512_setzero_ps();
+                    kr[u] = kf + (i0 + u < n ? i0 + u : i0) * D;
+                }
+                for (int64_t d = 0; d < D; d++) {
+                    const __m512 qd = _mm512_loadu_ps(qT + d * 16);
+#pragma GCC unroll 8
+                    for (int u = 0; u < 8; u++) s[u] = _mm512_fmadd_ps(_mm512_set1_ps(kr[u][d]), qd, s[u]);
+                }
+#pragma GCC unroll 8
+                for (int u = 0; u < 8; u++) {
+                    if (i0 + u >= n) break;
+                    const __m512i j = _mm512_set1_epi32((int32_t)(j0 + i0 + u));
+                    const __mmask16 outside = _mm512_cmpgt_epi32_mask(j, qpos) | _mm512_cmplt_epi32_mask(j, qfirst);
+                    const __m512 v = _mm512_mask_blend_ps(outside, s[u], neg_inf);
+                    _mm512_storeu_ps(pw + (i0 + u) * 16, v);
+                    top = _mm512_max_ps(top, v);
+                }
+            }
+            /* rescale what was summed under the old maximum (lanes still at -inf stay at zero) */
+            const __mmask16 seen = _mm512_cmp_ps_mask(m, neg_inf, _CMP_NEQ_OQ);
+            const __m512 r = _mm512_maskz_mov_ps(seen, exp512(_mm512_sub_ps(m, top)));
+            m = top;
+            const __mmask16 live = _mm512_cmp_ps_mask(m, neg_inf, _CMP_NEQ_OQ);
+            __m512 sum = _mm512_setzero_ps();
+            for (int64_t i = 0; i < n; i++) {
+                const __m512 x = _mm512_loadu_ps(pw + i * 16);  /* a key outside a query's range weighs 0 */
+                const __mmask16 in = live & _mm512_cmp_ps_mask(x, neg_inf, _CMP_NEQ_OQ);
+                const __m512 w = _mm512_maskz_mov_ps(in, exp512(_mm512_sub_ps(x, m)));
+                _mm512_storeu_ps(pw + i * 16, w);
+                sum = _mm512_add_ps(sum, w);
+            }
+            l = _mm512_fmadd_ps(l, r, sum);
+            for (int64_t d0 = 0; d0 < D; d0 += 16) {  /* values: 16 dimensions of every query at a time */
+                __m512 a[16];
+#pragma GCC unroll 16
+                for (int e = 0; e < 16; e++) a[e] = _mm512_mul_ps(_mm512_loadu_ps(oT + (d0 + e) * 16), r);
+                for (int64_t i = 0; i < n; i++) {
+                    const __m512 w = _mm512_loadu_ps(pw + i * 16);
+                    const float *v = vf + i * D + d0;
+#pragma GCC unroll 16
+                    for (int e = 0; e < 16; e++) a[e] = _mm512_fmadd_ps(_mm512_set1_ps(v[e]), w, a[e]);
+                }
+#pragma GCC unroll 16
+                for (int e = 0; e < 16; e++) _mm512_storeu_ps(oT + (d0 + e) * 16, a[e]);
+            }
+        }
+        float inv[16];
+        _mm512_storeu_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.0f), l));
+        for (int64_t t = 0; t < nq; t++)
+            for (int64_t d = 0; d < D; d++) out[t * out_stride + h * D + d] = oT[d * 16 + t] * inv[t];
+    }
+}
+
 typedef struct {
     const kv_layout *c;
     int64_t layer, H, group, D, window, splits, per_split;
@@ -1076,18 +1308,19 @@ typedef struct {
     const float *q;
     int64_t q_stride;
     float *out;
-    int64_t groups;  /* > 0: tasks are (row, group of ATT_GROUP queries, slice of heads): attend_group */
+    int64_t groups;  /* > 0: tasks are (row, group of `per_group` queries, slice of heads) */
+    int64_t per_group;  /* ATT_GROUP: attend_group (a step's drafts); ATT_BLOCK_Q: attend_block (prompts) */
 } attention_job;
 
 #if defined(__AVX512F__)
 static void attention_group_chunk(void *ctx, int64_t task) {
     const attention_job *j = ctx;
     const int64_t H = j->H, D = j->D, group = j->group, s = task % j->splits, gi = (task / j->splits) % j->groups;
-    const int64_t b = task / j->splits / j->groups, t0 = gi * ATT_GROUP, i0 = b * j->T + t0;
+    const int64_t b = task / j->splits / j->groups, t0 = gi * j->per_group, i0 = b * j->T + t0;
     const int64_t h0 = (s * j->per_split) / group * group;
     const int64_t h1 = s == j->splits - 1 ? H : ((s + 1) * j->per_split) / group * group;
     const int64_t real = j->n_real ? j->n_real[b] : j->T;
-    int64_t nq = j->T - t0 < ATT_GROUP ? j->T - t0 : ATT_GROUP, starts[ATT_GROUP];
+    int64_t nq = j->T - t0 < j->per_group ? j->T - t0 : j->per_group, starts[ATT_BLOCK_Q];
     for (int64_t t = 0; t < nq; t++) {
         if (t0 + t >= real) {  /* padding: zeros */
             memset(j->out + (i0 + t) * H * D + h0 * D, 0, (size_t)((h1 - h0) * D) * sizeof(float));
@@ -1101,7 +1334,9 @@ static void attention_group_chunk(void *ctx, int64_t task) {
     const int64_t *table = j->tables + b * j->max_blocks, *ps = j->positions + i0;
     const float *q = j->q + i0 * j->q_stride, scale = 1.0f / sqrtf((float)D);
     float *o = j->out + i0 * H * D;
-#define GROUP(d, q8) attend_group(j->c, j->layer, q, j->q_stride, ps, starts, nq, table, h0, h1, group, d, scale, o, H * D, q8)
+#define GROUP(d, q8) do { \
+        if (j->per_group == ATT_BLOCK_Q) attend_block(j->c, j->layer, q, j->q_stride, ps, starts, nq, table, h0, h1, group, d, scale, o, H * D, q8); \
+        else attend_group(j->c, j->layer, q, j->q_stride, ps, starts, nq, table, h0, h1, group, d, scale, o, H * D, q8); } while (0)
     const int int8 = (int)j->c->int8;
     switch (D * 2 + int8) {  /* the head sizes of the families we load, by KV type: constants to inline */
     case 64: GROUP(32, 0); break;
@@ -1131,6 +1366,17 @@ static void attention_chunk(void *ctx, int64_t task) {
     for (int64_t a = h0; a < h1;) {  /* at most ATT_MAX_HEADS heads (and ATT_MAX_ACC floats) at a time */
         int64_t z = a + ATT_MAX_HEADS < h1 ? a + ATT_MAX_HEADS : h1;
         while ((z - a) * D > ATT_MAX_ACC && z - a > 1) z--;
+#if defined(ATT_ONE_INT8)
+        if (j->c->int8 && D % 32 == 0) {
+            switch (D) {
+            case 32: attend_one_int8(j->c, j->layer, q, table, start, p, a, z, group, 32, scale, o); break;
+            case 64: attend_one_int8(j->c, j->layer, q, table, start, p, a, z, group, 64, scale, o); break;
+            default: attend_one_int8(j->c, j->layer, q, table, start, p, a, z, group, D, scale, o);
+            }
+            a = z;
+            continue;
+        }
+#endif
         switch (D) {  /* the head sizes of the families we load */
         case 32: attend_heads(j->c, j->layer, q, table, start, p, a, z, group, 32, scale, o); break;
         case 64: attend_heads(j->c, j->layer, q, table, start, p, a, z, group, 64, scale, o); break;
@@ -1154,17 +1400,17 @@ static void attention(const kv_layout *c, int64_t layer, const float *q, int64_t
      * values at one query a row, which read no key twice: there the per-query path was faster (the
      * shipped model, 32 rows x 220 positions: 2.8 vs 3.3 ms; 8 rows x 8 queries: 4.9 vs 3.9 ms). */
     if (D % 16 == 0 && D <= 128 && H * D <= ATT_GROUP_ACC && H <= ATT_MAX_HEADS && (!c->int8 || T > 1)) {
-        const int64_t groups = (T + ATT_GROUP - 1) / ATT_GROUP;
+        const int64_t per_group = T > ATT_GROUP ? ATT_BLOCK_Q : ATT_GROUP, groups = (T + per_group - 1) / per_group;
         while (B * groups * splits < 4 * n_threads && splits * 2 <= Hkv) splits *= 2;
         attention_job job = {c, layer, H, group, D, window, splits, (H + splits - 1) / splits, positions, T, n_real,
-                             tables, max_blocks, q, q_stride, out, groups};
+                             tables, max_blocks, q, q_stride, out, groups, per_group};
         parallel_for(B * groups * splits, attention_group_chunk, &job, n_threads);
         return;
     }
 #endif
     while (M * splits < 4 * n_threads && splits * 2 <= Hkv) splits *= 2;
     attention_job job = {c, layer, H, group, D, window, splits, (H + splits - 1) / splits, positions, T, n_real,
-                         tables, max_blocks, q, q_stride, out, 0};
+                         tables, max_blocks, q, q_stride, out, 0, 0};
     parallel_for(M * splits, attention_chunk, &job, n_threads);
 }
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import logging
 
+import numpy as np
 import torch
 
 from . import kernels
@@ -119,15 +120,14 @@ class FastDecoder:
         describes (row b's position p in block tables[b][p // block_tokens])."""
         B, T = len(idx), len(idx[0])
         width = max(len(t) for t in tables)
-        longs = ctypes.c_int64 * (B * T)
-        idx_a = longs(*[i for row in idx for i in row])
-        pos_a = longs(*[p for row in positions for p in row])
-        tables_a = (ctypes.c_int64 * (B * width))(*[b for t in tables for b in t + [0] * (width - len(t))])
-        n_real_a = (ctypes.c_int64 * B)(*n_real) if n_real is not None else None
+        # numpy builds the arrays in C; ctypes arrays from Python ints took ~0.2 ms a 32-row step
+        idx_a, pos_a = np.array(idx, dtype=np.int64), np.array(positions, dtype=np.int64)
+        tables_a = np.array([t + [0] * (width - len(t)) for t in tables], dtype=np.int64)
+        n_real_a = np.array(n_real, dtype=np.int64) if n_real is not None else None
         logits = torch.empty(B, 1 if last_only else T, self.model.config.vocab_size)
-        rc = self.lib.decode_forward(ctypes.byref(self.weights), ctypes.addressof(idx_a), ctypes.addressof(pos_a), B, T,
-                                     ctypes.addressof(n_real_a) if n_real_a is not None else None, ctypes.byref(layout),
-                                     ctypes.addressof(tables_a), width, logits.data_ptr(), int(last_only),
+        rc = self.lib.decode_forward(ctypes.byref(self.weights), idx_a.ctypes.data, pos_a.ctypes.data, B, T,
+                                     n_real_a.ctypes.data if n_real_a is not None else None, ctypes.byref(layout),
+                                     tables_a.ctypes.data, width, logits.data_ptr(), int(last_only),
                                      kernels.threads())
         if rc != 0:
             raise ValueError(f"token ids or positions out of the model's range (vocab {self.model.config.vocab_size}, "

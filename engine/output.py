@@ -45,6 +45,22 @@ class Output:
         apply_penalties(logits, request.params, request.output_ids)
         return sample_token(logits, request.params, request.generator, draft)
 
+    def argmax(self, logits: torch.Tensor) -> list[list[int]]:
+        """The argmax over the tokenizer's vocabulary of every row and position of a step's (B, T,
+        vocab) logits, in one call: indexing a row out of the tensor alone cost ~12 us, 32 rows a
+        third of a millisecond a step. The first of equal logits, as torch.argmax."""
+        logits = logits[..., :self.n_vocab]
+        if logits.device.type == "cpu" and logits.dtype == torch.float32 and not logits.requires_grad:
+            return logits.numpy().argmax(axis=-1).tolist()
+        return torch.argmax(logits, dim=-1).tolist()
+
+    @staticmethod
+    def takes_argmax(request: Request) -> bool:
+        """Whether `choose` would return the plain argmax: greedy, with nothing that changes the logits."""
+        params = request.params
+        return (params.greedy and request.logits_processor is None and not request.heal
+                and params.frequency_penalty == 0.0 and params.presence_penalty == 0.0)
+
     def accept(self, request: Request, token: int) -> str | None:
         """Record a chosen token (its KV is written by the next forward) and send the text that is
         safe to show; the finish reason when the request ends here ("stop" or "length"), else None."""

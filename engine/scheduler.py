@@ -354,8 +354,9 @@ class Scheduler:
             positions.append([first + min(t, len(row) - 1) for t in range(width)])
             n_real.append(len(row))
         logits = self.runner.forward(idx, positions, [r.table.blocks for r, _ in rows], n_real)
-        for (request, draft), row_logits in zip(rows, logits):
-            self._verify(request, draft, row_logits)
+        argmax = self.output.argmax(logits)
+        for b, (request, draft) in enumerate(rows):
+            self._verify(request, draft, logits[b] if not self.output.takes_argmax(request) else None, argmax[b])
 
     def _reserve(self, requests: list[Request]) -> list[tuple[Request, list[int]]]:
         """Each of `requests` with its draft and the blocks its step writes to. Short of
@@ -397,16 +398,17 @@ class Scheduler:
         with self.lock:
             self.waiting.appendleft(request)
 
-    def _verify(self, request: Request, draft: list[int], logits: torch.Tensor) -> None:
+    def _verify(self, request: Request, draft: list[int], logits: torch.Tensor | None, argmax: list[int]) -> None:
         """Choose tokens along the draft while the model agrees with it: logits[j] follows the
         draft's first j tokens, which the request holds by then, so every logits processor sees
-        exactly the history it would see without a draft."""
+        exactly the history it would see without a draft. `argmax[j]`: logits[j]'s, the token where
+        the request takes the argmax (Output.takes_argmax; logits is then None)."""
         self.counters["draft_tokens_proposed"] += len(draft)
         accepted = 0
         try:
             for j in range(len(draft) + 1):
                 proposed = draft[j] if j < len(draft) else None
-                token = self.output.choose(request, logits[j], proposed)
+                token = argmax[j] if logits is None else self.output.choose(request, logits[j], proposed)
                 if token == proposed:
                     accepted += 1
                     self.counters["draft_tokens_accepted"] += 1
