@@ -9,7 +9,7 @@ Short of blocks, a draft goes first, then the newest sequence goes back to the q
 Under overload requests leave early rather than late: a session's newer request supersedes its
 older ones, and one the queue would not start within max_queue_wait_ms is shed (engine/overload.py).
 A step that raises is run again for each request alone, so a failure fails only its own request.
-The ladder: `admit` -> `prefill` -> `decode_step` -> `verify` -> Output.choose / Output.accept.
+The ladder: `admit` -> `prefill_step` -> `decode_step` -> `verify` -> Output.choose / Output.accept.
 """
 from __future__ import annotations
 
@@ -126,14 +126,17 @@ class Scheduler:
             self.step()
 
     def step(self) -> None:
-        """Drop the cancelled and the overdue, admit who fits, and decode one step of everyone running."""
+        """Drop the cancelled and the overdue, admit who fits, prefill up to prefill_chunk prompt
+        tokens, and decode one step of every running sequence whose prompt is in."""
         try:
             self.drop_cancelled()
             self.shed_overdue()
             backlog, started, admitted = bool(self.waiting), time.perf_counter(), self.counters["requests"]
             self.admit()
-            if self.running:
-                self.isolating(list(self.running), self.decode_step)
+            self.prefill_step()
+            decoding = [r for r in self.running if not self.prefilling(r)]
+            if decoding:
+                self.isolating(decoding, self.decode_step)
             if backlog:  # (a preempted sequence's return is not counted: it is no new request)
                 self.queue_rate.record(self.counters["requests"] - admitted, time.perf_counter() - started)
         except Exception:  # a bug outside any request's step must not hang every client
@@ -298,7 +301,17 @@ class Scheduler:
                 continue
             with self.lock:
                 self.waiting.popleft()
-            self.isolating([request], lambda alone: self.prefill(alone[0], table))
+            self._start(request, table)
+
+    def _start(self, request: Request, table: BlockTable) -> None:
+        """The request runs from here: its prompt is prefilled by the next prefill steps (all but
+        the reused blocks, or after a preemption the output so far too)."""
+        reused = len(table.hashes) * self.pool.block_tokens
+        if not request.admitted:
+            request.admitted, request.reused_tokens = True, reused
+            self.counters["requests"] += 1
+        request.table, request.cached = table, reused
+        self.running.append(request)
 
     def _place(self, request: Request) -> BlockTable | None:
         """Blocks for the request's tokens, the longest cached prefix reused; None when the pool
@@ -317,27 +330,34 @@ class Scheduler:
         return table
 
     # ---- the step ---------------------------------------------------------------------------
-    def prefill(self, request: Request, table: BlockTable) -> None:
-        """Forward the tokens the pool does not hold yet (the whole prompt but its reused blocks,
-        or, after a preemption, the output so far too) and choose the next token."""
-        reused = len(table.hashes) * self.pool.block_tokens
-        if not request.admitted:
-            request.admitted, request.reused_tokens = True, reused
-            self.counters["requests"] += 1
-        request.table, request.cached = table, reused
-        self.running.append(request)  # from here a failure in the forward fails this request too
-        tokens, chunk = request.tokens, self.config.prefill_chunk
-        for start in range(reused, len(tokens), chunk):
-            if start > reused and request.cancelled.is_set():  # superseded: its newer request reuses
-                request.cached = start                          # the chunks done (they stay cached)
-                self._drop(request)
+    @staticmethod
+    def prefilling(request: Request) -> bool:
+        """Whether prompt tokens other than the last are still to be forwarded: the last one goes
+        through the request's first decode step, whose logits give its first token."""
+        return request.cached < len(request.tokens) - 1
+
+    def prefill_step(self) -> None:
+        """Forward up to prefill_chunk prompt tokens, oldest request first, each request's in one
+        forward: a long prompt is spread over steps, and the running sequences decode between its
+        chunks instead of waiting for all of it. A request superseded before a chunk stops there (the
+        chunks done stay cached for the request that replaced it)."""
+        budget = self.config.prefill_chunk
+        for request in [r for r in self.running if self.prefilling(r)]:
+            if budget <= 0:
                 return
-            end = min(start + chunk, len(tokens))
-            logits = self.runner.forward([tokens[start:end]], [list(range(start, end))], [table.blocks],
-                                         last_only=True)[0, -1]
-        request.cached = len(tokens)
-        self.pool.seal(table, tokens, request.cached)
-        self._accept(request, self.output.choose(request, logits))
+            if request.cancelled.is_set():
+                self._drop(request)
+                continue
+            n = min(budget, len(request.tokens) - 1 - request.cached)
+            self.isolating([request], lambda alone: self._prefill_chunk(alone[0], n))
+            budget -= n
+
+    def _prefill_chunk(self, request: Request, n: int) -> None:
+        start, end = request.cached, request.cached + n
+        self.runner.forward([request.tokens[start:end]], [list(range(start, end))], [request.table.blocks],
+                            last_only=True)
+        request.cached = end
+        self.pool.seal(request.table, request.tokens, end)
 
     def decode_step(self, requests: list[Request]) -> None:
         """One forward over the last token and the draft of each of `requests`; rows without a

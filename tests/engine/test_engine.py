@@ -103,6 +103,15 @@ def test_prefix_reuse_gives_the_same_tokens(make_engine):
     assert plain.stats["prefix_cache_hits"] == 0
 
 
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_chunked_prefill_gives_the_same_tokens(make_engine, quantize):
+    # Prompts forwarded 3 tokens a step (decoding between the chunks) against whole: the same greedy text.
+    chunked, whole = make_engine(quantize, prefill_chunk=3), make_engine(quantize)
+    params = SamplingParams(max_tokens=16)
+    for prompt in PROMPTS:
+        assert generate_ids(chunked, prompt, params)[0] == generate_ids(whole, prompt, params)[0], prompt
+
+
 def test_prefix_is_copied_from_a_busy_slot(make_engine):
     engine = make_engine(max_batch=2)
     params = SamplingParams(max_tokens=8)

@@ -105,6 +105,23 @@ def test_a_cached_prefix_is_not_forwarded_again(tokenizer):
     assert scheduler.counters["prefix_cache_hits"] == 1
 
 
+def test_running_sequences_decode_between_a_long_prompts_chunks(tokenizer):
+    scheduler, _, runner = make(tokenizer, prefill_chunk=5)
+    running, _ = submit(scheduler, PROMPT, 8)
+    scheduler.step()  # its prompt but the last token (5 tokens), then its first token from the last
+    long_prompt = list(range(30, 46))  # 16 tokens: 15 in three chunks of 5, the last in a decode step
+    arriving, _ = submit(scheduler, long_prompt, 2)
+    runner.calls.clear()
+    for _ in range(3):
+        scheduler.step()
+    chunks = [positions[0] for idx, positions in runner.calls if len(idx[0]) > 1]
+    assert chunks == [list(range(0, 5)), list(range(5, 10)), list(range(10, 15))]
+    # each chunk, then a decode step of the other; after the last chunk the prompt's last token joins it
+    assert [len(idx) for idx, _ in runner.calls] == [1, 1, 1, 1, 1, 2]
+    assert running.generated == 4 and arriving.generated == 1
+    run_to_end(scheduler)
+
+
 def test_a_failing_step_fails_only_the_request_that_caused_it(tokenizer):
     x, y, poison = tokenizer.encode("x")[0], tokenizer.encode("y")[0], tokenizer.encode("@")[0]
     runner = ScriptedRunner(tokenizer.n_vocab, x, trigger=y, poison=poison)

@@ -206,9 +206,10 @@ def test_a_prefill_superseded_between_its_chunks_stops_and_leaves_them_cached(to
     runner = ArrivingRunner(base, lambda: arrived.append(submit(scheduler, session="doc", prompt=prompt + [23])))
     scheduler, pool, _ = make(tokenizer, runner=runner, prefill_chunk=4)
     older = submit(scheduler, session="doc", prompt=prompt)
-    scheduler.step()  # the older one's first chunk, then the newer one's prompt from its second block
+    scheduler.step()  # the older one's first chunk (a step's budget), during which the newer one arrives
+    scheduler.step()  # the older one stops there; the newer one starts from its second block
     newer = arrived[0][0]
     assert reasons(older) == ["superseded"] and newer.reused_tokens == 4
-    assert [positions[0][0] for _, positions in base.calls[:4]] == [0, 4, 8, 12]
     run_to_end(scheduler)
+    assert [positions[0][0] for _, positions in base.calls[:4]] == [0, 4, 8, 12]
     assert reasons(*arrived) == ["length"] and pool.held() == 0
