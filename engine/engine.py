@@ -15,6 +15,7 @@ import asyncio
 import atexit
 import math
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
@@ -29,7 +30,7 @@ from .mailbox import ChunkMailbox
 from .model import Transformer
 from .model_dir import default_model_dir, expected_shapes, load_model_dir, load_tokenizer_from_dir, read_model_dir
 from .output import Output
-from .prefill_rate import prefill_tokens_per_s
+from .prefill_rate import prefill_tokens_per_s, step_tokens
 from .prompt import PromptBuilder, suffix_budget
 from .quantize import Int4Linear, Int8Linear, is_int4
 from .request import INTERNAL_ERROR, Chunk, Completion, EngineBusy, EngineError, LogitsProcessor, Request
@@ -106,7 +107,9 @@ class Engine:
         # The longest sequence the engine runs: the model's positions, or the pool when smaller.
         self._context_length = min(c.block_size, (self.pool.n_blocks - 1) * cfg.kv_block_tokens)
         context = min(cfg.context_tokens or self._context_length, self._context_length)
-        suffix_tokens = cfg.suffix_tokens or suffix_budget(prefill_tokens_per_s(self.model, self.device), context)
+        rate = prefill_tokens_per_s(self.model, self.device) if not (cfg.suffix_tokens and cfg.prefill_chunk) else None
+        suffix_tokens = cfg.suffix_tokens or suffix_budget(rate, context)
+        self.config = cfg = replace(cfg, prefill_chunk=cfg.prefill_chunk or step_tokens(rate))
         self.prompts = PromptBuilder(tokenizer, self._context_length, cfg.context_tokens, suffix_tokens)
         self.setup = RequestSetup(tokenizer, self.prompts, cfg)
         self.runner = Runner(self.model, self.cache, self.device, cfg.kernels)

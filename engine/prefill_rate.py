@@ -1,5 +1,6 @@
 """How fast this model prefills a prompt on this machine, timed once when the engine starts: the
-prompt's suffix budget follows from it (engine/prompt.py suffix_budget)."""
+prompt's suffix budget follows from it (engine/prompt.py suffix_budget), and how many prompt tokens
+a scheduler step forwards (`step_tokens`)."""
 from __future__ import annotations
 
 import logging
@@ -12,6 +13,11 @@ from .model import Transformer
 log = logging.getLogger("engine")
 PROBE_TOKENS = 32     # a prompt's worth of new tokens at one keystroke: the tail and a short suffix
 PROBE_BUDGET_S = 1.0  # timing stops after this much (a large model's forward is tried once a thread count)
+# A step's prompt tokens take about this long at most: the running sequences wait that long for
+# their next token while a long prompt is prefilled (a 0.5B model on 2 cores, a cold 1,500-token
+# prompt: its decoding user's longest wait 4.6-5.3 s whole, 1.8-3.2 s in chunks of 512).
+STEP_PREFILL_S = 0.25
+MIN_STEP_TOKENS, MAX_STEP_TOKENS = 64, 512  # fewer rows waste a forward; more gain nothing measurable
 
 
 def prefill_tokens_per_s(model: Transformer, device: torch.device) -> float | None:
@@ -39,3 +45,13 @@ def prefill_tokens_per_s(model: Transformer, device: torch.device) -> float | No
         torch.set_num_threads(threads)
     log.info("prefill: %d tokens in %.1f ms (%.0f tokens/s)", tokens, best * 1e3, tokens / best)
     return tokens / best
+
+
+def step_tokens(prefill_tokens_per_s: float | None) -> int:
+    """Prompt tokens a scheduler step forwards at most on a machine that prefills this many a second:
+    STEP_PREFILL_S's worth, in steps of MIN_STEP_TOKENS (stable across restarts), within
+    [MIN_STEP_TOKENS, MAX_STEP_TOKENS]; the most where the rate is unknown."""
+    if not prefill_tokens_per_s:
+        return MAX_STEP_TOKENS
+    steps = int(prefill_tokens_per_s * STEP_PREFILL_S) // MIN_STEP_TOKENS
+    return min(MAX_STEP_TOKENS, max(1, steps) * MIN_STEP_TOKENS)

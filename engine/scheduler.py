@@ -29,6 +29,7 @@ from .fast_decode import MAX_QUERIES
 from .kv_cache import NULL_BLOCK, BlockPool, BlockTable
 from .output import Output
 from .overload import QueueRate
+from .prefill_rate import MAX_STEP_TOKENS
 from .request import INTERNAL_ERROR, EngineBusy, Request
 from .runner import Runner
 
@@ -44,6 +45,7 @@ class Scheduler:
         self.config, self.pool, self.runner, self.output = config, pool, runner, output
         self.block_size = runner.model.config.block_size
         self.threads = threads             # the creator's count: the C kernels' pool uses it
+        self.prefill_budget = config.prefill_chunk or MAX_STEP_TOKENS  # prompt tokens a step (Engine times it)
         self.running: list[Request] = []   # admission order: the newest is preempted first
         self.waiting: deque[Request] = deque()
         self.lock = threading.Lock()       # guards `waiting` against the submitting threads
@@ -126,7 +128,7 @@ class Scheduler:
             self.step()
 
     def step(self) -> None:
-        """Drop the cancelled and the overdue, admit who fits, prefill up to prefill_chunk prompt
+        """Drop the cancelled and the overdue, admit who fits, prefill up to prefill_budget prompt
         tokens, and decode one step of every running sequence whose prompt is in."""
         try:
             self.drop_cancelled()
@@ -214,13 +216,13 @@ class Scheduler:
         prompt = [list(range(1, PROBE_PROMPT + 1))]
         args = (prompt, [list(range(PROBE_PROMPT))], [[NULL_BLOCK] * self.pool.blocks_for(PROBE_PROMPT)])
         best: dict[int, float] = {}
-        for limit in (runner.max_queries, self.config.prefill_chunk) * 3:
+        for limit in (runner.max_queries, self.prefill_budget) * 3:
             runner.max_queries = limit
             start = time.perf_counter()
             runner.forward(*args, last_only=True)
             best[limit] = min(best.get(limit, float("inf")), time.perf_counter() - start)
-        pytorch, compiled = best[MAX_QUERIES], best[self.config.prefill_chunk]
-        runner.max_queries = self.config.prefill_chunk if compiled <= COMPILED_PREFILL_SLACK * pytorch else MAX_QUERIES
+        pytorch, compiled = best[MAX_QUERIES], best[self.prefill_budget]
+        runner.max_queries = self.prefill_budget if compiled <= COMPILED_PREFILL_SLACK * pytorch else MAX_QUERIES
         log.info("scheduler thread: prompts run %s (%d tokens: PyTorch %.1f ms, compiled %.1f ms)",
                  "compiled" if runner.max_queries > MAX_QUERIES else "in PyTorch", PROBE_PROMPT,
                  pytorch * 1e3, compiled * 1e3)
@@ -337,11 +339,11 @@ class Scheduler:
         return request.cached < len(request.tokens) - 1
 
     def prefill_step(self) -> None:
-        """Forward up to prefill_chunk prompt tokens, oldest request first, each request's in one
+        """Forward up to prefill_budget prompt tokens, oldest request first, each request's in one
         forward: a long prompt is spread over steps, and the running sequences decode between its
         chunks instead of waiting for all of it. A request superseded before a chunk stops there (the
         chunks done stay cached for the request that replaced it)."""
-        budget = self.config.prefill_chunk
+        budget = self.prefill_budget
         for request in [r for r in self.running if self.prefilling(r)]:
             if budget <= 0:
                 return
