@@ -997,6 +997,13 @@ static inline __attribute__((always_inline)) void attend_one_int8(
         }
         for (int64_t x0 = 0; x0 < nh; x0 += heads_a_pass) {  /* values: each token's heads in a row */
             const int64_t x1 = x0 + heads_a_pass < nh ? x0 + heads_a_pass : nh, nv = (x1 - x0) * nd16;
+            int64_t vo[16];  /* each vector's offset in a token's values (a division per key cost more than the rest) */
+            const float *w[16];
+            for (int64_t r = 0; r < nv; r++) {
+                const int64_t x = x0 + r / nd16;
+                vo[r] = ((h0 + x) / group) * c->head_stride + (r % nd16) * 16;
+                w[r] = scores + x * ATT_MAX_BLOCK;
+            }
             __m512 a[16];
 #pragma GCC unroll 16
             for (int r = 0; r < 16; r++) a[r] = r < nv ? _mm512_loadu_ps(acc + x0 * D + r * 16) : _mm512_setzero_ps();
@@ -1005,9 +1012,7 @@ static inline __attribute__((always_inline)) void attend_one_int8(
 #pragma GCC unroll 16
                 for (int r = 0; r < 16; r++) {
                     if (r >= nv) break;
-                    const int64_t x = x0 + r / nd16, g = (h0 + x) / group;
-                    a[r] = _mm512_fmadd_ps(_mm512_set1_ps(scores[x * ATT_MAX_BLOCK + i]),
-                                           kv16(vt, g * c->head_stride + (r % nd16) * 16, 1), a[r]);
+                    a[r] = _mm512_fmadd_ps(_mm512_set1_ps(w[r][i]), kv16(vt, vo[r], 1), a[r]);
                 }
             }
 #pragma GCC unroll 16
