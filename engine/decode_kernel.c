@@ -1401,9 +1401,9 @@ static void attention(const kv_layout *c, int64_t layer, const float *q, int64_t
     /* Work items: (query, slice of heads); heads are split only as far as the threads need. */
     int64_t splits = 1;
 #if defined(__AVX512F__)
-    /* A head size of whole vectors, heads that fit: queries of a row in groups. Not int8 keys and
-     * values at one query a row, which read no key twice: there the per-query path was faster (the
-     * shipped model, 32 rows x 220 positions: 2.8 vs 3.3 ms; 8 rows x 8 queries: 4.9 vs 3.9 ms). */
+    /* A head size of whole vectors, heads that fit: queries of a row in groups (a prompt's in blocks,
+     * attend_block; a step's drafts, attend_group). Not int8 keys and values at one query a row,
+     * which read no key twice: attention_chunk's attend_one_int8 meets them with VNNI. */
     if (D % 16 == 0 && D <= 128 && H * D <= ATT_GROUP_ACC && H <= ATT_MAX_HEADS && (!c->int8 || T > 1)) {
         const int64_t per_group = T > ATT_GROUP ? ATT_BLOCK_Q : ATT_GROUP, groups = (T + per_group - 1) / per_group;
         while (B * groups * splits < 4 * n_threads && splits * 2 <= Hkv) splits *= 2;
