@@ -27,9 +27,12 @@ log = logging.getLogger("engine")
 
 ACTIVATION_CODES = {"gelu_tanh": 0, "gelu": 1, "silu": 2, "relu": 3}
 # Multiply-adds a call may take (rows x int8 weights): beyond, a step is compute-bound and oneDNN's
-# int8 GEMM (AMX here) behind the PyTorch forward does more. Measured, one thread: the 0.5B shape
-# (494 M weights) at 16 rows 160 vs 210 ms a step here, at 64 rows 435 vs 301; the shipped model
-# (3.3 M) at 64 rows 13 vs 18 ms. So about 32 rows of the 0.5B shape.
+# int8 GEMM (AMX where the CPU has it) behind the PyTorch forward does more. Measured, one thread,
+# on a machine with AMX: the 0.5B shape (494 M weights) at 16 rows 160 vs 210 ms a step here, at
+# 64 rows 435 vs 301; the shipped model (3.3 M) at 64 rows 13 vs 18 ms. So about 32 rows of the
+# 0.5B shape. int4 weights do not count: the PyTorch forward multiplies them with the same kernel,
+# and around it pays for ~25 operations a layer (the 0.5B shape, int4, a 32-token prompt after
+# 1,000 cached: 96 ms here, 172 ms through PyTorch).
 MAX_STEP_MACS = 16e9
 # Models with at most this many int8 weights keep a second copy packed for steps of many rows
 # (decode_kernel.c gemm_packed: the shipped model's 128-token prompt ~2x faster); a bigger model
@@ -78,8 +81,9 @@ class FastDecoder:
             ptr(model.rope_cos) if rope else None, ptr(model.rope_sin) if rope else None, *norm(model.norm),
             linear(model.head), layers)
         self._layers = layers
-        weights = sum(m.in_features * m.out_features for m in self._keep if isinstance(m, (Int8Linear, Int4Linear)))
-        self.max_rows = max(1, int(MAX_STEP_MACS // weights))  # the engine runs bigger steps in PyTorch
+        weights = sum(m.in_features * m.out_features for m in self._keep if isinstance(m, Int8Linear))
+        # the engine runs bigger steps in PyTorch
+        self.max_rows = max(1, int(MAX_STEP_MACS // weights)) if weights else 1 << 30
 
     @classmethod
     def build(cls, model: Transformer, device: torch.device) -> "FastDecoder | None":

@@ -36,7 +36,7 @@ from .runner import Runner
 log = logging.getLogger("engine")
 SHORT_STEP_S = 0.002      # a compiled step shorter than this (at one thread) runs one thread
 PROBE_POSITION = 255      # where the rows of the step that times the compiled step sit: a history to attend to
-PROBE_PROMPT = 128            # tokens of the prompt that times the compiled step against PyTorch's
+PROBE_PROMPT = 128            # tokens of the prompt that times the compiled step against PyTorch's (at most the budget)
 COMPILED_PREFILL_SLACK = 1.25  # how much slower the compiled step may be and still run prompts
 
 
@@ -208,13 +208,15 @@ class Scheduler:
         layer; under load the HTTP event loop takes it each time, and the scheduler waits for it
         back: at 25 requests/s on the shipped model the scheduler thread spent 40 ms of wall time
         a request for 24 ms of CPU. The compiled step gives the GIL up once a call. A 0.5B model's
-        prompt runs faster in PyTorch's blocked matmuls and stays there.
+        int8 prompt runs faster in PyTorch's blocked matmuls (oneDNN) and stays there; int4 ones
+        run the same int4 kernel either way and go compiled.
         """
         runner = self.runner
-        if runner.compiled is None or self.block_size < PROBE_PROMPT or PROBE_PROMPT > runner.compiled.max_rows:
+        tokens = min(PROBE_PROMPT, self.prefill_budget)  # a step's prompt chunk is at most the budget
+        if runner.compiled is None or self.block_size < tokens or tokens > runner.compiled.max_rows:
             return  # a step this wide runs in PyTorch anyway (FastDecoder.max_rows): nothing to compare
-        prompt = [list(range(1, PROBE_PROMPT + 1))]
-        args = (prompt, [list(range(PROBE_PROMPT))], [[NULL_BLOCK] * self.pool.blocks_for(PROBE_PROMPT)])
+        prompt = [list(range(1, tokens + 1))]
+        args = (prompt, [list(range(tokens))], [[NULL_BLOCK] * self.pool.blocks_for(tokens)])
         best: dict[int, float] = {}
         for limit in (runner.max_queries, self.prefill_budget) * 3:
             runner.max_queries = limit
@@ -224,7 +226,7 @@ class Scheduler:
         pytorch, compiled = best[MAX_QUERIES], best[self.prefill_budget]
         runner.max_queries = self.prefill_budget if compiled <= COMPILED_PREFILL_SLACK * pytorch else MAX_QUERIES
         log.info("scheduler thread: prompts run %s (%d tokens: PyTorch %.1f ms, compiled %.1f ms)",
-                 "compiled" if runner.max_queries > MAX_QUERIES else "in PyTorch", PROBE_PROMPT,
+                 "compiled" if runner.max_queries > MAX_QUERIES else "in PyTorch", tokens,
                  pytorch * 1e3, compiled * 1e3)
 
     def isolating(self, requests: list[Request], step: Callable[[list[Request]], None]) -> None:
