@@ -14,10 +14,13 @@ log = logging.getLogger("engine")
 PROBE_TOKENS = 32     # a prompt's worth of new tokens at one keystroke: the tail and a short suffix
 PROBE_BUDGET_S = 1.0  # timing stops after this much (a large model's forward is tried once a thread count)
 # A step's prompt tokens take about this long at most: the running sequences wait that long for
-# their next token while a long prompt is prefilled (a 0.5B model on 2 cores, a cold 1,500-token
-# prompt: its decoding user's longest wait 4.6-5.3 s whole, 1.8-3.2 s in chunks of 512).
+# their next token while a long prompt is prefilled (a 0.5B model on 2 cores, another user's cold
+# 1,500-token prompt: a decoding user's longest wait for a token 4.2-4.7 s with the prompt whole,
+# 0.27-0.31 s with this budget, 64 tokens there).
 STEP_PREFILL_S = 0.25
-MIN_STEP_TOKENS, MAX_STEP_TOKENS = 64, 512  # fewer rows waste a forward; more gain nothing measurable
+# 64: fewer rows would spend a forward's fixed costs on little work; 512: the chunk prompts were
+# prefilled in before the budget (the shipped model's whole context, twice over).
+MIN_STEP_TOKENS, MAX_STEP_TOKENS = 64, 512
 
 
 def prefill_tokens_per_s(model: Transformer, device: torch.device) -> float | None:
