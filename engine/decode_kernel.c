@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__x86_64__)  /* every level: _mm_pause below is SSE2's */
 #include <immintrin.h>
 #endif
 #include <pthread.h>
@@ -1197,6 +1197,7 @@ static inline __attribute__((always_inline)) void attend_group(
 #define ATT_BLOCK_Q 16   /* a prompt's queries that attend together, one to a vector lane */
 #define ATT_KCHUNK 64    /* keys of a chunk (with their values, in float32: L1) */
 
+#if defined(__AVX512F__)
 /* Up to ATT_BLOCK_Q queries of one row (a prompt's; query t at ps[t] over keys [starts[t], ps[t]]),
  * heads [h0, h1). attend_group sums each (query, key) product across a vector's lanes and folds the
  * lanes (sums16): for a prompt's many queries over few dimensions (D = 32) the folding and the
@@ -1305,6 +1306,7 @@ static inline __attribute__((always_inline)) void attend_block(
             for (int64_t d = 0; d < D; d++) out[t * out_stride + h * D + d] = oT[d * 16 + t] * inv[t];
     }
 }
+#endif
 
 typedef struct {
     const kv_layout *c;

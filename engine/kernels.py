@@ -241,21 +241,25 @@ class KVLayout(ctypes.Structure):
 @lru_cache(maxsize=1)
 def decode_kernel() -> ctypes.CDLL | None:
     lib = library("decode_kernel")
-    if lib is not None:
-        lib.int8_linear.argtypes = [ptr, i64, ctypes.POINTER(QLinear), ptr, i64]
-        lib.int8_linear.restype = None
-        lib.int4_linear.argtypes = [ptr, i64, ctypes.POINTER(QLinear), ptr, i64]
-        lib.int4_linear.restype = None
-        lib.decode_forward.argtypes = [ctypes.POINTER(ModelWeights), ptr, ptr, i64, i64, ptr,
-                                       ctypes.POINTER(KVLayout), ptr, i64, ptr, i64, i64]
-        lib.decode_forward.restype = ctypes.c_int
-        lib.decode_profile.argtypes = [i64, ptr]
-        lib.decode_profile.restype = None
-        lib.pool_rest.argtypes = []
-        lib.pool_rest.restype = None
-        lib.paged_attention.argtypes = [ctypes.POINTER(KVLayout), i64, ptr, i64, ptr, i64, i64, ptr, ptr, i64,
-                                        i64, i64, i64, i64, ptr, i64]
-        lib.paged_attention.restype = None
+    return declare(lib) if lib is not None else None
+
+
+def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """decode_kernel.c's functions in `lib` with their C signatures."""
+    lib.int8_linear.argtypes = [ptr, i64, ctypes.POINTER(QLinear), ptr, i64]
+    lib.int8_linear.restype = None
+    lib.int4_linear.argtypes = [ptr, i64, ctypes.POINTER(QLinear), ptr, i64]
+    lib.int4_linear.restype = None
+    lib.decode_forward.argtypes = [ctypes.POINTER(ModelWeights), ptr, ptr, i64, i64, ptr,
+                                   ctypes.POINTER(KVLayout), ptr, i64, ptr, i64, i64]
+    lib.decode_forward.restype = ctypes.c_int
+    lib.decode_profile.argtypes = [i64, ptr]
+    lib.decode_profile.restype = None
+    lib.pool_rest.argtypes = []
+    lib.pool_rest.restype = None
+    lib.paged_attention.argtypes = [ctypes.POINTER(KVLayout), i64, ptr, i64, ptr, i64, i64, ptr, ptr, i64,
+                                    i64, i64, i64, i64, ptr, i64]
+    lib.paged_attention.restype = None
     return lib
 
 
