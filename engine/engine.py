@@ -156,6 +156,12 @@ class Engine:
         return dict(self.runner.decode_path)
 
     @property
+    def budgets(self) -> dict:
+        """The per-prompt budgets, timed at start unless configured: suffix tokens a FIM prompt keeps
+        (0: no limit) and prompt tokens a scheduler step forwards."""
+        return {"suffix_tokens": self.prompts.suffix_tokens, "prefill_step_tokens": self.config.prefill_chunk}
+
+    @property
     def running(self) -> list[Request]:
         return self.scheduler.running
 

@@ -86,7 +86,8 @@ def create_app(settings: ServerSettings | None = None, engine: Engine | None = N
         path = loaded.decode_path
         log.info("model loaded", extra={"fields": {"event": "model_loaded", "model": loaded.model_name,
                                                    "version": version, "device": settings.device, "weights": loaded.weights,
-                                                   "kernels": path["kernels"], "kernels_reason": path["reason"]}})
+                                                   "kernels": path["kernels"], "kernels_reason": path["reason"],
+                                                   **loaded.budgets}})
         if version == model_version(default_model_dir()):
             log.warning(SHIPPED_MODEL_NOTE, extra={"fields": {"event": "shipped_model", "note": SHIPPED_MODEL_NOTE}})
 
