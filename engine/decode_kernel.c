@@ -80,7 +80,8 @@ typedef struct {
     int64_t block_tokens, int8;
 } kv_layout;
 
-/* ---- scratch: grown, never shrunk; one per thread that calls in (the scheduler) ---- */
+/* ---- scratch: grown, never shrunk; one per thread (a matmul's quantised rows on the caller,
+ * attention's float keys and values on every thread of the pool) ---- */
 static __thread void *scratch_buf = NULL;
 static __thread size_t scratch_size = 0;
 
@@ -684,6 +685,23 @@ static void exp_inplace(float *x, int64_t n) {
     for (; i < n; i++) x[i] = expf(x[i]);
 }
 
+/* One chunk of n scores into the online softmax of one query and head: the running maximum m
+ * rises to the chunk's (what acc, D floats, and the sum l hold so far rescaled), s becomes
+ * exp(s - m), and l gains it. */
+static inline void softmax_chunk(float *s, int64_t n, float *m, float *l, float *acc, int64_t D) {
+    float top = *m;
+    for (int64_t i = 0; i < n; i++) top = s[i] > top ? s[i] : top;
+    if (top > *m) {  /* rescale what was summed under the old maximum */
+        const float r = *m == -INFINITY ? 0.0f : expf(*m - top);
+        *l *= r;
+        for (int64_t d = 0; d < D; d++) acc[d] *= r;
+        *m = top;
+    }
+    for (int64_t i = 0; i < n; i++) s[i] -= top;
+    exp_inplace(s, n);
+    for (int64_t i = 0; i < n; i++) *l += s[i];
+}
+
 /* act(x) in place; activation codes as in model_weights */
 static void activate(float *x, int64_t n, int64_t activation) {
     if (activation == 3) { for (int64_t i = 0; i < n; i++) x[i] = x[i] > 0 ? x[i] : 0.0f; return; }
@@ -864,19 +882,7 @@ static inline __attribute__((always_inline)) void attend_heads(
                 scores[x * ATT_MAX_BLOCK + i] = dot * scale;
             }
         }
-        for (int64_t x = 0; x < nh; x++) {
-            float *sx = scores + x * ATT_MAX_BLOCK, top = m[x];
-            for (int64_t i = 0; i < n; i++) top = sx[i] > top ? sx[i] : top;
-            if (top > m[x]) {  /* rescale what was summed under the old maximum */
-                const float r = m[x] == -INFINITY ? 0.0f : expf(m[x] - top);
-                l[x] *= r;
-                for (int64_t d = 0; d < D; d++) acc[x * D + d] *= r;
-                m[x] = top;
-            }
-            for (int64_t i = 0; i < n; i++) sx[i] -= top;
-            exp_inplace(sx, n);
-            for (int64_t i = 0; i < n; i++) l[x] += sx[i];
-        }
+        for (int64_t x = 0; x < nh; x++) softmax_chunk(scores + x * ATT_MAX_BLOCK, n, m + x, l + x, acc + x * D, D);
         for (int64_t i = 0; i < n; i++) {
             const int64_t j = j0 + i, block = table[j / bt], slot = j % bt;
             for (int64_t x = 0; x < nh; x++) {
@@ -978,22 +984,8 @@ static inline __attribute__((always_inline)) void attend_one_int8(
                 f = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_set1_ps(qscale[x])), _mm256_loadu_ps(ks));
                 _mm256_mask_storeu_ps(sx + i0, (__mmask8)((1u << nk) - 1), f);
             }
-            float top = m[x];  /* the online softmax */
-            for (int64_t i = 0; i < n; i++) top = sx[i] > top ? sx[i] : top;
-            if (top > m[x]) {
-                const float r = m[x] == -INFINITY ? 0.0f : expf(m[x] - top);
-                l[x] *= r;
-                for (int64_t d = 0; d < D; d++) acc[x * D + d] *= r;
-                m[x] = top;
-            }
-            for (int64_t i = 0; i < n; i++) sx[i] -= top;
-            exp_inplace(sx, n);
-            float sum = 0.0f;
-            for (int64_t i = 0; i < n; i++) {
-                sum += sx[i];
-                sx[i] *= c->v_scale[soff[i] + g * c->s_head_stride];  /* the value's own scale, folded in */
-            }
-            l[x] += sum;
+            softmax_chunk(sx, n, m + x, l + x, acc + x * D, D);
+            for (int64_t i = 0; i < n; i++) sx[i] *= c->v_scale[soff[i] + so];  /* the value's own scale, folded in */
         }
         for (int64_t x0 = 0; x0 < nh; x0 += heads_a_pass) {  /* values: each token's heads in a row */
             const int64_t x1 = x0 + heads_a_pass < nh ? x0 + heads_a_pass : nh, nv = (x1 - x0) * nd16;
@@ -1059,18 +1051,6 @@ static inline __m512 sums16(const __m512 *v) {
  * keys' dot products summed together (sums16), the online softmax per chunk, and the values added
  * into accumulators held in registers, U keys at a time in U sets (one chain of dependent adds
  * would wait out each add's latency). */
-static __thread float *att_buf = NULL;
-static __thread size_t att_floats = 0;
-
-static float *att_scratch(size_t floats) {  /* a thread's own: attention runs on every thread of the pool */
-    if (floats > att_floats) {
-        free(att_buf);
-        att_floats = (floats + 1023) & ~(size_t)1023;
-        att_buf = aligned_alloc(ALIGN, att_floats * sizeof(float));
-    }
-    return att_buf;
-}
-
 static inline __attribute__((always_inline)) void attend_group(
     const kv_layout *c, int64_t layer, const float *q, int64_t q_stride, const int64_t *ps, const int64_t *starts,
     int64_t nq, const int64_t *table, int64_t h0, int64_t h1, int64_t group, const int64_t D, float scale,
@@ -1088,7 +1068,7 @@ static inline __attribute__((always_inline)) void attend_group(
     int64_t hs = c->head_stride;
     float *kf = NULL, *vf = NULL;
     if (int8) {
-        kf = att_scratch((size_t)(2 * ATT_CHUNK * gn * D));
+        kf = scratch((size_t)(2 * ATT_CHUNK * gn * D) * sizeof(float));
         vf = kf + ATT_CHUNK * gn * D;
         kb = kf, vb = vf, hs = D;
     }
@@ -1145,20 +1125,8 @@ static inline __attribute__((always_inline)) void attend_group(
                     const int64_t g = (h0 + x) / group, o = g * hs + off[i];
                     scores[x * ATT_CHUNK + i] = dot_f32(qv, (const float *)kb + o, D) * scale;
                 }
-            for (int64_t x = 0; x < nh; x++) {  /* the online softmax, head by head */
-                float *sx = scores + x * ATT_CHUNK, *mx = m + t * nh + x, *lx = l + t * nh + x, top = *mx;
-                for (i = a; i < e; i++) top = sx[i] > top ? sx[i] : top;
-                if (top > *mx) {  /* rescale what was summed under the old maximum */
-                    const float r = *mx == -INFINITY ? 0.0f : expf(*mx - top);
-                    float *ax = acc + (t * nh + x) * D;
-                    *lx *= r;
-                    for (int64_t d = 0; d < D; d++) ax[d] *= r;
-                    *mx = top;
-                }
-                for (i = a; i < e; i++) sx[i] -= top;
-                exp_inplace(sx + a, e - a);
-                for (i = a; i < e; i++) *lx += sx[i];
-            }
+            for (int64_t x = 0; x < nh; x++)  /* the online softmax, head by head */
+                softmax_chunk(scores + x * ATT_CHUNK + a, e - a, m + t * nh + x, l + t * nh + x, acc + (t * nh + x) * D, D);
             for (int64_t i0 = a; i0 < e; i0 += 16) {  /* values, 16 keys at a time, every head */
                 const int64_t i1 = i0 + 16 < e ? i0 + 16 : e;
                 for (int64_t x = 0; x < nh; x++) {
@@ -1212,7 +1180,7 @@ static inline __attribute__((always_inline)) void attend_block(
     int64_t nq, const int64_t *table, int64_t h0, int64_t h1, int64_t group, const int64_t D, float scale,
     float *out, int64_t out_stride, const int int8)
 {
-    float *kf = att_scratch((size_t)(2 * ATT_KCHUNK * D + 2 * D * 16 + ATT_KCHUNK * 16));
+    float *kf = scratch((size_t)(2 * ATT_KCHUNK * D + 2 * D * 16 + ATT_KCHUNK * 16) * sizeof(float));
     float *vf = kf + ATT_KCHUNK * D, *qT = vf + ATT_KCHUNK * D, *oT = qT + D * 16, *pw = oT + D * 16;
     const int64_t bt = c->block_tokens;
     int64_t lo = starts[0], hi = ps[0];
