@@ -671,35 +671,44 @@ static inline __m512 exp512(__m512 x) {
 }
 #endif
 
-/* x[i] = exp(x[i]) */
-static void exp_inplace(float *x, int64_t n) {
-    int64_t i = 0;
-#if defined(__AVX512F__)
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, exp512(_mm512_loadu_ps(x + i)));
-    if (i < n) {
-        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(x + i, m, exp512(_mm512_maskz_loadu_ps(m, x + i)));
-        return;
-    }
-#endif
-    for (; i < n; i++) x[i] = expf(x[i]);
-}
-
 /* One chunk of n scores into the online softmax of one query and head: the running maximum m
  * rises to the chunk's (what acc, D floats, and the sum l hold so far rescaled), s becomes
- * exp(s - m), and l gains it. */
+ * exp(s - m), and l gains it. Whole vectors: a scalar pass over scores just stored as vectors
+ * waits on each store (two thirds of a decode step's softmax). */
 static inline void softmax_chunk(float *s, int64_t n, float *m, float *l, float *acc, int64_t D) {
     float top = *m;
+#if defined(__AVX512F__)
+    __m512 vt = _mm512_set1_ps(top);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        vt = _mm512_max_ps(vt, _mm512_mask_loadu_ps(vt, k, s + i));
+    }
+    top = _mm512_reduce_max_ps(vt);
+#else
     for (int64_t i = 0; i < n; i++) top = s[i] > top ? s[i] : top;
+#endif
     if (top > *m) {  /* rescale what was summed under the old maximum */
         const float r = *m == -INFINITY ? 0.0f : expf(*m - top);
         *l *= r;
         for (int64_t d = 0; d < D; d++) acc[d] *= r;
         *m = top;
     }
-    for (int64_t i = 0; i < n; i++) s[i] -= top;
-    exp_inplace(s, n);
-    for (int64_t i = 0; i < n; i++) *l += s[i];
+#if defined(__AVX512F__)
+    __m512 sum = _mm512_setzero_ps();
+    const __m512 vtop = _mm512_set1_ps(top);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 e = _mm512_maskz_mov_ps(k, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + i), vtop)));
+        _mm512_mask_storeu_ps(s + i, k, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    *l += _mm512_reduce_add_ps(sum);
+#else
+    for (int64_t i = 0; i < n; i++) {
+        s[i] = expf(s[i] - top);
+        *l += s[i];
+    }
+#endif
 }
 
 /* act(x) in place; activation codes as in model_weights */
@@ -933,7 +942,7 @@ static inline __attribute__((always_inline)) void attend_one_int8(
 {
     int8_t q8[ATT_MAX_ACC] __attribute__((aligned(64)));
     float qscale[ATT_MAX_HEADS], scores[ATT_MAX_HEADS * ATT_MAX_BLOCK], m[ATT_MAX_HEADS], l[ATT_MAX_HEADS];
-    float acc[ATT_MAX_ACC];
+    float acc[ATT_MAX_ACC], ks[ATT_MAX_BLOCK], vs[ATT_MAX_BLOCK];  /* a key head's scales */
     int32_t qsum128[ATT_MAX_HEADS];
     int64_t off[ATT_MAX_BLOCK], soff[ATT_MAX_BLOCK];
     const int64_t nh = h1 - h0, bt = c->block_tokens, nd32 = D / 32, nd16 = D / 16;
@@ -964,10 +973,22 @@ static inline __attribute__((always_inline)) void attend_one_int8(
             off[i] = kv_offset(c, layer, block, slot, 0);
             soff[i] = scale_offset(c, layer, block, slot, 0);
         }
-        for (int64_t x = 0; x < nh; x++) {  /* scores, 8 keys at a time */
+        for (int64_t i = 0; i < n; i++)  /* each head's pass reads other lines of the same keys: all in flight now */
+            for (int64_t b = ((h0 / group) * c->head_stride) & ~63; b < ((h1 - 1) / group + 1) * c->head_stride; b += 64) {
+                _mm_prefetch((const char *)c->k + off[i] + b, _MM_HINT_T0);
+                _mm_prefetch((const char *)c->v + off[i] + b, _MM_HINT_T1);
+            }
+        for (int64_t x = 0, scales_of = -1; x < nh; x++) {  /* scores, 8 keys at a time */
             const int64_t g = (h0 + x) / group, ko = g * c->head_stride, so = g * c->s_head_stride;
             const int8_t *kx = (const int8_t *)c->k + ko, *qx = q8 + x * D;
             float *sx = scores + x * ATT_MAX_BLOCK;
+            if (g != scales_of) {  /* the key head's scales side by side (loads in a row beat gathers) */
+                for (int64_t i = 0; i < n; i++) {
+                    ks[i] = c->k_scale[soff[i] + so];
+                    vs[i] = c->v_scale[soff[i] + so];
+                }
+                scales_of = g;
+            }
             for (int64_t i0 = 0; i0 < n; i0 += 8) {
                 const int64_t nk = n - i0 < 8 ? n - i0 : 8;
                 __m256i v[8];
@@ -978,14 +999,15 @@ static inline __attribute__((always_inline)) void attend_one_int8(
                             v[u] = _mm256_dpbusd_epi32(v[u], _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(kx + off[i0 + u] + d * 32)), flip),
                                                        _mm256_loadu_si256((const __m256i *)(qx + d * 32)));
                 }
-                float ks[8] = {0};
-                for (int64_t u = 0; u < nk; u++) ks[u] = c->k_scale[soff[i0 + u] + so];
                 __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(sums8(v), _mm256_set1_epi32(qsum128[x])));
-                f = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_set1_ps(qscale[x])), _mm256_loadu_ps(ks));
+                f = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_set1_ps(qscale[x])), _mm256_loadu_ps(ks + i0));
                 _mm256_mask_storeu_ps(sx + i0, (__mmask8)((1u << nk) - 1), f);
             }
             softmax_chunk(sx, n, m + x, l + x, acc + x * D, D);
-            for (int64_t i = 0; i < n; i++) sx[i] *= c->v_scale[soff[i] + so];  /* the value's own scale, folded in */
+            for (int64_t i = 0; i < n; i += 16) {  /* the value's own scale, folded in */
+                const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+                _mm512_mask_storeu_ps(sx + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, sx + i), _mm512_maskz_loadu_ps(k, vs + i)));
+            }
         }
         for (int64_t x0 = 0; x0 < nh; x0 += heads_a_pass) {  /* values: each token's heads in a row */
             const int64_t x1 = x0 + heads_a_pass < nh ? x0 + heads_a_pass : nh, nv = (x1 - x0) * nd16;
@@ -1342,7 +1364,7 @@ static void attention_chunk(void *ctx, int64_t task) {
         int64_t z = a + ATT_MAX_HEADS < h1 ? a + ATT_MAX_HEADS : h1;
         while ((z - a) * D > ATT_MAX_ACC && z - a > 1) z--;
 #if defined(ATT_ONE_INT8)
-        if (j->c->int8 && D % 32 == 0) {
+        if (j->c->int8 && D % 32 == 0 && D <= 256) {  /* at most 16 vectors a head */
             switch (D) {
             case 32: attend_one_int8(j->c, j->layer, q, table, start, p, a, z, group, 32, scale, o); break;
             case 64: attend_one_int8(j->c, j->layer, q, table, start, p, a, z, group, 64, scale, o); break;
