@@ -117,15 +117,20 @@ class PromptBuilder:
         return prompt_budget(self.context_tokens, max_tokens, max_prompt_tokens)
 
     def build(self, prompt: str, suffix: str | None, max_tokens: int, files: tuple[ContextFile, ...] = (),
-              path: str | None = None, max_prompt_tokens: int | None = None) -> list[int]:
+              path: str | None = None, max_prompt_tokens: int | None = None,
+              prompt_ids: list[int] | None = None) -> list[int]:
         """Ids for a plain or FIM prompt within the budget, trimmed from the far ends; a long
-        prefix is cut where `cut` says, so that the next keystroke's prompt starts the same."""
+        prefix is cut where `cut` says, so that the next keystroke's prompt starts the same.
+        `prompt_ids`: the tokenizer's encode(prompt), where the caller has it already."""
         t = self.tokenizer
         fim = t.fim if suffix is not None else None
         room = self.budget(max_tokens, max_prompt_tokens) - len(t.bos_ids) - (3 if fim else 0)
         before, inside = self._files(files, path, files_room(room))
         room = max(1, room - len(before) - len(inside))
-        pre = t.encode_continuation(prompt) if inside else t.encode(prompt)
+        if inside:
+            pre = t.encode_continuation(prompt)
+        else:
+            pre = prompt_ids if prompt_ids is not None else t.encode(prompt)
         suf = t.encode_continuation(suffix) if fim else []
         keep_suf = suffix_room(len(pre), len(suf), room)
         if 0 < self.suffix_tokens < keep_suf:

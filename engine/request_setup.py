@@ -47,13 +47,14 @@ class RecentIndexes:
         self._tokens = 0
         self._lock = threading.Lock()  # submit runs on the callers' threads
 
-    def get(self, text: str) -> SuffixIndex:
+    def get(self, text: str, ids: list[int] | None = None) -> SuffixIndex:
+        """The index of `text`; `ids`: its tokens, where the caller has them already."""
         with self._lock:
             index = self._entries.pop(text, None)
             if index is not None:
                 self._tokens -= index.n_tokens
         if index is None:
-            index = SuffixIndex.build([self.tokenizer.encode(text)])
+            index = SuffixIndex.build([ids if ids is not None else self.tokenizer.encode(text)])
         with self._lock:
             if text not in self._entries:  # another thread may have put it back meanwhile
                 self._entries[text] = index  # (re-)inserted last: least recently used goes first
@@ -78,7 +79,8 @@ class RequestSetup:
                 logits_processor: LogitsProcessor | None = None) -> Request:
         params, suffix, files, path = job.params, job.suffix, job.files, job.path
         kept, heal = self.heal(job.prompt)
-        ids = self.prompts.build(kept, suffix, params.max_tokens, files, path, job.max_prompt_tokens)
+        kept_ids = self.tokenizer.encode(kept)  # once, for the prompt and the cache model
+        ids = self.prompts.build(kept, suffix, params.max_tokens, files, path, job.max_prompt_tokens, kept_ids)
         generator = None
         if not params.greedy:
             generator = torch.Generator(device="cpu")
@@ -87,7 +89,8 @@ class RequestSetup:
         mixed = logits_processor is None and weight > 0
         # Drafts read the cache model's matches, so they get one even where it is not mixed in
         # (weight 0, or the caller's own processor).
-        context = self.context_model(kept, suffix, files, weight, path) if mixed or self.config.draft_tokens else None
+        context = (self.context_model(kept, suffix, files, weight, path, kept_ids)
+                   if mixed or self.config.draft_tokens else None)
         if mixed:
             logits_processor = context
         stop_loops = self.config.stop_loops if params.stop_loops is None else params.stop_loops
@@ -116,10 +119,10 @@ class RequestSetup:
         return self.context_model(prefix, suffix, files, weight, path)
 
     def context_model(self, prefix: str, suffix: str | None, files: tuple[ContextFile, ...], weight: float,
-                      path: str | None) -> CacheModel:
+                      path: str | None, prefix_ids: list[int] | None = None) -> CacheModel:
         """The cache model over these texts at this weight, built whatever the weight: the drafts
-        read its matches even where it is not mixed in."""
-        prefix_index = self._cursor_texts.get(prefix)
+        read its matches even where it is not mixed in. `prefix_ids`: encode(prefix), if at hand."""
+        prefix_index = self._cursor_texts.get(prefix, prefix_ids)
         suffix_index = self._cursor_texts.get(suffix) if suffix else None
         history = prefix_index.document(0)
         suffix_ids = suffix_index.document(0) if suffix_index is not None else []

@@ -10,6 +10,7 @@ from engine.model_dir import load_model_dir
 from engine.prompt import PromptBuilder
 from engine.request_setup import SNIPPET_INDEXES, RecentIndexes, RequestSetup
 from engine.sampling_params import SamplingParams
+from engine.suffix_index import MAX_MATCH
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,18 @@ def test_the_texts_around_the_cursor_are_indexed_once_while_they_recur(tokenizer
     assert typed["suffix"] is first["suffix"] and typed["prefix"] is not first["prefix"]
     assert indexes("def f(x):\n    return ", "\n\nprint(f(2))\n")["prefix"] is first["prefix"]
     assert first["prefix"].document(0) == tokenizer.encode("def f(x):\n    return ")
+
+
+def test_the_text_before_the_cursor_is_tokenized_once_for_the_prompt_and_the_cache_model(tokenizer, monkeypatch):
+    setup = setup_for(tokenizer)
+    encoded = []
+    encode = tokenizer.encode
+    monkeypatch.setattr(tokenizer, "encode", lambda text: encoded.append(text) or encode(text))
+    prefix = "def f(x):\n    y = x * 2\n    return y\n\n\ndef g():\n"
+    request = setup.request(CompletionInput(prefix, params=SamplingParams(max_tokens=8)), print)
+    assert encoded.count(prefix) == 1
+    assert request.prompt_ids == tokenizer.bos_ids + encode(prefix)
+    assert request.logits_processor.history == encode(prefix)[-MAX_MATCH:]
 
 
 def test_recent_indexes_hold_at_most_their_tokens(tokenizer):
