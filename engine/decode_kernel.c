@@ -225,6 +225,25 @@ void pool_rest(void) {
     atomic_store(&pool.resting, 1);
 }
 
+/* fn(ctx, m0, m1) over rows [0, M) in chunks of whole rows, on the threads where the rows hold
+ * enough work (elements in all) to pay for waking them: a prompt's norms, KV stores and MLP
+ * activation, which otherwise run on the caller while the helpers spin. */
+typedef void (*rows_fn)(void *ctx, int64_t m0, int64_t m1);
+typedef struct { rows_fn fn; void *ctx; int64_t M, per_chunk; } rows_job;
+
+static void rows_chunk(void *ctx, int64_t c) {
+    const rows_job *j = ctx;
+    const int64_t m0 = c * j->per_chunk, m1 = m0 + j->per_chunk < j->M ? m0 + j->per_chunk : j->M;
+    j->fn(j->ctx, m0, m1);
+}
+
+static void parallel_rows(int64_t M, int64_t work, rows_fn fn, void *ctx, int64_t n_threads) {
+    if (n_threads <= 1 || M < 2 || work < (1 << 15)) { fn(ctx, 0, M); return; }
+    const int64_t chunks = 4 * n_threads < M ? 4 * n_threads : M;
+    rows_job job = {fn, ctx, M, (M + chunks - 1) / chunks};
+    parallel_for((M + job.per_chunk - 1) / job.per_chunk, rows_chunk, &job, n_threads);
+}
+
 /* ---- activation quantization: the PyTorch fallback must match this exactly ---- */
 /* One row's scale, int8 and int4 alike: max|x| / 127, at least 1e-12. */
 static float row_scale(const float *r, int64_t K) {
@@ -1425,6 +1444,58 @@ void paged_attention(const kv_layout *c, int64_t layer, const float *q, int64_t 
 }
 
 /* ---- the forward ---- */
+/* What a forward's row-parallel phases read (parallel_rows): the current layer's. */
+typedef struct {
+    const model_weights *mw;
+    const kv_layout *c;
+    const int64_t *positions, *n_real, *tables;
+    int64_t T, max_blocks, layer;
+    const float *norm_in, *norm_w, *norm_b;
+    float *norm_out, *qkv, *mlp;
+} forward_rows;
+
+static void norm_chunk(void *ctx, int64_t m0, int64_t m1) {
+    const forward_rows *f = ctx;
+    const int64_t E = f->mw->n_embd;
+    norm_rows(f->norm_in + m0 * E, f->norm_out + m0 * E, m1 - m0, E, f->norm_w, f->norm_b, (int)f->mw->rms_norm,
+              f->mw->norm_eps);
+}
+
+/* Each row's queries and keys rotated (rope), its keys and values stored in the cache. */
+static void store_chunk(void *ctx, int64_t m0, int64_t m1) {
+    const forward_rows *f = ctx;
+    const model_weights *mw = f->mw;
+    const kv_layout *c = f->c;
+    const int64_t H = mw->n_head, Hkv = mw->n_kv_head, D = mw->head_dim, qkv_n = (H + 2 * Hkv) * D, T = f->T;
+    for (int64_t i = m0; i < m1; i++) {
+        int64_t b = i / T, t = i % T, p = f->positions[i];
+        float *row = f->qkv + i * qkv_n;
+        if (mw->rope_cos)
+            for (int64_t hd = 0; hd < H + Hkv; hd++)
+                rotate(row + hd * D, mw->rope_cos + p * D, mw->rope_sin + p * D, D);
+        if (f->n_real && t >= f->n_real[b]) continue;
+        const int64_t *table = f->tables + b * f->max_blocks;
+        int64_t block = table[p / c->block_tokens], off = p % c->block_tokens;
+        for (int64_t g = 0; g < Hkv; g++) {
+            store_head(c, c->k, c->k_scale, f->layer, block, off, g, row + (H + g) * D, D);
+            store_head(c, c->v, c->v_scale, f->layer, block, off, g, row + (H + Hkv + g) * D, D);
+        }
+    }
+}
+
+/* The MLP's activation, gated: times the up half (rows packed to (M, I) after). */
+static void act_chunk(void *ctx, int64_t m0, int64_t m1) {
+    const forward_rows *f = ctx;
+    const model_weights *mw = f->mw;
+    const int64_t I = mw->intermediate, up_n = mw->layers[0].up.n;
+    if (!mw->gated) { activate(f->mlp + m0 * I, (m1 - m0) * I, mw->activation); return; }
+    for (int64_t i = m0; i < m1; i++) {
+        float *r = f->mlp + i * up_n;
+        activate(r, I, mw->activation);
+        for (int64_t j = 0; j < I; j++) r[j] = r[j] * r[I + j];
+    }
+}
+
 /* idx, positions: (B, T); n_real: (B,) real tokens of each row (the rest pad it: not stored, zero
  * attention) or NULL; tables: (B, max_blocks). logits: (B * T, vocab), or (B, vocab) with last_only
  * (each row's last real token). Returns 0, or -1 when a position is outside the model's range. */
@@ -1444,6 +1515,7 @@ int decode_forward(const model_weights *mw, const int64_t *idx, const int64_t *p
     size_t need = (size_t)(M * (2 * E + qkv_n + H * D + up_n) + 64);
     if (need > work_size) { free(work); work = aligned_alloc(ALIGN, round_up((int64_t)need * 4, 4096)); work_size = need; }
     float *x = work, *h = x + M * E, *qkv = h + M * E, *att = qkv + M * qkv_n, *mlp = att + M * H * D;
+    forward_rows per_row = {mw, c, positions, n_real, tables, T, max_blocks, 0, x, NULL, NULL, h, qkv, mlp};
     uint64_t t0 = now();
 
     for (int64_t i = 0; i < M; i++) {
@@ -1463,24 +1535,12 @@ int decode_forward(const model_weights *mw, const int64_t *idx, const int64_t *p
     MARK(P_EMBED);
     for (int64_t l = 0; l < mw->n_layer; l++) {
         const layer_weights *L = mw->layers + l;
-        norm_rows(x, h, M, E, L->attn_norm_w, L->attn_norm_b, (int)mw->rms_norm, mw->norm_eps);
+        per_row.layer = l, per_row.norm_w = L->attn_norm_w, per_row.norm_b = L->attn_norm_b;
+        parallel_rows(M, M * E, norm_chunk, &per_row, n_threads);
         MARK(P_NORM);
         linear(h, M, &L->qkv, qkv, n_threads);
         MARK(P_QKV);
-        for (int64_t i = 0; i < M; i++) {
-            int64_t b = i / T, t = i % T, p = positions[i];
-            float *row = qkv + i * qkv_n;
-            if (mw->rope_cos)
-                for (int64_t hd = 0; hd < H + Hkv; hd++)
-                    rotate(row + hd * D, mw->rope_cos + p * D, mw->rope_sin + p * D, D);
-            if (n_real && t >= n_real[b]) continue;
-            const int64_t *table = tables + b * max_blocks;
-            int64_t block = table[p / c->block_tokens], off = p % c->block_tokens;
-            for (int64_t g = 0; g < Hkv; g++) {
-                store_head(c, c->k, c->k_scale, l, block, off, g, row + (H + g) * D, D);
-                store_head(c, c->v, c->v_scale, l, block, off, g, row + (H + Hkv + g) * D, D);
-            }
-        }
+        parallel_rows(M, M * qkv_n, store_chunk, &per_row, n_threads);
         MARK(P_ROPE_STORE);
         attention(c, l, qkv, qkv_n, positions, B, T, n_real, tables, max_blocks, H, Hkv, D, mw->sliding_window, kv_max,
                   att, n_threads);
@@ -1488,20 +1548,14 @@ int decode_forward(const model_weights *mw, const int64_t *idx, const int64_t *p
         linear(att, M, &L->out, h, n_threads);
         for (int64_t i = 0; i < M * E; i++) x[i] = x[i] + h[i];
         MARK(P_OUT);
-        norm_rows(x, h, M, E, L->mlp_norm_w, L->mlp_norm_b, (int)mw->rms_norm, mw->norm_eps);
+        per_row.norm_w = L->mlp_norm_w, per_row.norm_b = L->mlp_norm_b;
+        parallel_rows(M, M * E, norm_chunk, &per_row, n_threads);
         MARK(P_NORM);
         linear(h, M, &L->up, mlp, n_threads);
         MARK(P_UP);
-        if (mw->gated) {
-            for (int64_t i = 0; i < M; i++) {
-                float *r = mlp + i * up_n;
-                activate(r, I, mw->activation);
-                for (int64_t j = 0; j < I; j++) r[j] = r[j] * r[I + j];
-                if (i) memmove(mlp + i * I, r, (size_t)I * sizeof(float));  /* pack rows to (M, I) */
-            }
-        } else {
-            activate(mlp, M * I, mw->activation);
-        }
+        parallel_rows(M, M * I, act_chunk, &per_row, n_threads);
+        if (mw->gated)
+            for (int64_t i = 1; i < M; i++) memmove(mlp + i * I, mlp + i * up_n, (size_t)I * sizeof(float));
         MARK(P_ACT);
         linear(mlp, M, &L->down, h, n_threads);
         for (int64_t i = 0; i < M * E; i++) x[i] = x[i] + h[i];
