@@ -475,24 +475,32 @@ def write_int4_model_dir(src: str | Path, out: str | Path) -> Path:
         raise ModelDirError(f"{src} is already int4")
     load_tokenizer_from_dir(model_dir)  # copied as it is: check now that the copy will load
     out = save_int8_dir(out, model_dir, int4_state(model_dir), INT4_QUANTIZATION)
-    (out / "MODEL_CARD.md").write_text(int4_model_card(model_dir, out))
+    (out / "MODEL_CARD.md").write_text(quantized_model_card(model_dir, out, 4))
     return out
 
 
-def int4_model_card(source: ModelDir, out: Path) -> str:
+def quantized_model_card(source: ModelDir, out: Path, bits: int) -> str:
+    """MODEL_CARD.md of a directory `code-assistant quantize` wrote: what was done, and how to measure its cost."""
+    scheme = INT4_QUANTIZATION if bits == 4 else QUANTIZATION
     before = sum(f.stat().st_size for f in source.path.glob("*.safetensors"))
     after = sum(f.stat().st_size for f in out.glob("*.safetensors"))
-    return (f"# {source.name}, int4 (`code-assistant quantize --bits 4`)\n\n"
-            f"Quantized from `{source.path}` ({'int8' if source.int8 else 'float'} weights, {before / 1e6:.1f} MB) "
+    weights = "int8" if source.int8 else "float"
+    runs = ('`Engine.load(dir, quantize="int4")`, `code-assistant serve --model DIR --quantize int4` (CPU only; the '
+            "compiled decode step where it builds)" if bits == 4 else
+            "`Engine.load(dir)`, `code-assistant serve --model DIR` (the int8 linear layers and the compiled decode "
+            "step on the CPU; dequantized to float elsewhere)")
+    measured = ("the shipped 3.35 M model (44,817 tokens, a tied head), bits per byte 1.3842 int8, 1.3951 int4 (+0.79 %; "
+                "1.3881 with its head left in int8); a briefly trained 1.05 M Llama (untied, "
+                "models/default/MODEL_CARD.md), 2.1695 int8, 2.1693 int4 (-0.01 %)" if bits == 4 else
+                "the shipped 3.35 M model (44,817 tokens), bits per byte 1.3841 fp32, 1.3842 int8; a briefly "
+                "trained 1.05 M Llama (models/default/MODEL_CARD.md), 2.1695 fp32, 2.1695 int8")
+    return (f"# {source.name}, int{bits} (`code-assistant quantize --bits {bits}`)\n\n"
+            f"Quantized from `{source.path}` ({weights} weights, {before / 1e6:.1f} MB) "
             f"to {after / 1e6:.1f} MB of safetensors.\n\n"
-            f"- weights: {INT4_QUANTIZATION['weights']}\n- quantized: {INT4_QUANTIZATION['quantized']}\n"
-            "- runs: `Engine.load(dir, quantize=\"int4\")`, `code-assistant serve --model DIR --quantize int4` "
-            "(CPU only; the compiled decode step where it builds)\n\n"
-            "Quality cost: measure it on your code with `code-assistant eval --model DIR --src FOLDER --weights int4` "
-            "beside `--weights int8` on the source. Measured on tests/data/heldout: the shipped 3.35 M model "
-            "(44,817 tokens, a tied head), bits per byte 1.3842 int8, 1.3951 int4 (+0.79 %; 1.3881 with its head "
-            "left in int8); a briefly trained 1.05 M Llama (untied, models/default/MODEL_CARD.md), 2.1695 int8, "
-            "2.1693 int4 (-0.01 %).\n")
+            f"- weights: {scheme['weights']}\n- quantized: {scheme['quantized']}\n- runs: {runs}\n\n"
+            f"Quality cost: measure it on your code with `code-assistant eval --model DIR --src FOLDER --weights "
+            f"int{bits}` beside `--weights {'int8' if bits == 4 else 'float'}` on the source. Measured on "
+            f"tests/data/heldout: {measured}.\n")
 
 
 def write_int8_model_dir(src: str | Path, out: str | Path) -> Path:
@@ -501,7 +509,9 @@ def write_int8_model_dir(src: str | Path, out: str | Path) -> Path:
         raise ModelDirError(f"{src} is already int8")
     load_tokenizer_from_dir(model_dir)  # copied as it is: check now that the copy will load
     state = load_state(model_dir, transform=_quantize_as_read)
-    return save_int8_dir(out, model_dir, state, QUANTIZATION)
+    out = save_int8_dir(out, model_dir, state, QUANTIZATION)
+    (out / "MODEL_CARD.md").write_text(quantized_model_card(model_dir, out, 8))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

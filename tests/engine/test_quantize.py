@@ -36,6 +36,8 @@ def test_quantize_cli_subprocess(tiny_model_dir, tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert (out / WEIGHTS_FILE).is_file() and (out / "tokenizer.json").is_file()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert card.startswith("# ") and "int8, symmetric" in card and "MB of safetensors" in card and "bits per byte" in card
     assert main(["--model", str(out), "--out", str(tmp_path / "again")]) == 2  # already int8: a clear error
     assert main(["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
 
