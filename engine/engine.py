@@ -225,6 +225,11 @@ class Engine:
         self.scheduler.enqueue(request)
         return request
 
+    def supersede(self, session: str) -> None:
+        """The session's request in the engine, if any, finishes with "superseded", as a newer
+        request of the session would make it: for a newer one answered elsewhere (a response cache)."""
+        self.scheduler.supersede(session)
+
     def complete(self, job: CompletionInput | str, logits_processor: LogitsProcessor | None = None,
                  **fields) -> Completion:
         """Run one completion to its end. `job` is a CompletionInput, or a prompt string with the

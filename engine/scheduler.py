@@ -80,6 +80,12 @@ class Scheduler:
                 self.sessions[request.session] = request
         self._wake.set()
 
+    def supersede(self, session: str) -> None:
+        with self.lock:
+            older = self.sessions.pop(session, None)
+        if older is not None:
+            older.cancel("superseded")
+
     def _supersede_older(self, request: Request) -> None:
         older = self.sessions.get(request.session) if request.session is not None else None
         if older is not None:

@@ -49,6 +49,8 @@ class CompletionService:
         record = CompletionRecord()
         key = self._cache_key(job)
         if key is not None and (hit := await self.cache.get(key)) is not None:
+            if job.session is not None:  # answered from the cache, the newer request still supersedes
+                self.engine.supersede(job.session)
             record.prompt_tokens, record.completion_tokens = hit["prompt_tokens"], hit["completion_tokens"]
             record.finish_reason, record.cached, record.text = hit["finish_reason"], True, hit["text"]
             record.time_to_first_token_s = 0.0

@@ -77,6 +77,21 @@ async def test_a_stream_superseded_midway_ends_with_an_error_event_and_no_done(l
     assert server.metric("engine_requests_superseded_total") == 1
 
 
+async def test_a_newer_request_answered_from_the_response_cache_still_supersedes(long_model_dir, start_server):
+    server = start_server(long_model_dir, "--no-stop-loops", "--draft-tokens", "0", "--max-batch", "2")
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        cached = await client.post("/v1/completions", json=completion("def f", "doc-9"))  # now in the cache
+        async with client.stream("POST", "/v1/completions",
+                                 json=completion("def ", "doc-1", stream=True, max_tokens=1500)) as response:
+            lines = response.aiter_lines()
+            await anext(line async for line in lines if line.startswith("data: "))
+            newer = await client.post("/v1/completions", json=completion("def f", "doc-1"))
+            rest = [line async for line in lines if line.startswith("data: ")]
+    assert cached.status_code == newer.status_code == 200 and newer.json()["choices"] == cached.json()["choices"]
+    assert json.loads(rest[-1][6:])["error"]["code"] == "superseded"
+    assert server.metric("engine_requests_superseded_total") == 1
+
+
 async def test_a_request_the_queue_would_keep_too_long_is_answered_429_at_once(long_model_dir, start_server):
     server = start_server(long_model_dir, *ONE_SLOT, "--max-queue-wait-ms", "200")
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
