@@ -992,6 +992,14 @@ static inline __attribute__((always_inline)) void attend_one_int8(
             off[i] = kv_offset(c, layer, block, slot, 0);
             soff[i] = scale_offset(c, layer, block, slot, 0);
         }
+        /* Every key's and value's lines in flight now (to L2: a chunk can outgrow L1): each head's
+         * pass reads other lines of the same keys, and the blocks of a sequence's cached prefix lie
+         * anywhere in the pool, where the hardware's prefetcher starts over at each one. */
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t b = ((h0 / group) * c->head_stride) & ~63; b < ((h1 - 1) / group + 1) * c->head_stride; b += 64) {
+                _mm_prefetch((const char *)c->k + off[i] + b, _MM_HINT_T1);
+                _mm_prefetch((const char *)c->v + off[i] + b, _MM_HINT_T1);
+            }
         for (int64_t x = 0, scales_of = -1; x < nh; x++) {  /* scores, 8 keys at a time */
             const int64_t g = (h0 + x) / group, ko = g * c->head_stride, so = g * c->s_head_stride;
             const int8_t *kx = (const int8_t *)c->k + ko, *qx = q8 + x * D;
