@@ -48,7 +48,8 @@ CATEGORIES = [
     ("KV blocks (engine/kv_cache.py)", ("engine/kv_cache.py",)),
     ("model forward", ("engine/model.py", "engine/runner.py", "engine/fast_decode.py", "torch/",
                        "engine/kernels.py")),
-    ("scheduler bookkeeping (engine/engine.py)", ("engine/engine.py",)),
+    ("scheduler: steps, tokens out to the streams (engine/engine.py, scheduler.py, output.py, mailbox.py)",
+     ("engine/engine.py", "engine/scheduler.py", "engine/output.py", "engine/mailbox.py")),
     ("completion route, SSE framing (http_api/routes, generation.py)", ("http_api/routes/", "http_api/generation.py",
                                                                        "sse_starlette", "json/")),
     ("request log, metrics, middleware (http_api)", ("http_api/", "prometheus_client/", "logging/")),
@@ -60,9 +61,12 @@ CATEGORIES = [
 ]
 FORWARD = "model forward"
 # py-spy --nonblocking cannot always tell a waiting thread from a running one: samples whose
-# innermost frame waits for work are counted apart, not as busy.
-IDLE = "idle: waiting for work (epoll, Condition/Event.wait)"
-IDLE_LEAVES = ("EpollSelector.select (", "Condition.wait (", "Event.wait (", "_wait_for_tstate_lock (")
+# innermost frame waits for work are counted apart, not as busy. uvloop's loop is C under
+# asyncio's Runner.run, so a sample that ends there is (mostly) its epoll wait; a thread pool
+# worker's sample that ends in _worker waits in its queue's C get.
+IDLE = "idle: waiting for work (epoll, Condition/Event.wait, uvloop, an idle thread pool)"
+IDLE_LEAVES = ("EpollSelector.select (", "Condition.wait (", "Event.wait (", "_wait_for_tstate_lock (",
+               "Runner.run (asyncio/runners.py", "_worker (concurrent/futures/thread.py")
 # The scheduler thread hands every chunk to the event loop with call_soon_threadsafe, which writes
 # to the loop's self-pipe and then waits for the GIL while the loop handles the chunk.
 HANDOFF = "chunk hand-off to the event loop (Engine.stream's call_soon_threadsafe: self-pipe + GIL)"
@@ -84,8 +88,8 @@ def categorise(stack: list[str]) -> str:
 
 def forward_kind(stack: list[str]) -> str:
     text = ";".join(stack)
-    if "prefill (engine/scheduler.py" in text:
-        return "model forward: prefill (Scheduler.prefill)"
+    if "prefill_step (engine/scheduler.py" in text:
+        return "model forward: prefill (Scheduler.prefill_step)"
     if "decode_step (engine/scheduler.py" in text:
         return "model forward: decode steps (Scheduler.decode_step)"
     return "model forward: other (warm-up, thread measurement)"
@@ -212,19 +216,19 @@ def submit_costs(model_dir: Path, requests, tokens: int) -> dict:
 
     tokenizer = load_tokenizer_from_dir(model_dir)
     builder = PromptBuilder(tokenizer, read_model_dir(model_dir).config.block_size)
+    prefix_ids = {id(r): tokenizer.encode(r.prefix) for r in requests}  # what the steps after it start from
+    prompts = {id(r): builder.build(r.prefix, r.suffix, tokens, prompt_ids=prefix_ids[id(r)]) for r in requests}
     steps = {
         "token healing split (engine/healing.py split_heal)": lambda r: split_heal(r.prefix, tokenizer.split),
-        "prompt: tokenise + lay out (engine/prompt.py PromptBuilder.build)":
-            lambda r: builder.build(r.prefix, r.suffix, tokens),
-        "cache model: tokenise the whole prefix and suffix again (engine/tokenizer.py encode)":
-            lambda r: (tokenizer.encode(r.prefix), tokenizer.encode(r.suffix)),
-        "cache model: tokenise + suffix indexes of prefix and suffix (engine/suffix_index.py SuffixIndex.build)":
-            lambda r: (SuffixIndex.build([tokenizer.encode(r.prefix)]),
-                       SuffixIndex.build([tokenizer.encode(r.suffix)])),
+        "tokenise the text before the cursor, once for the prompt and the cache model (engine/tokenizer.py)":
+            lambda r: tokenizer.encode(r.prefix),
+        "prompt: lay out, the suffix tokenised (engine/prompt.py PromptBuilder.build)":
+            lambda r: builder.build(r.prefix, r.suffix, tokens, prompt_ids=prefix_ids[id(r)]),
+        "cache model: suffix indexes of prefix and suffix, the suffix tokenised (engine/suffix_index.py)":
+            lambda r: (SuffixIndex.build([prefix_ids[id(r)]]), SuffixIndex.build([tokenizer.encode(r.suffix)])),
         "loop guard setup (engine/repetition.py RepetitionGuard.for_prompt)":
             lambda r: RepetitionGuard.for_prompt(r.prefix, r.suffix),
-        "prompt + draft index of it (engine/draft.py LiveIndex)":
-            lambda r: LiveIndex(builder.build(r.prefix, r.suffix, tokens)),
+        "draft index of the prompt (engine/draft.py LiveIndex)": lambda r: LiveIndex(prompts[id(r)]),
     }
     costs = {}
     for name, step in steps.items():
