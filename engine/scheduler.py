@@ -36,8 +36,8 @@ from .runner import Runner
 log = logging.getLogger("engine")
 # A compiled step shorter than this at one thread runs one thread. At 2 ms the shipped model's
 # threshold fell at 26-35 rows by the noise of its start-up timing, and 32 streams' steps ran at
-# one thread or two by chance; at 1 ms it is 15-18 rows, which an editor load at 33 requests/s
-# reaches in 4 of ~5,700 steps (most are 1-4 rows).
+# one thread or two by chance; at 1 ms it is 14-18 rows, which an editor load at 33 requests/s
+# reaches in 7 of ~5,700 steps (most are 1-4 rows).
 SHORT_STEP_S = 0.001
 PROBE_POSITION = 255      # where the rows of the step that times the compiled step sit: a history to attend to
 PROBE_PROMPT = 128            # tokens of the prompt that times the compiled step against PyTorch's (at most the budget)
