@@ -260,6 +260,11 @@ static float row_scale(const float *r, int64_t K) {
 }
 
 #if defined(__AVX512F__)
+/* The lanes of a loop's vector that hold elements when `left` of them remain (all 16, or the tail's). */
+static inline __mmask16 lanes16(int64_t left) {
+    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+}
+
 /* round-half-even(x / s) of 16 floats, as int32 (the division and rounding nearbyintf's, lane by lane) */
 static inline __m512i round_div16(__m512 x, __m512 s) {
     return _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_div_ps(x, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
@@ -276,7 +281,7 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t stride, 
         const __m512 sv = _mm512_set1_ps(s);
         const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127), offset = _mm512_set1_epi32(128);
         for (; i < K; i += 16) {
-            const __mmask16 mask = K - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - i)) - 1);
+            const __mmask16 mask = lanes16(K - i);
             __m512i q = round_div16(_mm512_maskz_loadu_ps(mask, r + i), sv);
             q = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(q, lo), hi), offset);
             _mm_mask_storeu_epi8(o + i, mask, _mm512_cvtepi32_epi8(q));
@@ -699,7 +704,7 @@ static inline void softmax_chunk(float *s, int64_t n, float *m, float *l, float 
 #if defined(__AVX512F__)
     __m512 vt = _mm512_set1_ps(top);
     for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        const __mmask16 k = lanes16(n - i);
         vt = _mm512_max_ps(vt, _mm512_mask_loadu_ps(vt, k, s + i));
     }
     top = _mm512_reduce_max_ps(vt);
@@ -716,7 +721,7 @@ static inline void softmax_chunk(float *s, int64_t n, float *m, float *l, float 
     __m512 sum = _mm512_setzero_ps();
     const __m512 vtop = _mm512_set1_ps(top);
     for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        const __mmask16 k = lanes16(n - i);
         const __m512 e = _mm512_maskz_mov_ps(k, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + i), vtop)));
         _mm512_mask_storeu_ps(s + i, k, e);
         sum = _mm512_add_ps(sum, e);
@@ -1027,7 +1032,7 @@ static inline __attribute__((always_inline)) void attend_one_int8(
             }
             softmax_chunk(sx, n, m + x, l + x, acc + x * D, D);
             for (int64_t i = 0; i < n; i += 16) {  /* the value's own scale, folded in */
-                const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+                const __mmask16 k = lanes16(n - i);
                 _mm512_mask_storeu_ps(sx + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, sx + i), _mm512_maskz_loadu_ps(k, vs + i)));
             }
         }
