@@ -967,10 +967,12 @@ static inline __attribute__((always_inline)) void attend_one_int8(
     int8_t q8[ATT_MAX_ACC] __attribute__((aligned(64)));
     float qscale[ATT_MAX_HEADS], scores[ATT_MAX_HEADS * ATT_MAX_BLOCK], m[ATT_MAX_HEADS], l[ATT_MAX_HEADS];
     float acc[ATT_MAX_ACC], ks[ATT_MAX_BLOCK], vs[ATT_MAX_BLOCK];  /* a key head's scales */
+    int16_t w16[ATT_MAX_HEADS * (ATT_MAX_BLOCK + 16)] __attribute__((aligned(64)));  /* weights, int16 */
+    float wscale[ATT_MAX_HEADS];
     int32_t qsum128[ATT_MAX_HEADS];
-    int64_t off[ATT_MAX_BLOCK], soff[ATT_MAX_BLOCK];
-    const int64_t nh = h1 - h0, bt = c->block_tokens, nd32 = D / 32, nd16 = D / 16;
-    const int64_t heads_a_pass = 16 / nd16 > 0 ? 16 / nd16 : 1;
+    int64_t off[ATT_MAX_BLOCK + 1], soff[ATT_MAX_BLOCK];
+    const int64_t nh = h1 - h0, bt = c->block_tokens, nd32 = D / 32, w16_stride = ATT_MAX_BLOCK + 16;
+    const int64_t heads_a_pass = 8 / nd32 > 0 ? 8 / nd32 : 1;  /* two accumulators per 32 values */
     for (int64_t x = 0; x < nh; x++) {
         const float *qv = q + (h0 + x) * D;
         __m512 mx = _mm512_setzero_ps();
@@ -997,6 +999,7 @@ static inline __attribute__((always_inline)) void attend_one_int8(
             off[i] = kv_offset(c, layer, block, slot, 0);
             soff[i] = scale_offset(c, layer, block, slot, 0);
         }
+        off[n] = off[n - 1];  /* the partner of an odd chunk's last value (its weight is 0) */
         /* Every key's and value's lines in flight now (to L2: a chunk can outgrow L1): each head's
          * pass reads other lines of the same keys, and the blocks of a sequence's cached prefix lie
          * anywhere in the pool, where the hardware's prefetcher starts over at each one. */
@@ -1031,39 +1034,69 @@ static inline __attribute__((always_inline)) void attend_one_int8(
                 _mm256_mask_storeu_ps(sx + i0, (__mmask8)((1u << nk) - 1), f);
             }
             softmax_chunk(sx, n, m + x, l + x, acc + x * D, D);
-            for (int64_t i = 0; i < n; i += 16) {  /* the value's own scale, folded in */
+            /* The weights times each value's own scale, then as int16 of the chunk's largest
+             * (32767: a step of 2^-15 of it, finer than the int8 values' own rounding), so VNNI
+             * sums two tokens' weighted values a lane exactly in int32 (256 of 32767 x 127 fit). */
+            __m512 top = _mm512_setzero_ps();
+            for (int64_t i = 0; i < n; i += 16) {
                 const __mmask16 k = lanes16(n - i);
-                _mm512_mask_storeu_ps(sx + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, sx + i), _mm512_maskz_loadu_ps(k, vs + i)));
+                const __m512 w = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, sx + i), _mm512_maskz_loadu_ps(k, vs + i));
+                _mm512_mask_storeu_ps(sx + i, k, w);
+                top = _mm512_max_ps(top, w);
+            }
+            const float wmax = _mm512_reduce_max_ps(top);
+            wscale[x] = wmax / 32767.0f;
+            const __m512 to16 = _mm512_set1_ps(wmax > 0.0f ? 32767.0f / wmax : 0.0f);
+            for (int64_t i = 0; i < n + 1; i += 16) {  /* lanes from n on are 0: an odd n's partner weighs nothing */
+                const __mmask16 k = lanes16(n - i);
+                _mm256_storeu_si256((__m256i *)(w16 + x * w16_stride + i),
+                                    _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, sx + i), to16))));
             }
         }
-        for (int64_t x0 = 0; x0 < nh; x0 += heads_a_pass) {  /* values: each token's heads in a row */
-            const int64_t x1 = x0 + heads_a_pass < nh ? x0 + heads_a_pass : nh, nv = (x1 - x0) * nd16;
-            int64_t vo[16];  /* each vector's offset in a token's values (a division per key cost more than the rest) */
-            const float *w[16];
+        for (int64_t x0 = 0; x0 < nh; x0 += heads_a_pass) {  /* values: two tokens at a time, heads in a row */
+            const int64_t x1 = x0 + heads_a_pass < nh ? x0 + heads_a_pass : nh, nv = (x1 - x0) * nd32;
+            int64_t vo[8];  /* each 32 values' offset in a token's values */
+            const int16_t *w[8];
             for (int64_t r = 0; r < nv; r++) {
-                const int64_t x = x0 + r / nd16;
-                vo[r] = ((h0 + x) / group) * c->head_stride + (r % nd16) * 16;
-                w[r] = scores + x * ATT_MAX_BLOCK;
+                const int64_t x = x0 + r / nd32;
+                vo[r] = ((h0 + x) / group) * c->head_stride + (r % nd32) * 32;
+                w[r] = w16 + x * w16_stride;
             }
-            __m512 a[16];
+            /* a[2r] sums values 0-7 and 16-23 of its 32, a[2r + 1] 8-15 and 24-31 (the byte
+             * interleave works within 128-bit lanes); acc keeps that order until the end. */
+            __m512i a[16];
 #pragma GCC unroll 16
-            for (int r = 0; r < 16; r++) a[r] = r < nv ? _mm512_loadu_ps(acc + x0 * D + r * 16) : _mm512_setzero_ps();
-            for (int64_t i = 0; i < n; i++) {
-                const int8_t *vt = (const int8_t *)c->v + off[i];
-#pragma GCC unroll 16
-                for (int r = 0; r < 16; r++) {
+            for (int r = 0; r < 16; r++) a[r] = _mm512_setzero_si512();
+            for (int64_t i = 0; i < n; i += 2) {
+                const int8_t *v0 = (const int8_t *)c->v + off[i], *v1 = (const int8_t *)c->v + off[i + 1];
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++) {
                     if (r >= nv) break;
-                    a[r] = _mm512_fmadd_ps(_mm512_set1_ps(w[r][i]), kv16(vt, vo[r], 1), a[r]);
+                    const __m256i a0 = _mm256_loadu_si256((const __m256i *)(v0 + vo[r]));
+                    const __m256i a1 = _mm256_loadu_si256((const __m256i *)(v1 + vo[r]));
+                    const __m512i pair = _mm512_set1_epi32(*(const int32_t *)(w[r] + i));
+                    a[2 * r] = _mm512_dpwssd_epi32(a[2 * r], _mm512_cvtepi8_epi16(_mm256_unpacklo_epi8(a0, a1)), pair);
+                    a[2 * r + 1] = _mm512_dpwssd_epi32(a[2 * r + 1], _mm512_cvtepi8_epi16(_mm256_unpackhi_epi8(a0, a1)), pair);
                 }
             }
-#pragma GCC unroll 16
-            for (int r = 0; r < 16; r++) if (r < nv) _mm512_storeu_ps(acc + x0 * D + r * 16, a[r]);
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++) {
+                if (r >= nv) break;
+                const int64_t x = x0 + r / nd32;
+                float *dst = acc + x * D + (r % nd32) * 32;
+                const __m512 s = _mm512_set1_ps(wscale[x]);
+                _mm512_storeu_ps(dst, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[2 * r]), s, _mm512_loadu_ps(dst)));
+                _mm512_storeu_ps(dst + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[2 * r + 1]), s, _mm512_loadu_ps(dst + 16)));
+            }
         }
         j0 += n;
     }
     for (int64_t x = 0; x < nh; x++) {
         const float inv = 1.0f / l[x];
-        for (int64_t d = 0; d < D; d++) out[(h0 + x) * D + d] = acc[x * D + d] * inv;
+        for (int64_t d = 0; d < D; d++) {
+            const int64_t e = d % 32, from = d - e + (e >= 8 && e < 16 ? e + 8 : e >= 16 && e < 24 ? e - 8 : e);
+            out[(h0 + x) * D + d] = acc[x * D + from] * inv;
+        }
     }
 }
 #endif
