@@ -94,7 +94,7 @@ class WorkspaceIndex:
         self.ready = threading.Event()
 
     # ---- reading ---------------------------------------------------------------------------
-    def longest_match(self, history, exclude_paths: Iterable[str] = (), previous: int | None = None) -> Match:
+    def longest_match(self, history, exclude_paths: Iterable[str] = (), previous: int | Match | None = None) -> Match:
         """The longest match over the whole workspace but the files in `exclude_paths` (the document
         being edited: its live text is the request's own context)."""
         snap = self._snapshot

@@ -10,12 +10,12 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from benchmarks.http_bench import wait_ready
 from engine import kernels
 
 from .http_api.conftest import free_port
@@ -101,17 +101,8 @@ def test_installed_serve_runs_the_shipped_model_on_the_c_kernels(venv, tmp_path,
         server = subprocess.Popen([str(venv / "bin" / "code-assistant"), "serve", "--port", str(port)],
                                   cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, log_path.read_text()[-3000:]
-            try:
-                health = httpx.get(url + "/health", timeout=2).json()
-                if health.get("model_loaded"):
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.2)
+        wait_ready(server, url + "/ready", log_path, "the installed server")
+        health = httpx.get(url + "/health", timeout=10).json()
         assert health["model"] == "default" and health["kernels"] == "c", health
         assert health["kernels_reason"] is None
         answer = httpx.post(url + "/v1/completions", json={"prompt": "def add(a, b):\n", "max_tokens": 8,
